@@ -1,0 +1,21 @@
+"""Typed errors: each carries a one-line message that says what to change."""
+
+
+class NodexError(Exception):
+    """Base class for every error nodex reports to the user as one line."""
+
+
+class ConfigError(NodexError):
+    """A config value is invalid (names the key and the allowed values)."""
+
+
+class SolverError(NodexError):
+    """The ODE solver failed (underflow in dt, max_num_steps exceeded, non-finite state)."""
+
+
+class DivergenceError(NodexError):
+    """The loss became non-finite."""
+
+
+class CheckpointError(NodexError):
+    """A checkpoint or run directory is missing, corrupt or not a nodex checkpoint."""

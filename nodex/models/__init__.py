@@ -1,0 +1,10 @@
+"""Model slots (input layer, field, order, readout, ...) and the composite NeuralODE.
+
+Importing this package registers every built-in slot variant.
+"""
+
+from nodex.models import fields, inputs, layers, readouts  # noqa: F401  (registration)
+from nodex.models.build import DataSpec, build_model, count_parameters
+from nodex.models.neural_ode import ModelOutput, NeuralODE
+
+__all__ = ["DataSpec", "ModelOutput", "NeuralODE", "build_model", "count_parameters"]

@@ -1,0 +1,127 @@
+"""Vector fields ``f(s, z, x) -> dz/ds``: the ``model.field`` slot.
+
+A field is called with the depth ``s`` (0-d, or ``(B,)`` per sample), the state ``z`` of
+shape ``(B, *state_shape)`` and the control ``x`` (``(B, *control_shape)`` or ``None``), and
+returns ``(B, *out_shape)``. Builders are registered in :data:`FIELDS` under ``field.kind``
+with the signature ``build(cfg, state_shape, out_shape, control_shape, S) -> nn.Module``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from nodex.errors import ConfigError
+from nodex.models.layers import ACTIVATIONS, DEPTH_LAYERS, StaticLinear
+from nodex.registry import Registry
+
+FIELDS: Registry[Callable[..., nn.Module]] = Registry("model.field.kind")
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.field.activation={name!r} is unknown; choose one of: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+class MLPField(nn.Module):
+    """MLP vector field on flat states: ``[z, x] -> hidden... -> out``.
+
+    Args:
+        in_features: state width ``n_z``.
+        out_features: output width (``n_z``, or ``n_z / order`` for higher-order models).
+        hidden: hidden widths.
+        activation: activation name (see ``ACTIVATIONS``).
+        depth: ``field.depth`` layer kind for the depth-variant layers.
+        depth_layers: indices of the linear layers that use ``depth`` (``None``: all);
+            the others are static.
+        control_features: width of the control ``x`` concatenated to ``z`` (0: none).
+        zero_init_last: zero the last layer so the initial flow is the identity.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        hidden: list[int],
+        activation: str = "tanh",
+        depth: str = "none",
+        depth_layers: list[int] | None = None,
+        depth_options: dict[str, Any] | None = None,
+        control_features: int = 0,
+        zero_init_last: bool = True,
+        bias: bool = True,
+        S: float = 1.0,
+    ) -> None:
+        super().__init__()
+        widths = [in_features + control_features, *hidden, out_features]
+        n_layers = len(widths) - 1
+        factory = DEPTH_LAYERS.get(depth)
+        chosen = set(range(n_layers)) if depth_layers is None else {i % n_layers for i in depth_layers}
+        layers = []
+        for i in range(n_layers):
+            if i in chosen:
+                layer = factory(widths[i], widths[i + 1], bias=bias, S=S, options=dict(depth_options or {}))
+            else:
+                layer = StaticLinear(widths[i], widths[i + 1], bias=bias)
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.acts = nn.ModuleList(make_activation(activation) for _ in range(n_layers - 1))
+        self.control_features = control_features
+        if zero_init_last:
+            for p in self.layers[-1].parameters():
+                nn.init.zeros_(p)
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        h = z if self.control_features == 0 else torch.cat([z, x.reshape(x.shape[0], -1)], dim=1)
+        for layer, act in zip(self.layers[:-1], self.acts):
+            h = act(layer(s, h))
+        return self.layers[-1](s, h)
+
+
+def flat_size(shape: tuple[int, ...] | None) -> int:
+    return 0 if shape is None else math.prod(shape)
+
+
+@FIELDS.register("mlp")
+def build_mlp_field(
+    cfg: DictConfig,
+    state_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    control_shape: tuple[int, ...] | None,
+    S: float,
+) -> nn.Module:
+    if len(state_shape) != 1:
+        raise ConfigError(f"model.field.kind=mlp needs a flat state, got shape {tuple(state_shape)}; use field.kind=conv for images")
+    return MLPField(
+        state_shape[0],
+        out_shape[0],
+        hidden=list(cfg.hidden),
+        activation=cfg.get("activation", "tanh"),
+        depth=cfg.get("depth", "none"),
+        depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),
+        depth_options=dict(cfg.get("depth_options") or {}),
+        control_features=flat_size(control_shape),
+        zero_init_last=cfg.get("zero_init_last", True),
+        bias=cfg.get("bias", True),
+        S=S,
+    )
+
+
+class HigherOrderField(nn.Module):
+    """n-th order system on ``z = [z_1, ..., z_n]`` (blocks along dim 1):
+    ``dz_i/ds = z_{i+1}`` for ``i < n`` and ``dz_n/ds = f(s, z, x)``; ``f`` outputs one block."""
+
+    def __init__(self, field: nn.Module, order: int) -> None:
+        super().__init__()
+        self.field = field
+        self.order = order
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        block = z.shape[1] // self.order
+        return torch.cat([z[:, block:], self.field(s, z, x)], dim=1)

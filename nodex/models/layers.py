@@ -1,0 +1,64 @@
+"""Depth-aware linear layers: the ``field.depth`` slot.
+
+Every layer is called as ``layer(s, h)`` with ``s`` the depth (a 0-d tensor, or ``(B,)`` for
+per-sample depths) and ``h`` of shape ``(B, in_features)``. New depth variants register a
+factory ``factory(in_features, out_features, *, bias, S, options) -> nn.Module`` here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from nodex.registry import Registry
+
+DEPTH_LAYERS: Registry[Callable[..., nn.Module]] = Registry("model.field.depth")
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+
+def depth_column(s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The depth as a ``(B, 1)`` column matching ``h``'s batch, dtype and device."""
+    return s.to(h).reshape(-1, 1).expand(h.shape[0], 1)
+
+
+class StaticLinear(nn.Linear):
+    """``nn.Linear`` that ignores the depth: constant parameters (``depth: none``)."""
+
+    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(h)
+
+
+class DepthConcatLinear(nn.Linear):
+    """Linear layer on ``[h, s]``: the paper's depth-concatenation (``depth: concat``).
+
+    Parameters stay constant in depth; ``s`` enters as one extra input feature.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features + 1, out_features, bias=bias)
+
+    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # W [h; s] + b = W_h h + w_s s + b: avoids materialising the concatenation.
+        out = nn.functional.linear(h, self.weight[:, :-1], self.bias)
+        return out + depth_column(s, h) * self.weight[:, -1]
+
+
+@DEPTH_LAYERS.register("none")
+def _static(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
+    return StaticLinear(in_features, out_features, bias=bias)
+
+
+@DEPTH_LAYERS.register("concat")
+def _concat(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
+    return DepthConcatLinear(in_features, out_features, bias=bias)

@@ -1,0 +1,143 @@
+"""The general Neural ODE of the paper (§1.0), composed from slots.
+
+    z(0)  = h_x(x)
+    dz/ds = f(s, z, u)                u: control signal (None, x, or h_x(x))
+    ŷ     = h_y(z(S))                 S: fixed, or S(x) per sample (adaptive depth)
+    loss  = L(ŷ) + ∫_0^S l(s, z, u) ds
+
+The integral term rides as an extra state (tuple state), so its value and its full gradient
+come out of the same solve under both autograd and adjoint sensitivity. A per-sample horizon
+S(x) is handled by time rescaling: τ ∈ [0, 1], dz/dτ = S(x)·f(τ·S(x), z, u).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nodex.ode import NFECounter, SolverSettings, odesolve
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns.
+
+    Attributes:
+        y_hat: readout ``h_y(z(S))``, ``(B, n_out)`` (or ``(B, ...)``).
+        z_S: final state ``(B, *state_shape)``.
+        loss_integral: batch mean of ``∫ l ds`` (0-d) or ``None``.
+        extras: per-batch tensors worth logging (e.g. ``horizon``: ``(B,)``).
+    """
+
+    y_hat: torch.Tensor
+    z_S: torch.Tensor
+    loss_integral: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class BoundDynamics(nn.Module):
+    """``dz/ds`` for one batch: the field bound to its control, with the optional integral
+    loss channel and per-sample horizon scaling. Parameters: the field's and the loss's."""
+
+    def __init__(
+        self,
+        field: nn.Module,
+        control: torch.Tensor | None,
+        integral_loss: nn.Module | None = None,
+        horizon: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.integral_loss = integral_loss
+        self.control = control
+        self.horizon = horizon
+
+    def forward(self, s: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, ...]):
+        z = state[0] if isinstance(state, tuple) else state
+        depth = s if self.horizon is None else s * self.horizon
+        dz = self.field(depth, z, self.control)
+        if self.horizon is not None:
+            dz = dz * self.horizon.reshape(-1, *([1] * (dz.dim() - 1)))
+        if self.integral_loss is None:
+            return dz
+        dq = self.integral_loss(depth, z, self.control)
+        if self.horizon is not None:
+            dq = dq * self.horizon
+        return dz, dq
+
+
+class NeuralODE(nn.Module):
+    """Continuous-depth model built from slots; knows nothing of configs or logging.
+
+    Args:
+        input_layer: ``h_x``: ``(B, *input_shape) -> (B, *state_shape)``.
+        field: ``f(s, z, u)``.
+        readout: ``h_y``: ``(B, *state_shape) -> (B, n_out)``.
+        settings: solver settings; integrates over ``[0, settings.S]``.
+        control: ``u`` from ``(x, z0)``: ``None`` for no data control.
+        integral_loss: ``l(s, z, u) -> (B,)`` or ``None``.
+        horizon: ``g(x) -> (B,)`` per-sample depth S(x), or ``None`` for the fixed ``S``.
+        jump_t: depths where the field's parameters jump (stacked models).
+    """
+
+    def __init__(
+        self,
+        input_layer: nn.Module,
+        field: nn.Module,
+        readout: nn.Module,
+        settings: SolverSettings,
+        *,
+        control: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        integral_loss: nn.Module | None = None,
+        horizon: nn.Module | None = None,
+        jump_t: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_layer = input_layer
+        self.field = field
+        self.readout = readout
+        self.integral_loss = integral_loss
+        self.horizon = horizon
+        self.control = control
+        self.settings = settings
+        self.nfe = NFECounter()
+        self.register_buffer("jump_t", None if not jump_t else torch.tensor(jump_t), persistent=False)
+        self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
+
+    def _bind(self, x: torch.Tensor) -> tuple[BoundDynamics, torch.Tensor, torch.Tensor | None]:
+        z0 = self.input_layer(x)
+        u = self.control(x, z0) if self.control is not None else None
+        S_x = self.horizon(x) if self.horizon is not None else None
+        return BoundDynamics(self.field, u, self.integral_loss, S_x), z0, S_x
+
+    def _solve(self, dyn: BoundDynamics, z0, s: torch.Tensor):
+        extra = [t for t in (dyn.control, dyn.horizon) if t is not None and t.requires_grad]
+        params = (*dyn.parameters(), *extra)
+        jump_t = self.jump_t if dyn.horizon is None else None
+        return odesolve(dyn, z0, s, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        """``x``: ``(B, *input_shape)`` -> :class:`ModelOutput`."""
+        dyn, z0, S_x = self._bind(x)
+        span = self.span.to(z0.dtype) if S_x is None else torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
+        if self.integral_loss is None:
+            z_S = self._solve(dyn, z0, span)[-1]
+            loss_integral = None
+        else:
+            q0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
+            zs, qs = self._solve(dyn, (z0, q0), span)
+            z_S, loss_integral = zs[-1], qs[-1].mean()
+        extras = {} if S_x is None else {"horizon": S_x.detach()}
+        return ModelOutput(self.readout(z_S), z_S, loss_integral, extras)
+
+    def trajectory(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """States at the depths ``s`` (``(T,)``, from 0; fractions of S(x) for an adaptive
+        horizon): ``(T, B, *state_shape)``. Uses the forward solver (no adjoint)."""
+        dyn, z0, _ = self._bind(x)
+        if self.integral_loss is not None:
+            dyn = BoundDynamics(dyn.field, dyn.control, None, dyn.horizon)
+        settings = self.settings
+        return odesolve(dyn, z0, s.to(z0), settings, counter=None, jump_t=self.jump_t if dyn.horizon is None else None)

@@ -1,0 +1,159 @@
+"""The solve wrapper: validated solver settings, NFE counting and typed failures.
+
+Every model integrates through :func:`odesolve`. A dynamics function is any callable
+``f(s, z) -> dz/ds`` (an ``nn.Module`` for the adjoint), where ``z`` is a tensor or a tuple
+of tensors. :class:`NFECounter` wraps it and counts calls, so the training loop can read the
+forward NFE after the forward pass and the backward NFE (adjoint only) after backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+from torchdiffeq._impl.odeint import SOLVERS
+
+from nodex.errors import ConfigError, SolverError
+
+FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
+SENSITIVITIES = ("autograd", "adjoint")
+
+
+def available_methods() -> list[str]:
+    """Names of every method the installed torchdiffeq supports (``scipy_solver`` excluded:
+    it cannot backpropagate)."""
+    return sorted(m for m in SOLVERS if m != "scipy_solver")
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """How to integrate: method, tolerances, fixed step, sensitivity and horizon ``[0, S]``.
+
+    Raises :class:`ConfigError` on construction when a value is invalid.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-4
+    atol: float = 1e-4
+    step_size: float | None = None
+    max_num_steps: int = 10_000
+    sensitivity: str = "autograd"
+    seminorm: bool = True
+    S: float = 1.0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        methods = available_methods()
+        if self.method not in methods:
+            raise ConfigError(f"solver.method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}")
+        for key in ("rtol", "atol"):
+            value = getattr(self, key)
+            if not value > 0:
+                raise ConfigError(f"solver.{key}={value} must be positive (e.g. solver.{key}=1e-4)")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"solver.step_size={self.step_size} must be positive (e.g. solver.step_size=0.1) or null")
+        if self.is_fixed_step and self.step_size is None:
+            raise ConfigError(f"solver.method={self.method} is a fixed-step method: set solver.step_size (e.g. 0.1)")
+        if self.max_num_steps <= 0:
+            raise ConfigError(f"solver.max_num_steps={self.max_num_steps} must be a positive integer")
+        if self.sensitivity not in SENSITIVITIES:
+            raise ConfigError(f"solver.sensitivity={self.sensitivity!r}; choose one of: {', '.join(SENSITIVITIES)}")
+        if not self.S > 0:
+            raise ConfigError(f"solver.S={self.S} (the integration horizon) must be positive")
+
+    @property
+    def is_fixed_step(self) -> bool:
+        return self.method in FIXED_STEP_METHODS
+
+    def describe(self) -> str:
+        """Short human description used in error messages."""
+        if self.is_fixed_step:
+            return f"{self.method} step_size={self.step_size}"
+        return f"{self.method} rtol={self.rtol} atol={self.atol}"
+
+    def solver_options(self, jump_t: torch.Tensor | None = None) -> dict[str, Any]:
+        opts: dict[str, Any] = dict(self.options)
+        if self.is_fixed_step:
+            opts["step_size"] = self.step_size
+        else:
+            opts["max_num_steps"] = self.max_num_steps
+            if jump_t is not None:
+                opts["jump_t"] = jump_t
+        return opts
+
+
+class NFECounter:
+    """A mutable count of dynamics evaluations (a plain int: no device sync)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+class CountedDynamics(nn.Module):
+    """Wraps ``f(s, z)`` so every call increments ``counter``; its parameters are ``f``'s."""
+
+    def __init__(self, dynamics: nn.Module, counter: NFECounter) -> None:
+        super().__init__()
+        self.dynamics = dynamics
+        self.counter = counter
+
+    def forward(self, s: torch.Tensor, z: Any) -> Any:
+        self.counter.count += 1
+        return self.dynamics(s, z)
+
+
+def odesolve(
+    dynamics: nn.Module,
+    z0: torch.Tensor | tuple[torch.Tensor, ...],
+    s: torch.Tensor,
+    settings: SolverSettings,
+    *,
+    counter: NFECounter | None = None,
+    jump_t: torch.Tensor | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Integrate ``dz/ds = dynamics(s, z)`` from ``z0`` over the depths ``s``.
+
+    Args:
+        dynamics: module ``f(s, z)``; ``s`` is a 0-d tensor, ``z`` shaped like ``z0``.
+        z0: initial state, ``(B, ...)`` or a tuple of such tensors.
+        s: 1-D increasing (or decreasing) depths, ``(T,)``; ``s[0]`` is where ``z0`` holds.
+        settings: method, tolerances, sensitivity.
+        counter: incremented once per dynamics evaluation.
+        jump_t: depths where the field is discontinuous (adaptive solvers restart there).
+        adjoint_params: tensors to differentiate under the adjoint (default: ``dynamics``'
+            parameters); pass extra tensors the field closes over (e.g. a control signal).
+
+    Returns:
+        The states at ``s``: ``(T, B, ...)`` (a tuple of such for a tuple ``z0``).
+
+    Raises:
+        SolverError: torchdiffeq gave up (underflow in dt, max_num_steps, non-finite state).
+    """
+    func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
+    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
+    try:
+        if settings.sensitivity == "adjoint":
+            adjoint_options = {k: v for k, v in kwargs["options"].items() if k != "jump_t"}
+            if settings.seminorm:
+                adjoint_options["norm"] = "seminorm"
+            if adjoint_params is None:
+                adjoint_params = tuple(p for p in func.parameters())
+            return odeint_adjoint(func, z0, s, adjoint_options=adjoint_options, adjoint_params=tuple(adjoint_params), **kwargs)
+        return odeint(func, z0, s, **kwargs)
+    except AssertionError as exc:  # torchdiffeq reports numerical failures as bare assertions
+        raise SolverError(_solver_message(str(exc), settings)) from None
+
+
+def _solver_message(reason: str, settings: SolverSettings) -> str:
+    reason = reason.split(":")[0].strip() if "non-finite" in reason else reason.strip()
+    hint = "loosen solver.rtol/atol, lower trainer.optim.lr or set trainer.grad_clip"
+    if "max_num_steps" in reason:
+        hint = "raise solver.max_num_steps, loosen solver.rtol/atol or lower trainer.optim.lr"
+    return f"solver failed ({reason}) with {settings.describe()}: {hint}"

@@ -1,0 +1,63 @@
+"""Checkpoints: atomic saves, and loads that never execute pickled code.
+
+A checkpoint is a dict of tensors and plain values: ``model``, ``optimizer``, ``scheduler``
+(state dicts), ``step``, ``config`` (the resolved run config as a plain dict), ``best``
+(monitored value), ``rng`` (generator states) and ``format`` (:data:`FORMAT`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nodex.errors import CheckpointError
+
+FORMAT = "nodex-checkpoint-v1"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically (temp file + rename): a crash mid-write never
+    destroys the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**state, "format": FORMAT}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a nodex checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing file, unreadable/corrupt file, or not a nodex checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a run directory or a checkpoints/*.pt file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, foreign pickle...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); pass a checkpoints/last.pt or best.pt written by nodex") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); pass a checkpoints/last.pt or best.pt written by nodex")
+    return state
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A checkpoint file from a run directory (``checkpoints/{which}.pt``) or a file path.
+
+    Raises:
+        CheckpointError: the path does not exist, or the directory holds no checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = path / "checkpoints" / f"{which}.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: pass a nodex run directory (one that holds checkpoints/)")
+        return candidate
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a run directory or a checkpoints/*.pt file")
+    return path

@@ -1,0 +1,241 @@
+"""The training loop: step -> solve -> loss -> backward -> optimizer, with NFE, timing,
+validation, checkpoints and progress. It knows no model variant: it needs ``model(x)``
+returning a :class:`~nodex.models.ModelOutput` and ``model.nfe`` (an NFE counter)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from nodex.data import DataBundle, Split, iterate_batches
+from nodex.errors import DivergenceError, SolverError
+from nodex.train.checkpoint import save_checkpoint
+from nodex.train.logs import RunLogger
+from nodex.train.tasks import Task
+
+log = logging.getLogger("nodex")
+
+
+@dataclass
+class LoopState:
+    """What survives a checkpoint: the step count, the best monitored value, RNG streams."""
+
+    step: int = 0
+    best: float | None = None
+    batch_gen: torch.Generator = field(default_factory=torch.Generator)
+
+
+@dataclass
+class StepStats:
+    """Running sums between two log points (host floats only at log time)."""
+
+    steps: int = 0
+    samples: int = 0
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach()
+            self.sums[k] = v if k not in self.sums else self.sums[k] + v
+
+
+def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int | None = None) -> dict[str, float]:
+    """Loss, task metrics and mean forward NFE per batch on ``split`` (no gradients)."""
+    model.eval()
+    X, y = split
+    n = X.shape[0]
+    size = n if batch_size is None else batch_size
+    totals: dict[str, float] = {}
+    nfe = []
+    with torch.no_grad():
+        for start in range(0, n, size):
+            xb, yb = X[start : start + size], y[start : start + size]
+            model.nfe.reset()
+            out = model(xb)
+            nfe.append(model.nfe.count)
+            loss, parts = task.loss(out, yb)
+            values = {"loss": loss, **parts, **task.metrics(out, yb)}
+            for k, v in values.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * xb.shape[0]
+    model.train()
+    result = {k: v / n for k, v in totals.items()}
+    result["nfe_forward"] = sum(nfe) / len(nfe)
+    return result
+
+
+class Trainer:
+    """Runs the optimisation described by the ``trainer`` config group.
+
+    Args:
+        model: the model; ``model.nfe`` is read and reset around every step.
+        task: loss and metrics.
+        data: splits on the training device (and an optional fresh-batch sampler).
+        cfg: the ``trainer`` config.
+        logger: where scalars go.
+        checkpoint_dir: ``last.pt`` / ``best.pt`` are written here.
+        make_checkpoint: returns the checkpoint dict for the current state.
+        solver: short solver description for error messages.
+        on_log: optional hook called with ``(step, values)`` at every log point.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        data: DataBundle,
+        cfg: DictConfig,
+        logger: RunLogger,
+        checkpoint_dir: Path,
+        make_checkpoint: Callable[[LoopState], dict[str, Any]],
+        solver: str,
+        progress: bool = False,
+    ) -> None:
+        self.model, self.task, self.data, self.cfg = model, task, data, cfg
+        self.logger = logger
+        self.checkpoint_dir = checkpoint_dir
+        self.make_checkpoint = make_checkpoint
+        self.solver = solver
+        self.progress = progress
+        self.batch_size = cfg.get("batch_size")
+        self.max_steps = self.total_steps(cfg, data)
+        self.totals = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
+
+    @staticmethod
+    def total_steps(cfg: DictConfig, data: DataBundle) -> int:
+        """``trainer.max_steps``, or ``trainer.epochs`` × batches per epoch when epochs is set."""
+        if cfg.get("epochs"):
+            n = data.train[0].shape[0]
+            per_epoch = 1 if not cfg.get("batch_size") or cfg.batch_size >= n else n // cfg.batch_size
+            return int(cfg.epochs) * per_epoch
+        return int(cfg.max_steps)
+
+    def _batches(self, state: LoopState):
+        while True:
+            if self.data.sampler is not None:
+                yield self.data.sampler(self.batch_size or self.data.train[0].shape[0])
+            else:
+                yield from iterate_batches(self.data.train, self.batch_size, state.batch_gen)
+
+    def _checkpoint(self, state: LoopState, name: str) -> None:
+        save_checkpoint(self.make_checkpoint(state), self.checkpoint_dir / f"{name}.pt")
+
+    def fit(self, optimizer: torch.optim.Optimizer, scheduler: Any, state: LoopState) -> LoopState:
+        """Train from ``state.step`` to the step budget.
+
+        Raises:
+            SolverError, DivergenceError: with the step, solver and tolerances in the message;
+                ``last.pt`` then holds the last state that was checked finite.
+            KeyboardInterrupt: after saving ``last.pt`` at the current (finite) state.
+        """
+        cfg = self.cfg
+        log_every, val_every = max(1, int(cfg.log_every)), int(cfg.val_every or 0)
+        ckpt_every = int(cfg.checkpoint_every or 0)
+        clip = cfg.get("grad_clip")
+        scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
+        steps_per_epoch = max(1, self.max_steps // int(cfg.epochs)) if cfg.get("epochs") else None
+        stats = StepStats()
+        bar = self._progress_bar(state.step)
+        batches = self._batches(state)
+        model, task = self.model, self.task
+        try:
+            while state.step < self.max_steps:
+                X, y = next(batches)
+                model.nfe.reset()
+                try:
+                    out = model(X)
+                    nfe_f = model.nfe.count
+                    loss, parts = task.loss(out, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                except SolverError as exc:
+                    raise SolverError(f"step {state.step + 1}: {exc}") from None
+                except AssertionError as exc:  # the adjoint's backward solve
+                    raise SolverError(f"step {state.step + 1}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {self.solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
+                if clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+                optimizer.step()
+                state.step += 1
+                if scheduler is not None and (not scheduler_per_epoch or state.step % steps_per_epoch == 0):
+                    scheduler.step()
+                stats.steps += 1
+                stats.samples += X.shape[0]
+                stats.nfe_forward += nfe_f
+                stats.nfe_backward += model.nfe.count - nfe_f
+                self.totals["steps"] += 1
+                self.totals["nfe_forward"] += nfe_f
+                self.totals["nfe_backward"] += model.nfe.count - nfe_f
+                stats.add({"loss": loss, **parts, **task.metrics(out, y)})
+                for key, value in out.extras.items():
+                    stats.add({f"{key}_mean": value.float().mean()})
+                last = state.step == self.max_steps
+                if state.step % log_every == 0 or last:
+                    self._log_train(state, stats, optimizer, bar)
+                    stats = StepStats()
+                    if (val_every and state.step % val_every == 0) or last:
+                        self._validate(state)
+                    if ckpt_every and (state.step % ckpt_every == 0) or last:
+                        self._checkpoint(state, "last")
+        except KeyboardInterrupt:
+            self._check_finite_params(state)
+            self._checkpoint(state, "last")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return state
+
+    def _check_finite_params(self, state: LoopState) -> None:
+        for p in self.model.parameters():
+            if not torch.isfinite(p).all():
+                raise DivergenceError(f"parameters became non-finite by step {state.step} with {self.solver}: lower trainer.optim.lr or set trainer.grad_clip")
+
+    def _log_train(self, state: LoopState, stats: StepStats, optimizer: torch.optim.Optimizer, bar: Any) -> dict[str, float]:
+        values = {f"train/{k}": float(v) / stats.steps for k, v in stats.sums.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
+            raise DivergenceError(
+                f"{bad} became non-finite by step {state.step} with {self.solver}: lower trainer.optim.lr, set trainer.grad_clip or tighten solver.rtol/atol"
+            )
+        self._check_finite_params(state)
+        elapsed = time.perf_counter() - stats.started
+        values.update(
+            {
+                "train/nfe_forward": stats.nfe_forward / stats.steps,
+                "train/nfe_backward": stats.nfe_backward / stats.steps,
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "time/step_ms": 1000.0 * elapsed / stats.steps,
+                "time/samples_per_s": stats.samples / max(elapsed, 1e-9),
+            }
+        )
+        self.logger.scalars(state.step, values)
+        if bar is not None:
+            bar.update(stats.steps)
+            bar.set_postfix(loss=f"{values['train/loss']:.4g}", nfe=f"{values['train/nfe_forward']:.0f}", refresh=False)
+        return values
+
+    def _validate(self, state: LoopState) -> None:
+        metrics = evaluate(self.model, self.task, self.data.val, self.cfg.get("eval_batch_size"))
+        self.logger.scalars(state.step, {f"val/{k}": v for k, v in metrics.items()})
+        value = metrics.get(self.task.monitor, metrics["loss"])
+        better = state.best is None or (value > state.best if self.task.monitor_mode == "max" else value < state.best)
+        if better and math.isfinite(value):
+            state.best = value
+            self._checkpoint(state, "best")
+
+    def _progress_bar(self, start: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.max_steps, initial=start, desc="train", disable=None, leave=False, dynamic_ncols=True)
