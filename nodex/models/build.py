@@ -1,8 +1,25 @@
-"""Build a :class:`NeuralODE` from the ``model`` config and the data's shapes."""
+"""Build a model from the ``model`` config and the data's shapes.
+
+Slots and their registries (each maps ``kind`` -> builder):
+
+- ``model.kind``             :data:`MODELS`        (default ``neural_ode``)
+- ``model.input_layer.kind`` :data:`~nodex.models.inputs.INPUT_LAYERS`
+- ``model.control.kind``     :data:`CONTROLS`      ``build(cfg, input_shape, state_shape) -> (fn(x, z0) -> u, u_shape)``
+- ``model.field.kind``       :data:`~nodex.models.fields.FIELDS`
+- ``model.order``            n-th order wrapper
+- ``model.readout.kind``     :data:`~nodex.models.readouts.READOUTS`
+- ``model.horizon.kind``     :data:`HORIZONS`      ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
+- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u) -> (B,)``
+
+A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
+the plain model. Fields may expose ``breakpoints`` (depths where θ(s) jumps) on any
+sub-module; they are handed to adaptive solvers as ``jump_t``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from omegaconf import DictConfig
 from torch import nn
@@ -13,6 +30,12 @@ from nodex.models.inputs import INPUT_LAYERS
 from nodex.models.neural_ode import NeuralODE
 from nodex.models.readouts import READOUTS
 from nodex.ode import SolverSettings
+from nodex.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model.kind")
+CONTROLS: Registry[Callable[..., tuple]] = Registry("model.control.kind")
+HORIZONS: Registry[Callable[..., nn.Module]] = Registry("model.horizon.kind")
+INTEGRAL_LOSSES: Registry[Callable[..., nn.Module]] = Registry("model.integral_loss.kind")
 
 
 @dataclass(frozen=True)
@@ -23,14 +46,29 @@ class DataSpec:
     n_outputs: int
 
 
-def build_model(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> NeuralODE:
-    """Compose h_x, f (with order n), h_y from ``cfg`` (the ``model`` group).
+def _slot(cfg: DictConfig, name: str) -> DictConfig | None:
+    node = cfg.get(name)
+    if node is None or node.get("kind", "none") == "none":
+        return None
+    return node
+
+
+def field_breakpoints(field: nn.Module) -> list[float]:
+    """Depths where some sub-module's parameters jump (its ``breakpoints`` attribute)."""
+    return sorted({float(b) for m in field.modules() for b in getattr(m, "breakpoints", ())})
+
+
+def build_model(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> nn.Module:
+    """Build the model ``cfg.kind`` (default ``neural_ode``).
 
     Raises:
-        ConfigError: an unknown slot kind, or state dimensions that do not fit the order.
+        ConfigError: an unknown slot kind, or shapes that do not fit together.
     """
-    input_layer, state_shape = INPUT_LAYERS.get(cfg.input_layer.kind)(cfg.input_layer, spec.input_shape)
-    order = int(cfg.get("order", 1))
+    return MODELS.get(cfg.get("kind", "neural_ode"))(cfg, spec, settings)
+
+
+def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
+    """The field's output shape for an n-th order model: one of ``order`` equal blocks."""
     if order < 1:
         raise ConfigError(f"model.order={order} must be >= 1")
     if state_shape[0] % order:
@@ -38,12 +76,32 @@ def build_model(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> Ne
             f"model.order={order} splits the state into {order} equal blocks, but the state has {state_shape[0]} channels; "
             f"make the state width a multiple of {order} (e.g. via model.input_layer)"
         )
-    out_shape = (state_shape[0] // order, *state_shape[1:])
-    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, None, settings.S)
-    if order > 1:
-        field = HigherOrderField(field, order)
+    return (state_shape[0] // order, *state_shape[1:])
+
+
+@MODELS.register("neural_ode")
+def build_neural_ode(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> NeuralODE:
+    """Compose h_x, control, f (with order n), h_y, horizon and integral loss."""
+    input_layer, state_shape = INPUT_LAYERS.get(cfg.input_layer.kind)(cfg.input_layer, spec.input_shape)
+    state_shape = tuple(state_shape)
+    out_shape = split_order(state_shape, int(cfg.get("order", 1)))
+    control, control_shape = None, None
+    if (node := _slot(cfg, "control")) is not None:
+        control, control_shape = CONTROLS.get(node.kind)(node, spec.input_shape, state_shape)
+    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, control_shape, settings.S)
+    if int(cfg.get("order", 1)) > 1:
+        field = HigherOrderField(field, int(cfg.order))
     readout = READOUTS.get(cfg.readout.kind)(cfg.readout, state_shape, spec.n_outputs)
-    return NeuralODE(input_layer, field, readout, settings)
+    horizon = None
+    if (node := _slot(cfg, "horizon")) is not None:
+        horizon = HORIZONS.get(node.kind)(node, spec.input_shape, settings.S)
+    integral = None
+    if (node := _slot(cfg, "integral_loss")) is not None:
+        integral = INTEGRAL_LOSSES.get(node.kind)(node, state_shape, settings.S)
+    return NeuralODE(
+        input_layer, field, readout, settings,
+        control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

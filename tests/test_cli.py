@@ -1,0 +1,123 @@
+"""The CLI end to end in a temp dir: run directory contract, TensorBoard, eval, multirun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import FAST, read_scalars
+
+from nodex.train.checkpoint import load_checkpoint
+
+RESULT_KEYS = {"status", "error", "metrics", "nfe_forward", "nfe_backward", "params", "steps", "wall_time_s", "device", "versions", "config", "seed"}
+
+
+def test_train_writes_the_run_directory_contract(train_run):
+    run_dir, result, code, err = train_run("trainer.plots=true")
+    assert code == 0, err
+    assert RESULT_KEYS <= set(result)
+    assert result["status"] == "completed" and result["error"] is None
+    assert result["steps"] == 20 and result["params"] == 1224  # vanilla with a 2-logit readout
+    assert set(result["versions"]) == {"python", "torch", "torchdiffeq", "nodex"}
+    assert result["config"]["model"]["name"] == "vanilla" and result["seed"] == 0
+    assert {"test/loss", "test/accuracy", "test/nfe_forward"} <= set(result["metrics"])
+    assert result["nfe_forward"] > 0 and result["nfe_backward"] == 0  # autograd: no backward solve
+    for path in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "plots/plots_decision_map.png"):
+        assert (run_dir / path).exists(), path
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 5 and "train/loss" in rows[0]
+    scalars = read_scalars(run_dir)
+    for tag in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/nfe_forward", "train/nfe_backward", "time/step_ms", "time/samples_per_s"):
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["train/loss"]] == [5, 10, 15, 20]
+
+
+def test_tensorboard_has_hparams_and_metadata(train_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_dir, result, code, _ = train_run()
+    ea = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    ea.Reload()
+    content = ea.PluginTagToContent("hparams")
+    info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert info.hparams["model"].string_value == "vanilla"
+    assert "run/metadata/text_summary" in ea.Tags()["tensors"]
+
+
+def test_eval_reproduces_the_test_metric_from_the_checkpoint(train_run, cli, tmp_path):
+    run_dir, result, code, _ = train_run()
+    code, out, err = cli(["eval", f"ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 0, err
+    payload = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert payload["metrics"]["test/accuracy"] == pytest.approx(result["metrics"]["test/accuracy"], abs=1e-9)
+    assert payload["metrics"]["test/loss"] == pytest.approx(result["metrics"]["test/loss"], rel=1e-6)
+    assert "test/accuracy:" in out
+
+
+def test_eval_on_a_larger_fresh_sample(train_run, cli, tmp_path):
+    run_dir, result, code, _ = train_run()
+    code, out, err = cli(["eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "data.n_test=5000", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 0, err
+    payload = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert payload["overrides"] == {"data.n_test": 5000}
+    assert 0.0 <= payload["metrics"]["test/accuracy"] <= 1.0
+
+
+def test_same_seed_same_metrics_and_resume_continues(train_run):
+    a_dir, a, *_ = train_run("seed=3", name="a")
+    b_dir, b, *_ = train_run("seed=3", name="b")
+    assert a["metrics"] == b["metrics"]
+    c_dir, c, code, err = train_run("seed=3", "trainer.max_steps=30", f"trainer.resume={a_dir}", name="c")
+    assert code == 0, err
+    assert c["steps"] == 30
+    assert load_checkpoint(c_dir / "checkpoints" / "last.pt")["step"] == 30
+
+
+def test_multirun_runs_one_directory_per_job(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["train", "--multirun", *FAST, "trainer.max_steps=5", "model=vanilla,depthcat", f"hydra.sweep.dir={sweep}"])
+    assert code == 0, err
+    results = sorted(sweep.glob("*/result.json"))
+    assert len(results) == 2
+    models = sorted(json.loads(p.read_text())["config"]["model"]["name"] for p in results)
+    assert models == ["depthcat", "vanilla"]
+
+
+def test_a_failed_job_does_not_stop_the_sweep(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["train", "--multirun", *FAST, "trainer.max_steps=5", "solver.rtol=1e-4,-1", f"hydra.sweep.dir={sweep}"])
+    assert code == 1 and "1 job(s) failed" in err
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/result.json"))
+    assert statuses == ["completed", "failed"]
+
+
+def test_cfg_job_and_help(cli):
+    code, out, _ = cli(["train", "--cfg", "job"])
+    assert code == 0 and "model:" in out and "solver:" in out
+    code, out, _ = cli(["train", "--help"])
+    groups = dict(line.split(": ", 1) for line in out.splitlines() if line.split(":")[0] in {"model", "data", "solver"})
+    assert code == 0 and {"vanilla", "depthcat"} <= set(groups["model"].split(", "))
+    assert {"rings", "moons", "spirals"} <= set(groups["data"].split(", ")) and "dopri5" in groups["solver"]
+    code, out, _ = cli(["--help"])
+    assert code == 0 and "train" in out and "eval" in out
+    code, _, err = cli(["bogus"])
+    assert code == 2 and "unknown command 'bogus'" in err
+
+
+def test_console_script_runs_as_a_subprocess(tmp_path):
+    exe = [sys.executable, "-m", "nodex.cli"]
+    proc = subprocess.run([*exe, "train", "model=nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert "unknown model 'nope'; choose one of:" in proc.stderr and "vanilla" in proc.stderr
+
+
+def test_checkpoint_holds_config_and_loads_weights_only(train_run):
+    run_dir, *_ = train_run()
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["config"]["data"]["name"] == "rings" and ckpt["step"] == 20
+    assert isinstance(ckpt["model"]["readout.weight"], torch.Tensor)
