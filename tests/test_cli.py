@@ -99,7 +99,8 @@ def test_cfg_job_and_help(cli):
     code, out, _ = cli(["train", "--cfg", "job"])
     assert code == 0 and "model:" in out and "solver:" in out
     code, out, _ = cli(["train", "--help"])
-    groups = dict(line.split(": ", 1) for line in out.splitlines() if line.split(":")[0] in {"model", "data", "solver"})
+    head = out.split("== Config ==")[0]
+    groups = dict(line.split(": ", 1) for line in head.splitlines() if line.split(":")[0] in {"model", "data", "solver"})
     assert code == 0 and {"vanilla", "depthcat"} <= set(groups["model"].split(", "))
     assert {"rings", "moons", "spirals"} <= set(groups["data"].split(", ")) and "dopri5" in groups["solver"]
     code, out, _ = cli(["--help"])
