@@ -6,5 +6,6 @@ Importing this package registers every built-in slot variant.
 from nodex.models import fields, inputs, layers, readouts  # noqa: F401  (registration)
 from nodex.models.build import DataSpec, build_model, count_parameters
 from nodex.models.neural_ode import ModelOutput, NeuralODE
+from nodex.models import conv  # noqa: E402,F401  (registers field.kind=conv)
 
 __all__ = ["DataSpec", "ModelOutput", "NeuralODE", "build_model", "count_parameters"]

@@ -1,0 +1,166 @@
+"""Convolutional vector fields for image states: ``field.kind: conv`` (paper §E5).
+
+Layout (every piece configurable)::
+
+    [u →] [GN(c)] → Conv_kxk(c→h_1) → act → ... → Conv_kxk(h_{m-1}→h_m) → act → [GN(h_m)] → Conv1x1(h_m→out)
+
+with ``c`` the state channels (plus the control's channels when data-controlled), GN a
+GroupNorm (one group per channel by default: the paper's ``GroupNorm(c, c)``), ``k×k`` convs
+with same padding and no bias, and a biased 1×1 output conv. ``out`` is the state's channels,
+or one block of them for an n-th order model. The paper's layouts:
+
+- CIFAR NODE  (state 3):  GN(3)–Conv(3→62)–Softplus–Conv(62→62)–Softplus–GN(62)–Conv1x1(62→3)
+  ``hidden: [62, 62], norm_in: true, norm_out: true``
+- CIFAR ANODE/IL (state 42): ``hidden: [42, 42]``; 2nd order: the same with out = 21
+- MNIST NODE  (state 1):  GN(1)–Conv(1→48)–Softplus–Conv(48→48)–Softplus–Conv1x1(48→1)
+  ``hidden: [48, 48], norm_out: false`` (21,391 parameters with a k=1 conv head)
+
+Depth (``field.depth``): ``none`` (constant θ) or ``concat`` (torchdyn's ``DepthCat``: a
+constant-``s`` channel appended to the input of the convs in ``depth_layers``; indices count
+the k×k convs and then the 1×1 output conv; ``null`` = all).
+Data control: the control ``u`` ``(B, C_u, H, W)`` is concatenated to ``z`` at the field's input.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from nodex.errors import ConfigError
+from nodex.models.fields import FIELDS, make_activation
+
+CONV_DEPTHS = ("none", "concat")
+
+
+class DepthConv2d(nn.Conv2d):
+    """``Conv2d`` called as ``layer(s, h)``; with ``depth_concat`` a constant-``s`` channel is
+    appended to ``h`` (one extra input channel), else ``s`` is ignored."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool, depth_concat: bool) -> None:
+        super().__init__(in_channels + int(depth_concat), out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.depth_concat = depth_concat
+
+    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.depth_concat:
+            col = s.to(h).reshape(-1, 1, 1, 1).expand(h.shape[0], 1, *h.shape[2:])
+            h = torch.cat([h, col], dim=1)
+        return super().forward(h)
+
+
+def group_norm(channels: int, groups: int | None) -> nn.GroupNorm:
+    """``GroupNorm(groups, channels)``; ``groups=None`` means one group per channel."""
+    g = channels if groups is None else int(groups)
+    if g <= 0 or channels % g:
+        raise ConfigError(f"model.field.norm_groups={groups} must divide the {channels} channels it normalises (or be null: one group per channel)")
+    return nn.GroupNorm(g, channels)
+
+
+class ConvField(nn.Module):
+    """Conv vector field ``f(s, z, u)`` on ``(B, C, H, W)`` states (see the module docstring).
+
+    Args:
+        state_channels: channels of ``z``.
+        out_channels: channels of the output (``state_channels``, or a block for order n).
+        hidden: output channels of each k×k conv.
+        kernel_size: odd kernel size of the hidden convs (same padding).
+        activation: activation after every hidden conv.
+        norm_in, norm_out: GroupNorm at the input / before the 1×1 output conv.
+        norm_groups: groups of every GroupNorm (``None``: one per channel).
+        depth: ``none`` | ``concat``; depth_layers: conv indices that see ``s``.
+        control_channels: channels of the control concatenated to ``z`` (0: none).
+        bias: bias of the hidden convs; out_bias: bias of the 1×1 output conv.
+        zero_init_last: zero the output conv (initial flow = identity).
+    """
+
+    def __init__(
+        self,
+        state_channels: int,
+        out_channels: int,
+        *,
+        hidden: list[int],
+        kernel_size: int = 3,
+        activation: str = "softplus",
+        norm_in: bool = True,
+        norm_out: bool = True,
+        norm_groups: int | None = None,
+        depth: str = "none",
+        depth_layers: list[int] | None = None,
+        control_channels: int = 0,
+        bias: bool = False,
+        out_bias: bool = True,
+        zero_init_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth not in CONV_DEPTHS:
+            raise ConfigError(f"model.field.depth={depth!r} is not available for field.kind=conv; choose one of: {', '.join(CONV_DEPTHS)}")
+        if not hidden:
+            raise ConfigError("model.field.hidden must list at least one conv width for field.kind=conv (e.g. [32, 32])")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"model.field.kernel_size={kernel_size} must be a positive odd integer (same padding keeps H×W)")
+        n_convs = len(hidden) + 1
+        chosen = set(range(n_convs)) if depth_layers is None else {i % n_convs for i in depth_layers}
+        concat = depth == "concat"
+        c_in = state_channels + control_channels
+        self.control_channels = control_channels
+        self.norm_in = group_norm(c_in, norm_groups) if norm_in else nn.Identity()
+        widths = [c_in, *hidden]
+        self.convs = nn.ModuleList(
+            DepthConv2d(widths[i], widths[i + 1], kernel_size, bias=bias, depth_concat=concat and i in chosen) for i in range(len(hidden))
+        )
+        self.acts = nn.ModuleList(make_activation(activation) for _ in hidden)
+        self.norm_out = group_norm(hidden[-1], norm_groups) if norm_out else nn.Identity()
+        self.out = DepthConv2d(hidden[-1], out_channels, 1, bias=out_bias, depth_concat=concat and len(hidden) in chosen)
+        if zero_init_last:
+            for p in self.out.parameters():
+                nn.init.zeros_(p)
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """``z``: ``(B, C, H, W)``; ``u``: ``(B, C_u, H, W)`` or ``None`` -> ``(B, out, H, W)``."""
+        h = z if self.control_channels == 0 else torch.cat([z, u], dim=1)
+        h = self.norm_in(h)
+        for conv, act in zip(self.convs, self.acts):
+            h = act(conv(s, h))
+        return self.out(s, self.norm_out(h))
+
+
+@FIELDS.register("conv")
+def build_conv_field(
+    cfg: DictConfig,
+    state_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    control_shape: tuple[int, ...] | None,
+    S: float,
+) -> nn.Module:
+    if len(state_shape) != 3:
+        raise ConfigError(f"model.field.kind=conv needs an image state (C, H, W), got shape {tuple(state_shape)}; use field.kind=mlp for vectors")
+    expected = cfg.get("in_channels")
+    if expected is not None and int(expected) != state_shape[0]:
+        raise ConfigError(
+            f"model.field.in_channels={expected} but the input layer gives a state of {state_shape[0]} channels "
+            f"(state shape {tuple(state_shape)}); fix model.input_layer (width / n_a) or model.field.in_channels"
+        )
+    control_channels = 0
+    if control_shape is not None:
+        if len(control_shape) != 3 or tuple(control_shape[1:]) != tuple(state_shape[1:]):
+            raise ConfigError(
+                f"field.kind=conv concatenates the control as channels, so it needs shape (C_u, {state_shape[1]}, {state_shape[2]}); "
+                f"got {tuple(control_shape)}"
+            )
+        control_channels = int(control_shape[0])
+    return ConvField(
+        state_shape[0],
+        out_shape[0],
+        hidden=[int(h) for h in cfg.hidden],
+        kernel_size=int(cfg.get("kernel_size", 3)),
+        activation=cfg.get("activation", "softplus"),
+        norm_in=bool(cfg.get("norm_in", True)),
+        norm_out=bool(cfg.get("norm_out", True)),
+        norm_groups=cfg.get("norm_groups"),
+        depth=cfg.get("depth", "none"),
+        depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),
+        control_channels=control_channels,
+        bias=bool(cfg.get("bias", False)),
+        out_bias=bool(cfg.get("out_bias", True)),
+        zero_init_last=bool(cfg.get("zero_init_last", False)),
+    )
