@@ -108,6 +108,7 @@ class Trainer:
         self.solver = solver
         self.progress = progress
         self.batch_size = cfg.get("batch_size")
+        self.clip = float(cfg.grad_clip) if cfg.get("grad_clip") else None
         self.max_steps = self.total_steps(cfg, data)
         self.totals = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
 
@@ -141,40 +142,26 @@ class Trainer:
         cfg = self.cfg
         log_every, val_every = max(1, int(cfg.log_every)), int(cfg.val_every or 0)
         ckpt_every = int(cfg.checkpoint_every or 0)
-        clip = cfg.get("grad_clip")
         scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
         steps_per_epoch = max(1, self.max_steps // int(cfg.epochs)) if cfg.get("epochs") else None
         stats = StepStats()
         bar = self._progress_bar(state.step)
         batches = self._batches(state)
-        model, task = self.model, self.task
+        task = self.task
         try:
             while state.step < self.max_steps:
                 X, y = next(batches)
-                model.nfe.reset()
-                try:
-                    out = model(X)
-                    nfe_f = model.nfe.count
-                    loss, parts = task.loss(out, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                except SolverError as exc:
-                    raise SolverError(f"step {state.step + 1}: {exc}") from None
-                except AssertionError as exc:  # the adjoint's backward solve
-                    raise SolverError(f"step {state.step + 1}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {self.solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
-                if clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), float(clip))
-                optimizer.step()
+                loss, parts, out, nfe_f, nfe_b = self.train_step(X, y, optimizer, state.step + 1)
                 state.step += 1
                 if scheduler is not None and (not scheduler_per_epoch or state.step % steps_per_epoch == 0):
                     scheduler.step()
                 stats.steps += 1
                 stats.samples += X.shape[0]
                 stats.nfe_forward += nfe_f
-                stats.nfe_backward += model.nfe.count - nfe_f
+                stats.nfe_backward += nfe_b
                 self.totals["steps"] += 1
                 self.totals["nfe_forward"] += nfe_f
-                self.totals["nfe_backward"] += model.nfe.count - nfe_f
+                self.totals["nfe_backward"] += nfe_b
                 stats.add({"loss": loss, **parts, **task.metrics(out, y)})
                 for key, value in out.extras.items():
                     stats.add({f"{key}_mean": value.float().mean()})
@@ -194,6 +181,29 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return state
+
+    def train_step(self, X: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, step: int = 0):
+        """One optimisation step on ``(X, y)``; returns ``(loss, parts, out, nfe_forward, nfe_backward)``.
+
+        Raises:
+            SolverError: the forward or the adjoint's backward solve failed (names ``step``).
+        """
+        model = self.model
+        model.nfe.reset()
+        try:
+            out = model(X)
+            nfe_f = model.nfe.count
+            loss, parts = self.task.loss(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except SolverError as exc:
+            raise SolverError(f"step {step}: {exc}") from None
+        except AssertionError as exc:  # the adjoint's backward solve
+            raise SolverError(f"step {step}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {self.solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
+        if self.clip:
+            nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+        optimizer.step()
+        return loss, parts, out, nfe_f, model.nfe.count - nfe_f
 
     def _check_finite_params(self, state: LoopState) -> None:
         for p in self.model.parameters():
