@@ -9,7 +9,7 @@ Slots and their registries (each maps ``kind`` -> builder):
 - ``model.order``            n-th order wrapper
 - ``model.readout.kind``     :data:`~nodex.models.readouts.READOUTS`
 - ``model.horizon.kind``     :data:`HORIZONS`      ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
-- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u) -> (B,)``
+- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)`` (f = the field's value)
 
 A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
 the plain model. Fields may expose ``breakpoints`` (depths where θ(s) jumps) on any

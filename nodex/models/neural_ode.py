@@ -58,12 +58,11 @@ class BoundDynamics(nn.Module):
     def forward(self, s: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, ...]):
         z = state[0] if isinstance(state, tuple) else state
         depth = s if self.horizon is None else s * self.horizon
-        dz = self.field(depth, z, self.control)
-        if self.horizon is not None:
-            dz = dz * self.horizon.reshape(-1, *([1] * (dz.dim() - 1)))
+        f = self.field(depth, z, self.control)
+        dz = f if self.horizon is None else f * self.horizon.reshape(-1, *([1] * (f.dim() - 1)))
         if self.integral_loss is None:
             return dz
-        dq = self.integral_loss(depth, z, self.control)
+        dq = self.integral_loss(depth, z, self.control, f)  # f: the field's value (kinetic losses)
         if self.horizon is not None:
             dq = dq * self.horizon
         return dz, dq
@@ -78,7 +77,7 @@ class NeuralODE(nn.Module):
         readout: ``h_y``: ``(B, *state_shape) -> (B, n_out)``.
         settings: solver settings; integrates over ``[0, settings.S]``.
         control: ``u`` from ``(x, z0)``: ``None`` for no data control.
-        integral_loss: ``l(s, z, u) -> (B,)`` or ``None``.
+        integral_loss: ``l(s, z, u, f) -> (B,)`` (``f``: the field's value) or ``None``.
         horizon: ``g(x) -> (B,)`` per-sample depth S(x), or ``None`` for the fixed ``S``.
         jump_t: depths where the field's parameters jump (stacked models).
     """

@@ -1,0 +1,93 @@
+"""Stacked Neural ODE layers (paper §1.5): piecewise-constant θ(s), θ_i on [s_i, s_{i+1}).
+
+``field.depth=stacked`` makes the chosen linear layers of a field :class:`StackedLinear`.
+Options (``field.depth_options``): ``pieces`` p (default 10, equal widths over [0, S]) or
+``boundaries``: the interior breakpoints ``[s_1, ..., s_{p-1}]`` (strictly increasing in
+(0, S)). Depths below 0 use piece 0, depths at or past the last breakpoint the last piece.
+
+All pieces live in one ``(p, n_params)`` tensor indexed by the piece of s, so the cost of a
+call does not grow with p. Each layer exposes ``breakpoints`` (the interior boundaries): the
+model builder hands them to adaptive solvers as ``jump_t`` so that no step straddles a jump
+(torchdiffeq evaluates just left of a breakpoint when ending a step there, and just right of
+it when starting the next, hence the half-open pieces).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nodex.errors import ConfigError
+from nodex.models.layers import DEPTH_LAYERS
+
+_KEY = "model.field.depth_options"
+OPTIONS = ("pieces", "boundaries")
+
+
+def stacked_boundaries(options: dict[str, Any] | None, S: float) -> list[float]:
+    """Interior breakpoints from ``pieces`` / ``boundaries``.
+
+    Raises:
+        ConfigError: unknown key, ``pieces < 1``, boundaries not increasing inside (0, S) or
+            disagreeing with ``pieces``.
+    """
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{_KEY}.{unknown[0]} is not a stacked option; valid: {', '.join(OPTIONS)}")
+    pieces, bounds = opts.get("pieces"), opts.get("boundaries")
+    if bounds is not None:
+        bounds = [float(b) for b in bounds]
+        if any(not 0.0 < b < S for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+            raise ConfigError(f"{_KEY}.boundaries={bounds} must be strictly increasing inside (0, S={S})")
+        if pieces is not None and int(pieces) != len(bounds) + 1:
+            raise ConfigError(f"{_KEY}.pieces={pieces} disagrees with {len(bounds)} boundaries ({len(bounds) + 1} pieces); set one of them")
+        return bounds
+    p = 10 if pieces is None else pieces
+    if int(p) != p or p < 1:
+        raise ConfigError(f"{_KEY}.pieces={pieces} must be a positive integer")
+    return [S * i / int(p) for i in range(1, int(p))]
+
+
+class StackedLinear(nn.Module):
+    """Linear layer with p pieces of constant (W_i, b_i). Called as ``layer(s, h)``:
+    ``h``: ``(B, in_features)`` -> ``(B, out_features)``; ``s`` 0-d or ``(B,)``.
+    Parameters: ``p·(in+1)·out``; each piece initialised like ``nn.Linear``."""
+
+    def __init__(self, in_features: int, out_features: int, boundaries: list[float], bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+        self.n_weight = in_features * out_features
+        self.breakpoints = tuple(float(b) for b in boundaries)
+        self.pieces = len(self.breakpoints) + 1
+        self.register_buffer("edges", torch.tensor(self.breakpoints, dtype=torch.float64), persistent=False)
+        init = [torch.cat([p.reshape(-1) for p in nn.Linear(in_features, out_features, bias=bias).parameters()]) for _ in range(self.pieces)]
+        self.coeffs = nn.Parameter(torch.stack(init))  # (p, n_params)
+
+    def piece(self, s: torch.Tensor) -> torch.Tensor:
+        """Index of the piece holding depth ``s`` (same shape as ``s``)."""
+        return torch.bucketize(s.detach().to(self.edges.dtype), self.edges, right=True)
+
+    def theta(self, s: torch.Tensor) -> torch.Tensor:
+        """Flat parameters at depth ``s``: ``(n_params,)`` (0-d s) or ``(B, n_params)``."""
+        return self.coeffs[self.piece(s)]
+
+    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        th = self.theta(s)
+        if th.dim() == 1:
+            W = th[: self.n_weight].view(self.out_features, self.in_features)
+            return F.linear(h, W, th[self.n_weight :] if self.has_bias else None)
+        W = th[:, : self.n_weight].view(-1, self.out_features, self.in_features)
+        out = torch.bmm(W, h.unsqueeze(-1)).squeeze(-1)
+        return out + th[:, self.n_weight :] if self.has_bias else out
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.has_bias}, pieces={self.pieces}"
+
+
+@DEPTH_LAYERS.register("stacked")
+def _stacked(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
+    return StackedLinear(in_features, out_features, stacked_boundaries(options, S), bias=bias)
