@@ -4,7 +4,9 @@
 
 Runs nodex's real ``Trainer.train_step`` for the composed config and, interleaved round-robin
 on the same batch from the same initial weights, (a) the same MLP written as a plain
-``torchdiffeq.odeint`` loop and (b) for ``solver=rk4`` a hand-written RK4 loop. Prints median
+``torchdiffeq.odeint`` loop, (b) for ``solver=rk4`` a hand-written RK4 loop and (c) torchdyn's
+``NeuralODE`` when it is installed (``bash scripts/install_bench_deps.sh``). ``--pretrain N``
+first trains nodex N steps so all start from *trained* weights (adaptive NFE grows). Prints median
 ms/step (min–max over rounds), forward/backward NFE, samples/s and the ratio to plain
 torchdiffeq as a Markdown table. Supports MLP fields with ``depth: none | concat``.
 """
@@ -22,7 +24,10 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if (ROOT / ".bench-site").is_dir():  # torchdyn, from scripts/install_bench_deps.sh
+    sys.path.append(str(ROOT / ".bench-site"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
@@ -109,6 +114,37 @@ class PlainStep:
         return nfe_f, self.field.nfe - nfe_f
 
 
+class TorchdynStep(PlainStep):
+    """The same model as torchdyn 1.0.6's ``NeuralODE`` (its own solvers and adjoint)."""
+
+    def __init__(self, pipe: Pipeline, cfg) -> None:
+        super().__init__(pipe, cfg, "torchdyn")
+        from torchdyn.core import NeuralODE
+
+        s = pipe.settings
+        if not (all(not c for c in self.field.concat)):
+            raise SystemExit("torchdyn comparison supports depth: none fields only")
+        net = nn.Sequential(*[m for pair in zip(self.field.layers, [*self.field.acts, None]) for m in pair if m is not None])
+        self.node = NeuralODE(net, solver=s.method, sensitivity="adjoint" if s.sensitivity == "adjoint" else "autograd",
+                              atol=s.atol, rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
+        params = [*self.node.parameters(), *self.readout.parameters()]
+        self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
+        self.t_span = torch.linspace(0, s.S, 2) if not s.is_fixed_step else torch.linspace(0, s.S, round(s.S / s.step_size) + 1)
+
+    def __call__(self, X, y):
+        from nodex.models import ModelOutput
+
+        self.node.vf.nfe = 0
+        _, sol = self.node(X, self.t_span)
+        z = sol[-1]
+        nfe_f = int(self.node.vf.nfe)
+        loss, _ = self.task.loss(ModelOutput(self.readout(z), z), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return nfe_f, int(self.node.vf.nfe) - nfe_f
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*")
@@ -116,6 +152,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pretrain", type=int, default=0, help="train nodex this many steps first (trained weights)")
+    parser.add_argument("--no-torchdyn", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
@@ -132,9 +170,20 @@ def main() -> None:
         _, _, _, f, b = trainer.train_step(Xb, yb, optimizer)
         return f, b
 
+    for _ in range(args.pretrain):
+        Xp, yp = pipe.data.sampler(X.shape[0]) if pipe.data.sampler else (X, y)
+        nodex_step(Xp, yp)
     impls = {"nodex": nodex_step, "torchdiffeq": PlainStep(pipe, cfg, "plain")}
     if pipe.settings.method == "rk4":
         impls["hand-written rk4"] = PlainStep(pipe, cfg, "hand")
+    try:
+        import torchdyn  # noqa: F401
+
+        have_torchdyn = not args.no_torchdyn
+    except ImportError:
+        have_torchdyn = False
+    if have_torchdyn:
+        impls["torchdyn 1.0.6"] = TorchdynStep(pipe, cfg)
     times = {k: [] for k in impls}
     nfe = {k: (0, 0) for k in impls}
     for fn in impls.values():
@@ -147,7 +196,7 @@ def main() -> None:
                 nfe[name] = fn(X, y)
             times[name].append(1000 * (time.perf_counter() - start) / args.steps)
     base = statistics.median(times["torchdiffeq"])
-    print(f"config: {' '.join(args.overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | threads {args.threads} | {args.rounds}x{args.steps} steps")
+    print(f"config: {' '.join(args.overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}")
     print("| implementation | ms/step (median) | min–max | NFE fwd | NFE bwd | samples/s | ratio vs torchdiffeq |")
     print("|---|---|---|---|---|---|---|")
     for name in impls:
