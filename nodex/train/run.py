@@ -27,6 +27,7 @@ from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
 from nodex.train.loop import LoopState, Trainer, evaluate
 from nodex.train.tasks import Task, build_task
+from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
 
@@ -135,10 +136,10 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -
     trainer = None
     state = LoopState()
     try:
-        if cfg.trainer.get("num_threads"):
-            torch.set_num_threads(int(cfg.trainer.num_threads))
         validate_trainer(cfg.trainer)
         pipe = Pipeline(cfg)
+        batch = cfg.trainer.get("batch_size") or pipe.data.train[0].shape[0]
+        result["threads"] = choose_threads(cfg.trainer.get("num_threads"), pipe.model, pipe.data.train[0], batch)
         result["device"] = str(pipe.device)
         result["params"] = count_parameters(pipe.model)
         state.batch_gen.manual_seed(int(cfg.seed))
