@@ -60,3 +60,6 @@ def diagnostics(model, data, task, logger, step: int) -> None:
         logger.figure("plots/decision_map", decision_map(model, task, X, y), step)
     if X.dim() == 2 and getattr(task, "n_classes", None):
         logger.figure("plots/depth_trajectories", depth_trajectories(model, X, y.float()), step)
+    from nodex.viz_depth import depth_diagnostics  # θ(s) of depth-variant fields, tracking plots
+
+    depth_diagnostics(model, data, task, logger, step)

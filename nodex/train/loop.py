@@ -65,7 +65,7 @@ def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int | None 
             out = model(xb)
             nfe.append(model.nfe.count)
             loss, parts = task.loss(out, yb)
-            values = {"loss": loss, **parts, **task.metrics(out, yb)}
+            values = {"loss": loss, **parts, **task.metrics(out, yb), **task.model_metrics(model, xb, yb)}
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * xb.shape[0]
     model.train()

@@ -55,6 +55,11 @@ class Task:
     def metrics(self, out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
+    def model_metrics(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation-only metrics that need the model itself (e.g. re-integrating past the
+        training horizon); called by ``evaluate`` under ``no_grad``. Default: none."""
+        return {}
+
 
 @TASKS.register("classification")
 class Classification(Task):
@@ -110,3 +115,6 @@ class Regression(Task):
 
 def build_task(cfg: DictConfig, data: DataBundle) -> Task:
     return TASKS.get(cfg.kind)(cfg, data)
+
+
+from nodex.train import tracking  # noqa: E402,F401  (registers task.kind=tracking)
