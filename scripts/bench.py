@@ -160,22 +160,28 @@ def main() -> None:
         cfg = compose("train", overrides=[*args.overrides, "trainer.device=cpu"])
     pipe = Pipeline(cfg)
     X, y = pipe.data.sampler(cfg.trainer.batch_size or cfg.data.n_train) if pipe.data.sampler else pipe.data.train
-    optimizer, _ = build_optimizer(cfg.trainer, pipe.model, 1)
     import tempfile
 
     logger = RunLogger(Path(tempfile.mkdtemp()), tensorboard=False)
     trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, Path("/nonexistent"), lambda st: {}, pipe.settings.describe())
 
-    def nodex_step(Xb, yb):
-        _, _, _, f, b = trainer.train_step(Xb, yb, optimizer)
-        return f, b
+    def make_nodex():
+        opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
 
+        def step(Xb, yb):
+            _, _, _, f, b = trainer.train_step(Xb, yb, opt)
+            return f, b
+
+        return step
+
+    warm = make_nodex()
     for _ in range(args.pretrain):
         Xp, yp = pipe.data.sampler(X.shape[0]) if pipe.data.sampler else (X, y)
-        nodex_step(Xp, yp)
-    impls = {"nodex": nodex_step, "torchdiffeq": PlainStep(pipe, cfg, "plain")}
+        warm(Xp, yp)
+    reference = copy.deepcopy(pipe.model.state_dict())
+    factories = {"nodex": make_nodex, "torchdiffeq": lambda: PlainStep(pipe, cfg, "plain")}
     if pipe.settings.method == "rk4":
-        impls["hand-written rk4"] = PlainStep(pipe, cfg, "hand")
+        factories["hand-written rk4"] = lambda: PlainStep(pipe, cfg, "hand")
     try:
         import torchdyn  # noqa: F401
 
@@ -183,18 +189,28 @@ def main() -> None:
     except ImportError:
         have_torchdyn = False
     if have_torchdyn:
-        impls["torchdyn 1.0.6"] = TorchdynStep(pipe, cfg)
-    times = {k: [] for k in impls}
-    nfe = {k: (0, 0) for k in impls}
-    for fn in impls.values():
+        factories["torchdyn 1.0.6"] = lambda: TorchdynStep(pipe, cfg)
+
+    def fresh(name):
+        """Every implementation starts each round from the same weights and a new optimizer,
+        so all of them follow the same training trajectory (same NFE) within a round."""
+        pipe.model.load_state_dict(reference)
+        return factories[name]()
+
+    times = {k: [] for k in factories}
+    nfe = {k: (0, 0) for k in factories}
+    for name in factories:
+        fn = fresh(name)
         for _ in range(args.warmup):
             fn(X, y)
     for _ in range(args.rounds):
-        for name, fn in impls.items():
+        for name in factories:
+            fn = fresh(name)
             start = time.perf_counter()
             for _ in range(args.steps):
                 nfe[name] = fn(X, y)
             times[name].append(1000 * (time.perf_counter() - start) / args.steps)
+    impls = factories
     base = statistics.median(times["torchdiffeq"])
     print(f"config: {' '.join(args.overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}")
     print("| implementation | ms/step (median) | min–max | NFE fwd | NFE bwd | samples/s | ratio vs torchdiffeq |")
