@@ -41,6 +41,8 @@ class MLPField(nn.Module):
             the others are static.
         control_features: width of the control ``x`` concatenated to ``z`` (0: none).
         zero_init_last: zero the last layer so the initial flow is the identity.
+        out_bias: initial value of the last layer's bias (``None``: keep; e.g. ``1.0`` with
+            ``zero_init_last``: the initial flow is a translation, see reflection_adaptive_depth).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class MLPField(nn.Module):
         zero_init_last: bool = True,
         bias: bool = True,
         S: float = 1.0,
+        out_bias: float | None = None,
     ) -> None:
         super().__init__()
         widths = [in_features + control_features, *hidden, out_features]
@@ -76,6 +79,10 @@ class MLPField(nn.Module):
         if zero_init_last:
             for p in self.layers[-1].parameters():
                 nn.init.zeros_(p)
+        if out_bias is not None:
+            if getattr(self.layers[-1], "bias", None) is None:
+                raise ConfigError("model.field.out_bias needs a last layer with a bias: set field.bias=true and a static or concat last layer")
+            nn.init.constant_(self.layers[-1].bias, float(out_bias))
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         h = z if self.control_features == 0 else torch.cat([z, x.reshape(x.shape[0], -1)], dim=1)
@@ -110,6 +117,7 @@ def build_mlp_field(
         zero_init_last=cfg.get("zero_init_last", True),
         bias=cfg.get("bias", True),
         S=S,
+        out_bias=cfg.get("out_bias"),
     )
 
 
