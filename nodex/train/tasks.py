@@ -117,4 +117,5 @@ def build_task(cfg: DictConfig, data: DataBundle) -> Task:
     return TASKS.get(cfg.kind)(cfg, data)
 
 
+from nodex.train import density  # noqa: E402,F401  (registers task.kind=density)
 from nodex.train import tracking  # noqa: E402,F401  (registers task.kind=tracking)
