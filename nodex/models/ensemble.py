@@ -1,0 +1,188 @@
+"""K Neural ODEs of one architecture evaluated as one batched model (seed ensembles).
+
+Member ``k``'s parameters are slice ``k`` of stacked tensors ``(K, *shape)``
+(:func:`torch.func.stack_module_state`). Every slot of the member :class:`NeuralODE`
+(``h_x``, control, horizon, field, integral loss, ``h_y``) is evaluated on a template copy
+with its parameters pointed at the members' slices (as :func:`torch.func.functional_call`
+does) under :func:`torch.func.vmap` over the member
+dimension, so any slot built from standard modules works without per-variant code.
+
+One solve integrates the stacked state ``(K, B, *state_shape)``: with fixed-step solvers each
+member follows exactly the computation of its own run; adaptive solvers take one step-size
+sequence for all members (the error norm is over the whole stacked state), and the NFE is
+that of the batched solve. Buffers are constants (no running statistics are written back).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.func import stack_module_state, vmap
+
+from nodex.models.neural_ode import BoundDynamics, ModelOutput, NeuralODE
+from nodex.ode import NFECounter, odesolve
+
+# Slots whose parameters the dynamics use (the names BoundDynamics gives them too).
+_DYNAMICS_SLOTS = ("field", "integral_loss")
+
+
+class _Swap:
+    """Points a module's parameters/buffers (by dotted name) at other tensors while a call
+    runs: a lean :func:`torch.func.functional_call` (names resolved once, no tied-weight
+    scan), used inside ``vmap`` where the tensors are the members' batched slices."""
+
+    def __init__(self, root: nn.Module, names: list[str]) -> None:
+        self.slots: list[tuple[dict, str]] = []
+        for name in names:
+            owner_name, _, attr = name.rpartition(".")
+            owner = root.get_submodule(owner_name)
+            self.slots.append((owner._parameters if attr in owner._parameters else owner._buffers, attr))
+
+    @contextmanager
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+        saved = [table[attr] for table, attr in self.slots]
+        for (table, attr), tensor in zip(self.slots, tensors):
+            table[attr] = tensor
+        try:
+            yield
+        finally:
+            for (table, attr), tensor in zip(self.slots, saved):
+                table[attr] = tensor
+
+
+class _EnsembleDynamics(nn.Module):
+    """``dZ/ds`` for the stacked state: the member dynamics vmapped over ``K``."""
+
+    def __init__(self, ensemble: "EnsembleNeuralODE", control: torch.Tensor | None, horizon: torch.Tensor | None) -> None:
+        super().__init__()
+        self._ensemble = [ensemble]  # a list: not registered (its parameters go in adjoint_params)
+        self.control = control
+        self.horizon = horizon
+
+    def forward(self, s: torch.Tensor, state: Any) -> Any:
+        return self._ensemble[0].dynamics(s, state, self.control, self.horizon)
+
+
+class EnsembleNeuralODE(nn.Module):
+    """``K`` NeuralODEs with identical structure, trained as one model.
+
+    Args:
+        members: the ``K`` independently initialised models (their values are copied into
+            the stacked parameters; the members themselves are left untouched).
+
+    ``forward(X)``: ``X`` ``(K, B, *input_shape)`` -> :class:`ModelOutput` with a leading
+    member dimension on every tensor (``y_hat`` ``(K, B, n_out)``, ``z_S`` ``(K, B, ...)``,
+    ``loss_integral`` ``(K,)``); :func:`member_output` takes member ``k``'s slice.
+    ``nfe`` counts evaluations of the batched dynamics (one per solver stage for all members).
+    """
+
+    def __init__(self, members: Sequence[NeuralODE]) -> None:
+        super().__init__()
+        members = list(members)
+        if not members or not all(isinstance(m, NeuralODE) for m in members):
+            raise TypeError("EnsembleNeuralODE stacks NeuralODE members (model.kind=neural_ode)")
+        params, buffers = stack_module_state(members)
+        self.size = len(members)
+        self.param_names = list(params)
+        self.stacked = nn.ParameterList(nn.Parameter(params[n].detach().clone(), requires_grad=params[n].requires_grad) for n in self.param_names)
+        self.buffer_names = list(buffers)
+        for i, name in enumerate(self.buffer_names):
+            self.register_buffer(f"stacked_buffer_{i}", buffers[name].clone(), persistent=False)
+        template = copy.deepcopy(members[0])
+        self._template = [template]  # unregistered: its own tensors are never used
+        self._bound = BoundDynamics(template.field, None, template.integral_loss, None)
+        self.settings = template.settings
+        self.nfe = NFECounter()
+        self._swappers: dict[tuple[str, ...], _Swap] = {}
+
+    # -- state access -------------------------------------------------------------------
+    @property
+    def template(self) -> NeuralODE:
+        return self._template[0]
+
+    def named_stacked(self) -> list[tuple[str, torch.Tensor]]:
+        """``(member name, stacked tensor)`` for every parameter and buffer."""
+        buffers = [getattr(self, f"stacked_buffer_{i}") for i in range(len(self.buffer_names))]
+        return [*zip(self.param_names, self.stacked), *zip(self.buffer_names, buffers)]
+
+    def _slot_tensors(self, slots: tuple[str, ...]) -> tuple[list[str], list[torch.Tensor]]:
+        named = [(n, t) for n, t in self.named_stacked() if n.split(".", 1)[0] in slots]
+        return [n for n, _ in named], [t for _, t in named]
+
+    def dynamics_parameters(self) -> list[torch.Tensor]:
+        return [p for n, p in zip(self.param_names, self.stacked) if n.split(".", 1)[0] in _DYNAMICS_SLOTS]
+
+    @torch.no_grad()
+    def load_member(self, k: int, model: NeuralODE) -> NeuralODE:
+        """Copy member ``k``'s current parameters into ``model`` (same structure); returns it."""
+        for name, stacked in zip(self.param_names, self.stacked):
+            model.get_parameter(name).copy_(stacked[k])
+        return model
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _swapper(self, slots: tuple[str, ...]) -> "_Swap":
+        if slots not in self._swappers:
+            self._swappers[slots] = _Swap(self.template, self._slot_tensors(slots)[0])
+        return self._swappers[slots]
+
+    def _vmap_slot(self, slot: str, *args: torch.Tensor) -> torch.Tensor:
+        """``template.<slot>(*args)`` for every member: ``args`` carry the leading ``K``."""
+        module = getattr(self.template, slot)
+        swap = self._swapper((slot,))
+
+        def one(tensors: list[torch.Tensor], *a: torch.Tensor) -> torch.Tensor:
+            with swap(tensors):
+                return module(*a)
+
+        return vmap(one)(self._slot_tensors((slot,))[1], *args)
+
+    def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None) -> Any:
+        """The member dynamics (field bound to its control, integral channel, horizon scaling)
+        vmapped over members; ``state``: ``(K, B, ...)`` or a tuple of such."""
+        bound = self._bound
+        swap = self._swapper(_DYNAMICS_SLOTS)
+
+        def one(tensors: list[torch.Tensor], z: Any, u: torch.Tensor | None, h: torch.Tensor | None) -> Any:
+            bound.control, bound.horizon = u, h
+            try:
+                with swap(tensors):
+                    return bound(s, z)
+            finally:
+                bound.control = bound.horizon = None
+
+        in_dims = (0, 0, None if control is None else 0, None if horizon is None else 0)
+        return vmap(one, in_dims=in_dims)(self._slot_tensors(_DYNAMICS_SLOTS)[1], state, control, horizon)
+
+    def forward(self, X: torch.Tensor) -> ModelOutput:
+        """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""
+        t = self.template
+        Z0 = self._vmap_slot("input_layer", X)
+        U = None
+        if t.control is not None:
+            U = self._vmap_slot("control", X, Z0) if isinstance(t.control, nn.Module) else vmap(t.control)(X, Z0)
+        H = self._vmap_slot("horizon", X) if t.horizon is not None else None
+        dyn = _EnsembleDynamics(self, U, H)
+        extra = [x for x in (U, H) if x is not None and x.requires_grad]
+        params = (*self.dynamics_parameters(), *extra)
+        jump_t = t.jump_t if H is None else None
+        span = t.span.to(Z0.dtype) if H is None else torch.tensor([0.0, 1.0], dtype=Z0.dtype, device=Z0.device)
+        if t.integral_loss is None:
+            Z_S = odesolve(dyn, Z0, span, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params)[-1]
+            loss_integral = None
+        else:
+            Q0 = torch.zeros(Z0.shape[:2], dtype=Z0.dtype, device=Z0.device)
+            zs, qs = odesolve(dyn, (Z0, Q0), span, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params)
+            Z_S, loss_integral = zs[-1], qs[-1].mean(dim=1)
+        extras = {} if H is None else {"horizon": H.detach()}
+        return ModelOutput(self._vmap_slot("readout", Z_S), Z_S, loss_integral, extras)
+
+
+def member_output(out: ModelOutput, k: int) -> ModelOutput:
+    """Member ``k``'s slice of a stacked :class:`ModelOutput`."""
+    return ModelOutput(
+        out.y_hat[k], out.z_S[k], None if out.loss_integral is None else out.loss_integral[k], {key: v[k] for key, v in out.extras.items()}
+    )
