@@ -131,7 +131,7 @@ def _normalise(X: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         raise ConfigError(f"data.mean={mean} and data.std={std}: set both (one value per channel) or neither")
     mean_t, std_t = torch.tensor(list(mean), dtype=X.dtype), torch.tensor(list(std), dtype=X.dtype)
     if len(mean_t) not in (1, X.shape[1]) or len(std_t) != len(mean_t):
-        raise ConfigError(f"data.mean/data.std need 1 or {X.shape[1]} values (channels of {cfg.name}), got {len(mean_t)} and {len(std_t)}")
+        raise ConfigError(f"data.mean/data.std need one value per channel ({X.shape[1]} for {cfg.name}) or a single value, got {len(mean_t)} and {len(std_t)}")
     if not bool((std_t > 0).all()):
         raise ConfigError(f"data.std={list(std)} must be positive")
     return (X - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
