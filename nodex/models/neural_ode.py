@@ -103,7 +103,9 @@ class NeuralODE(nn.Module):
         self.control = control
         self.settings = settings
         self.nfe = NFECounter()
-        self.register_buffer("jump_t", None if not jump_t else torch.tensor(jump_t), persistent=False)
+        # float64: torchdiffeq casts jump_t to the state's dtype; a float32 copy would shift the
+        # jumps of float64 solves off the layers' breakpoints (by up to ~1e-8).
+        self.register_buffer("jump_t", None if not jump_t else torch.tensor(jump_t, dtype=torch.float64), persistent=False)
         self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
 
     def _bind(self, x: torch.Tensor) -> tuple[BoundDynamics, torch.Tensor, torch.Tensor | None]:

@@ -140,7 +140,10 @@ def odesolve(
     kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
     try:
         if settings.sensitivity == "adjoint":
-            adjoint_options = {k: v for k, v in kwargs["options"].items() if k != "jump_t"}
+            # jump_t too: the backward solve then also restarts at the jumps (torchdiffeq negates
+            # them for the reversed time); without it a stacked model's adjoint took ~15x the
+            # backward NFE for a 100x less accurate gradient.
+            adjoint_options = dict(kwargs["options"])
             if settings.seminorm:
                 adjoint_options["norm"] = "seminorm"
             if adjoint_params is None:
