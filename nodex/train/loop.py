@@ -113,12 +113,16 @@ class Trainer:
         self.totals = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
 
     @staticmethod
-    def total_steps(cfg: DictConfig, data: DataBundle) -> int:
+    def steps_per_epoch(cfg: DictConfig, data: DataBundle) -> int:
+        """Optimisation steps in one pass over the training split (1 for full batch)."""
+        n = data.train[0].shape[0]
+        return 1 if not cfg.get("batch_size") or cfg.batch_size >= n else n // cfg.batch_size
+
+    @classmethod
+    def total_steps(cls, cfg: DictConfig, data: DataBundle) -> int:
         """``trainer.max_steps``, or ``trainer.epochs`` × batches per epoch when epochs is set."""
         if cfg.get("epochs"):
-            n = data.train[0].shape[0]
-            per_epoch = 1 if not cfg.get("batch_size") or cfg.batch_size >= n else n // cfg.batch_size
-            return int(cfg.epochs) * per_epoch
+            return int(cfg.epochs) * cls.steps_per_epoch(cfg, data)
         return int(cfg.max_steps)
 
     def _batches(self, state: LoopState):
@@ -143,7 +147,7 @@ class Trainer:
         log_every, val_every = max(1, int(cfg.log_every)), int(cfg.val_every or 0)
         ckpt_every = int(cfg.checkpoint_every or 0)
         scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
-        steps_per_epoch = max(1, self.max_steps // int(cfg.epochs)) if cfg.get("epochs") else None
+        steps_per_epoch = self.steps_per_epoch(cfg, self.data)
         stats = StepStats()
         bar = self._progress_bar(state.step)
         batches = self._batches(state)
