@@ -93,8 +93,9 @@ class EnsembleNeuralODE(nn.Module):
         for i, name in enumerate(self.buffer_names):
             self.register_buffer(f"stacked_buffer_{i}", buffers[name].clone(), persistent=False)
         template = copy.deepcopy(members[0])
-        self._template = [template]  # unregistered: its own tensors are never used
-        self._bound = BoundDynamics(template.field, None, template.integral_loss, None)
+        # Held in lists so they stay unregistered: their own tensors are never used.
+        self._template = [template]
+        self._bounds = [BoundDynamics(template.field, None, template.integral_loss, None)]
         self.settings = template.settings
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
@@ -143,7 +144,7 @@ class EnsembleNeuralODE(nn.Module):
     def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None) -> Any:
         """The member dynamics (field bound to its control, integral channel, horizon scaling)
         vmapped over members; ``state``: ``(K, B, ...)`` or a tuple of such."""
-        bound = self._bound
+        bound = self._bounds[0]
         swap = self._swapper(_DYNAMICS_SLOTS)
 
         def one(tensors: list[torch.Tensor], z: Any, u: torch.Tensor | None, h: torch.Tensor | None) -> Any:

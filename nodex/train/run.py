@@ -123,6 +123,10 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -
         NodexError: bad config, solver failure, divergence (after ``result.json`` records it).
         KeyboardInterrupt: after ``last.pt`` is saved and the run is marked ``interrupted``.
     """
+    if cfg.trainer.get("ensemble", 1) != 1:  # K seeds in one batched solve: nodex/train/ensemble.py
+        from nodex.train.ensemble import run_ensemble
+
+        return run_ensemble(cfg, run_dir, progress=progress)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -1,0 +1,208 @@
+"""Seed ensembles (``trainer.ensemble=K``): K members in one batched solve reproduce K separate
+runs (fixed-step solvers), write one standard run directory each, and evaluate unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import FAST, read_scalars
+from nodex.errors import ConfigError
+from nodex.models.ensemble import EnsembleNeuralODE, member_output
+from nodex.train.checkpoint import load_checkpoint
+from nodex.train.ensemble import clip_members, ensemble_size, member_optimizer_state
+from nodex.train.run import Pipeline, run_train
+
+K = 3
+RK4 = ["solver=rk4", "trainer.device=cpu"]
+
+
+def _separate(compose_cfg, tmp_path, seed: int, overrides: list[str]):
+    cfg = compose_cfg([*FAST, *RK4, *overrides, f"seed={seed}"])
+    run_dir = tmp_path / f"sep-{seed}"
+    result = run_train(cfg, run_dir)
+    return run_dir, result
+
+
+def _jsonl(path) -> list[dict]:
+    """metrics.jsonl without the wall-clock entries."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+@pytest.mark.slow
+def test_ensemble_reproduces_separate_runs_and_writes_member_run_dirs(train_run, compose_cfg, tmp_path, cli):
+    run_dir, _, code, err = train_run(*RK4, f"trainer.ensemble={K}", name="ens")
+    assert code == 0, err
+    summary = json.loads((run_dir / "ensemble.json").read_text())
+    assert summary["status"] == "completed" and summary["size"] == K and summary["seeds"] == [0, 1, 2]
+    assert summary["members"] == [f"member-{k}" for k in range(K)] and summary["shared_step_sizes"] is False
+    assert not (run_dir / "result.json").exists()  # a report must not count the ensemble twice
+    accs = []
+    for k in range(K):
+        sep_dir, sep = _separate(compose_cfg, tmp_path, k, [])
+        mdir = run_dir / f"member-{k}"
+        member = json.loads((mdir / "result.json").read_text())
+        # Same result.json schema (plus where it came from), seed and config of the separate run.
+        assert set(sep) <= set(member) and set(member) - set(sep) == {"ensemble_member"}
+        assert member["ensemble_member"] == {"index": k, "size": K, "parent": str(run_dir)}
+        assert member["status"] == "completed" and member["seed"] == k and member["steps"] == 20
+        assert member["config"] == {**sep["config"], "trainer": {**sep["config"]["trainer"], "ensemble": 1}}
+        assert member["params"] == sep["params"] == 1224 and member["nfe_forward"] == sep["nfe_forward"] == 40
+        for key, value in sep["metrics"].items():
+            assert member["metrics"][key] == pytest.approx(value, abs=1e-5), key
+        accs.append(member["metrics"]["test/accuracy"])
+        # Final parameters, Adam state and best checkpoint as the separate run's (atol 1e-5;
+        # measured: identical to the last bit on CPU).
+        a, b = load_checkpoint(sep_dir / "checkpoints" / "last.pt"), load_checkpoint(mdir / "checkpoints" / "last.pt")
+        assert a["model"].keys() == b["model"].keys()
+        for name in a["model"]:
+            assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=0), name
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        for i, entries in a["optimizer"]["state"].items():
+            for key, value in entries.items():
+                assert torch.allclose(value, b["optimizer"]["state"][i][key], atol=1e-5, rtol=0), (i, key)
+        assert b["step"] == a["step"] == 20 and b["best"] == pytest.approx(a["best"], abs=1e-6)
+        best_a, best_b = load_checkpoint(sep_dir / "checkpoints" / "best.pt"), load_checkpoint(mdir / "checkpoints" / "best.pt")
+        assert best_b["step"] == best_a["step"]
+        # The same train/val/test log lines and TensorBoard tags.
+        rows_a, rows_b = _jsonl(sep_dir / "metrics.jsonl"), _jsonl(mdir / "metrics.jsonl")
+        assert [r.keys() for r in rows_a] == [r.keys() for r in rows_b]
+        for ra, rb in zip(rows_a, rows_b):
+            assert ra == pytest.approx(rb, abs=1e-5)
+        assert read_scalars(mdir).keys() == read_scalars(sep_dir).keys()
+        assert (mdir / ".hydra" / "config.yaml").is_file()
+    assert summary["metrics"]["test/accuracy"] == pytest.approx(sum(accs) / K)
+    # `nodex eval` on a member directory works unchanged and reproduces its test metrics.
+    code, out, err = cli(["eval", f"ckpt={run_dir / 'member-1'}", f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert code == 0, err
+    evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert evaluated["metrics"]["test/accuracy"] == pytest.approx(accs[1], abs=1e-6)
+
+
+def test_ensemble_under_adjoint_matches_separate_runs(compose_cfg, tmp_path):
+    """The stacked parameters are the adjoint's parameters: gradients, hence the trained
+    weights, equal the separate runs' (rk4, 2 members, a few steps)."""
+    overrides = ["solver.sensitivity=adjoint", "trainer.max_steps=4", "trainer.log_every=2", "trainer.val_every=4",
+                 "trainer.checkpoint_every=4", "logger.tensorboard=false"]
+    cfg = compose_cfg([*FAST, *RK4, *overrides, "trainer.ensemble=2"])
+    summary = run_train(cfg, tmp_path / "ens")
+    assert summary["status"] == "completed" and summary["nfe_backward"] == 40  # rk4 x 10 steps back
+    for k in range(2):
+        sep_dir, sep = _separate(compose_cfg, tmp_path, k, overrides)
+        a = load_checkpoint(sep_dir / "checkpoints" / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / "ens" / f"member-{k}" / "checkpoints" / "last.pt")["model"]
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+        member = json.loads((tmp_path / "ens" / f"member-{k}" / "result.json").read_text())
+        assert member["nfe_backward"] == sep["nfe_backward"]
+
+
+def test_adaptive_solver_members_share_steps(compose_cfg, tmp_path):
+    cfg = compose_cfg([*FAST, "solver=dopri5", "trainer.max_steps=3", "trainer.log_every=3", "trainer.device=cpu",
+                       "logger.tensorboard=false", "trainer.ensemble=2"])
+    summary = run_train(cfg, tmp_path / "ens")
+    assert summary["status"] == "completed" and summary["shared_step_sizes"] is True
+    results = [json.loads((tmp_path / "ens" / f"member-{k}" / "result.json").read_text()) for k in range(2)]
+    assert results[0]["nfe_forward"] == results[1]["nfe_forward"] == summary["nfe_forward"] > 0
+    assert all(r["status"] == "completed" and r["seed"] == k for k, r in enumerate(results))
+
+
+# Slot variants: the vmapped members equal the plain models, output and gradient.
+VARIANTS = [
+    ["model=vanilla"],
+    ["model=depthcat"],
+    ["model=galnode"],
+    ["model=stacked"],
+    ["model=data_control"],
+    ["model=adaptive_depth"],
+    ["experiment=galerkin_tracking", "data.n_train=64"],  # integral loss (tuple state), adjoint
+    ["model=node_conv", "data=digits"],  # conv field with GroupNorm, image input
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: o[0].split("=")[1])
+def test_vmapped_members_equal_plain_models(compose_cfg, overrides):
+    cfg = compose_cfg([*overrides, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu", "data.n_val=16", "data.n_test=16"])
+    pipes = []
+    for k in range(2):
+        c = cfg.copy()
+        c.seed = k
+        pipes.append(Pipeline(c))
+        with torch.no_grad():  # leave the identity flow of zero-init last layers
+            for p in pipes[-1].model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    ens = EnsembleNeuralODE([p.model for p in pipes])
+    assert [p.shape for p in ens.parameters()] == [(2, *p.shape) for p in pipes[0].model.parameters()]
+    X = torch.stack([p.data.train[0][:8] for p in pipes])
+    Y = torch.stack([p.data.train[1][:8] for p in pipes])
+    out = ens(X)
+    sum(p.task.loss(member_output(out, k), Y[k])[0] for k, p in enumerate(pipes)).backward()
+    for k, p in enumerate(pipes):
+        p.model.nfe.reset()
+        own = p.model(X[k])
+        p.task.loss(own, Y[k])[0].backward()
+        assert torch.allclose(own.y_hat, out.y_hat[k], atol=1e-5, rtol=0)
+        for name, stacked in zip(ens.param_names, ens.parameters()):
+            grad = p.model.get_parameter(name).grad
+            assert torch.allclose(grad if grad is not None else torch.zeros_like(stacked[k]), stacked.grad[k], atol=1e-5, rtol=1e-4), name
+    assert ens.nfe.count == p.model.nfe.count  # one batched solve: a member's NFE
+    fresh = Pipeline(cfg).model
+    ens.load_member(1, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), pipes[1].model.parameters()))
+
+
+def test_clip_members_clips_each_member_by_its_own_norm():
+    torch.manual_seed(0)
+    plain = [[torch.randn(3, 2) * (k + 1), torch.randn(2) * (k + 1)] for k in range(3)]
+    stacked = [torch.nn.Parameter(torch.zeros(3, 3, 2)), torch.nn.Parameter(torch.zeros(3, 2))]
+    stacked[0].grad = torch.stack([g[0] for g in plain])
+    stacked[1].grad = torch.stack([g[1] for g in plain])
+    clip_members(stacked, 2.5)
+    for k, grads in enumerate(plain):
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(params, 2.5)
+        assert torch.allclose(stacked[0].grad[k], params[0].grad) and torch.allclose(stacked[1].grad[k], params[1].grad)
+
+
+def test_member_optimizer_state_is_a_plain_optimizer_state():
+    stacked = torch.nn.Parameter(torch.randn(3, 4))
+    opt = torch.optim.Adam([stacked], lr=0.1)
+    stacked.grad = torch.randn(3, 4)
+    opt.step()
+    state = member_optimizer_state(opt, 2)
+    assert state["state"][0]["exp_avg"].shape == (4,) and torch.equal(state["state"][0]["exp_avg"], opt.state[stacked]["exp_avg"][2])
+    assert state["state"][0]["exp_avg"].untyped_storage().size() == 4 * 4  # a copy, not a view of all members
+    assert float(state["state"][0]["step"]) == 1.0
+    plain = torch.optim.Adam([torch.nn.Parameter(torch.zeros(4))], lr=0.1)
+    plain.load_state_dict(state)
+
+
+def test_bad_ensemble_value_is_one_line_config_error(train_run):
+    run_dir, result, code, err = train_run("trainer.ensemble=0", name="bad")
+    assert code == 1
+    line = [ln for ln in err.splitlines() if ln.startswith("nodex: error:")]
+    assert len(line) == 1 and "trainer.ensemble=0 must be a positive integer" in line[0]
+    assert result["status"] == "failed" and "trainer.ensemble=0" in result["error"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.ensemble=-2"], "trainer.ensemble=-2 must be a positive integer"),
+        (["trainer.ensemble=two"], "trainer.ensemble='two' must be a positive integer"),
+        (["trainer.ensemble=2", "trainer.resume=/tmp/x"], "trainer.resume is not supported with trainer.ensemble=2"),
+        (["trainer.ensemble=2", "model=cnf", "data=moons_density", "task=density"], "trainer.ensemble=2 needs model.kind=neural_ode"),
+    ],
+)
+def test_ensemble_config_errors(compose_cfg, overrides, message):
+    cfg = compose_cfg(overrides)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
+        ensemble_size(cfg)
+    assert "\n" not in str(info.value)
+    assert ensemble_size(compose_cfg([])) == 1 and OmegaConf.select(compose_cfg([]), "trainer.ensemble") == 1
