@@ -74,7 +74,9 @@ def test_ensemble_reproduces_separate_runs_and_writes_member_run_dirs(train_run,
         for ra, rb in zip(rows_a, rows_b):
             assert ra == pytest.approx(rb, abs=1e-5)
         assert read_scalars(mdir).keys() == read_scalars(sep_dir).keys()
-        assert (mdir / ".hydra" / "config.yaml").is_file()
+        assert OmegaConf.load(mdir / ".hydra" / "config.yaml").seed == k and (mdir / ".hydra" / "hydra.yaml").is_file()
+        overrides = list(OmegaConf.load(mdir / ".hydra" / "overrides.yaml"))
+        assert overrides[-1] == f"seed={k}" and not any(o.startswith(("trainer.ensemble", "seed=0")) for o in overrides[:-1])
     assert summary["metrics"]["test/accuracy"] == pytest.approx(sum(accs) / K)
     # `nodex eval` on a member directory works unchanged and reproduces its test metrics.
     code, out, err = cli(["eval", f"ckpt={run_dir / 'member-1'}", f"hydra.run.dir={tmp_path / 'eval'}"])

@@ -24,7 +24,9 @@ Layout of ``RUN_DIR``::
                            plus "ensemble_member"), metrics.jsonl, TensorBoard events, plots/,
                            checkpoints/{last,best}.pt (the member's plain model and optimizer
                            state: ``nodex eval ckpt=RUN_DIR/member-k`` and
-                           ``trainer.resume=RUN_DIR/member-k`` work unchanged), .hydra/config.yaml
+                           ``trainer.resume=RUN_DIR/member-k`` work unchanged), and .hydra/
+                           (its config.yaml; the parent's hydra.yaml; overrides.yaml without
+                           trainer.ensemble, with seed=SEED+k)
 
 ``RUN_DIR`` gets no ``result.json`` of its own (a report would count the ensemble twice),
 except when the run fails before any member directory exists.
@@ -33,6 +35,7 @@ except when the run fails before any member directory exists.
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -237,12 +240,25 @@ def _build_members(cfg: DictConfig, resolved: dict[str, Any], K: int, run_dir: P
         mresolved = OmegaConf.to_container(mcfg, resolve=True)
         mdir = run_dir / f"member-{k}"
         mdir.mkdir(parents=True, exist_ok=True)
-        (mdir / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(mcfg, mdir / ".hydra" / "config.yaml")
+        _hydra_snapshot(run_dir, mdir, mcfg)
         result = _new_result(mcfg, mresolved)
         result["ensemble_member"] = {"index": k, "size": K, "parent": str(run_dir)}
         members.append(Member(k, mcfg, mresolved, mdir, Pipeline(mcfg, device), result))
     return members
+
+
+def _hydra_snapshot(run_dir: Path, mdir: Path, mcfg: DictConfig) -> None:
+    """``member-k/.hydra``: the member's config, the parent's ``hydra.yaml`` and its overrides
+    with ``trainer.ensemble`` dropped and ``seed=SEED+k`` (what ``--multirun seed=...`` records)."""
+    dest = mdir / ".hydra"
+    dest.mkdir(exist_ok=True)
+    OmegaConf.save(mcfg, dest / "config.yaml")
+    src = run_dir / ".hydra"
+    if (src / "hydra.yaml").is_file():
+        shutil.copyfile(src / "hydra.yaml", dest / "hydra.yaml")
+    overrides = list(OmegaConf.load(src / "overrides.yaml")) if (src / "overrides.yaml").is_file() else []
+    kept = [str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in ("seed", "trainer.ensemble")]
+    OmegaConf.save(OmegaConf.create([*kept, f"seed={int(mcfg.seed)}"]), dest / "overrides.yaml")
 
 
 def run_ensemble(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
