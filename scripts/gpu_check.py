@@ -1,0 +1,97 @@
+"""One-shot GPU check: a CUDA training step for vanilla, Galërkin and conv fields, timed against
+the CPU, with forward/backward NFE that must be equal on both devices.
+
+    bash scripts/gpu_check.sh            # on a machine with a GPU (prints a Markdown table)
+    python scripts/gpu_check.py --cpu-only --steps 2   # the same code path on the CPU alone
+
+Fixed-step rk4 makes the NFE deterministic, so equal NFE and close losses show that the CUDA
+path computes the same training step. Exits 1 when a check fails or CUDA is missing (unless
+``--cpu-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from nodex.cli import CONFIG_DIR  # noqa: E402
+from nodex.train.logs import RunLogger  # noqa: E402
+from nodex.train.loop import Trainer  # noqa: E402
+from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+
+CASES = {
+    "vanilla MLP (rings, batch 1024)": ["model=vanilla", "data=rings"],
+    "Galërkin MLP (rings, batch 1024)": ["model=galnode", "data=rings"],
+    "conv IL-NODE (digits, batch 64)": ["experiment=digits_ilnode", "trainer.batch_size=64"],
+}
+FIXED = ["solver.method=rk4", "solver.step_size=0.1", "solver.sensitivity=autograd", "trainer.num_threads=null"]
+
+
+def time_steps(overrides: list[str], device: str, steps: int, tmp: Path) -> tuple[float, int, int, float]:
+    """Median ms/step, forward NFE, backward NFE and the loss of the last step on ``device``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=[*overrides, *FIXED, f"trainer.device={device}"])
+    pipe = Pipeline(cfg)
+    X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
+    if cfg.trainer.batch_size:
+        X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
+    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
+    times = []
+    for i in range(steps + 2):  # two warm-up steps (CUDA context, kernels)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss, _, _, nfe_f, nfe_b = trainer.train_step(X, y, opt)
+        value = float(loss.detach())  # syncs
+        if i >= 2:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times), nfe_f, nfe_b, value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--cpu-only", action="store_true", help="run the CPU half only (no CUDA needed)")
+    args = parser.parse_args()
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    has_cuda = torch.cuda.is_available()
+    if not has_cuda and not args.cpu_only:
+        print("CUDA is not available on this machine; run with --cpu-only to check the CPU half", file=sys.stderr)
+        return 1
+    devices = ["cpu"] + (["cuda"] if has_cuda and not args.cpu_only else [])
+    gpu = torch.cuda.get_device_name(0) if has_cuda else "none"
+    print(f"torch {torch.__version__} | GPU: {gpu} | CPU threads: {torch.get_num_threads()} | rk4 step 0.1 (40 NFE), {args.steps} timed steps")
+    print("| case | " + " | ".join(f"{d} ms/step" for d in devices) + " | speed-up | NFE fwd/bwd | loss (cpu / cuda) | check |")
+    print("|---|" + "---|" * len(devices) + "---|---|---|---|")
+    ok = True
+    for name, overrides in CASES.items():
+        rows = {}
+        for device in devices:
+            torch.manual_seed(0)
+            rows[device] = time_steps(overrides, device, args.steps, tmp)
+        cpu = rows["cpu"]
+        if "cuda" in rows:
+            cuda = rows["cuda"]
+            same = cpu[1:3] == cuda[1:3] and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3]))
+            ok &= same
+            print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cuda[1]}/{cuda[2]} | {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
+        else:
+            ok &= cpu[1] == 40
+            print(f"| {name} | {cpu[0]:.2f} | – | {cpu[1]}/{cpu[2]} | {cpu[3]:.5f} / – | {'ok' if cpu[1] == 40 else 'NFE != 40'} |")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The benchmark and GPU-check scripts run (on the CPU) and report what they claim."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_half_runs_and_counts_40_nfe():
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu-only", "--steps", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and "ms/step" not in ln]
+    assert len(rows) == 3 and all("| 40/0 |" in r and r.endswith("| ok |") for r in rows)
+
+
+@pytest.mark.slow
+def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench.py", "solver=rk4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--no-torchdyn"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {ln.split("|")[1].strip(): ln.split("|") for ln in proc.stdout.splitlines() if ln.startswith("| ") and "implementation" not in ln}
+    assert set(rows) == {"nodex", "torchdiffeq", "hand-written rk4"}
+    assert all(r[4].strip() == "40" for r in rows.values())  # same forward NFE everywhere
+    assert rows["torchdiffeq"][7].strip() == "1.000"
