@@ -12,7 +12,8 @@ which ``tests/test_adaptive_depth.py`` checks against autograd.
     S(x) = s_min + (s_max − s_min)·sigmoid(MLP(x))           (B,)
 
 - ``hidden``/``activation``: the MLP ``g_ω`` on the flattened input.
-- ``s_min``, ``s_max``: bounds; S(x) stays strictly inside ``(s_min, s_max)``.
+- ``s_min``, ``s_max``: bounds; S(x) stays inside ``(s_min, s_max)`` (reaching them only when
+  the sigmoid saturates in floating point).
 - ``signed``: allow ``s_min < 0`` (integrate *backward* for some inputs). In 1-D an autonomous
   field with S ≥ 0 cannot map −1 ↦ 1 and 1 ↦ −1 (a 1-D flow is monotone), so the reflection
   experiment uses a signed S (or a depth-varying field).
