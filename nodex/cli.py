@@ -18,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from nodex.sweeps import quiet_schema_warning
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
 
@@ -25,12 +27,16 @@ commands:
   train   train a model:  nodex train model=galnode data=rings seed=0
           sweep:          nodex train --multirun model=vanilla,depthcat seed=0,1
   eval    evaluate a run: nodex eval ckpt=outputs/train/DATE/TIME [data.n_test=5000]
+  list    the named experiments with their one-line descriptions
+  report  results table:  nodex report outputs/train/multirun/DATE/TIME [--by model,data] [--format csv]
+  reproduce  run the paper's experiments and write REPRODUCTION.md: nodex reproduce --budget smoke
 
 `nodex train --help` lists the config groups and their options;
 `nodex train --cfg job` prints the composed config."""
 
 log = logging.getLogger("nodex")
 _failures: list[str] = []
+quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
 
 
 class UsageError(Exception):
@@ -103,6 +109,8 @@ def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
 
 
 COMMANDS = {"train": (train, "train"), "eval": (evaluate, "eval")}
+# Non-Hydra commands: "module:function" taking argv and returning the exit code (argparse inside).
+PLAIN_COMMANDS = {"list": "nodex.experiments:list_main", "report": "nodex.report:report_main", "reproduce": "nodex.reproduce:reproduce_main"}
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}
 
 
@@ -130,6 +138,11 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(lines)
     except HydraException as exc:
         raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value") from None
+    from nodex.sweeps import missing_plugin
+
+    missing = missing_plugin([(o.key_or_group, str(o.value())) for o in parsed if not o.is_sweep_override() and "/" in o.key_or_group or o.key_or_group == "hparams_search"])
+    if missing:
+        raise UsageError(missing)
     probe = []
     for o in parsed:
         if o.key_or_group.startswith("hydra") or (o.package or "").startswith("hydra"):
@@ -193,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
+    if cmd in PLAIN_COMMANDS:
+        import importlib
+
+        module, function = PLAIN_COMMANDS[cmd].split(":")
+        return getattr(importlib.import_module(module), function)(rest)
     if cmd not in COMMANDS:
-        _report(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
+        _report(f"unknown command {cmd!r}; choose one of: {', '.join([*COMMANDS, *PLAIN_COMMANDS])}")
         return 2
     task, config_name = COMMANDS[cmd]
     informational = any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "-sc", "--shell-completion") or a.startswith("--info") for a in rest)

@@ -1,0 +1,69 @@
+"""The named experiments under ``configs/experiment/``: discovery and ``nodex list``.
+
+An experiment is a ``# @package _global_`` YAML file; its first comment line (after the
+``@package`` line) is its one-line description. Everything that needs the list of experiments
+(``nodex list``, ``nodex reproduce``, the report) reads the files, so a new experiment needs no
+registration anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPERIMENT_DIR = Path(__file__).parent / "configs" / "experiment"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One ``configs/experiment/NAME.yaml`` file."""
+
+    name: str
+    description: str
+    path: Path
+
+
+def describe(path: Path) -> str:
+    """The first comment line of a config file that is not a ``# @package`` directive."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            break
+        text = stripped.lstrip("#").strip()
+        if text and not text.startswith("@package"):
+            return text
+    return ""
+
+
+def discover(directory: Path | None = None, only: list[str] | None = None) -> list[Experiment]:
+    """Every experiment in ``directory`` (default: the package's), sorted by name; ``only`` keeps
+    those matching any of the given names or shell patterns (``table1_*``)."""
+    directory = EXPERIMENT_DIR if directory is None else Path(directory)
+    found = [Experiment(p.stem, describe(p), p) for p in sorted(directory.glob("*.yaml"))]
+    if only:
+        found = [e for e in found if any(fnmatch.fnmatchcase(e.name, pat) for pat in only)]
+    return found
+
+
+def list_main(argv: list[str]) -> int:
+    """``nodex list [PATTERN ...]``: every experiment with its one-line description."""
+    parser = argparse.ArgumentParser(prog="nodex list", description="List the named experiments (nodex train experiment=NAME).")
+    parser.add_argument("patterns", nargs="*", help="names or shell patterns to keep, e.g. 'reflection_*'")
+    parser.add_argument("--names", action="store_true", help="print the names only, one per line")
+    args = parser.parse_args(argv)
+    experiments = discover(only=args.patterns or None)
+    if not experiments:
+        print("no experiment matches " + " ".join(args.patterns) if args.patterns else f"no experiments in {EXPERIMENT_DIR}")
+        return 1
+    if args.names:
+        print("\n".join(e.name for e in experiments))
+        return 0
+    width = max(len(e.name) for e in experiments)
+    for e in experiments:
+        print(f"{e.name:<{width}}  {e.description}")
+    print(f"\n{len(experiments)} experiments; run one with: nodex train experiment=NAME")
+    return 0

@@ -1,0 +1,388 @@
+"""``nodex report``: a results table from the ``result.json`` files of run and multirun dirs.
+
+Runs are grouped by chosen config keys (``--by model,data``; ``auto`` = the experiment, model,
+data and every swept override), metrics are averaged over the runs of a group (seeds) as
+mean ± sample std, and failed or interrupted runs are counted and listed, never averaged.
+Where the paper reports a number for the group's experiment (:mod:`nodex.paper_values`) it
+is printed beside ours.
+
+Group keys: ``experiment`` (the run's ``experiment_name``, else the experiment Hydra chose);
+a config group such as ``model``/``data``/``solver`` (its ``name``, ``method`` or ``kind``);
+any dotted config key (``trainer.optim.lr``). Metric names: a key of ``result["metrics"]``
+(``test/accuracy``; ``accuracy`` means ``test/accuracy``) or a top-level numeric key of
+``result.json`` (``nfe_forward``, ``nfe_backward``, ``params``, ``wall_time_s``, ``steps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from nodex.paper_values import PaperValue, paper_value
+
+TOP_LEVEL_METRICS = ("nfe_forward", "nfe_backward", "params", "wall_time_s", "steps")
+DEFAULT_TAIL = ("nfe_forward", "nfe_backward", "params", "wall_time_s")
+FORMATS = ("markdown", "csv", "json")
+
+
+@dataclass
+class Run:
+    """One run directory: its ``result.json`` (or a stand-in when the run died without one)."""
+
+    path: Path
+    result: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.result.get("status") or "unknown")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.result.get("config") or {}
+
+    @property
+    def experiment(self) -> Optional[str]:
+        return self.config.get("experiment_name") or self.choices.get("experiment")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read ``run_dir/result.json`` and the ``.hydra`` snapshot next to it. A run that has a
+    ``.hydra`` config but no ``result.json`` (killed, or still running) gets status ``missing``."""
+    hydra_dir = run_dir / ".hydra"
+    overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
+    hydra_cfg = _read_yaml(hydra_dir / "hydra.yaml") or {}
+    choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            result = {"status": "unreadable", "error": f"result.json unreadable: {exc}", "config": _read_yaml(hydra_dir / "config.yaml") or {}}
+    else:
+        result = {"status": "missing", "error": "no result.json (the job was killed, or is still running)", "config": _read_yaml(hydra_dir / "config.yaml") or {}}
+    return Run(run_dir, result, [str(o) for o in overrides], dict(choices))
+
+
+def _job_name(hydra_yaml: Path) -> Optional[str]:
+    cfg = _read_yaml(hydra_yaml) or {}
+    return ((cfg.get("hydra") or {}).get("job") or {}).get("name")
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``paths`` (run dirs, multirun dirs, or any folder above them)."""
+    dirs: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        if p.is_file():
+            p = p.parent
+        for hit in p.rglob("result.json"):
+            dirs.add(hit.parent)
+        for hit in p.rglob(".hydra/hydra.yaml"):  # a train job that died before writing result.json
+            run_dir = hit.parent.parent
+            if run_dir not in dirs and _job_name(hit) == "train":
+                dirs.add(run_dir)
+    return [load_run(d) for d in sorted(dirs)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys and metrics
+
+
+def _select(tree: Any, dotted: str) -> Any:
+    node = tree
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def key_value(run: Run, key: str) -> Any:
+    """The value of group key ``key`` for ``run`` (see the module docstring)."""
+    if key == "experiment":
+        return run.experiment
+    value = _select(run.config, key)
+    if isinstance(value, dict):
+        for name in ("name", "method", "kind"):
+            if name in value:
+                return value[name]
+        return run.choices.get(key, json.dumps(value, sort_keys=True))
+    if value is None and key in run.choices:
+        return run.choices[key]
+    if isinstance(value, list):
+        return json.dumps(value)
+    return value
+
+
+def metric_value(run: Run, name: str) -> Optional[float]:
+    """``name`` from ``result["metrics"]`` (also as ``test/NAME``) or the result's top level."""
+    metrics = run.result.get("metrics") or {}
+    for candidate in (name, f"test/{name}"):
+        if candidate in metrics:
+            value = metrics[candidate]
+            break
+    else:
+        value = run.result.get(name) if name in TOP_LEVEL_METRICS or name in run.result else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _override_key(line: str) -> str:
+    return line.split("=", 1)[0].lstrip("+~")
+
+
+def auto_keys(runs: list[Run]) -> list[str]:
+    """``experiment`` (when any run has one), ``model``, ``data``, then every override key
+    whose value differs between runs (seeds and Hydra's own keys excluded)."""
+    keys = ["experiment"] if any(r.experiment for r in runs) else []
+    keys += ["model", "data"]
+    seen: dict[str, set[str]] = {}
+    for run in runs:
+        for line in run.overrides:
+            key = _override_key(line)
+            if key == "seed" or key.startswith("hydra") or key in ("experiment", "model", "data"):
+                continue
+            seen.setdefault(key, set()).add(line.split("=", 1)[1] if "=" in line else "")
+    for key in seen:
+        values = {str(key_value(r, key)) for r in runs}
+        if len(values) > 1:
+            keys.append(key)
+    return keys
+
+
+def auto_metrics(runs: list[Run]) -> list[str]:
+    """Every ``test/*`` metric of the completed runs, then NFE, params and wall time."""
+    names: list[str] = []
+    for run in runs:
+        if run.ok:
+            for name in run.result.get("metrics") or {}:
+                if name.startswith("test/") and name not in names:
+                    names.append(name)
+    tail = [m for m in DEFAULT_TAIL if any(metric_value(r, m) for r in runs if r.ok)]
+    return names + tail
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass
+class Group:
+    """The runs that share one value of every group key."""
+
+    key: tuple[Any, ...]
+    runs: list[Run]
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.ok]
+
+    @property
+    def failed(self) -> list[Run]:
+        return [r for r in self.runs if not r.ok]
+
+    @property
+    def experiment(self) -> Optional[str]:
+        names = {r.experiment for r in self.runs if r.experiment}
+        return names.pop() if len(names) == 1 else None
+
+    def stat(self, metric: str) -> Optional[tuple[float, float, int]]:
+        """``(mean, sample std (0 for one run), n)`` over the completed runs that have ``metric``."""
+        values = [v for v in (metric_value(r, metric) for r in self.completed) if v is not None]
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.fmean(values), std, len(values)
+
+    def paper(self, metric: str) -> Optional[PaperValue]:
+        return paper_value(self.experiment, metric)
+
+
+def summarize(runs: list[Run], by: list[str]) -> list[Group]:
+    """Runs grouped by the values of ``by`` (in first-seen order of sorted run paths)."""
+    groups: dict[tuple[Any, ...], Group] = {}
+    for run in runs:
+        key = tuple(key_value(run, k) for k in by)
+        groups.setdefault(key, Group(key, []))
+        groups[key].runs.append(run)
+    return sorted(groups.values(), key=lambda g: tuple(str(v) for v in g.key))
+
+
+def fmt(value: Optional[float]) -> str:
+    """A compact number: integers as integers, otherwise 4 significant digits."""
+    if value is None:
+        return ""
+    if not math.isfinite(value):
+        return str(value)
+    if value == int(value) and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _cell(stat: Optional[tuple[float, float, int]]) -> str:
+    if stat is None:
+        return "–"
+    mean, std, n = stat
+    return fmt(mean) + (f" ± {std:.2g}" if n > 1 else "")
+
+
+def _paper_metrics(groups: list[Group], metrics: list[str]) -> list[str]:
+    return [m for m in metrics if any(g.paper(m) is not None for g in groups)]
+
+
+def to_records(groups: list[Group], by: list[str], metrics: list[str], paper: bool = True) -> list[dict[str, Any]]:
+    """One JSON-able dict per group: keys, counts, ``{metric: {mean, std, n, paper, paper_source}}``,
+    and the failed runs (path, status, error)."""
+    records = []
+    for g in groups:
+        rec: dict[str, Any] = dict(zip(by, g.key))
+        rec["n"] = len(g.completed)
+        rec["failed"] = len(g.failed)
+        rec["metrics"] = {}
+        for m in metrics:
+            stat = g.stat(m)
+            entry: dict[str, Any] = {"mean": stat[0], "std": stat[1], "n": stat[2]} if stat else {"mean": None, "std": None, "n": 0}
+            pv = g.paper(m) if paper else None
+            if pv is not None:
+                entry.update(paper=pv.value, paper_shown=pv.text(), paper_source=pv.source)
+            rec["metrics"][m] = entry
+        rec["failed_runs"] = [{"path": str(r.path), "status": r.status, "error": r.result.get("error")} for r in g.failed]
+        records.append(rec)
+    return records
+
+
+def render_markdown(groups: list[Group], by: list[str], metrics: list[str], paper: bool = True) -> str:
+    """A Markdown table (mean ± std over seeds; ``paper`` columns where known) plus the list of
+    failed runs and the paper values' sources."""
+    paper_cols = _paper_metrics(groups, metrics) if paper else []
+    header = [*by, "n", "failed"]
+    for m in metrics:
+        header.append(m)
+        if m in paper_cols:
+            header.append(f"{m} (paper)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    sources: dict[str, str] = {}
+    for g in groups:
+        row = [("–" if v is None else str(v)) for v in g.key] + [str(len(g.completed)), str(len(g.failed))]
+        for m in metrics:
+            row.append(_cell(g.stat(m)))
+            if m in paper_cols:
+                pv = g.paper(m)
+                row.append(pv.text() if pv else "")
+                if pv:
+                    sources[pv.source] = ""
+        lines.append("| " + " | ".join(row) + " |")
+    out = "\n".join(lines)
+    n_runs = sum(len(g.runs) for g in groups)
+    out += f"\n\n{n_runs} runs; mean ± sample std over the completed runs of each row (n); failed runs are not averaged."
+    if sources:
+        out += "\nPaper values: " + "; ".join(sources) + "."
+    failed = [r for g in groups for r in g.failed]
+    if failed:
+        out += f"\n\nFailed or interrupted runs ({len(failed)}):\n"
+        out += "\n".join(f"- `{r.path}`: {r.status}: {r.result.get('error') or 'no error recorded'}" for r in failed)
+    return out + "\n"
+
+
+def render_csv(groups: list[Group], by: list[str], metrics: list[str], paper: bool = True) -> str:
+    """CSV, one row per group: keys, n, failed, then ``METRIC_mean``, ``METRIC_std`` (and
+    ``METRIC_paper`` where the paper has values)."""
+    paper_cols = _paper_metrics(groups, metrics) if paper else []
+    header = [*by, "n", "failed"]
+    for m in metrics:
+        header += [f"{m}_mean", f"{m}_std"] + ([f"{m}_paper"] if m in paper_cols else [])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for g in groups:
+        row: list[Any] = [*("" if v is None else v for v in g.key), len(g.completed), len(g.failed)]
+        for m in metrics:
+            stat = g.stat(m)
+            row += [stat[0], stat[1]] if stat else ["", ""]
+            if m in paper_cols:
+                pv = g.paper(m)
+                row.append(pv.value if pv else "")
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def render(runs: list[Run], by: list[str] | None = None, metrics: list[str] | None = None, fmt_name: str = "markdown", paper: bool = True) -> str:
+    """The report of ``runs`` in ``fmt_name`` (markdown | csv | json)."""
+    by = by or auto_keys(runs)
+    metrics = metrics or auto_metrics(runs)
+    groups = summarize(runs, by)
+    if fmt_name == "markdown":
+        return render_markdown(groups, by, metrics, paper)
+    if fmt_name == "csv":
+        return render_csv(groups, by, metrics, paper)
+    if fmt_name == "json":
+        return json.dumps({"by": by, "metrics": metrics, "groups": to_records(groups, by, metrics, paper)}, indent=2, default=str) + "\n"
+    raise ValueError(f"--format={fmt_name!r}; choose one of: {', '.join(FORMATS)}")
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def report_main(argv: list[str]) -> int:
+    """``nodex report PATH [PATH ...] [--by KEYS] [--metrics NAMES] [--format F] [-o FILE]``."""
+    parser = argparse.ArgumentParser(
+        prog="nodex report",
+        description="Tabulate the result.json files under run/multirun directories: mean ± std over seeds, grouped by config keys.",
+    )
+    parser.add_argument("paths", nargs="+", help="run or multirun directories (searched recursively)")
+    parser.add_argument("--by", default="auto", help="comma-separated group keys: experiment, model, data, solver or any dotted config key (default: auto = experiment, model, data + swept overrides)")
+    parser.add_argument("--metrics", default="auto", help="comma-separated metrics, e.g. test/accuracy,nfe_forward,params,wall_time_s (default: every test/* metric + NFE, params, wall time)")
+    parser.add_argument("--format", default="markdown", choices=FORMATS, help="output format (default: markdown)")
+    parser.add_argument("--no-paper", action="store_true", help="leave out the paper's values")
+    parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        runs = find_runs(args.paths)
+    except FileNotFoundError as exc:
+        print(f"nodex: error: {exc}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"nodex: error: no result.json under {', '.join(args.paths)}; point at a run or multirun directory (outputs/train/...)", file=sys.stderr)
+        return 2
+    by = None if args.by == "auto" else _split(args.by)
+    metrics = None if args.metrics == "auto" else _split(args.metrics)
+    if metrics is not None:
+        unknown = [m for m in metrics if not any(metric_value(r, m) is not None for r in runs)]
+        if unknown and len(unknown) == len(metrics):
+            known = sorted({k for r in runs for k in (r.result.get("metrics") or {})} | set(TOP_LEVEL_METRICS))
+            print(f"nodex: error: no run has --metrics {','.join(unknown)}; choose from: {', '.join(known)}", file=sys.stderr)
+            return 2
+    text = render(runs, by, metrics, args.format, paper=not args.no_paper)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output} ({len(runs)} runs)")
+    else:
+        sys.stdout.write(text)
+    return 0
