@@ -208,3 +208,23 @@ def test_ensemble_config_errors(compose_cfg, overrides, message):
         ensemble_size(cfg)
     assert "\n" not in str(info.value)
     assert ensemble_size(compose_cfg([])) == 1 and OmegaConf.select(compose_cfg([]), "trainer.ensemble") == 1
+
+
+def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
+    """The direct functorch entry gives what torch.func.vmap gives (its fallback), tuple
+    state (integral loss) included."""
+    import nodex.models.ensemble as ens_mod
+
+    cfg = compose_cfg(["experiment=galerkin_tracking", "data.n_train=16", "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu"])
+    pipes = []
+    for k in range(2):
+        c = cfg.copy()
+        c.seed = k
+        pipes.append(Pipeline(c))
+    ens = EnsembleNeuralODE([p.model for p in pipes])
+    X = torch.stack([p.data.train[0][:8] for p in pipes])
+    fast = ens(X)
+    monkeypatch.setattr(ens_mod, "_vmap_increment_nesting", None)
+    public = ens(X)
+    assert torch.equal(fast.y_hat, public.y_hat) and torch.equal(fast.loss_integral, public.loss_integral)
+    assert fast.loss_integral.shape == (2,)

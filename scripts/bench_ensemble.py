@@ -1,0 +1,109 @@
+"""Throughput of a seed ensemble (``trainer.ensemble=K``) vs K separate runs, side by side.
+
+One sample = one training step of every member (forward solve, backward, optimizer step):
+the K separate models each through :meth:`nodex.train.loop.Trainer.train_step`, and the
+stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through
+:meth:`nodex.train.ensemble.EnsembleFit.train_step`. The two alternate round by round (the
+order flips every round) in one process; medians over rounds, min-max beside them.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
+
+Trailing ``key=value`` arguments are config overrides (default: the paper's small toy model,
+vanilla MLP 2-32-32-2 on rings, solver=rk4 with 10 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nodex.cli import CONFIG_DIR
+from nodex.models import count_parameters
+from nodex.models.ensemble import EnsembleNeuralODE
+from nodex.train.ensemble import EnsembleFit, Member
+from nodex.train.loop import Trainer
+from nodex.train.run import Pipeline, build_optimizer
+
+
+def build(overrides: list[str], K: int):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=["solver=rk4", "trainer.device=cpu", *overrides])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    members = []
+    for k in range(K):
+        mcfg = OmegaConf.create(resolved)
+        mcfg.seed = int(cfg.seed) + k
+        members.append(Member(k, mcfg, resolved, Path("."), Pipeline(mcfg), {}))
+    return cfg, members
+
+
+def batches(members: list[Member], B: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for m in members:
+        data = m.pipe.data
+        X, y = data.sampler(B) if data.sampler is not None else (data.train[0][:B], data.train[1][:B])
+        out.append((X.contiguous(), y.contiguous()))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--batches", default="64,1024", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds (medians over them)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed sample")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    K = args.members
+    cfg, members = build(args.overrides, K)
+    settings = members[0].pipe.model.settings
+    print(f"# {cfg.model.name}, {count_parameters(members[0].pipe.model)} params, {cfg.data.name}, {settings.describe()}, "
+          f"K={K}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print("| batch | K separate runs: ms per step of all K (min-max) | ensemble: ms per step (min-max) | speed-up |")
+    print("|---|---|---|---|")
+    for B in [int(b) for b in args.batches.split(",")]:
+        data = batches(members, B)
+        separate = []
+        for m in members:
+            trainer = Trainer(m.pipe.model, m.pipe.task, m.pipe.data, cfg.trainer, None, Path("."), lambda st: {}, settings.describe())
+            opt, _ = build_optimizer(cfg.trainer, m.pipe.model, 1)
+            separate.append((trainer, opt))
+        ens = EnsembleNeuralODE([m.pipe.model for m in members])
+        fit = EnsembleFit(ens, members, cfg.trainer, settings.describe())
+        ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
+        X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+
+        def run_separate() -> None:
+            for (trainer, opt), (x, y) in zip(separate, data):
+                trainer.train_step(x, y, opt)
+
+        def run_ensemble() -> None:
+            fit.train_step(X, Y, ens_opt, 0)
+
+        times: dict[str, list[float]] = {"separate": [], "ensemble": []}
+        runners = [("separate", run_separate), ("ensemble", run_ensemble)]
+        for name, fn in runners:  # warm-up
+            fn()
+        for r in range(args.rounds):
+            for name, fn in runners if r % 2 == 0 else runners[::-1]:
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    fn()
+                times[name].append(1000 * (time.perf_counter() - start) / args.steps)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
+        print(f"| {B} | {med['separate']:.1f} ({span['separate']}) | {med['ensemble']:.1f} ({span['ensemble']}) | "
+              f"**{med['separate'] / med['ensemble']:.2f}x** |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
