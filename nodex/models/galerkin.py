@@ -103,10 +103,11 @@ class DepthBasis(nn.Module):
         if self.kind == "fourier":
             k = torch.div(j + 1, 2, rounding_mode="floor").double()  # 0, 1, 1, 2, 2, ...
             self.register_buffer("freq", (2 * math.pi / self.period * k).float())
-            # sin x = cos(x - π/2): one cos for the whole vector.
-            self.register_buffer("phase", torch.where(j % 2 == 1, 0.0, math.pi / 2).float() * (j > 0))
+            # sin x = cos(x - π/2): one cos (after one fused multiply-add) for the whole vector.
+            self.register_buffer("neg_phase", -torch.where(j % 2 == 1, 0.0, math.pi / 2).float() * (j > 0))
         else:
             self.register_buffer("powers", j.float())
+            self.register_buffer("minus_one", torch.tensor(-1.0))
             self.register_buffer("coeffs_T", _polynomial_coefficients(self.kind, self.m).T.contiguous().float())
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
@@ -117,8 +118,8 @@ class DepthBasis(nn.Module):
         if s.dim() == 1:
             s = s[:, None]
         if self.kind == "fourier":
-            return torch.cos(s * self.freq - self.phase)
-        x = s * (2.0 / self.period) - 1.0
+            return torch.cos(torch.addcmul(self.neg_phase, s, self.freq))
+        x = torch.add(self.minus_one, s, alpha=2.0 / self.period)  # [0, T] -> [-1, 1]
         return torch.pow(x, self.powers) @ self.coeffs_T
 
 
@@ -142,7 +143,9 @@ class _GalerkinParams(nn.Module):
 
     def theta(self, s: torch.Tensor) -> torch.Tensor:
         """Flat parameters at depth ``s``: ``(n_params,)`` (0-d s) or ``(B, n_params)``."""
-        return self.basis(s.to(self.coeffs.dtype)) @ self.coeffs
+        if s.dtype != self.coeffs.dtype:
+            s = s.to(self.coeffs.dtype)
+        return self.basis(s) @ self.coeffs
 
 
 class GalLinear(_GalerkinParams):
