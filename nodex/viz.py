@@ -63,3 +63,6 @@ def diagnostics(model, data, task, logger, step: int) -> None:
     from nodex.viz_depth import depth_diagnostics  # θ(s) of depth-variant fields, tracking plots
 
     depth_diagnostics(model, data, task, logger, step)
+    from nodex.viz_flows import flow_diagnostics  # horizons, 1-D regression, vector fields, CNF densities
+
+    flow_diagnostics(model, data, task, logger, step)

@@ -162,3 +162,18 @@ def test_reflection_adaptive_depth_fits_the_reflection(train_run):
     )
     assert code == 0, err
     assert res["metrics"]["test/mse"] < 1e-3
+
+
+def test_adaptive_depth_plots_the_horizon_and_error_coloured_trajectories(compose_cfg, tmp_path):
+    from nodex.data import build_data
+    from nodex.models import DataSpec, build_model
+    from nodex.train.logs import RunLogger
+    from nodex.viz_flows import flow_diagnostics
+
+    cfg = compose_cfg(["experiment=reflection_adaptive_depth", "data.n_test=50"])
+    data = build_data(cfg.data, 0)
+    model = build_model(cfg.model, DataSpec((1,), 1), SolverSettings(rtol=1e-3, atol=1e-3))
+    logger = RunLogger(tmp_path, tensorboard=False)
+    flow_diagnostics(model, data, None, logger, 0)
+    logger.close()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["plots_horizon.png", "plots_regression_trajectories.png"]
