@@ -228,3 +228,14 @@ def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
     public = ens(X)
     assert torch.equal(fast.y_hat, public.y_hat) and torch.equal(fast.loss_integral, public.loss_integral)
     assert fast.loss_integral.shape == (2,)
+
+
+def test_divergence_names_the_member_and_fails_every_member(train_run):
+    run_dir, _, code, err = train_run("solver=rk4", "trainer.ensemble=2", "trainer.optim.lr=1e30", "data.n_train=64", name="div")
+    assert code == 1
+    line = [ln for ln in err.splitlines() if ln.startswith("nodex: error:")]
+    assert len(line) == 1 and "member 0 (seed 0): train/loss" in line[0] and "became non-finite by step 5" in line[0]
+    for k in range(2):
+        result = json.loads((run_dir / f"member-{k}" / "result.json").read_text())
+        assert result["status"] == "failed" and result["error"].startswith("member 0 (seed 0)") and result["steps"] == 5
+    assert json.loads((run_dir / "ensemble.json").read_text())["status"] == "failed"
