@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             _report(str(exc))
             return 2
     _failures.clear()
+    quiet_schema_warning()  # again: warning filters may have been reset since import (pytest does)
     saved = sys.argv
     sys.argv = [saved[0] if saved else "nodex", *rest]
     try:

@@ -177,7 +177,7 @@ class Check:
         if stat is None:
             return "not run", None
         mean, std, n = stat
-        ours = _num(mean) + (f" ± {_num(std)}" if n > 1 else "") + (f" (n={n})" if n > 1 else "")
+        ours = _num(mean) + (f" ± {std:.2g}" if n > 1 and std > 0 else "") + (f" (n={n})" if n > 1 else "")
         if self.op in ("lt_run", "gt_run"):
             other = lookup(str(self.target), self.metric)
             if other is None:

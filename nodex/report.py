@@ -9,8 +9,9 @@ is printed beside ours.
 Group keys: ``experiment`` (the run's ``experiment_name``, else the experiment Hydra chose);
 a config group such as ``model``/``data``/``solver`` (its ``name``, ``method`` or ``kind``);
 any dotted config key (``trainer.optim.lr``). Metric names: a key of ``result["metrics"]``
-(``test/accuracy``; ``accuracy`` means ``test/accuracy``) or a top-level numeric key of
-``result.json`` (``nfe_forward``, ``nfe_backward``, ``params``, ``wall_time_s``, ``steps``).
+(``test/accuracy``), a top-level numeric key of ``result.json`` (``nfe_forward`` and
+``nfe_backward`` = mean per training step, ``params``, ``wall_time_s``, ``steps``), or a short
+name for a test metric (``accuracy`` = ``test/accuracy``).
 """
 
 from __future__ import annotations
@@ -142,12 +143,12 @@ def key_value(run: Run, key: str) -> Any:
 def metric_value(run: Run, name: str) -> Optional[float]:
     """``name`` from ``result["metrics"]`` (also as ``test/NAME``) or the result's top level."""
     metrics = run.result.get("metrics") or {}
-    for candidate in (name, f"test/{name}"):
-        if candidate in metrics:
-            value = metrics[candidate]
-            break
+    if name in metrics:
+        value = metrics[name]
+    elif name in TOP_LEVEL_METRICS or (name in run.result and name not in ("seed", "config")):
+        value = run.result.get(name)
     else:
-        value = run.result.get(name) if name in TOP_LEVEL_METRICS or name in run.result else None
+        value = metrics.get(f"test/{name}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
@@ -249,7 +250,7 @@ def _cell(stat: Optional[tuple[float, float, int]]) -> str:
     if stat is None:
         return "–"
     mean, std, n = stat
-    return fmt(mean) + (f" ± {std:.2g}" if n > 1 else "")
+    return fmt(mean) + (f" ± {std:.2g}" if n > 1 and std > 0 else "")
 
 
 def _paper_metrics(groups: list[Group], metrics: list[str]) -> list[str]:

@@ -286,7 +286,7 @@ def _stat_text(group: Group, metric: Optional[str]) -> str:
     if stat is None:
         return "–"
     mean, std, n = stat
-    return fmt(mean) + (f" ± {std:.2g}" if n > 1 else "")
+    return fmt(mean) + (f" ± {std:.2g}" if n > 1 and std > 0 else "")
 
 
 def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,

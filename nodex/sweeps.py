@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -40,8 +41,10 @@ SCHEMA_MATCH_WARNING = r"(?s).*hydra/launcher/.* is validated against ConfigStor
 
 
 def quiet_schema_warning() -> None:
-    """Silence Hydra's warning about our launcher YAMLs matching the plugins' schemas."""
+    """Silence Hydra's warning about our launcher YAMLs matching the plugins' schemas, and
+    SQLAlchemy 1.4's "not compatible with 2.0" banner (the optuna extra pins sqlalchemy<2)."""
     warnings.filterwarnings("ignore", message=SCHEMA_MATCH_WARNING)
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
 
 
 def _installed(module: str) -> bool:

@@ -1,0 +1,150 @@
+"""Sweeps on Hydra's launchers and sweeper: 2-job multiruns through joblib, a local Ray, and
+submitit on a real single-node Slurm (scripts/slurm_local.sh); an Optuna search that optimises
+a metric from result.json; failed jobs reported whichever launcher ran them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO_JOBS = [*FAST, "trainer.max_steps=5", "trainer.num_threads=1", "logger.tensorboard=false", "model=vanilla,depthcat"]
+TARGETS = {
+    "joblib": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    "slurm": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    "ray": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+}
+
+
+def results(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
+
+
+def job_hydra(sweep: Path) -> list[dict]:
+    return [yaml.safe_load(p.read_text())["hydra"] for p in sorted(sweep.glob("*/.hydra/hydra.yaml"))]
+
+
+def assert_two_jobs_completed(sweep: Path, launcher: str) -> list[dict]:
+    res = results(sweep)
+    assert [r["status"] for r in res] == ["completed", "completed"], [r["error"] for r in res]
+    assert sorted(r["config"]["model"]["name"] for r in res) == ["depthcat", "vanilla"]
+    assert all(r["steps"] == 5 for r in res)
+    hydra = job_hydra(sweep)
+    assert [h["launcher"]["_target_"] for h in hydra] == [TARGETS[launcher]] * 2
+    return hydra
+
+
+@pytest.mark.parametrize("launcher", sorted(TARGETS))
+def test_launcher_configs_compose_against_the_plugins(cli, launcher):
+    code, out, err = cli(["train", f"hydra/launcher={launcher}", "--cfg", "hydra", "-p", "hydra.launcher"])
+    assert code == 0, err
+    cfg = yaml.safe_load(out)
+    assert cfg["_target_"] == TARGETS[launcher]
+    assert "is validated against ConfigStore schema" not in err
+
+
+def test_a_missing_plugin_is_one_line_naming_the_extra(cli, monkeypatch):
+    import nodex.sweeps
+
+    monkeypatch.setattr(nodex.sweeps, "_installed", lambda module: False)
+    code, _, err = cli(["train", "--multirun", "hydra/launcher=ray", "model=vanilla,depthcat"])
+    assert code == 2 and err.strip() == ("nodex: error: hydra/launcher=ray needs the 'ray' extra "
+                                         "(hydra_plugins.hydra_ray_launcher is not installed): pip install 'nodex[ray]'")
+    code, _, err = cli(["train", "--multirun", "hparams_search=annuli_optuna"])
+    assert code == 2 and "pip install 'nodex[optuna]'" in err
+
+
+@pytest.mark.slow
+def test_joblib_runs_two_jobs_in_parallel_workers(cli, tmp_path):
+    sweep = tmp_path / "joblib"
+    code, out, err = cli(["train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TWO_JOBS, f"hydra.sweep.dir={sweep}"])
+    assert code == 0, err
+    hydra = assert_two_jobs_completed(sweep, "joblib")
+    assert hydra[0]["launcher"]["n_jobs"] == 2
+    assert f"nodex: sweep finished: 2/2 jobs completed in {sweep}" in out
+
+
+@pytest.mark.slow
+def test_a_failed_job_in_a_worker_never_stops_the_sweep_and_is_reported(cli, tmp_path):
+    sweep = tmp_path / "joblib_fail"
+    code, out, err = cli(["train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "trainer.max_steps=5",
+                          "trainer.num_threads=1", "solver.rtol=1e-4,-1", f"hydra.sweep.dir={sweep}"])
+    assert code == 1 and "1 job(s) failed; see result.json in:" in err
+    res = results(sweep)
+    assert sorted(r["status"] for r in res) == ["completed", "failed"]
+    failed = next(r for r in res if r["status"] == "failed")
+    assert "solver.rtol" in failed["error"] and str(sweep) in err
+    assert "nodex: sweep finished: 1/2 jobs completed" in out
+
+
+@pytest.mark.slow
+def test_ray_started_locally_runs_two_jobs(cli, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is part of nodex[dev]")
+    sweep = tmp_path / "ray"
+    try:
+        code, out, err = cli(["train", "--multirun", "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
+                              *TWO_JOBS, f"hydra.sweep.dir={sweep}"])
+        assert code == 0, err
+        assert ray.is_initialized()  # the launcher started a local Ray in this process
+        hydra = assert_two_jobs_completed(sweep, "ray")
+        assert hydra[0]["launcher"]["ray"]["remote"] == {"num_cpus": 1, "num_gpus": 0}
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A single-node Slurm on loopback (installed and started by scripts/slurm_local.sh when
+    this runs as root with apt-get; otherwise the test is skipped with the script's reason)."""
+    if shutil.which("bash") is None:
+        pytest.skip("Slurm unavailable: no bash to run scripts/slurm_local.sh")
+    try:
+        proc = subprocess.run(["bash", "scripts/slurm_local.sh", "start"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.skip("Slurm unavailable: scripts/slurm_local.sh start took over 600 s")
+    message = (proc.stdout.strip().splitlines() or ["slurm: unavailable: no output"])[-1]
+    if proc.returncode != 0:
+        pytest.skip(f"Slurm could not start here ({message})")
+    yield message
+    if message == "slurm: started":  # leave the machine as we found it
+        subprocess.run(["bash", "scripts/slurm_local.sh", "stop"], cwd=ROOT, capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_submitit_runs_two_jobs_on_a_real_slurm(cli, tmp_path, slurm):
+    sweep = tmp_path / "slurm"
+    code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
+                          *TWO_JOBS, f"hydra.sweep.dir={sweep}"])
+    assert code == 0, err
+    hydra = assert_two_jobs_completed(sweep, "slurm")
+    job_ids = [h["job"]["id"] for h in hydra]
+    assert all(re.fullmatch(r"\d+_[01]", j) for j in job_ids), job_ids  # a Slurm job array: ARRAYID_INDEX
+    for job_id in job_ids:  # submitit's logs of each Slurm job
+        assert (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").exists()
+
+
+@pytest.mark.slow
+def test_optuna_search_optimises_the_monitored_metric(cli, tmp_path):
+    sweep = tmp_path / "optuna"
+    code, out, err = cli(["train", "--multirun", "hparams_search=annuli_optuna", "hydra.sweeper.n_trials=2",
+                          *FAST, "trainer.max_steps=5", "logger.tensorboard=false", f"hydra.sweep.dir={sweep}"])
+    assert code == 0, err
+    res = results(sweep)
+    assert len(res) == 2 and all(r["status"] == "completed" for r in res)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    accuracies = [r["metrics"]["test/accuracy"] for r in res]
+    assert best["best_value"] == pytest.approx(max(accuracies))  # the value train() returned
+    winner = res[accuracies.index(max(accuracies))]["config"]
+    assert best["best_params"]["trainer.optim.lr"] == pytest.approx(winner["trainer"]["optim"]["lr"])
+    assert 0.001 <= winner["trainer"]["optim"]["lr"] <= 0.05
+    assert json.loads(best["best_params"]["model.field.hidden"]) == winner["model"]["field"]["hidden"]
+    assert winner["monitor"] == "test/accuracy"
