@@ -145,7 +145,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         raise UsageError(missing)
     probe = []
     for o in parsed:
-        if o.key_or_group.startswith("hydra") or (o.package or "").startswith("hydra"):
+        hydra_group = o.key_or_group.lstrip("/") in ("hydra/launcher", "hydra/sweeper")  # checked: a typo gets the option list
+        if (o.key_or_group.startswith("hydra") or (o.package or "").startswith("hydra")) and not hydra_group:
             continue
         if o.is_sweep_override():
             if not (o.is_discrete_sweep() or o.is_range_sweep()):
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(f"unknown command {cmd!r}; choose one of: {', '.join([*COMMANDS, *PLAIN_COMMANDS])}")
         return 2
     task, config_name = COMMANDS[cmd]
+    quiet_schema_warning()  # again: warning filters may have been reset since import (pytest does)
     informational = any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "-sc", "--shell-completion") or a.startswith("--info") for a in rest)
     if not informational:
         try:
@@ -223,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
             _report(str(exc))
             return 2
     _failures.clear()
-    quiet_schema_warning()  # again: warning filters may have been reset since import (pytest does)
     saved = sys.argv
     sys.argv = [saved[0] if saved else "nodex", *rest]
     try:

@@ -62,6 +62,13 @@ def test_a_missing_plugin_is_one_line_naming_the_extra(cli, monkeypatch):
     assert code == 2 and "pip install 'nodex[optuna]'" in err
 
 
+def test_a_launcher_typo_is_one_line_with_the_choices(cli):
+    code, _, err = cli(["train", "--multirun", "hydra/launcher=jobblib", "model=vanilla,depthcat"])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("nodex: error: unknown hydra/launcher 'jobblib'; choose one of: basic, joblib, ray")
+    assert all(name in err for name in ("slurm", "submitit_local"))
+
+
 @pytest.mark.slow
 def test_joblib_runs_two_jobs_in_parallel_workers(cli, tmp_path):
     sweep = tmp_path / "joblib"
