@@ -77,7 +77,7 @@ def horizon_figure(model: nn.Module, X: torch.Tensor) -> Figure:
 
 @torch.no_grad()
 def vector_field_snapshots(
-    model: nn.Module, X: torch.Tensor, color: torch.Tensor, *, depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), n_points: int = 300, grid: int = 15
+    model: nn.Module, X: torch.Tensor, color: torch.Tensor, *, depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), n_points: int = 200, grid: int = 12
 ) -> Figure:
     """2-D states ``z(s)`` of ``n_points`` inputs at fractions ``depths`` of ``S``, with the
     field: a grid quiver of ``f(s, ·)`` for an uncontrolled field, else each sample's own

@@ -202,6 +202,19 @@ def test_reflection_data_is_the_negated_grid():
 
 
 @pytest.mark.parametrize(
+    "name, width", [("gaussians", 2), ("moons_density", 2), ("spirals_density", 2), ("checkerboard", 2), ("two_targets", 3), ("reflection", 1)]
+)
+def test_data_configs_build_order_one_data(compose_cfg, name, width):
+    cfg = compose_cfg([f"data={name}", "data.n_train=400", "data.n_val=40", "data.n_test=40"])
+    data = build_data(cfg.data, 0)
+    X, y = data.train
+    assert X.shape == (400, width) and torch.isfinite(X).all()
+    assert 0.3 < X[:, :2].std().item() < 2.0 and X[:, :2].abs().max().item() < 5.0
+    if data.sampler is not None:  # fresh batches differ from the stored split
+        assert not torch.equal(data.sampler(400)[0], X)
+
+
+@pytest.mark.parametrize(
     "overrides, needle",
     [
         (["model.trace=lanczos"], "model.trace='lanczos' is unknown; choose one of: exact, hutchinson"),
