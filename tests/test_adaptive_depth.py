@@ -4,8 +4,6 @@ learned horizon's bounds and bad options."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from omegaconf import OmegaConf

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from nodex.errors import ConfigError
