@@ -239,3 +239,21 @@ def test_divergence_names_the_member_and_fails_every_member(train_run):
         result = json.loads((run_dir / f"member-{k}" / "result.json").read_text())
         assert result["status"] == "failed" and result["error"].startswith("member 0 (seed 0)") and result["steps"] == 5
     assert json.loads((run_dir / "ensemble.json").read_text())["status"] == "failed"
+
+
+def test_minibatches_schedule_and_clipping_match_separate_runs(compose_cfg, tmp_path):
+    """Shuffled mini-batches (each member's own batch generator), an LR schedule and
+    per-member gradient clipping: still the separate runs' weights."""
+    overrides = ["data.resample=false", "trainer.batch_size=32", "trainer.scheduler.name=step", "trainer.scheduler.step_size=2",
+                 "trainer.grad_clip=0.05", "trainer.max_steps=6", "trainer.log_every=3", "trainer.val_every=6",
+                 "trainer.checkpoint_every=6", "logger.tensorboard=false"]
+    summary = run_train(compose_cfg([*FAST, *RK4, *overrides, "trainer.ensemble=2"]), tmp_path / "ens")
+    assert summary["status"] == "completed"
+    for k in range(2):
+        sep_dir, _ = _separate(compose_cfg, tmp_path, k, overrides)
+        a = load_checkpoint(sep_dir / "checkpoints" / "last.pt")
+        b = load_checkpoint(tmp_path / "ens" / f"member-{k}" / "checkpoints" / "last.pt")
+        for name in a["model"]:
+            assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=0), name
+        assert b["scheduler"] == a["scheduler"] and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.9**3)
+        assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])

@@ -156,8 +156,7 @@ class EnsembleFit:
         log_every, val_every = max(1, int(cfg.log_every)), int(cfg.val_every or 0)
         ckpt_every = int(cfg.checkpoint_every or 0)
         scheduler_per_epoch = cfg.scheduler.get("unit", "step") == "epoch"
-        n = first.data.train[0].shape[0]
-        steps_per_epoch = 1 if not cfg.get("batch_size") or cfg.batch_size >= n else n // cfg.batch_size
+        steps_per_epoch = Trainer.steps_per_epoch(cfg, first.data)
         stats = [StepStats() for _ in members]
         bar = first._progress_bar(members[0].state.step)
         batches = [m.trainer._batches(m.state) for m in members]
