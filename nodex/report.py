@@ -222,7 +222,7 @@ class Group:
         return statistics.fmean(values), std, len(values)
 
     def paper(self, metric: str) -> Optional[PaperValue]:
-        return paper_value(self.experiment, metric)
+        return paper_value(self.experiment, metric) or paper_value(self.experiment, f"test/{metric}")
 
 
 def summarize(runs: list[Run], by: list[str]) -> list[Group]:

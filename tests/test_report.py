@@ -122,6 +122,7 @@ def test_report_command_formats_and_errors(cli, sweep, tmp_path):
     assert code == 0 and (tmp_path / "t.csv").read_text().splitlines()[0].startswith("model,data,n,failed,test/accuracy_mean")
 
 
+@pytest.mark.slow
 def test_report_of_a_real_multirun_averages_its_seeds(cli, tmp_path):
     sweep = tmp_path / "m"
     code, _, err = cli(["train", "--multirun", *FAST, "trainer.max_steps=5", "seed=0,1", f"hydra.sweep.dir={sweep}"])
