@@ -94,6 +94,11 @@ start() {
 }
 
 stop() {
+  # let finished jobs report back first: slurmstepd waits forever for a stopped slurmd
+  for _ in $(seq 30); do
+    [ -z "$(timeout 5 squeue -h -o %i 2>/dev/null)" ] && break
+    sleep 1
+  done
   for f in "${PIDS[@]}"; do
     if [ -f "$f" ]; then
       pid=$(cat "$f")
