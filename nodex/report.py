@@ -104,6 +104,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
             dirs.add(hit.parent)
         for hit in p.rglob(".hydra/hydra.yaml"):  # a train job that died before writing result.json
             run_dir = hit.parent.parent
+            if (run_dir / "ensemble.json").exists():  # an ensemble's parent: its members are the runs
+                continue
             if run_dir not in dirs and _job_name(hit) == "train":
                 dirs.add(run_dir)
     return [load_run(d) for d in sorted(dirs)]

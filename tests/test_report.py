@@ -181,3 +181,12 @@ def test_paper_registry_names_existing_experiments_and_checks_evaluate():
     assert Check("x", "m", "order", runs=(("c",), ("a",)), tol=0.1).evaluate(lookup)[1] is False
     assert Check("x", "m", "order", runs=(("b",), ("a",)), tol=0.06).evaluate(lookup)[1] is True  # within the slack
     assert Check("x", "m", "ge", "zzz", 0.5).evaluate(lookup) == ("not run", None)
+
+
+def test_an_ensemble_reports_as_its_members(cli, tmp_path):
+    run_dir = tmp_path / "ens"
+    code, _, err = cli(["train", *FAST, "trainer.max_steps=4", "solver=rk4", "trainer.ensemble=2", f"hydra.run.dir={run_dir}"])
+    assert code == 0, err
+    runs = find_runs([run_dir])
+    assert sorted(r.path.name for r in runs) == ["member-0", "member-1"]
+    assert all(r.ok for r in runs) and sorted(r.result["seed"] for r in runs) == [0, 1]
