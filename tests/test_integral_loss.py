@@ -111,7 +111,8 @@ def test_autograd_adjoint_and_finite_differences_agree_including_the_losss_own_p
 
 
 def _tracking_task(**cfg) -> Tracking:
-    bundle = DataBundle(train=(torch.zeros(1, 2), torch.zeros(1, 2)), val=(torch.zeros(1, 2), torch.zeros(1, 2)), test=(torch.zeros(1, 2), torch.zeros(1, 2)), input_shape=(2,), n_classes=None, target_dim=2)
+    split = (torch.zeros(1, 2), torch.zeros(1, 2))
+    bundle = DataBundle(train=split, val=split, test=split, input_shape=(2,), n_classes=None, target_dim=2)
     return Tracking(OmegaConf.create({"kind": "tracking", **cfg}), bundle)
 
 

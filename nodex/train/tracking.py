@@ -21,7 +21,6 @@ from torch.nn import functional as F
 
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
-from nodex.models import ModelOutput
 from nodex.models.integral import build_reference, tracked_coords
 from nodex.train.tasks import TASKS, Task
 
