@@ -122,3 +122,14 @@ def test_checkpoint_holds_config_and_loads_weights_only(train_run):
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["config"]["data"]["name"] == "rings" and ckpt["step"] == 20
     assert isinstance(ckpt["model"]["readout.weight"], torch.Tensor)
+
+
+def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, result, code, err = train_run("model=galnode", "trainer.plots=true", "trainer.plot_every=10")
+    assert code == 0, err
+    ea = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Images("plots/parameters_evolution")] == [10, 20]
+    assert (run_dir / "plots" / "plots_parameters_evolution.png").exists()

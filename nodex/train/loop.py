@@ -86,7 +86,8 @@ class Trainer:
         checkpoint_dir: ``last.pt`` / ``best.pt`` are written here.
         make_checkpoint: returns the checkpoint dict for the current state.
         solver: short solver description for error messages.
-        on_log: optional hook called with ``(step, values)`` at every log point.
+        plot: optional ``plot(step)`` called every ``trainer.plot_every`` steps (at log points),
+            e.g. the diagnostic figures; the final figures are the caller's business.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class Trainer:
         make_checkpoint: Callable[[LoopState], dict[str, Any]],
         solver: str,
         progress: bool = False,
+        plot: Callable[[int], None] | None = None,
     ) -> None:
         self.model, self.task, self.data, self.cfg = model, task, data, cfg
         self.logger = logger
@@ -107,6 +109,8 @@ class Trainer:
         self.make_checkpoint = make_checkpoint
         self.solver = solver
         self.progress = progress
+        self.plot = plot
+        self.plot_every = int(cfg.get("plot_every") or 0)
         self.batch_size = cfg.get("batch_size")
         self.clip = float(cfg.grad_clip) if cfg.get("grad_clip") else None
         self.max_steps = self.total_steps(cfg, data)
@@ -177,6 +181,8 @@ class Trainer:
                         self._validate(state)
                     if ckpt_every and (state.step % ckpt_every == 0) or last:
                         self._checkpoint(state, "last")
+                    if self.plot is not None and self.plot_every and state.step % self.plot_every == 0 and not last:
+                        self.plot(state.step)
         except KeyboardInterrupt:
             self._check_finite_params(state)
             self._checkpoint(state, "last")

@@ -162,16 +162,20 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -
         logger = RunLogger(run_dir, tensorboard=cfg.logger.get("tensorboard", True), append=state.step > 0)
         logger.text("run/metadata", _metadata_markdown(result, pipe))
         log.info("%s | %s params | %s | %s | device %s", cfg.model.name, result["params"], cfg.data.name, pipe.settings.describe(), pipe.device)
-        trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, run_dir / "checkpoints", make_checkpoint, pipe.settings.describe(), progress)
+        from nodex.viz import diagnostics
+
+        def plot(step: int) -> None:
+            diagnostics(pipe.model, pipe.data, pipe.task, logger, step)
+
+        trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, run_dir / "checkpoints", make_checkpoint,
+                          pipe.settings.describe(), progress, plot=plot if cfg.trainer.get("plots", True) else None)
         trainer.fit(optimizer, scheduler, state)
         test = evaluate(pipe.model, pipe.task, pipe.data.test, cfg.trainer.get("eval_batch_size"))
         result["metrics"] = {f"test/{k}": v for k, v in test.items()}
         logger.scalars(state.step, result["metrics"])
         result["status"] = "completed"
         if cfg.trainer.get("plots", True):
-            from nodex.viz import diagnostics
-
-            diagnostics(pipe.model, pipe.data, pipe.task, logger, state.step)
+            plot(state.step)
     except KeyboardInterrupt:
         result["status"] = "interrupted"
         result["error"] = f"interrupted at step {state.step}; resume with trainer.resume={run_dir / 'checkpoints' / 'last.pt'}"
