@@ -213,3 +213,25 @@ def test_full_norm_adjoint_gives_accurate_spectral_gradients_from_a_constant_ini
     full = grad(SolverSettings(rtol=1e-5, atol=1e-5, sensitivity="adjoint", seminorm=False))
     # measured at tol 1e-5: full-norm adjoint 0.16%; autograd 580%, seminorm adjoint 400%
     assert (full - truth).norm() / truth.norm() < 1e-2
+
+
+def test_galerkin_conv_field_builds_trains_and_depends_on_s(compose_cfg, tmp_path):
+    import torch as _torch
+
+    from nodex.models import DataSpec, build_model, count_parameters
+    from nodex.ode import SolverSettings
+
+    base = ["model=ilnode", "model.input_layer.width=8", "model.field.in_channels=8", "model.field.hidden=[8,8]"]
+    settings = SolverSettings(method="rk4", step_size=0.5)
+    plain = build_model(compose_cfg(base).model, DataSpec((1, 8, 8), 10), settings)
+    gal = compose_cfg([*base, "model.field.depth=galerkin", "+model.field.depth_options={basis: fourier, m: 3, init: normal}"])
+    model = build_model(gal.model, DataSpec((1, 8, 8), 10), settings)
+    norms = sum(p.numel() for m in plain.field.modules() if isinstance(m, _torch.nn.GroupNorm) for p in m.parameters())
+    convs = count_parameters(plain.field) - norms
+    assert count_parameters(model.field) == 3 * convs + norms  # m coefficients per conv weight and bias; GroupNorm static
+    z = _torch.randn(2, 8, 8, 8)
+    f0, f1 = model.field(_torch.tensor(0.0), z, None), model.field(_torch.tensor(0.3), z, None)
+    assert f0.shape == z.shape and not _torch.allclose(f0, f1)
+    out = model(_torch.randn(4, 1, 8, 8))
+    out.y_hat.sum().backward()
+    assert all(p.grad is not None for p in model.field.parameters())

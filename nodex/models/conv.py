@@ -15,9 +15,11 @@ or one block of them for an n-th order model. The paper's layouts:
 - MNIST NODE  (state 1):  GN(1)–Conv(1→48)–Softplus–Conv(48→48)–Softplus–Conv1x1(48→1)
   ``hidden: [48, 48], norm_out: false`` (21,391 parameters with a k=1 conv head)
 
-Depth (``field.depth``): ``none`` (constant θ) or ``concat`` (torchdyn's ``DepthCat``: a
-constant-``s`` channel appended to the input of the convs in ``depth_layers``; indices count
-the k×k convs and then the 1×1 output conv; ``null`` = all).
+Depth (``field.depth``): ``none`` (constant θ), ``concat`` (torchdyn's ``DepthCat``: a
+constant-``s`` channel appended to the input of the convs in ``depth_layers``) or ``galerkin``
+(those convs become GalConv2d with θ(s) = Σ α_j ψ_j(s), options in ``field.depth_options`` as
+for MLP fields); ``depth_layers`` indices count the k×k convs and then the 1×1 output conv;
+``null`` = all.
 Data control: the control ``u`` ``(B, C_u, H, W)`` is concatenated to ``z`` at the field's input.
 """
 
@@ -30,7 +32,7 @@ from torch import nn
 from nodex.errors import ConfigError
 from nodex.models.fields import FIELDS, make_activation
 
-CONV_DEPTHS = ("none", "concat")
+CONV_DEPTHS = ("none", "concat", "galerkin")
 
 
 class DepthConv2d(nn.Conv2d):
@@ -86,10 +88,12 @@ class ConvField(nn.Module):
         norm_groups: int | None = None,
         depth: str = "none",
         depth_layers: list[int] | None = None,
+        depth_options: dict | None = None,
         control_channels: int = 0,
         bias: bool = False,
         out_bias: bool = True,
         zero_init_last: bool = False,
+        S: float = 1.0,
     ) -> None:
         super().__init__()
         if depth not in CONV_DEPTHS:
@@ -101,16 +105,22 @@ class ConvField(nn.Module):
         n_convs = len(hidden) + 1
         chosen = set(range(n_convs)) if depth_layers is None else {i % n_convs for i in depth_layers}
         concat = depth == "concat"
+
+        def conv(i: int, c_in: int, c_out: int, k: int, with_bias: bool) -> nn.Module:
+            if depth == "galerkin" and i in chosen:  # θ(s) = Σ α_j ψ_j(s) for weights and bias
+                from nodex.models.galerkin import galerkin_conv2d
+
+                return galerkin_conv2d(c_in, c_out, k, bias=with_bias, S=S, options=depth_options)
+            return DepthConv2d(c_in, c_out, k, bias=with_bias, depth_concat=concat and i in chosen)
+
         c_in = state_channels + control_channels
         self.control_channels = control_channels
         self.norm_in = group_norm(c_in, norm_groups) if norm_in else nn.Identity()
         widths = [c_in, *hidden]
-        self.convs = nn.ModuleList(
-            DepthConv2d(widths[i], widths[i + 1], kernel_size, bias=bias, depth_concat=concat and i in chosen) for i in range(len(hidden))
-        )
+        self.convs = nn.ModuleList(conv(i, widths[i], widths[i + 1], kernel_size, bias) for i in range(len(hidden)))
         self.acts = nn.ModuleList(make_activation(activation) for _ in hidden)
         self.norm_out = group_norm(hidden[-1], norm_groups) if norm_out else nn.Identity()
-        self.out = DepthConv2d(hidden[-1], out_channels, 1, bias=out_bias, depth_concat=concat and len(hidden) in chosen)
+        self.out = conv(len(hidden), hidden[-1], out_channels, 1, out_bias)
         if zero_init_last:
             for p in self.out.parameters():
                 nn.init.zeros_(p)
@@ -159,8 +169,10 @@ def build_conv_field(
         norm_groups=cfg.get("norm_groups"),
         depth=cfg.get("depth", "none"),
         depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),
+        depth_options=dict(cfg.get("depth_options") or {}),
         control_channels=control_channels,
         bias=bool(cfg.get("bias", False)),
         out_bias=bool(cfg.get("out_bias", True)),
         zero_init_last=bool(cfg.get("zero_init_last", False)),
+        S=S,
     )
