@@ -7,7 +7,7 @@ on the same batch from the same initial weights, (a) the same MLP written as a p
 ``torchdiffeq.odeint`` loop, (b) for ``solver=rk4`` a hand-written RK4 loop and (c) torchdyn's
 ``NeuralODE`` when it is installed (``bash scripts/install_bench_deps.sh``). ``--pretrain N``
 first trains nodex N steps so all start from *trained* weights (adaptive NFE grows). Prints median
-ms/step (min–max over rounds), forward/backward NFE, samples/s and the ratio to plain
+wall and process-CPU ms/step (min–max over rounds; CPU time is steadier on a shared machine), forward/backward NFE, samples/s and the ratio to plain
 torchdiffeq as a Markdown table. Supports MLP fields with ``depth: none | concat``.
 """
 
@@ -198,6 +198,7 @@ def main() -> None:
         return factories[name]()
 
     times = {k: [] for k in factories}
+    cpu = {k: [] for k in factories}
     nfe = {k: (0, 0) for k in factories}
     for name in factories:
         fn = fresh(name)
@@ -206,19 +207,20 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in factories:
             fn = fresh(name)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 nfe[name] = fn(X, y)
             times[name].append(1000 * (time.perf_counter() - start) / args.steps)
+            cpu[name].append(1000 * (time.process_time() - start_cpu) / args.steps)
     impls = factories
     base = statistics.median(times["torchdiffeq"])
+    base_cpu = statistics.median(cpu["torchdiffeq"])
     print(f"config: {' '.join(args.overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}")
-    print("| implementation | ms/step (median) | min–max | NFE fwd | NFE bwd | samples/s | ratio vs torchdiffeq |")
-    print("|---|---|---|---|---|---|---|")
+    print("| implementation | ms/step (median) | min–max | CPU ms/step | NFE fwd | NFE bwd | samples/s | ratio vs torchdiffeq (wall) | (CPU time) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in impls:
-        med = statistics.median(times[name])
-        print(f"| {name} | {med:.2f} | {min(times[name]):.2f}–{max(times[name]):.2f} | {nfe[name][0]} | {nfe[name][1]} | {X.shape[0] * 1000 / med:,.0f} | {med / base:.3f} |")
-
+        med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
+        print(f"| {name} | {med:.2f} | {min(times[name]):.2f}–{max(times[name]):.2f} | {med_cpu:.2f} | {nfe[name][0]} | {nfe[name][1]} | {X.shape[0] * 1000 / med:,.0f} | {med / base:.3f} | {med_cpu / base_cpu:.3f} |")
 
 if __name__ == "__main__":
     main()
