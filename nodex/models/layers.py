@@ -32,6 +32,18 @@ def depth_column(s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return s.to(h).reshape(-1, 1).expand(h.shape[0], 1)
 
 
+def linear_from_flat(theta: torch.Tensor, h: torch.Tensor, out_features: int, in_features: int, bias: bool) -> torch.Tensor:
+    """A linear map whose weight (and bias) are packed in ``theta``: ``(n_params,)`` shared by
+    the batch, or ``(B, n_params)`` per sample (per-sample depths). ``h``: ``(B, in_features)``."""
+    n_weight = out_features * in_features
+    if theta.dim() == 1:
+        W = theta[:n_weight].view(out_features, in_features)
+        return nn.functional.linear(h, W, theta[n_weight:] if bias else None)
+    W = theta[:, :n_weight].view(-1, out_features, in_features)
+    out = torch.bmm(W, h.unsqueeze(-1)).squeeze(-1)
+    return out + theta[:, n_weight:] if bias else out
+
+
 class StaticLinear(nn.Linear):
     """``nn.Linear`` that ignores the depth: constant parameters (``depth: none``)."""
 

@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nodex.errors import ConfigError
-from nodex.models.layers import DEPTH_LAYERS
+from nodex.models.layers import DEPTH_LAYERS, linear_from_flat
 
 _KEY = "model.field.depth_options"
 OPTIONS = ("pieces", "boundaries")
@@ -76,13 +75,7 @@ class StackedLinear(nn.Module):
         return self.coeffs[self.piece(s)]
 
     def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        th = self.theta(s)
-        if th.dim() == 1:
-            W = th[: self.n_weight].view(self.out_features, self.in_features)
-            return F.linear(h, W, th[self.n_weight :] if self.has_bias else None)
-        W = th[:, : self.n_weight].view(-1, self.out_features, self.in_features)
-        out = torch.bmm(W, h.unsqueeze(-1)).squeeze(-1)
-        return out + th[:, self.n_weight :] if self.has_bias else out
+        return linear_from_flat(self.theta(s), h, self.out_features, self.in_features, self.has_bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.has_bias}, pieces={self.pieces}"
