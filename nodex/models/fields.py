@@ -86,9 +86,10 @@ class MLPField(nn.Module):
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         h = z if self.control_features == 0 else torch.cat([z, x.reshape(x.shape[0], -1)], dim=1)
-        for layer, act in zip(self.layers[:-1], self.acts):
-            h = act(layer(s, h))
-        return self.layers[-1](s, h)
+        layers = self.layers
+        for i, act in enumerate(self.acts):  # index, not layers[:-1]: slicing builds a new ModuleList per call
+            h = act(layers[i](s, h))
+        return layers[-1](s, h)
 
 
 def flat_size(shape: tuple[int, ...] | None) -> int:

@@ -48,7 +48,7 @@ class StaticLinear(nn.Linear):
     """``nn.Linear`` that ignores the depth: constant parameters (``depth: none``)."""
 
     def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(h)
+        return nn.functional.linear(h, self.weight, self.bias)
 
 
 class DepthConcatLinear(nn.Linear):
