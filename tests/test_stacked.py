@@ -117,3 +117,29 @@ def test_bad_options_raise_config_errors(options, needle):
     with pytest.raises(ConfigError) as err:
         stacked_boundaries(options, 1.0)
     assert needle in str(err.value)
+
+
+def test_stacked_conv_field_uses_the_piece_of_s_and_hands_breakpoints_to_the_solver(compose_cfg):
+    import torch as _torch
+
+    from nodex.models import DataSpec, build_model
+    from nodex.models.stacked import StackedConv2d
+    from nodex.ode import SolverSettings
+
+    cfg = compose_cfg(["model=ilnode", "model.input_layer.width=4", "model.field.in_channels=4", "model.field.hidden=[4]",
+                       "model.field.depth=stacked", "+model.field.depth_options={pieces: 4}"])
+    model = build_model(cfg.model, DataSpec((1, 6, 6), 10), SolverSettings())
+    assert model.jump_t.tolist() == [0.25, 0.5, 0.75]
+    layer = next(m for m in model.field.modules() if isinstance(m, StackedConv2d))
+    h = _torch.randn(2, layer.in_channels, 6, 6)
+    for s, piece in ((0.1, 0), (0.3, 1), (0.6, 2), (0.9, 3)):
+        th = layer.coeffs[piece]
+        n_w = layer.out_channels * layer.in_channels * layer.kernel_size**2
+        W = th[:n_w].view(layer.out_channels, layer.in_channels, layer.kernel_size, layer.kernel_size)
+        ref = _torch.nn.functional.conv2d(h, W, th[n_w:] if layer.has_bias else None, padding=layer.kernel_size // 2)
+        assert _torch.allclose(layer(_torch.tensor(s), h), ref, atol=1e-6)
+    per_sample = layer(_torch.tensor([0.1, 0.9]), h)  # per-sample depths pick per-sample pieces
+    assert _torch.allclose(per_sample[1], layer(_torch.tensor(0.9), h)[1], atol=1e-5)
+    out = model(_torch.randn(3, 1, 6, 6))
+    out.y_hat.sum().backward()
+    assert layer.coeffs.grad is not None and layer.coeffs.grad.abs().sum() > 0

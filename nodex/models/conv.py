@@ -17,8 +17,8 @@ or one block of them for an n-th order model. The paper's layouts:
 
 Depth (``field.depth``): ``none`` (constant θ), ``concat`` (torchdyn's ``DepthCat``: a
 constant-``s`` channel appended to the input of the convs in ``depth_layers``) or ``galerkin``
-(those convs become GalConv2d with θ(s) = Σ α_j ψ_j(s), options in ``field.depth_options`` as
-for MLP fields); ``depth_layers`` indices count the k×k convs and then the 1×1 output conv;
+(those convs become GalConv2d with θ(s) = Σ α_j ψ_j(s)) or ``stacked`` (StackedConv2d: p pieces
+of constant kernels), options in ``field.depth_options`` as for MLP fields; ``depth_layers`` indices count the k×k convs and then the 1×1 output conv;
 ``null`` = all.
 Data control: the control ``u`` ``(B, C_u, H, W)`` is concatenated to ``z`` at the field's input.
 """
@@ -32,7 +32,7 @@ from torch import nn
 from nodex.errors import ConfigError
 from nodex.models.fields import FIELDS, make_activation
 
-CONV_DEPTHS = ("none", "concat", "galerkin")
+CONV_DEPTHS = ("none", "concat", "galerkin", "stacked")
 
 
 class DepthConv2d(nn.Conv2d):
@@ -111,6 +111,10 @@ class ConvField(nn.Module):
                 from nodex.models.galerkin import galerkin_conv2d
 
                 return galerkin_conv2d(c_in, c_out, k, bias=with_bias, S=S, options=depth_options)
+            if depth == "stacked" and i in chosen:  # p pieces of constant kernels; breakpoints -> jump_t
+                from nodex.models.stacked import stacked_conv2d
+
+                return stacked_conv2d(c_in, c_out, k, bias=with_bias, S=S, options=depth_options)
             return DepthConv2d(c_in, c_out, k, bias=with_bias, depth_concat=concat and i in chosen)
 
         c_in = state_channels + control_channels

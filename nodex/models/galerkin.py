@@ -27,10 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nodex.errors import ConfigError
-from nodex.models.layers import DEPTH_LAYERS, linear_from_flat
+from nodex.models.layers import DEPTH_LAYERS, conv2d_from_flat, linear_from_flat
 
 BASES = ("fourier", "legendre", "chebyshev")
 INITS = ("zero", "normal", "constant")
@@ -193,16 +192,7 @@ class GalConv2d(_GalerkinParams):
         self._init_coeffs(nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias))
 
     def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        th = self.theta(s)
-        k, c_in, c_out = self.kernel_size, self.in_channels, self.out_channels
-        if th.dim() == 1:
-            W = th[: self.n_weight].view(c_out, c_in, k, k)
-            return F.conv2d(h, W, th[self.n_weight :] if self.has_bias else None, self.stride, self.padding)
-        B = h.shape[0]
-        W = th[:, : self.n_weight].reshape(B * c_out, c_in, k, k)
-        b = th[:, self.n_weight :].reshape(-1) if self.has_bias else None
-        out = F.conv2d(h.reshape(1, B * c_in, *h.shape[2:]), W, b, self.stride, self.padding, groups=B)
-        return out.view(B, c_out, *out.shape[2:])
+        return conv2d_from_flat(self.theta(s), h, self.out_channels, self.in_channels, self.kernel_size, self.has_bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, basis={self.spec.basis}, m={self.spec.m}"

@@ -44,6 +44,21 @@ def linear_from_flat(theta: torch.Tensor, h: torch.Tensor, out_features: int, in
     return out + theta[:, n_weight:] if bias else out
 
 
+def conv2d_from_flat(theta: torch.Tensor, h: torch.Tensor, out_channels: int, in_channels: int, kernel_size: int, bias: bool, stride: int, padding: int) -> torch.Tensor:
+    """A 2-D convolution whose kernel (and bias) are packed in ``theta``: ``(n_params,)``, or
+    ``(B, n_params)`` per sample (one grouped convolution, groups = B). ``h``: ``(B, C_in, H, W)``."""
+    k = kernel_size
+    n_weight = out_channels * in_channels * k * k
+    if theta.dim() == 1:
+        W = theta[:n_weight].view(out_channels, in_channels, k, k)
+        return nn.functional.conv2d(h, W, theta[n_weight:] if bias else None, stride, padding)
+    B = h.shape[0]
+    W = theta[:, :n_weight].reshape(B * out_channels, in_channels, k, k)
+    b = theta[:, n_weight:].reshape(-1) if bias else None
+    out = nn.functional.conv2d(h.reshape(1, B * in_channels, *h.shape[2:]), W, b, stride, padding, groups=B)
+    return out.view(B, out_channels, *out.shape[2:])
+
+
 class StaticLinear(nn.Linear):
     """``nn.Linear`` that ignores the depth: constant parameters (``depth: none``)."""
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from nodex.errors import ConfigError
-from nodex.models.layers import DEPTH_LAYERS, linear_from_flat
+from nodex.models.layers import DEPTH_LAYERS, conv2d_from_flat, linear_from_flat
 
 _KEY = "model.field.depth_options"
 OPTIONS = ("pieces", "boundaries")
@@ -51,19 +51,16 @@ def stacked_boundaries(options: dict[str, Any] | None, S: float) -> list[float]:
     return [S * i / int(p) for i in range(1, int(p))]
 
 
-class StackedLinear(nn.Module):
-    """Linear layer with p pieces of constant (W_i, b_i). Called as ``layer(s, h)``:
-    ``h``: ``(B, in_features)`` -> ``(B, out_features)``; ``s`` 0-d or ``(B,)``.
-    Parameters: ``p·(in+1)·out``; each piece initialised like ``nn.Linear``."""
+class PiecewiseParams(nn.Module):
+    """p pieces of constant flat parameters in one ``(p, n_params)`` tensor, picked by depth.
+    Each piece is initialised by a fresh ``make()`` module (as ``nn.Linear`` / ``nn.Conv2d`` would be)."""
 
-    def __init__(self, in_features: int, out_features: int, boundaries: list[float], bias: bool = True) -> None:
+    def __init__(self, boundaries: list[float], make) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
-        self.n_weight = in_features * out_features
         self.breakpoints = tuple(float(b) for b in boundaries)
         self.pieces = len(self.breakpoints) + 1
         self.register_buffer("edges", torch.tensor(self.breakpoints, dtype=torch.float64), persistent=False)
-        init = [torch.cat([p.reshape(-1) for p in nn.Linear(in_features, out_features, bias=bias).parameters()]) for _ in range(self.pieces)]
+        init = [torch.cat([p.reshape(-1) for p in make().parameters()]) for _ in range(self.pieces)]
         self.coeffs = nn.Parameter(torch.stack(init))  # (p, n_params)
 
     def piece(self, s: torch.Tensor) -> torch.Tensor:
@@ -74,11 +71,41 @@ class StackedLinear(nn.Module):
         """Flat parameters at depth ``s``: ``(n_params,)`` (0-d s) or ``(B, n_params)``."""
         return self.coeffs[self.piece(s)]
 
+
+class StackedLinear(PiecewiseParams):
+    """Linear layer with p pieces of constant (W_i, b_i). Called as ``layer(s, h)``:
+    ``h``: ``(B, in_features)`` -> ``(B, out_features)``; ``s`` 0-d or ``(B,)``.
+    Parameters: ``p·(in+1)·out``; each piece initialised like ``nn.Linear``."""
+
+    def __init__(self, in_features: int, out_features: int, boundaries: list[float], bias: bool = True) -> None:
+        super().__init__(boundaries, lambda: nn.Linear(in_features, out_features, bias=bias))
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+
     def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return linear_from_flat(self.theta(s), h, self.out_features, self.in_features, self.has_bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.has_bias}, pieces={self.pieces}"
+
+
+class StackedConv2d(PiecewiseParams):
+    """2-D convolution (same padding) with p pieces of constant kernel and bias. Called as
+    ``layer(s, h)``: ``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``. Parameters: ``p·(C_in·k²+1)·C_out``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, boundaries: list[float], bias: bool = True) -> None:
+        super().__init__(boundaries, lambda: nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias))
+        self.in_channels, self.out_channels, self.kernel_size, self.has_bias = in_channels, out_channels, kernel_size, bias
+
+    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return conv2d_from_flat(self.theta(s), h, self.out_channels, self.in_channels, self.kernel_size, self.has_bias, 1, self.kernel_size // 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.has_bias}, pieces={self.pieces}"
+
+
+def stacked_conv2d(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool, S: float, options: dict[str, Any] | None) -> StackedConv2d:
+    """Factory for conv fields: a :class:`StackedConv2d` from ``field.depth_options``."""
+    return StackedConv2d(in_channels, out_channels, kernel_size, stacked_boundaries(options, S), bias=bias)
 
 
 @DEPTH_LAYERS.register("stacked")
