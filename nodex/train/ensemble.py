@@ -46,10 +46,10 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nodex.errors import ConfigError, NodexError, SolverError
+from nodex.errors import ConfigError, NodexError
 from nodex.models import count_parameters
 from nodex.models.ensemble import EnsembleNeuralODE, member_output
-from nodex.train.loop import LoopState, StepStats, Trainer, evaluate
+from nodex.train.loop import LoopState, StepStats, Trainer, evaluate, solver_failures
 from nodex.train.logs import RunLogger
 from nodex.train.run import (
     Pipeline, _hparams, _metadata_markdown, _write_json, build_optimizer, select_device, validate_trainer, versions,
@@ -206,7 +206,7 @@ class EnsembleFit:
         members' ``(loss, parts)``, their outputs and the batched solve's forward/backward NFE."""
         model = self.model
         model.nfe.reset()
-        try:
+        with solver_failures(step, self.solver):
             out = model(X)
             nfe_f = model.nfe.count
             outs = [member_output(out, m.index) for m in self.members]
@@ -214,10 +214,6 @@ class EnsembleFit:
             total = torch.stack([loss for loss, _ in losses]).sum()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-        except SolverError as exc:
-            raise SolverError(f"step {step}: {exc}") from None
-        except AssertionError as exc:  # the adjoint's backward solve
-            raise SolverError(f"step {step}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {self.solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
         if self.clip:
             clip_members(list(model.parameters()), self.clip)
         optimizer.step()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +73,18 @@ def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int | None 
     result = {k: v / n for k, v in totals.items()}
     result["nfe_forward"] = sum(nfe) / len(nfe)
     return result
+
+
+@contextmanager
+def solver_failures(step: int, solver: str):
+    """Name the step in a :class:`SolverError`, and turn the adjoint's bare backward-solve
+    assertions (raised inside ``loss.backward()``) into one."""
+    try:
+        yield
+    except SolverError as exc:
+        raise SolverError(f"step {step}: {exc}") from None
+    except AssertionError as exc:
+        raise SolverError(f"step {step}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
 
 
 class Trainer:
@@ -200,16 +213,12 @@ class Trainer:
         """
         model = self.model
         model.nfe.reset()
-        try:
+        with solver_failures(step, self.solver):
             out = model(X)
             nfe_f = model.nfe.count
             loss, parts = self.task.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        except SolverError as exc:
-            raise SolverError(f"step {step}: {exc}") from None
-        except AssertionError as exc:  # the adjoint's backward solve
-            raise SolverError(f"step {step}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {self.solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
         if self.clip:
             nn.utils.clip_grad_norm_(model.parameters(), self.clip)
         optimizer.step()
