@@ -17,7 +17,6 @@ import argparse
 import datetime as _dt
 import fnmatch
 import json
-import math
 import os
 import platform
 import re
