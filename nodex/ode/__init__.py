@@ -1,4 +1,4 @@
-"""ODE solving: torchdiffeq behind a small typed interface with NFE counting."""
+"""ODE solving: a lean dopri5 and torchdiffeq behind a small typed interface with NFE counting."""
 
 from nodex.ode.solve import NFECounter, SolverSettings, available_methods, odesolve
 

@@ -17,9 +17,11 @@ from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.errors import ConfigError, SolverError
+from nodex.ode.dopri5 import dopri5
 
 FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
 SENSITIVITIES = ("autograd", "adjoint")
+ENGINES = ("auto", "torchdiffeq")
 
 
 def available_methods() -> list[str]:
@@ -44,6 +46,7 @@ class SolverSettings:
     seminorm: bool = True
     S: float = 1.0
     options: dict = field(default_factory=dict)
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         methods = available_methods()
@@ -63,6 +66,8 @@ class SolverSettings:
             raise ConfigError(f"solver.sensitivity={self.sensitivity!r}; choose one of: {', '.join(SENSITIVITIES)}")
         if not self.S > 0:
             raise ConfigError(f"solver.S={self.S} (the integration horizon) must be positive")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"solver.engine={self.engine!r}; choose one of: {', '.join(ENGINES)}")
 
     @property
     def is_fixed_step(self) -> bool:
@@ -137,6 +142,11 @@ def odesolve(
         SolverError: torchdiffeq gave up (underflow in dt, max_num_steps, non-finite state).
     """
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
+    if _lean_dopri5_applies(settings, z0, s, jump_t):
+        try:
+            return dopri5(func, z0, s.tolist(), settings.rtol, settings.atol, settings.max_num_steps)
+        except AssertionError as exc:
+            raise SolverError(_solver_message(str(exc), settings)) from None
     kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
     try:
         if settings.sensitivity == "adjoint":
@@ -152,6 +162,23 @@ def odesolve(
         return odeint(func, z0, s, **kwargs)
     except AssertionError as exc:  # torchdiffeq reports numerical failures as bare assertions
         raise SolverError(_solver_message(str(exc), settings)) from None
+
+
+def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:
+    """nodex's own dopri5 (:mod:`nodex.ode.dopri5`) covers the common training solve:
+    backprop through dopri5 of one tensor state over increasing constant depths."""
+    return (
+        settings.engine == "auto"
+        and settings.method == "dopri5"
+        and settings.sensitivity == "autograd"
+        and not settings.options
+        and jump_t is None
+        and isinstance(z0, torch.Tensor)
+        and not s.requires_grad
+        and s.dim() == 1
+        and len(s) >= 2
+        and bool((s[1:] > s[:-1]).all())
+    )
 
 
 def _solver_message(reason: str, settings: SolverSettings) -> str:

@@ -1,0 +1,145 @@
+"""nodex's lean dopri5: the same steps, NFE, values and gradients as torchdiffeq's, and its dispatch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+from nodex.errors import ConfigError, SolverError
+from nodex.ode import NFECounter, SolverSettings, odesolve
+from nodex.ode import solve as solve_module
+from nodex.ode.dopri5 import _initial_step, dopri5
+
+
+class DepthVaryingMLP(nn.Module):
+    """f(s, z) = MLP(z) · (1 + 0.3 cos 3s): a trainable, depth-dependent field."""
+
+    def __init__(self, dtype=torch.float64) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 2)).to(dtype)
+
+    def forward(self, s, z):
+        return self.net(z) * (1 + 0.3 * torch.cos(3 * s))
+
+
+def _z0(dtype=torch.float64):
+    return torch.randn(256, 2, generator=torch.Generator().manual_seed(1), dtype=dtype) * 2
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
+def test_same_steps_values_and_nfe_as_torchdiffeq(tol):
+    field, z0 = DepthVaryingMLP(), _z0()
+    s = torch.tensor([0.0, 0.25, 0.7, 1.0], dtype=torch.float64)
+    out = {}
+    for engine in ("auto", "torchdiffeq"):
+        counter = NFECounter()
+        settings = SolverSettings(method="dopri5", rtol=tol, atol=tol, engine=engine)
+        out[engine] = (odesolve(field, z0, s, settings, counter=counter), counter.count)
+    (ours, n_ours), (ref, n_ref) = out["auto"], out["torchdiffeq"]
+    assert n_ours == n_ref > 7
+    assert ours.shape == ref.shape == (4, 256, 2)
+    assert torch.equal(ours[0], z0)
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_gradients_equal_torchdiffeq_at_the_same_steps():
+    """torchdiffeq also differentiates through its initial-step heuristic; given that step as
+    ``first_step`` (a constant), both are the gradient of the same discrete solution."""
+    field, z0 = DepthVaryingMLP(), _z0()
+    with torch.no_grad():
+        h = _initial_step(field, 0.0, z0, field(torch.tensor(0.0, dtype=z0.dtype), z0), 1e-5, 1e-5)
+    grads = []
+    for solve in (
+        lambda: dopri5(field, z0, [0.0, 1.0], 1e-5, 1e-5, 1000)[-1],
+        lambda: odeint(field, z0, torch.tensor([0.0, 1.0], dtype=z0.dtype), rtol=1e-5, atol=1e-5, options={"first_step": h})[-1],
+    ):
+        field.zero_grad()
+        solve().pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in field.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_error_falls_at_fifth_order_with_the_tolerance():
+    """dz/ds = cos(2πs)·z has z(S) = exp(sin(2πS)/2π); tightening tol 100x must cut the error
+    by roughly 100x (error per unit step ∝ tol) and the solution must meet the tolerance."""
+    z0 = torch.ones(1, 1, dtype=torch.float64)
+    exact = math.exp(math.sin(2 * math.pi * 0.8) / (2 * math.pi))
+    errors = []
+    for tol in (1e-5, 1e-7, 1e-9):
+        z = dopri5(lambda s, z: torch.cos(2 * math.pi * s) * z, z0, [0.0, 0.8], tol, tol, 10_000)[-1]
+        errors.append(abs(float(z) - exact))
+        assert errors[-1] < 20 * tol
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_float32_state_agrees_with_torchdiffeq_to_rounding():
+    field, z0 = DepthVaryingMLP(torch.float32), _z0(torch.float32)
+    settings = SolverSettings(method="dopri5", rtol=1e-4, atol=1e-4)
+    ours = odesolve(field, z0, torch.tensor([0.0, 1.0]), settings)[-1]
+    ref = odesolve(field, z0, torch.tensor([0.0, 1.0]), SolverSettings(method="dopri5", rtol=1e-4, atol=1e-4, engine="torchdiffeq"))[-1]
+    assert (ours - ref).abs().max() < 1e-4
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = solve_module.dopri5
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(solve_module, "dopri5", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "settings,z0,s,jump_t,lean",
+    [
+        ({}, "tensor", [0.0, 1.0], None, True),
+        ({}, "tensor", [0.0, 0.5, 1.0], None, True),
+        ({"engine": "torchdiffeq"}, "tensor", [0.0, 1.0], None, False),
+        ({"sensitivity": "adjoint"}, "tensor", [0.0, 1.0], None, False),
+        ({"method": "bosh3"}, "tensor", [0.0, 1.0], None, False),
+        ({"options": {"first_step": 0.1}}, "tensor", [0.0, 1.0], None, False),
+        ({}, "tuple", [0.0, 1.0], None, False),
+        ({}, "tensor", [1.0, 0.0], None, False),
+        ({}, "tensor", [0.0, 1.0], [0.5], False),
+    ],
+)
+def test_dispatch_takes_the_lean_solver_only_where_it_applies(monkeypatch, settings, z0, s, jump_t, lean):
+    calls = _spy(monkeypatch)
+    field = DepthVaryingMLP(torch.float32)
+    state = torch.ones(3, 2) if z0 == "tensor" else (torch.ones(3, 2), torch.zeros(3, 2))
+    dynamics = field if z0 == "tensor" else (lambda s_, zs: (field(s_, zs[0]), field(s_, zs[1])))
+    jumps = None if jump_t is None else torch.tensor(jump_t, dtype=torch.float64)
+    odesolve(dynamics, state, torch.tensor(s), SolverSettings(**settings), jump_t=jumps)
+    assert bool(calls) == lean
+
+
+def test_unknown_engine_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        SolverSettings(engine="torchdyn")
+    assert "solver.engine" in str(err.value) and "torchdiffeq" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_non_finite_initial_state_is_a_solver_error():
+    z0 = torch.tensor([[float("nan"), 1.0]])
+    with pytest.raises(SolverError) as err:
+        odesolve(lambda s, z: -z, z0, torch.tensor([0.0, 1.0]), SolverSettings())
+    assert "non-finite" in str(err.value) and "dopri5" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_field_that_blows_up_underflows_the_step_into_a_solver_error():
+    """Past s = 0.5 the field is NaN: steps shrink by 5x per reject until dt underflows."""
+
+    def field(s, z):
+        return z * (1.0 if float(s) < 0.5 else float("nan"))
+
+    with pytest.raises(SolverError) as err:
+        odesolve(field, torch.ones(2, 2), torch.tensor([0.0, 1.0]), SolverSettings())
+    assert "underflow in dt" in str(err.value) and "\n" not in str(err.value)
