@@ -1,20 +1,26 @@
 """Benchmark nodex's training step against the same step written by hand, in one process.
 
     python scripts/bench.py [HYDRA OVERRIDES...] [--steps 20] [--rounds 7] [--threads 1]
+    python scripts/bench.py --suite paper [--pretrain N] ...
 
 Runs nodex's real ``Trainer.train_step`` for the composed config and, interleaved round-robin
-on the same batch from the same initial weights, (a) the same MLP written as a plain
-``torchdiffeq.odeint`` loop, (b) for ``solver=rk4`` a hand-written RK4 loop and (c) torchdyn's
-``NeuralODE`` when it is installed (``bash scripts/install_bench_deps.sh``). ``--pretrain N``
-first trains nodex N steps so all start from *trained* weights (adaptive NFE grows). Prints median
-wall and process-CPU ms/step (min–max over rounds; CPU time is steadier on a shared machine), forward/backward NFE, samples/s and the ratio to plain
-torchdiffeq as a Markdown table. Supports MLP fields with ``depth: none | concat``.
+on the same batch from the same initial weights, (a) the same nodex model on torchdiffeq's
+solvers (``solver.engine=torchdiffeq``), (b) where the field is a plain MLP (``depth: none |
+concat``, first order, no control or horizon), the same model written as a plain
+``torchdiffeq.odeint`` loop, (c) for ``solver=rk4`` a hand-written RK4 loop and (d) torchdyn's
+``NeuralODE`` (``depth: none``) when it is installed (``bash scripts/install_bench_deps.sh``).
+``--pretrain N`` first trains nodex N steps so all start from *trained* weights (adaptive NFE
+grows). Prints median wall and process-CPU ms/step (min–max over rounds; CPU time is steadier
+on a shared machine), forward/backward NFE, samples/s and the ratio to the torchdiffeq baseline
+(plain torchdiffeq where it exists, else nodex on torchdiffeq) as a Markdown table.
+``--suite paper`` does this for the paper's model variants at their experiment sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import sys
 import time
@@ -86,15 +92,17 @@ class PlainStep:
 
     def __init__(self, pipe: Pipeline, cfg, kind: str) -> None:
         self.field = PlainField(pipe.model.field)
+        self.input_layer = copy.deepcopy(pipe.model.input_layer)
         self.readout = copy.deepcopy(pipe.model.readout)
         self.kind, self.settings, self.task = kind, pipe.settings, pipe.task
-        params = [*self.field.parameters(), *self.readout.parameters()]
+        params = [*self.input_layer.parameters(), *self.field.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
         self.t = torch.tensor([0.0, pipe.settings.S])
 
     def __call__(self, X, y):
         s = self.settings
         self.field.nfe = 0
+        X = self.input_layer(X)
         if self.kind == "hand":
             z = rk4(self.field, X, 0.0, s.S, s.step_size)
         else:
@@ -127,7 +135,7 @@ class TorchdynStep(PlainStep):
         net = nn.Sequential(*[m for pair in zip(self.field.layers, [*self.field.acts, None]) for m in pair if m is not None])
         self.node = NeuralODE(net, solver=s.method, sensitivity="adjoint" if s.sensitivity == "adjoint" else "autograd",
                               atol=s.atol, rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
-        params = [*self.node.parameters(), *self.readout.parameters()]
+        params = [*self.input_layer.parameters(), *self.node.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
         self.t_span = torch.linspace(0, s.S, 2) if not s.is_fixed_step else torch.linspace(0, s.S, round(s.S / s.step_size) + 1)
 
@@ -135,7 +143,7 @@ class TorchdynStep(PlainStep):
         from nodex.models import ModelOutput
 
         self.node.vf.nfe = 0
-        _, sol = self.node(X, self.t_span)
+        _, sol = self.node(self.input_layer(X), self.t_span)
         z = sol[-1]
         nfe_f = int(self.node.vf.nfe)
         loss, _ = self.task.loss(ModelOutput(self.readout(z), z), y)
@@ -145,30 +153,43 @@ class TorchdynStep(PlainStep):
         return nfe_f, int(self.node.vf.nfe) - nfe_f
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--steps", type=int, default=20, help="steps per round and implementation")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pretrain", type=int, default=0, help="train nodex this many steps first (trained weights)")
-    parser.add_argument("--no-torchdyn", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def plain_supported(pipe: Pipeline, X: torch.Tensor) -> bool:
+    """True when :class:`PlainField` reproduces the model's field exactly (a first-order MLP
+    field with ``depth: none | concat``, no control, horizon or integral loss)."""
+    model = pipe.model
+    if not isinstance(model.field, MLPField) or any(getattr(model, k, None) is not None for k in ("control", "horizon", "integral_loss")):
+        return False
+    try:
+        plain = PlainField(model.field)
+        with torch.no_grad():
+            z = model.input_layer(X[:8])
+            t = torch.tensor(0.3)
+            return bool(torch.allclose(plain(t, z), model.field(t, z, None)))
+    except (RuntimeError, TypeError, AttributeError):
+        return False
+
+
+def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
+    """Time every applicable implementation of one training step; -> (header, rows)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*args.overrides, "trainer.device=cpu"])
+        cfg = compose("train", overrides=[*overrides, "trainer.device=cpu"])
+    torch.manual_seed(cfg.seed)
     pipe = Pipeline(cfg)
     X, y = pipe.data.sampler(cfg.trainer.batch_size or cfg.data.n_train) if pipe.data.sampler else pipe.data.train
+    if cfg.trainer.batch_size and X.shape[0] > cfg.trainer.batch_size:
+        X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
     import tempfile
 
     logger = RunLogger(Path(tempfile.mkdtemp()), tensorboard=False)
     trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, Path("/nonexistent"), lambda st: {}, pipe.settings.describe())
+    own = pipe.model.settings
 
-    def make_nodex():
+    def make_nodex(engine: str = own.engine):
         opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+        settings = dataclasses.replace(own, engine=engine)
 
         def step(Xb, yb):
+            pipe.model.settings = settings
             _, _, _, f, b = trainer.train_step(Xb, yb, opt)
             return f, b
 
@@ -179,13 +200,16 @@ def main() -> None:
         Xp, yp = pipe.data.sampler(X.shape[0]) if pipe.data.sampler else (X, y)
         warm(Xp, yp)
     reference = copy.deepcopy(pipe.model.state_dict())
-    factories = {"nodex": make_nodex, "torchdiffeq": lambda: PlainStep(pipe, cfg, "plain")}
-    if pipe.settings.method == "rk4":
-        factories["hand-written rk4"] = lambda: PlainStep(pipe, cfg, "hand")
+    factories = {"nodex": make_nodex, "nodex on torchdiffeq": lambda: make_nodex("torchdiffeq")}
+    plain = plain_supported(pipe, X)
+    if plain:
+        factories["torchdiffeq"] = lambda: PlainStep(pipe, cfg, "plain")
+        if pipe.settings.method == "rk4":
+            factories["hand-written rk4"] = lambda: PlainStep(pipe, cfg, "hand")
     try:
         import torchdyn  # noqa: F401
 
-        have_torchdyn = not args.no_torchdyn
+        have_torchdyn = plain and not args.no_torchdyn and not any(isinstance(l, DepthConcatLinear) for l in pipe.model.field.layers)
     except ImportError:
         have_torchdyn = False
     if have_torchdyn:
@@ -212,15 +236,64 @@ def main() -> None:
                 nfe[name] = fn(X, y)
             times[name].append(1000 * (time.perf_counter() - start) / args.steps)
             cpu[name].append(1000 * (time.process_time() - start_cpu) / args.steps)
-    impls = factories
-    base = statistics.median(times["torchdiffeq"])
-    base_cpu = statistics.median(cpu["torchdiffeq"])
-    print(f"config: {' '.join(args.overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}")
-    print("| implementation | ms/step (median) | min–max | CPU ms/step | NFE fwd | NFE bwd | samples/s | ratio vs torchdiffeq (wall) | (CPU time) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in impls:
+    pipe.model.settings = own
+    base_name = "torchdiffeq" if "torchdiffeq" in factories else "nodex on torchdiffeq"
+    base, base_cpu = statistics.median(times[base_name]), statistics.median(cpu[base_name])
+    header = (
+        f"config: {' '.join(overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | "
+        f"threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}"
+    )
+    rows = []
+    for name in factories:
         med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
-        print(f"| {name} | {med:.2f} | {min(times[name]):.2f}–{max(times[name]):.2f} | {med_cpu:.2f} | {nfe[name][0]} | {nfe[name][1]} | {X.shape[0] * 1000 / med:,.0f} | {med / base:.3f} | {med_cpu / base_cpu:.3f} |")
+        rows.append((name, med, min(times[name]), max(times[name]), med_cpu, *nfe[name], X.shape[0] * 1000 / med, med / base, med_cpu / base_cpu, base_name))
+    return header, rows
+
+
+# The paper's model variants at their experiment sizes (configs/experiment/), one row group each.
+PAPER_SUITE = [
+    ("vanilla (annuli, adjoint)", ["experiment=annuli_vanilla"]),
+    ("vanilla (annuli, autograd)", ["experiment=annuli_vanilla", "solver.sensitivity=autograd"]),
+    ("depth-concat", ["experiment=annuli_depthcat"]),
+    ("Galërkin (fourier)", ["experiment=annuli_galnode"]),
+    ("stacked (jump_t)", ["experiment=stacked_moons"]),
+    ("zero-augmented (ANODE)", ["experiment=spheres_augmentation_anode"]),
+    ("input-layer augmented (IL-NODE)", ["experiment=spheres_augmentation_ilnode"]),
+    ("second-order", ["experiment=spheres_augmentation_second_order"]),
+    ("data-controlled", ["experiment=annuli_data_control"]),
+    ("adaptive-depth", ["experiment=reflection_adaptive_depth"]),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--suite", choices=["paper"], help="benchmark the paper's model variants (overrides apply to each)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per round and implementation")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pretrain", type=int, default=0, help="train nodex this many steps first (trained weights)")
+    parser.add_argument("--no-torchdyn", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.suite == "paper":
+        print(f"suite: paper | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}")
+        print("| variant | solver | implementation | ms/step | CPU ms/step | NFE fwd | NFE bwd | ratio (CPU) | vs |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, overrides in PAPER_SUITE:
+            header, rows = bench([*overrides, *args.overrides], args)
+            solver = header.split(" | ")[1]
+            for name, med, _, _, med_cpu, nf, nb, _, _, r_cpu, base_name in rows:
+                print(f"| {label} | {solver} | {name} | {med:.2f} | {med_cpu:.2f} | {nf} | {nb} | {r_cpu:.3f} | {base_name} |", flush=True)
+        return
+    header, rows = bench(args.overrides, args)
+    print(header)
+    print("| implementation | ms/step (median) | min–max | CPU ms/step | NFE fwd | NFE bwd | samples/s | ratio vs baseline (wall) | (CPU time) | baseline |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, med, lo, hi, med_cpu, nf, nb, sps, r, r_cpu, base_name in rows:
+        print(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {med_cpu:.2f} | {nf} | {nb} | {sps:,.0f} | {r:.3f} | {r_cpu:.3f} | {base_name} |")
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""nodex's lean dopri5: the same steps, NFE, values and gradients as torchdiffeq's, and its dispatch."""
+"""nodex's lean dopri5 and its adjoint: the same steps, NFE, values and gradients as
+torchdiffeq's, adjoint = autograd, failures, and the dispatch."""
 
 from __future__ import annotations
 
@@ -87,13 +88,14 @@ def test_float32_state_agrees_with_torchdiffeq_to_rounding():
 
 def _spy(monkeypatch):
     calls = []
-    real = solve_module.dopri5
+    for name in ("dopri5", "dopri5_adjoint"):
+        real = getattr(solve_module, name)
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+        def spy(*args, _real=real, **kwargs):
+            calls.append(1)
+            return _real(*args, **kwargs)
 
-    monkeypatch.setattr(solve_module, "dopri5", spy)
+        monkeypatch.setattr(solve_module, name, spy)
     return calls
 
 
@@ -103,7 +105,7 @@ def _spy(monkeypatch):
         ({}, "tensor", [0.0, 1.0], None, True),
         ({}, "tensor", [0.0, 0.5, 1.0], None, True),
         ({"engine": "torchdiffeq"}, "tensor", [0.0, 1.0], None, False),
-        ({"sensitivity": "adjoint"}, "tensor", [0.0, 1.0], None, False),
+        ({"sensitivity": "adjoint"}, "tensor", [0.0, 1.0], None, True),
         ({"method": "bosh3"}, "tensor", [0.0, 1.0], None, False),
         ({"options": {"first_step": 0.1}}, "tensor", [0.0, 1.0], None, False),
         ({}, "tuple", [0.0, 1.0], None, False),
@@ -143,3 +145,69 @@ def test_a_field_that_blows_up_underflows_the_step_into_a_solver_error():
     with pytest.raises(SolverError) as err:
         odesolve(field, torch.ones(2, 2), torch.tensor([0.0, 1.0]), SolverSettings())
     assert "underflow in dt" in str(err.value) and "\n" not in str(err.value)
+
+
+class Autonomous(nn.Module):
+    """f(s, z) = MLP(z): the backward solves of both engines take identical steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+
+    def forward(self, s, z):
+        return self.net(z)
+
+
+def _grads(field, z0, s, settings, counter=None):
+    field.zero_grad()
+    z0 = z0.clone().requires_grad_(True)
+    ys = odesolve(field, z0, s, settings, counter=counter)
+    (ys[-1].pow(2).mean() + 0.1 * ys[1].sin().sum()).backward()  # gradients enter at two depths
+    return torch.cat([z0.grad.flatten()] + [p.grad.flatten() for p in field.parameters()])
+
+
+@pytest.mark.parametrize("seminorm", [True, False])
+def test_adjoint_matches_autograd_at_tight_tolerance(seminorm):
+    field, z0 = DepthVaryingMLP(), _z0()[:64]
+    s = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    exact = _grads(field, z0, s, SolverSettings(rtol=1e-12, atol=1e-12))
+    adjoint = _grads(field, z0, s, SolverSettings(rtol=1e-9, atol=1e-9, sensitivity="adjoint", seminorm=seminorm))
+    assert ((adjoint - exact).norm() / exact.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("seminorm", [True, False])
+def test_adjoint_takes_torchdiffeqs_steps_on_a_depth_independent_field(seminorm):
+    field, z0 = Autonomous(), _z0()[:64]
+    s = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    out = {}
+    for engine in ("auto", "torchdiffeq"):
+        counter = NFECounter()
+        settings = SolverSettings(rtol=1e-6, atol=1e-6, sensitivity="adjoint", seminorm=seminorm, engine=engine)
+        out[engine] = (_grads(field, z0, s, settings, counter), counter.count)
+    assert out["auto"][1] == out["torchdiffeq"][1]
+    assert torch.allclose(out["auto"][0], out["torchdiffeq"][0], rtol=1e-9, atol=1e-12)
+
+
+def test_adjoint_counts_backward_evaluations_and_skips_frozen_parameters(monkeypatch):
+    calls = _spy_adjoint(monkeypatch)
+    field = DepthVaryingMLP()
+    field.net[0].weight.requires_grad_(False)
+    counter = NFECounter()
+    z = odesolve(field, _z0()[:8], torch.tensor([0.0, 1.0], dtype=torch.float64), SolverSettings(sensitivity="adjoint"), counter=counter)
+    forward = counter.count
+    z[-1].sum().backward()
+    assert calls and counter.count > forward > 7
+    assert field.net[0].weight.grad is None and field.net[2].weight.grad is not None
+
+
+def _spy_adjoint(monkeypatch):
+    calls = []
+    real = solve_module.dopri5_adjoint
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(solve_module, "dopri5_adjoint", spy)
+    return calls

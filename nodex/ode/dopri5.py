@@ -70,18 +70,22 @@ def _combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[floa
     return out
 
 
-def _rms(x: torch.Tensor) -> float:
+Norm = Callable[[torch.Tensor], float]
+
+
+def rms_norm(x: torch.Tensor) -> float:
+    """The root mean square of ``x`` (torchdiffeq's default norm for one tensor)."""
     return float(x.pow(2).mean().sqrt())
 
 
-def _initial_step(func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float) -> float:
+def _initial_step(func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm) -> float:
     """torchdiffeq's ``_select_initial_step`` (Hairer, Nørsett & Wanner I, II.4); one evaluation."""
     with torch.no_grad():
         scale = y0.abs().mul(rtol).add_(atol)
-        d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+        d0, d1 = norm(y0 / scale), norm(f0 / scale)
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         f1 = func(_time(t0 + h0, y0), y0 + h0 * f0)
-        d2 = _rms((f1 - f0) / scale) / h0
+        d2 = norm((f1 - f0) / scale) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
@@ -105,7 +109,9 @@ def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt:
     return y0 + x * (dt * f0 + x * (c + x * (b + x * a)))
 
 
-def dopri5(func: Field, y0: torch.Tensor, t: list[float], rtol: float, atol: float, max_num_steps: int) -> torch.Tensor:
+def dopri5(
+    func: Field, y0: torch.Tensor, t: list[float], rtol: float, atol: float, max_num_steps: int, norm: Norm = rms_norm
+) -> torch.Tensor:
     """Integrate ``dy/dt = func(t, y)`` with adaptive Dormand–Prince 5(4).
 
     Args:
@@ -114,6 +120,7 @@ def dopri5(func: Field, y0: torch.Tensor, t: list[float], rtol: float, atol: flo
         t: increasing output depths ``[t0, t1, ..., tT]``.
         rtol, atol: tolerances of the RMS error norm.
         max_num_steps: attempted steps allowed per output interval.
+        norm: of the scaled error ``error / (atol + rtol·max(|y0|, |y1|))``; accept at ≤ 1.
 
     Returns:
         ``(T + 1, B, ...)``: the state at every depth of ``t`` (the first is ``y0``).
@@ -124,7 +131,7 @@ def dopri5(func: Field, y0: torch.Tensor, t: list[float], rtol: float, atol: flo
     """
     t0 = t[0]
     k1 = func(_time(t0, y0), y0)
-    dt = _initial_step(func, t0, y0, k1, rtol, atol)
+    dt = _initial_step(func, t0, y0, k1, rtol, atol, norm)
     y = y0
     outputs = [y0]
     step: tuple = ()  # the last accepted step: (t_start, y_start, y_end, stages, dt)
@@ -145,7 +152,7 @@ def dopri5(func: Field, y0: torch.Tensor, t: list[float], rtol: float, atol: flo
             with torch.no_grad():
                 error = _combine(None, ks, _E, dt)
                 tol = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
-                ratio = _rms(error.div_(tol))
+                ratio = norm(error.div_(tol))
             if not math.isfinite(ratio):  # a stage blew up: retry smaller (torchdiffeq underflows)
                 assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
                 ratio = math.inf

@@ -17,6 +17,7 @@ from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.errors import ConfigError, SolverError
+from nodex.ode.adjoint import dopri5_adjoint
 from nodex.ode.dopri5 import dopri5
 
 FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
@@ -143,8 +144,12 @@ def odesolve(
     """
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
     if _lean_dopri5_applies(settings, z0, s, jump_t):
+        t, args = s.tolist(), (settings.rtol, settings.atol, settings.max_num_steps)
         try:
-            return dopri5(func, z0, s.tolist(), settings.rtol, settings.atol, settings.max_num_steps)
+            if settings.sensitivity == "adjoint":
+                params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
+                return dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm)
+            return dopri5(func, z0, t, *args)
         except AssertionError as exc:
             raise SolverError(_solver_message(str(exc), settings)) from None
     kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
@@ -165,12 +170,12 @@ def odesolve(
 
 
 def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:
-    """nodex's own dopri5 (:mod:`nodex.ode.dopri5`) covers the common training solve:
-    backprop through dopri5 of one tensor state over increasing constant depths."""
+    """nodex's own dopri5 (:mod:`nodex.ode.dopri5`, :mod:`nodex.ode.adjoint`) covers the common
+    training solve: dopri5 of one tensor state over increasing constant depths, either
+    sensitivity."""
     return (
         settings.engine == "auto"
         and settings.method == "dopri5"
-        and settings.sensitivity == "autograd"
         and not settings.options
         and jump_t is None
         and isinstance(z0, torch.Tensor)

@@ -1,0 +1,134 @@
+"""Time to 100% train accuracy on the default annuli experiment: nodex's recipe vs torchdyn's.
+
+    python scripts/bench_time_to_accuracy.py [--seeds 0,1,2] [--max-steps 600] [--threads 1]
+
+Both train the default model (``nodex train``: vanilla NODE, field 2-32-32-2 tanh with the last
+layer zero-initialised, linear readout, cross-entropy) from the *same initial weights* on the
+*same stream* of fresh 1024-point annuli batches, and every 10 steps check the accuracy on a
+fixed training set of 1024 points (the check is not timed). Reported: the training CPU time and
+steps until that accuracy first reaches 100%.
+
+- nodex: its default recipe (``configs/``: dopri5 rtol = atol = 1e-4, backprop, Adam 5e-3),
+  through the real ``Trainer.train_step``.
+- torchdyn 1.0.6: its defaults (``NeuralODE(f)``: tsit5, rtol = atol = 1e-3, backprop) with the
+  Adam(lr=0.01) of its quickstart. Needs ``bash scripts/install_bench_deps.sh``.
+
+Runs alternate between the two per seed, in one process; CPU time (steadier than wall time on a
+shared machine) of the training steps only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if (ROOT / ".bench-site").is_dir():
+    sys.path.append(str(ROOT / ".bench-site"))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from nodex.cli import CONFIG_DIR  # noqa: E402
+from nodex.train.logs import RunLogger  # noqa: E402
+from nodex.train.loop import Trainer  # noqa: E402
+from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def run_nodex(pipe: Pipeline, cfg, batches, X_fix, y_fix) -> tuple[float | None, int | None]:
+    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(Path(tempfile.mkdtemp()), tensorboard=False), Path("/nonexistent"), lambda st: {}, "")
+    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+    spent = 0.0
+    for step, (X, y) in enumerate(batches, 1):
+        start = time.process_time()
+        pipe.model.train()
+        trainer.train_step(X, y, opt)
+        spent += time.process_time() - start
+        if step % 10 == 0:
+            pipe.model.eval()
+            with torch.no_grad():
+                if accuracy(pipe.model(X_fix).y_hat, y_fix) == 1.0:
+                    return spent, step
+    return None, None
+
+
+def run_torchdyn(pipe: Pipeline, batches, X_fix, y_fix) -> tuple[float | None, int | None]:
+    from torchdyn.core import NeuralODE
+
+    field = pipe.model.field
+    net = nn.Sequential()
+    for i, layer in enumerate(field.layers):
+        lin = nn.Linear(layer.in_features, layer.out_features)
+        lin.load_state_dict(layer.state_dict())
+        net.append(lin)
+        if i < len(field.layers) - 1:
+            net.append(nn.Tanh())
+    node = NeuralODE(net)  # torchdyn's defaults: tsit5, atol = rtol = 1e-3, autograd
+    readout = copy.deepcopy(pipe.model.readout)
+    opt = torch.optim.Adam([*node.parameters(), *readout.parameters()], lr=0.01)
+    t_span = torch.linspace(0, 1, 2)
+    loss_fn = nn.CrossEntropyLoss()
+    spent = 0.0
+    for step, (X, y) in enumerate(batches, 1):
+        start = time.process_time()
+        _, sol = node(X, t_span)
+        loss = loss_fn(readout(sol[-1]), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        spent += time.process_time() - start
+        if step % 10 == 0:
+            with torch.no_grad():
+                if accuracy(readout(node(X_fix, t_span)[1][-1]), y_fix) == 1.0:
+                    return spent, step
+    return None, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results: dict[str, list] = {"nodex": [], "torchdyn": []}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose("train", overrides=[f"seed={seed}", "trainer.device=cpu"])
+        torch.manual_seed(seed)
+        pipe = Pipeline(cfg)
+        gen_state = torch.get_rng_state()
+        batches = [pipe.data.sampler(1024) for _ in range(args.max_steps)]
+        torch.set_rng_state(gen_state)
+        X_fix, y_fix = pipe.data.sampler(1024)
+        initial = copy.deepcopy(pipe.model.state_dict())
+        pipe.model.load_state_dict(initial)
+        dyn = run_torchdyn(pipe, batches, X_fix, y_fix)
+        pipe.model.load_state_dict(initial)
+        ours = run_nodex(pipe, cfg, batches, X_fix, y_fix)
+        results["nodex"].append(ours)
+        results["torchdyn"].append(dyn)
+        print(f"seed {seed}: nodex {ours}, torchdyn {dyn}", flush=True)
+    print(f"| recipe | CPU s to 100% train acc (per seed) | steps | median s |  (max {args.max_steps} steps, threads {args.threads})")
+    print("|---|---|---|---|")
+    for name, rows in results.items():
+        secs = [r[0] for r in rows]
+        done = [s for s in secs if s is not None]
+        med = f"{statistics.median(done):.1f}" if len(done) == len(secs) else "not reached by all"
+        print(f"| {name} | {', '.join('—' if s is None else f'{s:.1f}' for s in secs)} | {', '.join('—' if r[1] is None else str(r[1]) for r in rows)} | {med} |")
+
+
+if __name__ == "__main__":
+    main()
