@@ -48,3 +48,24 @@ def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
     assert set(rows) == {"nodex", "nodex on torchdiffeq", "torchdiffeq", "hand-written rk4"}
     assert all(r[5].strip() == "40" for r in rows.values())  # same forward NFE everywhere
     assert rows["torchdiffeq"][8].strip() == "1.000" and rows["torchdiffeq"][9].strip() == "1.000"
+
+
+def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
+    proc = subprocess.run([sys.executable, "scripts/adjoint_accuracy.py"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(c[0], c[1]): c for c in ([x.strip() for x in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| ") and "tol" not in ln and "---" not in ln)}
+    for tol in ("0.0001", "1e-05"):
+        ours, ref = rows[("nodex adjoint", tol)], rows[("torchdiffeq adjoint", tol)]
+        assert ours[2] == ref[2] and ours[3] == ref[3]  # same gradient error and NFE
+        assert float(ours[2]) < 10 * float(tol)
+
+
+def test_time_to_accuracy_script_stops_at_the_target():
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_time_to_accuracy.py", "--seeds", "0", "--max-steps", "20", "--target", "0.5", "--no-torchdyn"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| nodex |"))
+    steps = row.split("|")[3].strip()
+    assert steps in {"10", "20"}  # checked every 10 steps; 50% is reached at once
