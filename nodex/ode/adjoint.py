@@ -38,9 +38,9 @@ def _max_rms_norm(bounds: list[int]) -> Norm:
 class _DopriAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, func: Field, t: list[float], opts: tuple, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        rtol, atol, max_num_steps, _ = opts
+        rtol, atol, max_num_steps, _, jump_t = opts
         with torch.no_grad():
-            ys = dopri5(func, y0, t, rtol, atol, max_num_steps)
+            ys = dopri5(func, y0, t, rtol, atol, max_num_steps, jump_t=jump_t)
         ctx.func, ctx.t, ctx.opts = func, t, opts
         ctx.save_for_backward(ys, *params)
         return ys
@@ -48,7 +48,8 @@ class _DopriAdjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple:
         ys, *params = ctx.saved_tensors
-        func, t, (rtol, atol, max_num_steps, seminorm) = ctx.func, ctx.t, ctx.opts
+        func, t, (rtol, atol, max_num_steps, seminorm, jump_t) = ctx.func, ctx.t, ctx.opts
+        reversed_jumps = None if jump_t is None else sorted(-j for j in jump_t)
         shape, n = ys.shape[1:], ys[0].numel()
         sizes = [p.numel() for p in params]
         bounds = [0, n, 2 * n] if seminorm else [0, n, 2 * n] + [2 * n + sum(sizes[: i + 1]) for i in range(len(sizes))]
@@ -71,7 +72,7 @@ class _DopriAdjoint(torch.autograd.Function):
         with torch.no_grad():
             for i in range(len(t) - 1, 0, -1):
                 state = torch.cat([ys[i].reshape(-1), a.reshape(-1), a_params])
-                state = dopri5(reversed_augmented, state, [-t[i], -t[i - 1]], rtol, atol, max_num_steps, norm)[-1]
+                state = dopri5(reversed_augmented, state, [-t[i], -t[i - 1]], rtol, atol, max_num_steps, norm, reversed_jumps)[-1]
                 a = state[n : 2 * n].view(shape) + grad_ys[i - 1]
                 a_params = state[2 * n :]
         grads = [g.view_as(p) for g, p in zip(a_params.split(sizes), params)]
@@ -87,6 +88,7 @@ def dopri5_adjoint(
     max_num_steps: int,
     params: Sequence[torch.Tensor],
     seminorm: bool = True,
+    jump_t: list[float] | None = None,
 ) -> torch.Tensor:
     """Integrate with :func:`nodex.ode.dopri5.dopri5`; gradients by the adjoint method.
 
@@ -96,9 +98,10 @@ def dopri5_adjoint(
         y0: ``(B, ...)``; t: increasing output depths.
         params: the tensors to differentiate (those that do not require grad are left out).
         seminorm: control the backward step on ``z`` and ``a`` only (Kidger et al. 2021).
+        jump_t: discontinuities of ``f`` in depth; the backward solve restarts there too.
 
     Returns:
         ``(len(t), B, ...)`` states at ``t``.
     """
     params = tuple(p for p in params if p.requires_grad)
-    return _DopriAdjoint.apply(func, t, (rtol, atol, max_num_steps, seminorm), y0, *params)
+    return _DopriAdjoint.apply(func, t, (rtol, atol, max_num_steps, seminorm, jump_t), y0, *params)

@@ -10,9 +10,10 @@ custom autograd function and summed per stage, a dense-output fit after *every* 
 and autograd through the error estimate and the initial step size (here under ``no_grad``; the
 gradient is that of the solution at the chosen steps, as for every fixed-step method).
 
-Used by :func:`nodex.ode.odesolve` for ``method=dopri5`` with autograd sensitivity, a tensor
-state, increasing depths, no ``jump_t`` and no extra torchdiffeq options
-(``solver.engine=torchdiffeq`` turns it off). Failures raise ``AssertionError`` with
+Used by :func:`nodex.ode.odesolve` for ``method=dopri5`` with a tensor state, increasing
+depths and no extra torchdiffeq options, under backprop or the adjoint
+(:mod:`nodex.ode.adjoint`), with or without ``jump_t`` (``solver.engine=torchdiffeq`` turns it
+off). Failures raise ``AssertionError`` with
 torchdiffeq's wording so both engines report through the same :class:`SolverError`.
 """
 
@@ -109,8 +110,22 @@ def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt:
     return y0 + x * (dt * f0 + x * (c + x * (b + x * a)))
 
 
+def _time_beside(t: float, like: torch.Tensor, direction: float) -> torch.Tensor:
+    """The representable depth just before (``direction < 0``) or after ``t``: stages that end
+    on a jump see the piece they integrate, as in torchdiffeq's ``Perturb``."""
+    value = _time(t, like)
+    return torch.nextafter(value, value + direction)
+
+
 def dopri5(
-    func: Field, y0: torch.Tensor, t: list[float], rtol: float, atol: float, max_num_steps: int, norm: Norm = rms_norm
+    func: Field,
+    y0: torch.Tensor,
+    t: list[float],
+    rtol: float,
+    atol: float,
+    max_num_steps: int,
+    norm: Norm = rms_norm,
+    jump_t: list[float] | None = None,
 ) -> torch.Tensor:
     """Integrate ``dy/dt = func(t, y)`` with adaptive Dormand–Prince 5(4).
 
@@ -121,6 +136,9 @@ def dopri5(
         rtol, atol: tolerances of the RMS error norm.
         max_num_steps: attempted steps allowed per output interval.
         norm: of the scaled error ``error / (atol + rtol·max(|y0|, |y1|))``; accept at ≤ 1.
+        jump_t: depths where ``func`` is discontinuous: steps end exactly on them, stages that
+            end there see the depth just before, and the next step restarts from a fresh
+            evaluation just after (one extra evaluation per jump), as torchdiffeq does.
 
     Returns:
         ``(T + 1, B, ...)``: the state at every depth of ``t`` (the first is ``y0``).
@@ -135,6 +153,8 @@ def dopri5(
     y = y0
     outputs = [y0]
     step: tuple = ()  # the last accepted step: (t_start, y_start, y_end, stages, dt)
+    jumps = sorted(j for j in (jump_t or ()) if j > t0)
+    next_jump = 0
     for t_out in t[1:]:
         n_steps = 0
         while t_out > t0:
@@ -144,11 +164,18 @@ def dopri5(
                 assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
                 dt = 0.0
             assert t0 + dt > t0, f"underflow in dt {dt}"
+            while next_jump < len(jumps) and jumps[next_jump] <= t0:
+                next_jump += 1
+            on_jump = next_jump < len(jumps) and jumps[next_jump] < t0 + dt
+            t1 = jumps[next_jump] if on_jump else t0 + dt
+            if on_jump:
+                dt = t1 - t0
+            t_end = _time_beside(t1, y0, -1.0) if jumps else _time(t1, y0)
             ks = [k1]
             for c, a in zip(_C, _A):
-                ks.append(func(_time(t0 + c * dt, y0), _combine(y, ks, a, dt)))
+                ks.append(func(t_end if c == 1.0 else _time(t0 + c * dt, y0), _combine(y, ks, a, dt)))
             y1 = _combine(y, ks, _A[-1], dt)
-            ks.append(func(_time(t0 + dt, y0), y1))  # first-same-as-last: k1 of the next step
+            ks.append(func(t_end, y1))  # first-same-as-last: k1 of the next step
             with torch.no_grad():
                 error = _combine(None, ks, _E, dt)
                 tol = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
@@ -158,7 +185,9 @@ def dopri5(
                 ratio = math.inf
             if ratio <= 1.0:
                 step = (t0, y, y1, ks, dt)
-                t0, y, k1 = t0 + dt, y1, ks[-1]
+                t0, y, k1 = t1, y1, ks[-1]
+                if on_jump:  # restart on the far side of the discontinuity
+                    k1 = func(_time_beside(t1, y0, 1.0), y1)
             if ratio == 0.0:
                 factor = _IFACTOR
             elif ratio == math.inf:

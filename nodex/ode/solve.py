@@ -145,11 +145,12 @@ def odesolve(
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
     if _lean_dopri5_applies(settings, z0, s, jump_t):
         t, args = s.tolist(), (settings.rtol, settings.atol, settings.max_num_steps)
+        jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
         try:
             if settings.sensitivity == "adjoint":
                 params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-                return dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm)
-            return dopri5(func, z0, t, *args)
+                return dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps)
+            return dopri5(func, z0, t, *args, jump_t=jumps)
         except AssertionError as exc:
             raise SolverError(_solver_message(str(exc), settings)) from None
     kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
@@ -172,12 +173,11 @@ def odesolve(
 def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:
     """nodex's own dopri5 (:mod:`nodex.ode.dopri5`, :mod:`nodex.ode.adjoint`) covers the common
     training solve: dopri5 of one tensor state over increasing constant depths, either
-    sensitivity."""
+    sensitivity, with or without ``jump_t``."""
     return (
         settings.engine == "auto"
         and settings.method == "dopri5"
         and not settings.options
-        and jump_t is None
         and isinstance(z0, torch.Tensor)
         and not s.requires_grad
         and s.dim() == 1
