@@ -21,26 +21,15 @@ from typing import Any, Sequence
 
 import torch
 
-from nodex.ode.dopri5 import Field, Norm, dopri5
-
-
-def _max_rms_norm(bounds: list[int]) -> Norm:
-    """The largest RMS over the segments ``x[bounds[i]:bounds[i+1]]`` of a flat tensor."""
-
-    def norm(x: torch.Tensor) -> float:
-        squares = x.pow(2)
-        means = [squares[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        return float(torch.stack(means).max().sqrt())
-
-    return norm
+from nodex.ode.dopri5 import Field, dopri5, max_rms_norm
 
 
 class _DopriAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, func: Field, t: list[float], opts: tuple, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        rtol, atol, max_num_steps, _, jump_t = opts
+        rtol, atol, max_num_steps, _, jump_t, state_bounds = opts
         with torch.no_grad():
-            ys = dopri5(func, y0, t, rtol, atol, max_num_steps, jump_t=jump_t)
+            ys = dopri5(func, y0, t, rtol, atol, max_num_steps, max_rms_norm(state_bounds), jump_t)
         ctx.func, ctx.t, ctx.opts = func, t, opts
         ctx.save_for_backward(ys, *params)
         return ys
@@ -48,12 +37,15 @@ class _DopriAdjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple:
         ys, *params = ctx.saved_tensors
-        func, t, (rtol, atol, max_num_steps, seminorm, jump_t) = ctx.func, ctx.t, ctx.opts
+        func, t, (rtol, atol, max_num_steps, seminorm, jump_t, state_bounds) = ctx.func, ctx.t, ctx.opts
         reversed_jumps = None if jump_t is None else sorted(-j for j in jump_t)
         shape, n = ys.shape[1:], ys[0].numel()
         sizes = [p.numel() for p in params]
-        bounds = [0, n, 2 * n] if seminorm else [0, n, 2 * n] + [2 * n + sum(sizes[: i + 1]) for i in range(len(sizes))]
-        norm = _max_rms_norm(bounds)
+        # z's components, then a's (the same split), then each parameter's a_θ (unless seminorm)
+        bounds = list(state_bounds) + [n + b for b in state_bounds[1:]]
+        if not seminorm:
+            bounds += [2 * n + sum(sizes[: i + 1]) for i in range(len(sizes))]
+        norm = max_rms_norm(bounds)
 
         def reversed_augmented(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
             """d[z, a, a_θ]/dτ at τ = -s (so the backward solve runs forward in τ)."""
@@ -89,6 +81,7 @@ def dopri5_adjoint(
     params: Sequence[torch.Tensor],
     seminorm: bool = True,
     jump_t: list[float] | None = None,
+    state_bounds: list[int] | None = None,
 ) -> torch.Tensor:
     """Integrate with :func:`nodex.ode.dopri5.dopri5`; gradients by the adjoint method.
 
@@ -99,9 +92,12 @@ def dopri5_adjoint(
         params: the tensors to differentiate (those that do not require grad are left out).
         seminorm: control the backward step on ``z`` and ``a`` only (Kidger et al. 2021).
         jump_t: discontinuities of ``f`` in depth; the backward solve restarts there too.
+        state_bounds: offsets of the components of a flattened tuple state in ``y0``'s
+            flattening (the error norm is the largest RMS over them); ``None``: one component.
 
     Returns:
         ``(len(t), B, ...)`` states at ``t``.
     """
     params = tuple(p for p in params if p.requires_grad)
-    return _DopriAdjoint.apply(func, t, (rtol, atol, max_num_steps, seminorm, jump_t), y0, *params)
+    bounds = [0, y0.numel()] if state_bounds is None else list(state_bounds)
+    return _DopriAdjoint.apply(func, t, (rtol, atol, max_num_steps, seminorm, jump_t, bounds), y0, *params)

@@ -79,6 +79,20 @@ def rms_norm(x: torch.Tensor) -> float:
     return float(x.pow(2).mean().sqrt())
 
 
+def max_rms_norm(bounds: list[int]) -> Norm:
+    """The largest RMS over the segments ``x[bounds[i]:bounds[i+1]]`` of a flat tensor
+    (torchdiffeq's mixed norm for a tuple state flattened into one tensor)."""
+    if len(bounds) <= 2:
+        return rms_norm
+
+    def norm(x: torch.Tensor) -> float:
+        squares = x.pow(2)
+        means = [squares[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return float(torch.stack(means).max().sqrt())
+
+    return norm
+
+
 def _initial_step(func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm) -> float:
     """torchdiffeq's ``_select_initial_step`` (Hairer, Nørsett & Wanner I, II.4); one evaluation."""
     with torch.no_grad():

@@ -18,7 +18,8 @@ from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.errors import ConfigError, SolverError
 from nodex.ode.adjoint import dopri5_adjoint
-from nodex.ode.dopri5 import dopri5
+from nodex.ode.dopri5 import dopri5, max_rms_norm
+from nodex.ode.tuples import FlatDynamics, flatten_state, unflatten_solution
 
 FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
 SENSITIVITIES = ("autograd", "adjoint")
@@ -146,11 +147,19 @@ def odesolve(
     if _lean_dopri5_applies(settings, z0, s, jump_t):
         t, args = s.tolist(), (settings.rtol, settings.atol, settings.max_num_steps)
         jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
+        shapes, bounds = None, None
+        if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
+            if settings.sensitivity == "adjoint" and adjoint_params is None:
+                adjoint_params = tuple(func.parameters())
+            func = FlatDynamics(func, [z.shape for z in z0])
+            z0, shapes, bounds = flatten_state(z0)
         try:
             if settings.sensitivity == "adjoint":
                 params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-                return dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps)
-            return dopri5(func, z0, t, *args, jump_t=jumps)
+                ys = dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds)
+            else:
+                ys = dopri5(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps)
+            return ys if shapes is None else unflatten_solution(ys, shapes)
         except AssertionError as exc:
             raise SolverError(_solver_message(str(exc), settings)) from None
     kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
@@ -172,13 +181,13 @@ def odesolve(
 
 def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:
     """nodex's own dopri5 (:mod:`nodex.ode.dopri5`, :mod:`nodex.ode.adjoint`) covers the common
-    training solve: dopri5 of one tensor state over increasing constant depths, either
-    sensitivity, with or without ``jump_t``."""
+    training solve: dopri5 of a tensor (or tuple-of-tensors) state over increasing constant
+    depths, either sensitivity, with or without ``jump_t``."""
     return (
         settings.engine == "auto"
         and settings.method == "dopri5"
         and not settings.options
-        and isinstance(z0, torch.Tensor)
+        and (isinstance(z0, torch.Tensor) or (isinstance(z0, tuple) and all(isinstance(z, torch.Tensor) for z in z0)))
         and not s.requires_grad
         and s.dim() == 1
         and len(s) >= 2
