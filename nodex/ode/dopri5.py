@@ -10,7 +10,8 @@ custom autograd function and summed per stage, a dense-output fit after *every* 
 and autograd through the error estimate and the initial step size (here under ``no_grad``; the
 gradient is that of the solution at the chosen steps, as for every fixed-step method).
 
-Used by :func:`nodex.ode.odesolve` for ``method=dopri5`` with a tensor state, increasing
+Used by :func:`nodex.ode.odesolve` for ``method=dopri5`` with a tensor state (tuples are
+flattened by :mod:`nodex.ode.tuples`), increasing
 depths and no extra torchdiffeq options, under backprop or the adjoint
 (:mod:`nodex.ode.adjoint`), with or without ``jump_t`` (``solver.engine=torchdiffeq`` turns it
 off). Failures raise ``AssertionError`` with
