@@ -1,4 +1,4 @@
-"""A lean Dormand–Prince 5(4) for the backprop (autograd) path.
+"""A lean Dormand–Prince 5(4): nodex's solver for ``method=dopri5``.
 
 It is torchdiffeq's ``dopri5`` algorithm — the same tableau, initial-step rule (Hairer I.4),
 RMS error norm, step controller (safety 0.9, growth ≤ 10, shrink ≥ 0.2 on a reject), stepping
@@ -11,10 +11,9 @@ and autograd through the error estimate and the initial step size (here under ``
 gradient is that of the solution at the chosen steps, as for every fixed-step method).
 
 Used by :func:`nodex.ode.odesolve` for ``method=dopri5`` with a tensor state (tuples are
-flattened by :mod:`nodex.ode.tuples`), increasing
-depths and no extra torchdiffeq options, under backprop or the adjoint
-(:mod:`nodex.ode.adjoint`), with or without ``jump_t`` (``solver.engine=torchdiffeq`` turns it
-off). Failures raise ``AssertionError`` with
+flattened by :mod:`nodex.ode.tuples`), increasing depths and no extra torchdiffeq options,
+under backprop or the adjoint (:mod:`nodex.ode.adjoint`), with or without ``jump_t``
+(``solver.engine=torchdiffeq`` turns it off). Failures raise ``AssertionError`` with
 torchdiffeq's wording so both engines report through the same :class:`SolverError`.
 """
 
@@ -54,7 +53,7 @@ _MID = tuple(
 _SAFETY, _IFACTOR, _DFACTOR, _ORDER = 0.9, 10.0, 0.2, 5
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
+Norm = Callable[[torch.Tensor], float]
 
 
 def _combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[float, ...], dt: float) -> torch.Tensor:
@@ -70,9 +69,6 @@ def _combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[floa
             out.add_(k, alpha=c * dt)
     assert out is not None
     return out
-
-
-Norm = Callable[[torch.Tensor], float]
 
 
 def rms_norm(x: torch.Tensor) -> float:

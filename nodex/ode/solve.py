@@ -149,9 +149,7 @@ def odesolve(
         jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
         shapes, bounds = None, None
         if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
-            if settings.sensitivity == "adjoint" and adjoint_params is None:
-                adjoint_params = tuple(func.parameters())
-            func = FlatDynamics(func, [z.shape for z in z0])
+            func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func
             z0, shapes, bounds = flatten_state(z0)
         try:
             if settings.sensitivity == "adjoint":
