@@ -69,3 +69,37 @@ def test_time_to_accuracy_script_stops_at_the_target():
     row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| nodex |"))
     steps = row.split("|")[3].strip()
     assert steps in {"10", "20"}  # checked every 10 steps; 50% is reached at once
+
+
+def _work_precision():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("work_precision", ROOT / "scripts" / "work_precision.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_work_precision_front_interpolates_log_log_and_refuses_to_extrapolate():
+    front_time = _work_precision().front_time
+    # (error, ms): the 3rd point is slower and less accurate than the 2nd, so it is off the front
+    points = [(1e-1, 10.0), (1e-3, 40.0), (1e-2, 50.0)]
+    assert front_time(points, 1e-2) == pytest.approx(20.0)  # halfway in log error -> geometric mean of 10 and 40
+    assert front_time(points, 1e-3) == pytest.approx(40.0)
+    assert front_time(points, 0.5) == 10.0  # the cheapest point already beats it: its time, an upper bound
+    assert front_time(points, 1e-4) is None  # below every measured error
+
+
+def test_work_precision_script_errors_fall_with_the_tolerance():
+    proc = subprocess.run(
+        [sys.executable, "scripts/work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1", "--steps", "1"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(c[0], c[1]): c for c in ([x.strip() for x in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines()) if c and c[0].startswith("nodex")}
+    assert set(rows) == {(f"nodex {s}", t) for s in ("backprop", "adjoint") for t in ("0.001", "1e-05")}
+    for sens in ("backprop", "adjoint"):
+        loose, tight = float(rows[(f"nodex {sens}", "0.001")][3]), float(rows[(f"nodex {sens}", "1e-05")][3])
+        assert tight < loose / 30 and tight < 1e-3  # two decades of tolerance buy well over one of gradient accuracy
+        nfe = {t: int(rows[(f"nodex {sens}", t)][2].split("/")[0]) for t in ("0.001", "1e-05")}
+        assert nfe["1e-05"] > nfe["0.001"]

@@ -19,6 +19,7 @@ from torchdiffeq._impl.odeint import SOLVERS
 from nodex.errors import ConfigError, SolverError
 from nodex.ode.adjoint import dopri5_adjoint
 from nodex.ode.dopri5 import dopri5, max_rms_norm
+from nodex.ode.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
 from nodex.ode.tuples import FlatDynamics, flatten_state, unflatten_solution
 
 FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
@@ -144,6 +145,13 @@ def odesolve(
         SolverError: torchdiffeq gave up (underflow in dt, max_num_steps, non-finite state).
     """
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
+    if _lean_fixed_applies(settings, z0, s):
+        shapes = None
+        if isinstance(z0, tuple):
+            func = FlatDynamics(func, [z.shape for z in z0])
+            z0, shapes, _ = flatten_state(z0)
+        ys = fixed_grid(func, z0, s.tolist(), settings.step_size, settings.method, s.dtype)
+        return ys if shapes is None else unflatten_solution(ys, shapes)
     if _lean_dopri5_applies(settings, z0, s, jump_t):
         t, args = s.tolist(), (settings.rtol, settings.atol, settings.max_num_steps)
         jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
@@ -181,10 +189,24 @@ def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jum
     """nodex's own dopri5 (:mod:`nodex.ode.dopri5`, :mod:`nodex.ode.adjoint`) covers the common
     training solve: dopri5 of a tensor (or tuple-of-tensors) state over increasing constant
     depths, either sensitivity, with or without ``jump_t``."""
+    return settings.engine == "auto" and settings.method == "dopri5" and _plain_solve(settings, z0, s)
+
+
+def _lean_fixed_applies(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
+    """nodex's own euler / midpoint / rk4 (:mod:`nodex.ode.fixed_grid`) under backprop, on the
+    same kind of solve (the adjoint of a fixed-step method stays torchdiffeq's)."""
     return (
         settings.engine == "auto"
-        and settings.method == "dopri5"
-        and not settings.options
+        and settings.method in LEAN_FIXED_METHODS
+        and settings.sensitivity == "autograd"
+        and _plain_solve(settings, z0, s)
+    )
+
+
+def _plain_solve(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
+    """No extra torchdiffeq options, a tensor or tuple-of-tensors state, constant increasing depths."""
+    return (
+        not settings.options
         and (isinstance(z0, torch.Tensor) or (isinstance(z0, tuple) and all(isinstance(z, torch.Tensor) for z in z0)))
         and not s.requires_grad
         and s.dim() == 1

@@ -1,0 +1,210 @@
+"""Work–precision: gradient error vs CPU time for nodex and torchdyn, and the time ratio at equal error.
+
+    OMP_NUM_THREADS=1 python scripts/work_precision.py [HYDRA OVERRIDES...] [--pretrain 200]
+        [--tols 1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5] [--rounds 9] [--steps 3] [--no-torchdyn]
+
+Comparing adaptive solvers at *equal tolerance* (``scripts/bench.py``) compares different
+accuracies: two dopri5 codes with the same ``rtol``/``atol`` take different steps (initial-step
+rule, norm, controller) and so deliver different gradients. This script measures what the
+tolerance buys. For the composed config's model (default: the annuli experiment; trained for
+``--pretrain`` nodex steps first, fresh weights with 0) on one fixed training batch, at each
+tolerance it computes the loss gradient with respect to every parameter (input layer, field,
+readout) with
+
+- nodex backprop and nodex adjoint (``solver.engine=auto``: nodex's own dopri5), and
+- torchdyn 1.0.6's ``NeuralODE`` dopri5 with ``sensitivity=autograd`` and ``adjoint``
+  (``bash scripts/install_bench_deps.sh``; same weights, same loss),
+
+and reports its relative error ``|g - g*| / |g*|`` against a float64 nodex backprop gradient at
+rtol = atol = 1e-10, and the median process-CPU ms of one forward + backward (no optimiser step;
+implementations interleaved round-robin at each tolerance, so they share the machine's noise).
+Then, from each implementation's error–time front (interpolated log-log between measured
+tolerances), the CPU time nodex needs to reach the gradient error torchdyn reaches at each of its
+tolerances, and the ratio nodex / torchdyn at that equal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+if (ROOT / ".bench-site").is_dir():
+    sys.path.append(str(ROOT / ".bench-site"))
+
+from bench import PlainField, plain_supported  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from nodex.cli import CONFIG_DIR  # noqa: E402
+from nodex.models import ModelOutput  # noqa: E402
+from nodex.models.layers import DepthConcatLinear  # noqa: E402
+from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+
+Gradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int, int]]
+
+
+def slot_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters in one order shared by every implementation: input layer, field, readout."""
+    return [*model.input_layer.parameters(), *model.field.parameters(), *model.readout.parameters()]
+
+
+def nodex_gradient(pipe: Pipeline, tol: float, sensitivity: str) -> Gradient:
+    model, settings = pipe.model, dataclasses.replace(pipe.model.settings, rtol=tol, atol=tol, sensitivity=sensitivity)
+    params = slot_params(model)
+
+    def grad(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        model.settings = settings
+        model.nfe.reset()
+        model.zero_grad(set_to_none=True)
+        out = model(X)
+        nfe_f = model.nfe.count
+        pipe.task.loss(out, y)[0].backward()
+        return torch.cat([p.grad.reshape(-1) for p in params]), nfe_f, model.nfe.count - nfe_f
+
+    return grad
+
+
+def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str) -> Gradient:
+    from torchdyn.core import NeuralODE
+
+    field = PlainField(pipe.model.field)
+    net = nn.Sequential(*[m for pair in zip(field.layers, [*field.acts, None]) for m in pair if m is not None])
+    node = NeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol,
+                     seminorm=pipe.model.settings.seminorm)
+    input_layer, readout = copy.deepcopy(pipe.model.input_layer), copy.deepcopy(pipe.model.readout)
+    params = [*input_layer.parameters(), *net.parameters(), *readout.parameters()]
+    t_span = torch.linspace(0, pipe.model.settings.S, 2)
+
+    def grad(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        for p in params:
+            p.grad = None
+        node.vf.nfe = 0
+        z = node(input_layer(X), t_span)[1][-1]
+        nfe_f = int(node.vf.nfe)
+        pipe.task.loss(ModelOutput(readout(z), z), y)[0].backward()
+        return torch.cat([p.grad.reshape(-1) for p in params]), nfe_f, int(node.vf.nfe) - nfe_f
+
+    return grad
+
+
+def reference_gradient(pipe: Pipeline, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Float64 nodex backprop at rtol = atol = 1e-10 (the model is copied; ``pipe`` is untouched)."""
+    twin = copy.copy(pipe)
+    twin.model = copy.deepcopy(pipe.model).double()
+    g, _, _ = nodex_gradient(twin, 1e-10, "autograd")(X.double(), y)
+    return g.float()
+
+
+def front_time(points: list[tuple[float, float]], error: float) -> float | None:
+    """CPU time to reach ``error`` on the error–time front of ``points`` ``(error, ms)``.
+
+    The front keeps, in order of time, each point that lowers the error; between two front points
+    the time is interpolated log-log. An error the cheapest point already beats gets that point's
+    time (an upper bound); one below every measured error gets ``None``.
+    """
+    front: list[tuple[float, float]] = []
+    for e, t in sorted(points, key=lambda p: p[1]):
+        if not front or e < front[-1][0]:
+            front.append((e, t))
+    if error >= front[0][0]:
+        return front[0][1]
+    for (e0, t0), (e1, t1) in zip(front, front[1:]):
+        if e1 <= error <= e0:
+            w = (math.log(error) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--pretrain", type=int, default=200, help="nodex training steps before measuring (0: fresh weights)")
+    parser.add_argument("--tols", default="1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=3, help="gradient evaluations per timing")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-torchdyn", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tols = [float(t) for t in args.tols.split(",")]
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=[*args.overrides, "trainer.device=cpu"])
+    torch.manual_seed(cfg.seed)
+    pipe = Pipeline(cfg)
+    batch = cfg.trainer.batch_size or cfg.data.n_train
+    sample = (lambda: pipe.data.sampler(batch)) if pipe.data.sampler else (lambda: pipe.data.train)
+    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+    for _ in range(args.pretrain):  # trained weights: the regime where adaptive NFE has grown
+        Xp, yp = sample()
+        opt.zero_grad(set_to_none=True)
+        pipe.task.loss(pipe.model(Xp), yp)[0].backward()
+        opt.step()
+    X, y = sample()
+    X, y = X[:batch], y[:batch]
+    exact = reference_gradient(pipe, X, y)
+
+    makers: dict[str, Callable[[float], Gradient]] = {
+        "nodex backprop": lambda tol: nodex_gradient(pipe, tol, "autograd"),
+        "nodex adjoint": lambda tol: nodex_gradient(pipe, tol, "adjoint"),
+    }
+    try:
+        import torchdyn  # noqa: F401
+
+        torchdyn_ok = not args.no_torchdyn and plain_supported(pipe, X) and not any(isinstance(l, DepthConcatLinear) for l in pipe.model.field.layers)
+    except ImportError:
+        torchdyn_ok = False
+    if torchdyn_ok:
+        makers["torchdyn backprop"] = lambda tol: torchdyn_gradient(pipe, tol, "autograd")
+        makers["torchdyn adjoint"] = lambda tol: torchdyn_gradient(pipe, tol, "adjoint")
+
+    print(f"config: {' '.join(args.overrides) or '(default)'} | batch {X.shape[0]} | threads {args.threads} | "
+          f"weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'} | {args.rounds}x{args.steps} evaluations | reference: float64 backprop at 1e-10")
+    print("| implementation | tol | NFE fwd/bwd | relative gradient error | CPU ms (median) | min–max |")
+    print("|---|---|---|---|---|---|")
+    points: dict[str, list[tuple[float, float, float]]] = {name: [] for name in makers}
+    for tol in tols:
+        fns = {name: make(tol) for name, make in makers.items()}
+        errors, nfes, cpu = {}, {}, {name: [] for name in fns}
+        for name, fn in fns.items():  # warm-up, and the error (deterministic at fixed weights)
+            g, nf, nb = fn(X, y)
+            errors[name], nfes[name] = float((g - exact).norm() / exact.norm()), (nf, nb)
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                start = time.process_time()
+                for _ in range(args.steps):
+                    fn(X, y)
+                cpu[name].append(1000 * (time.process_time() - start) / args.steps)
+        for name in fns:
+            med = statistics.median(cpu[name])
+            points[name].append((tol, errors[name], med))
+            print(f"| {name} | {tol:g} | {nfes[name][0]}/{nfes[name][1]} | {errors[name]:.2e} | {med:.1f} | {min(cpu[name]):.1f}–{max(cpu[name]):.1f} |", flush=True)
+
+    if not torchdyn_ok:
+        return
+    print()
+    print("At equal gradient error (nodex's time interpolated on its error–time front):")
+    print("| sensitivity | torchdyn tol | gradient error | torchdyn CPU ms | nodex CPU ms at that error | nodex / torchdyn |")
+    print("|---|---|---|---|---|---|")
+    for sens in ("backprop", "adjoint"):
+        ours = [(e, t) for _, e, t in points[f"nodex {sens}"]]
+        for tol, e, t in points[f"torchdyn {sens}"]:
+            mine = front_time(ours, e)
+            cell, ratio = ("–", "outside nodex's measured range") if mine is None else (f"{mine:.1f}", f"{mine / t:.2f}")
+            print(f"| {sens} | {tol:g} | {e:.2e} | {t:.1f} | {cell} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
