@@ -1,5 +1,6 @@
 """One-shot GPU check: a CUDA training step for vanilla, Galërkin and conv fields, timed against
-the CPU, with forward/backward NFE that must be equal on both devices.
+the CPU, with forward/backward NFE that must be equal on both devices; then ``trainer.cuda_graph``:
+the same training run eagerly and replayed from a CUDA graph, which must give the same losses.
 
     bash scripts/gpu_check.sh            # on a machine with a GPU (prints a Markdown table)
     python scripts/gpu_check.py --cpu-only --steps 2   # the same code path on the CPU alone
@@ -26,7 +27,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from nodex.cli import CONFIG_DIR  # noqa: E402
 from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
-from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+from nodex.train.cuda_graph import GraphedStep  # noqa: E402
+from nodex.train.run import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
 
 CASES = {
     "vanilla MLP (rings, batch 1024)": ["model=vanilla", "data=rings"],
@@ -56,6 +58,52 @@ def time_steps(overrides: list[str], device: str, steps: int, tmp: Path) -> tupl
         if i >= 2:
             times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times), nfe_f, nfe_b, value
+
+
+def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path) -> tuple[float, list[float], int]:
+    """Train ``steps`` steps on CUDA from seed 0 on one fixed batch, eagerly or through
+    :class:`GraphedStep`; -> (median ms/step after 5 steps, the losses, forward NFE)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=[*overrides, *FIXED, "trainer.device=cuda", f"trainer.cuda_graph={str(graph).lower()}"])
+    torch.manual_seed(0)
+    pipe = Pipeline(cfg)
+    validate_cuda_graph(cfg, pipe.settings, pipe.device)
+    X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
+    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
+    plain = lambda Xb, yb: trainer.train_step(Xb, yb, opt)  # noqa: E731
+    step = GraphedStep(plain) if graph else plain
+    times, losses, nfe_f = [], [], 0
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss, _, _, nfe_f, _ = step(X, y)
+        losses.append(float(loss))  # syncs
+        times.append(1000 * (time.perf_counter() - start))
+    if graph and not step.captured:
+        raise RuntimeError(f"the step was not captured: {step.failure}")
+    return statistics.median(times[5:]), losses, nfe_f
+
+
+def check_cuda_graph(steps: int, tmp: Path) -> bool:
+    print()
+    print(f"trainer.cuda_graph: {steps} steps from the same weights on one batch, eager vs captured once and replayed")
+    print("| case | eager ms/step | graph ms/step | speed-up | NFE fwd | last loss (eager / graph) | max loss difference | check |")
+    print("|---|---|---|---|---|---|---|---|")
+    ok = True
+    for name, overrides in list(CASES.items())[:2]:
+        try:
+            eager_ms, eager_losses, nfe = graph_run(overrides, False, steps, tmp)
+            graph_ms, graph_losses, nfe_g = graph_run(overrides, True, steps, tmp)
+        except Exception as exc:  # report and carry on: the rest of the table still matters
+            ok = False
+            print(f"| {name} | – | – | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            continue
+        diff = max(abs(a - b) for a, b in zip(eager_losses, graph_losses))
+        same = nfe == nfe_g and diff <= 1e-4 * max(1.0, abs(eager_losses[0]))
+        ok &= same
+        print(f"| {name} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.1f}x | {nfe_g} | {eager_losses[-1]:.6f} / {graph_losses[-1]:.6f} | {diff:.1e} | {'ok' if same else 'MISMATCH'} |")
+    return ok
 
 
 def main() -> int:
@@ -90,6 +138,8 @@ def main() -> int:
         else:
             ok &= cpu[1] == 40
             print(f"| {name} | {cpu[0]:.2f} | – | {cpu[1]}/{cpu[2]} | {cpu[3]:.5f} / – | {'ok' if cpu[1] == 40 else 'NFE != 40'} |")
+    if "cuda" in devices:
+        ok &= check_cuda_graph(max(30, args.steps), tmp)
     return 0 if ok else 1
 
 

@@ -35,6 +35,10 @@ def _one_line_error(err: str) -> str:
         ("trainer.optim.name=adamm", "trainer.optim.name='adamm' is unknown"),
         ("task.loss=hinge", "task.loss='hinge' is unknown"),
         ("trainer.device=tpu", "trainer.device='tpu' is not a device"),
+        ("trainer.cuda_graph=true", "trainer.cuda_graph=true needs a fixed step count: solver.method=euler|midpoint|rk4"),
+        ("trainer.cuda_graph=true solver=rk4 trainer.device=cpu", "trainer.cuda_graph=true needs a CUDA device, this run is on cpu"),
+        ("trainer.cuda_graph=true solver=rk4 trainer.scheduler.name=cosine", "set trainer.scheduler.name=none"),
+        ("trainer.cuda_graph=true solver=rk4 trainer.ensemble=2", "trainer.cuda_graph=true is for single runs"),
     ],
 )
 def test_bad_train_input(cli, tmp_path, override, needle):

@@ -8,9 +8,9 @@ torchdiffeq's (tested). What they leave out is the host work of its grid loop: a
 comparison read back to Python at every step (``t1 >= t[j]``, a device sync on a GPU), 0-d time
 tensors rebuilt by arithmetic at every stage, and a ``torch.empty`` solution buffer filled by
 indexed copies. Here the grid, every stage depth and every step size are computed once per solve
-on the host (in the depths' dtype, so they are the same numbers) and the stage depths reach the
-state's device in one copy; the loop then issues only the field's kernels and the stage sums,
-with no host sync inside it.
+on the host (in the depths' dtype, so they are the same numbers) and the stage depths reach a
+GPU in one copy per grid (kept for the next solve); the loop then issues only the field's kernels
+and the stage sums, with no host sync — which is what lets ``trainer.cuda_graph`` capture it.
 
 Used by :func:`nodex.ode.odesolve` for these methods with ``sensitivity=autograd``, no extra
 torchdiffeq options and increasing depths (``solver.engine=torchdiffeq`` turns it off).
@@ -50,6 +50,23 @@ def _stage_depths(grid: torch.Tensor, method: str) -> torch.Tensor:
     return torch.stack([t0, t0 + dt * _ONE_THIRD, t0 + dt * _TWO_THIRDS, t1], 1)
 
 
+_DEVICE_STAGES: dict[tuple, torch.Tensor] = {}
+
+
+def _device_stages(grid: torch.Tensor, method: str, y0: torch.Tensor) -> torch.Tensor:
+    """The stage depths on ``y0``'s device and in its dtype. On a GPU they are copied there once
+    per grid and kept (a host-to-device copy inside a CUDA-graph capture is not allowed)."""
+    stages = _stage_depths(grid, method)
+    if y0.device.type == "cpu":
+        return stages.to(y0.dtype)
+    key = (tuple(grid.tolist()), grid.dtype, method, y0.dtype, y0.device)
+    if key not in _DEVICE_STAGES:
+        if len(_DEVICE_STAGES) >= 64:
+            _DEVICE_STAGES.clear()
+        _DEVICE_STAGES[key] = stages.to(device=y0.device, dtype=y0.dtype)
+    return _DEVICE_STAGES[key]
+
+
 def fixed_grid(func: Field, y0: torch.Tensor, t: list[float], step_size: float, method: str, dtype: torch.dtype) -> torch.Tensor:
     """Integrate ``dy/dt = func(t, y)`` on torchdiffeq's fixed grid.
 
@@ -66,7 +83,7 @@ def fixed_grid(func: Field, y0: torch.Tensor, t: list[float], step_size: float, 
         ``(len(t), B, ...)``: the state at every output depth.
     """
     grid = _grid(t, step_size, dtype)
-    stages = _stage_depths(grid, method).to(device=y0.device, dtype=y0.dtype)  # one copy per solve
+    stages = _device_stages(grid, method, y0)
     grid_host = grid.tolist()
     dts = (grid[1:] - grid[:-1]).tolist()  # dtype-exact step sizes as Python floats
     t_out = torch.tensor(t, dtype=dtype).tolist()  # compared in the depths' dtype, as there

@@ -8,6 +8,7 @@ forward NFE after the forward pass and the backward NFE (adjoint only) after bac
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -150,10 +151,10 @@ def odesolve(
         if isinstance(z0, tuple):
             func = FlatDynamics(func, [z.shape for z in z0])
             z0, shapes, _ = flatten_state(z0)
-        ys = fixed_grid(func, z0, s.tolist(), settings.step_size, settings.method, s.dtype)
+        ys = fixed_grid(func, z0, host_depths(s), settings.step_size, settings.method, s.dtype)
         return ys if shapes is None else unflatten_solution(ys, shapes)
     if _lean_dopri5_applies(settings, z0, s, jump_t):
-        t, args = s.tolist(), (settings.rtol, settings.atol, settings.max_num_steps)
+        t, args = host_depths(s), (settings.rtol, settings.atol, settings.max_num_steps)
         jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
         shapes, bounds = None, None
         if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
@@ -205,14 +206,33 @@ def _lean_fixed_applies(settings: SolverSettings, z0: Any, s: torch.Tensor) -> b
 
 def _plain_solve(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
     """No extra torchdiffeq options, a tensor or tuple-of-tensors state, constant increasing depths."""
-    return (
+    if not (
         not settings.options
         and (isinstance(z0, torch.Tensor) or (isinstance(z0, tuple) and all(isinstance(z, torch.Tensor) for z in z0)))
         and not s.requires_grad
         and s.dim() == 1
         and len(s) >= 2
-        and bool((s[1:] > s[:-1]).all())
-    )
+    ):
+        return False
+    t = host_depths(s)
+    return all(b > a for a, b in zip(t, t[1:]))
+
+
+_HOST_DEPTHS: "weakref.WeakKeyDictionary[torch.Tensor, tuple[int, list[float]]]" = weakref.WeakKeyDictionary()
+
+
+def host_depths(s: torch.Tensor) -> list[float]:
+    """The depths ``s`` as host floats. A device tensor's values are remembered per tensor object
+    and version (an in-place change is a new version), so a model's depth buffer is read back once,
+    not once per solve: no device sync in the solve, which a CUDA-graph capture requires."""
+    if s.device.type == "cpu":
+        return s.tolist()
+    entry = _HOST_DEPTHS.get(s)
+    if entry is not None and entry[0] == s._version:
+        return entry[1]
+    values = s.tolist()
+    _HOST_DEPTHS[s] = (s._version, values)
+    return values
 
 
 def _solver_message(reason: str, settings: SolverSettings) -> str:

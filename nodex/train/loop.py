@@ -169,10 +169,18 @@ class Trainer:
         bar = self._progress_bar(state.step)
         batches = self._batches(state)
         task = self.task
+        graphed = None
+        if cfg.get("cuda_graph"):  # checked by validate_cuda_graph: a capturable fixed-step run on a GPU
+            from nodex.train.cuda_graph import GraphedStep
+
+            graphed = GraphedStep(lambda Xb, yb: self.train_step(Xb, yb, optimizer, state.step + 1))
         try:
             while state.step < self.max_steps:
                 X, y = next(batches)
-                loss, parts, out, nfe_f, nfe_b = self.train_step(X, y, optimizer, state.step + 1)
+                if graphed is not None:
+                    loss, parts, out, nfe_f, nfe_b = graphed(X, y)
+                else:
+                    loss, parts, out, nfe_f, nfe_b = self.train_step(X, y, optimizer, state.step + 1)
                 state.step += 1
                 if scheduler is not None and (not scheduler_per_epoch or state.step % steps_per_epoch == 0):
                     scheduler.step()

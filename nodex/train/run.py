@@ -23,6 +23,7 @@ from nodex.data import DataBundle, build_data
 from nodex.errors import CheckpointError, ConfigError, NodexError
 from nodex.models import DataSpec, build_model, count_parameters
 from nodex.ode import SolverSettings
+from nodex.ode.fixed_grid import LEAN_FIXED_METHODS
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
 from nodex.train.loop import LoopState, Trainer, evaluate
@@ -82,6 +83,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
         kwargs["betas"] = tuple(opt_cfg.betas)
     if opt_cfg.name == "sgd":
         kwargs["momentum"] = float(opt_cfg.get("momentum", 0.0))
+    if cfg.get("cuda_graph") and opt_cfg.name in ("adam", "adamw"):
+        kwargs["capturable"] = True  # its step count lives on the device: the update can be captured
     optimizer = OPTIMIZERS[opt_cfg.name](model.parameters(), **kwargs)
     sch = cfg.scheduler
     if sch.name == "step":
@@ -93,6 +96,25 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
     else:
         scheduler = None
     return optimizer, scheduler
+
+
+def validate_cuda_graph(cfg: DictConfig, settings: SolverSettings, device: torch.device) -> None:
+    """``trainer.cuda_graph=true`` needs a step with a fixed kernel sequence: nodex's fixed-grid
+    solver under backprop, a constant learning rate, one model, and a CUDA device."""
+    trainer = cfg.trainer
+    if not trainer.get("cuda_graph"):
+        return
+    if int(trainer.get("ensemble", 1)) != 1:
+        raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
+    if not (settings.method in LEAN_FIXED_METHODS and settings.sensitivity == "autograd" and settings.engine == "auto" and not settings.options):
+        raise ConfigError(
+            f"trainer.cuda_graph=true needs a fixed step count: solver.method=euler|midpoint|rk4 with solver.sensitivity=autograd, "
+            f"solver.engine=auto and no solver.options (got {settings.describe()}, {settings.sensitivity}, engine {settings.engine})"
+        )
+    if trainer.scheduler.name != "none":
+        raise ConfigError(f"trainer.cuda_graph=true bakes the learning rate into the graph: set trainer.scheduler.name=none (got {trainer.scheduler.name})")
+    if device.type != "cuda":
+        raise ConfigError(f"trainer.cuda_graph=true needs a CUDA device, this run is on {device}: drop it or use trainer.device=cuda")
 
 
 class Pipeline:
@@ -124,6 +146,8 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -
         KeyboardInterrupt: after ``last.pt`` is saved and the run is marked ``interrupted``.
     """
     if cfg.trainer.get("ensemble", 1) != 1:  # K seeds in one batched solve: nodex/train/ensemble.py
+        if cfg.trainer.get("cuda_graph"):
+            raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
         from nodex.train.ensemble import run_ensemble
 
         return run_ensemble(cfg, run_dir, progress=progress)
@@ -142,6 +166,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -
     try:
         validate_trainer(cfg.trainer)
         pipe = Pipeline(cfg)
+        validate_cuda_graph(cfg, pipe.settings, pipe.device)
         batch = cfg.trainer.get("batch_size") or pipe.data.train[0].shape[0]
         result["threads"] = choose_threads(cfg.trainer.get("num_threads"), pipe.model, pipe.data.train[0], batch)
         result["device"] = str(pipe.device)
