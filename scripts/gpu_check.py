@@ -1,5 +1,6 @@
 """One-shot GPU check: a CUDA training step for vanilla, Galërkin and conv fields, timed against
-the CPU, with forward/backward NFE that must be equal on both devices; then ``trainer.cuda_graph``:
+the CPU, with forward/backward NFE that must be equal on both devices; the default dopri5 (backprop
+and adjoint) on both devices; then ``trainer.cuda_graph``:
 the same training run eagerly and replayed from a CUDA graph, which must give the same losses.
 
     bash scripts/gpu_check.sh            # on a machine with a GPU (prints a Markdown table)
@@ -38,10 +39,16 @@ CASES = {
 FIXED = ["solver.method=rk4", "solver.step_size=0.1", "solver.sensitivity=autograd", "trainer.num_threads=null"]
 
 
-def time_steps(overrides: list[str], device: str, steps: int, tmp: Path) -> tuple[float, int, int, float]:
+ADAPTIVE = {  # the default solver (nodex's lean dopri5) on the GPU: NFE may differ by a step from the CPU's
+    "vanilla MLP, dopri5 1e-4 backprop": ["model=vanilla", "data=rings", "trainer.num_threads=null"],
+    "vanilla MLP, dopri5 1e-4 adjoint": ["model=vanilla", "data=rings", "solver.sensitivity=adjoint", "trainer.num_threads=null"],
+}
+
+
+def time_steps(overrides: list[str], device: str, steps: int, tmp: Path, solver: list[str] = FIXED) -> tuple[float, int, int, float]:
     """Median ms/step, forward NFE, backward NFE and the loss of the last step on ``device``."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*overrides, *FIXED, f"trainer.device={device}"])
+        cfg = compose("train", overrides=[*overrides, *solver, f"trainer.device={device}"])
     pipe = Pipeline(cfg)
     X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
     if cfg.trainer.batch_size:
@@ -85,6 +92,30 @@ def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path) -> tuple
     return statistics.median(times[5:]), losses, nfe_f
 
 
+def check_adaptive(steps: int, tmp: Path) -> bool:
+    """The default dopri5 (lean solver, backprop and adjoint) on CPU and CUDA: close losses, NFE
+    within one step (6 evaluations: rounding may move an accept decision)."""
+    print()
+    print("| case (dopri5) | cpu ms/step | cuda ms/step | speed-up | NFE fwd/bwd (cpu; cuda) | loss (cpu / cuda) | check |")
+    print("|---|---|---|---|---|---|---|")
+    ok = True
+    for name, overrides in ADAPTIVE.items():
+        try:
+            rows = {}
+            for device in ("cpu", "cuda"):
+                torch.manual_seed(0)
+                rows[device] = time_steps(overrides, device, steps, tmp, solver=[])
+        except Exception as exc:
+            ok = False
+            print(f"| {name} | – | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            continue
+        cpu, cuda = rows["cpu"], rows["cuda"]
+        same = abs(cpu[1] - cuda[1]) <= 6 and abs(cpu[2] - cuda[2]) <= 6 and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3]))
+        ok &= same
+        print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cpu[1]}/{cpu[2]}; {cuda[1]}/{cuda[2]} | {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
+    return ok
+
+
 def check_cuda_graph(steps: int, tmp: Path) -> bool:
     print()
     print(f"trainer.cuda_graph: {steps} steps from the same weights on one batch, eager vs captured once and replayed")
@@ -126,9 +157,14 @@ def main() -> int:
     ok = True
     for name, overrides in CASES.items():
         rows = {}
-        for device in devices:
-            torch.manual_seed(0)
-            rows[device] = time_steps(overrides, device, args.steps, tmp)
+        try:
+            for device in devices:
+                torch.manual_seed(0)
+                rows[device] = time_steps(overrides, device, args.steps, tmp)
+        except Exception as exc:  # report and carry on: a one-shot check should show every row
+            ok = False
+            print(f"| {name} | FAILED on {device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            continue
         cpu = rows["cpu"]
         if "cuda" in rows:
             cuda = rows["cuda"]
@@ -139,6 +175,7 @@ def main() -> int:
             ok &= cpu[1] == 40
             print(f"| {name} | {cpu[0]:.2f} | – | {cpu[1]}/{cpu[2]} | {cpu[3]:.5f} / – | {'ok' if cpu[1] == 40 else 'NFE != 40'} |")
     if "cuda" in devices:
+        ok &= check_adaptive(args.steps, tmp)
         ok &= check_cuda_graph(max(30, args.steps), tmp)
     return 0 if ok else 1
 
