@@ -106,7 +106,9 @@ def _initial_step(func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rt
 
 
 def _time(t: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(t, dtype=like.dtype, device=like.device)
+    """``t`` as a 0-d tensor like ``like``: a fill, not ``torch.tensor`` — the same rounding, half
+    the host time, and on a GPU a kernel launch instead of a blocking host-to-device copy."""
+    return torch.full((), t, dtype=like.dtype, device=like.device)
 
 
 def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt: float, x: float) -> torch.Tensor:
