@@ -117,3 +117,26 @@ def test_lean_and_torchdiffeq_engines_train_identically():
             opt.step()
         results.append([p.detach().clone() for p in field.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_device_depths_are_read_back_once_per_tensor_and_version(monkeypatch):
+    """What keeps a GPU solve free of host syncs: the depth buffer's values are remembered per
+    tensor object and version (exercised here on CPU tensors, which never need it)."""
+    reads = []
+    real_tolist = torch.Tensor.tolist
+
+    def counting_tolist(self):
+        reads.append(1)
+        return real_tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+    span = torch.tensor([0.0, 1.0])
+    assert solve_module.remembered_tolist(span) == [0.0, 1.0]
+    assert solve_module.remembered_tolist(span) == [0.0, 1.0] and len(reads) == 1  # remembered
+    span[1] = 2.0  # an in-place change bumps the version: read again
+    assert solve_module.remembered_tolist(span) == [0.0, 2.0] and len(reads) == 2
+    other = torch.tensor([0.0, 2.0])  # another tensor with the same values is its own entry
+    assert solve_module.remembered_tolist(other) == [0.0, 2.0] and len(reads) == 3
+    n = len(solve_module._HOST_DEPTHS)
+    del other
+    assert len(solve_module._HOST_DEPTHS) == n - 1  # entries go with their tensors

@@ -218,20 +218,26 @@ def _plain_solve(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
     return all(b > a for a, b in zip(t, t[1:]))
 
 
-_HOST_DEPTHS: "weakref.WeakKeyDictionary[torch.Tensor, tuple[int, list[float]]]" = weakref.WeakKeyDictionary()
+# id(tensor) -> (weak reference, version, values); an entry leaves with its tensor. (A
+# WeakKeyDictionary cannot hold tensors: its lookups compare keys with ==, elementwise here.)
+_HOST_DEPTHS: dict[int, tuple[weakref.ref, int, list[float]]] = {}
 
 
 def host_depths(s: torch.Tensor) -> list[float]:
     """The depths ``s`` as host floats. A device tensor's values are remembered per tensor object
     and version (an in-place change is a new version), so a model's depth buffer is read back once,
     not once per solve: no device sync in the solve, which a CUDA-graph capture requires."""
-    if s.device.type == "cpu":
-        return s.tolist()
-    entry = _HOST_DEPTHS.get(s)
-    if entry is not None and entry[0] == s._version:
-        return entry[1]
+    return s.tolist() if s.device.type == "cpu" else remembered_tolist(s)
+
+
+def remembered_tolist(s: torch.Tensor) -> list[float]:
+    """``s.tolist()``, read once per tensor object and version (see :func:`host_depths`)."""
+    key = id(s)
+    entry = _HOST_DEPTHS.get(key)
+    if entry is not None and entry[0]() is s and entry[1] == s._version:
+        return entry[2]
     values = s.tolist()
-    _HOST_DEPTHS[s] = (s._version, values)
+    _HOST_DEPTHS[key] = (weakref.ref(s, lambda _, k=key: _HOST_DEPTHS.pop(k, None)), s._version, values)
     return values
 
 
