@@ -1,6 +1,6 @@
-"""trainer.cuda_graph: the capture/replay bookkeeping of GraphedStep (with a stand-in for the CUDA
-graph, so it runs on a CPU) and the config checks. The CUDA graph itself runs in
-scripts/gpu_check.py on a machine with a GPU."""
+"""GPU settings checked on a CPU. trainer.cuda_graph: the capture/replay bookkeeping of
+GraphedStep (with a stand-in for the CUDA graph) and the config checks — the CUDA graph itself
+runs in scripts/gpu_check.py on a machine with a GPU; trainer.tf32: the backend flags it sets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from nodex.errors import ConfigError
 from nodex.ode import SolverSettings
 from nodex.train.cuda_graph import GraphedStep
-from nodex.train.run import validate_cuda_graph
+from nodex.train.run import Pipeline, set_tf32, validate_cuda_graph
 
 
 class RecordingBackend:
@@ -109,3 +109,17 @@ def test_a_capturable_config_on_a_cuda_device_is_accepted():
 def test_configs_that_cannot_be_captured_are_refused(cfg, settings, needle):
     with pytest.raises(ConfigError, match=needle):
         validate_cuda_graph(cfg, settings, torch.device("cuda"))
+
+
+@pytest.fixture
+def restore_tf32():
+    yield
+    set_tf32(False)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_tf32_is_off_unless_asked_for(compose_cfg, restore_tf32, enabled):
+    set_tf32(not enabled)  # start from the other state
+    Pipeline(compose_cfg(["trainer.device=cpu", f"trainer.tf32={str(enabled).lower()}"]))
+    assert torch.backends.cudnn.allow_tf32 is enabled and torch.backends.cuda.matmul.allow_tf32 is enabled
+    assert torch.get_float32_matmul_precision() == ("high" if enabled else "highest")

@@ -54,6 +54,20 @@ def select_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
+def set_tf32(enabled: bool) -> None:
+    """Let CUDA matmuls and cuDNN convolutions use TF32 (``trainer.tf32``; no effect on a CPU).
+
+    Off by default: TF32 rounds the operands of every float32 product to 10 mantissa bits (~1e-3
+    relative), above the tolerances an adaptive solver is asked for, so step sizes and NFE would
+    follow rounding noise and GPU numbers would drift from CPU ones. PyTorch's own default turns it
+    on for convolutions.
+    """
+    # The long-standing flags: torch 2.13's newer per-backend fp32_precision API cannot be mixed
+    # with them (its getters then raise), and these read back consistently through both.
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
 def solver_settings(cfg: DictConfig) -> SolverSettings:
     """Validated :class:`SolverSettings` from the ``solver`` group."""
     known = set(SolverSettings.__dataclass_fields__)
@@ -123,6 +137,7 @@ class Pipeline:
     def __init__(self, cfg: DictConfig, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.device = device or select_device(cfg.trainer.get("device", "auto"))
+        set_tf32(bool(cfg.trainer.get("tf32", False)))
         self.settings = solver_settings(cfg.solver)
         seed = int(cfg.seed)
         torch.manual_seed(seed)
