@@ -67,11 +67,17 @@ def time_steps(overrides: list[str], device: str, steps: int, tmp: Path, solver:
     return statistics.median(times), nfe_f, nfe_b, value
 
 
-def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path) -> tuple[float, list[float], int]:
-    """Train ``steps`` steps on CUDA from seed 0 on one fixed batch, eagerly or through
-    :class:`GraphedStep`; -> (median ms/step after 5 steps, the losses, forward NFE)."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path, device: str = "cuda", backend=None) -> tuple[float, list[float], int]:
+    """Train ``steps`` steps from seed 0 on one fixed batch, eagerly or through
+    :class:`GraphedStep`; -> (median ms/step after 5 steps, the losses, forward NFE).
+    ``device``/``backend``: a CPU and a stand-in graph run the same plumbing in the tests."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*overrides, *FIXED, "trainer.device=cuda", f"trainer.cuda_graph={str(graph).lower()}"])
+        cfg = compose("train", overrides=[*overrides, *FIXED, f"trainer.device={device}", f"trainer.cuda_graph={str(graph and device.startswith('cuda')).lower()}"])
     torch.manual_seed(0)
     pipe = Pipeline(cfg)
     validate_cuda_graph(cfg, pipe.settings, pipe.device)
@@ -79,20 +85,20 @@ def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path) -> tuple
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
     trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
     plain = lambda Xb, yb: trainer.train_step(Xb, yb, opt)  # noqa: E731
-    step = GraphedStep(plain) if graph else plain
+    step = GraphedStep(plain, backend=backend) if graph else plain
     times, losses, nfe_f = [], [], 0
     for _ in range(steps):
-        torch.cuda.synchronize()
+        _sync(device)
         start = time.perf_counter()
         loss, _, _, nfe_f, _ = step(X, y)
-        losses.append(float(loss))  # syncs
+        losses.append(float(loss.detach()))  # syncs
         times.append(1000 * (time.perf_counter() - start))
     if graph and not step.captured:
         raise RuntimeError(f"the step was not captured: {step.failure}")
     return statistics.median(times[5:]), losses, nfe_f
 
 
-def check_adaptive(steps: int, tmp: Path) -> bool:
+def check_adaptive(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cuda")) -> bool:
     """The default dopri5 (lean solver, backprop and adjoint) on CPU and CUDA: close losses, NFE
     within one step (6 evaluations: rounding may move an accept decision)."""
     print()
@@ -101,22 +107,22 @@ def check_adaptive(steps: int, tmp: Path) -> bool:
     ok = True
     for name, overrides in ADAPTIVE.items():
         try:
-            rows = {}
-            for device in ("cpu", "cuda"):
+            rows = []
+            for device in devices:
                 torch.manual_seed(0)
-                rows[device] = time_steps(overrides, device, steps, tmp, solver=[])
+                rows.append(time_steps(overrides, device, steps, tmp, solver=[]))
         except Exception as exc:
             ok = False
             print(f"| {name} | – | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
             continue
-        cpu, cuda = rows["cpu"], rows["cuda"]
+        cpu, cuda = rows
         same = abs(cpu[1] - cuda[1]) <= 6 and abs(cpu[2] - cuda[2]) <= 6 and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3]))
         ok &= same
         print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cpu[1]}/{cpu[2]}; {cuda[1]}/{cuda[2]} | {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
     return ok
 
 
-def check_cuda_graph(steps: int, tmp: Path) -> bool:
+def check_cuda_graph(steps: int, tmp: Path, device: str = "cuda", backend_factory=None) -> bool:
     print()
     print(f"trainer.cuda_graph: {steps} steps from the same weights on one batch, eager vs captured once and replayed")
     print("| case | eager ms/step | graph ms/step | speed-up | NFE fwd | last loss (eager / graph) | max loss difference | check |")
@@ -124,8 +130,8 @@ def check_cuda_graph(steps: int, tmp: Path) -> bool:
     ok = True
     for name, overrides in list(CASES.items())[:2]:
         try:
-            eager_ms, eager_losses, nfe = graph_run(overrides, False, steps, tmp)
-            graph_ms, graph_losses, nfe_g = graph_run(overrides, True, steps, tmp)
+            eager_ms, eager_losses, nfe = graph_run(overrides, False, steps, tmp, device)
+            graph_ms, graph_losses, nfe_g = graph_run(overrides, True, steps, tmp, device, backend_factory() if backend_factory else None)
         except Exception as exc:  # report and carry on: the rest of the table still matters
             ok = False
             print(f"| {name} | – | – | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
