@@ -107,6 +107,7 @@ class NeuralODE(nn.Module):
         # jumps of float64 solves off the layers' breakpoints (by up to ~1e-8).
         self.register_buffer("jump_t", None if not jump_t else torch.tensor(jump_t, dtype=torch.float64), persistent=False)
         self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
+        self.register_buffer("unit_span", torch.tensor([0.0, 1.0]), persistent=False)  # adaptive horizons: s/S(x) in [0, 1]
 
     def _bind(self, x: torch.Tensor) -> tuple[BoundDynamics, torch.Tensor, torch.Tensor | None]:
         z0 = self.input_layer(x)
@@ -123,7 +124,7 @@ class NeuralODE(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """``x``: ``(B, *input_shape)`` -> :class:`ModelOutput`."""
         dyn, z0, S_x = self._bind(x)
-        span = self.span.to(z0.dtype) if S_x is None else torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
+        span = (self.span if S_x is None else self.unit_span).to(z0.dtype)  # buffers: no host copy per call
         if self.integral_loss is None:
             z_S = self._solve(dyn, z0, span)[-1]
             loss_integral = None
