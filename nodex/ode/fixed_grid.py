@@ -7,10 +7,10 @@ interpolation at output depths between grid points — so the values are bit-for
 torchdiffeq's (tested). What they leave out is the host work of its grid loop: a tensor
 comparison read back to Python at every step (``t1 >= t[j]``, a device sync on a GPU), 0-d time
 tensors rebuilt by arithmetic at every stage, and a ``torch.empty`` solution buffer filled by
-indexed copies. Here the grid, every stage depth and every step size are computed once per solve
-on the host (in the depths' dtype, so they are the same numbers) and the stage depths reach a
-GPU in one copy per grid (kept for the next solve); the loop then issues only the field's kernels
-and the stage sums, with no host sync — which is what lets ``trainer.cuda_graph`` capture it.
+indexed copies. Here the grid, every stage depth and every step size are computed on the host
+(in the depths' dtype, so they are the same numbers) once per grid and kept, the stage depths
+already on the state's device; the loop then issues only the field's kernels and the stage sums,
+with no host sync — which is what lets ``trainer.cuda_graph`` capture it.
 
 Used by :func:`nodex.ode.odesolve` for these methods with ``sensitivity=autograd``, no extra
 torchdiffeq options and increasing depths (``solver.engine=torchdiffeq`` turns it off).
@@ -18,7 +18,7 @@ torchdiffeq options and increasing depths (``solver.engine=torchdiffeq`` turns i
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -50,21 +50,32 @@ def _stage_depths(grid: torch.Tensor, method: str) -> torch.Tensor:
     return torch.stack([t0, t0 + dt * _ONE_THIRD, t0 + dt * _TWO_THIRDS, t1], 1)
 
 
-_DEVICE_STAGES: dict[tuple, torch.Tensor] = {}
+class _Plan(NamedTuple):
+    """Everything about one grid the loop needs: host floats, and the stage depths on the device."""
+
+    grid: list[float]  # the grid points
+    dts: list[float]  # step sizes, exact in the depths' dtype
+    t_out: list[float]  # the output depths, rounded to the depths' dtype
+    stages: torch.Tensor  # (n_steps, n_stages) on the state's device, in its dtype
 
 
-def _device_stages(grid: torch.Tensor, method: str, y0: torch.Tensor) -> torch.Tensor:
-    """The stage depths on ``y0``'s device and in its dtype. On a GPU they are copied there once
-    per grid and kept (a host-to-device copy inside a CUDA-graph capture is not allowed)."""
-    stages = _stage_depths(grid, method)
-    if y0.device.type == "cpu":
-        return stages.to(y0.dtype)
-    key = (tuple(grid.tolist()), grid.dtype, method, y0.dtype, y0.device)
-    if key not in _DEVICE_STAGES:
-        if len(_DEVICE_STAGES) >= 64:
-            _DEVICE_STAGES.clear()
-        _DEVICE_STAGES[key] = stages.to(device=y0.device, dtype=y0.dtype)
-    return _DEVICE_STAGES[key]
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(t: list[float], step_size: float, method: str, dtype: torch.dtype, y0: torch.Tensor) -> _Plan:
+    """The plan of a grid, made once and kept: a training run solves on the same grid every step,
+    and on a GPU the stage depths must not be copied there again (no host-to-device copy may happen
+    inside a CUDA-graph capture)."""
+    key = (tuple(t), step_size, method, dtype, y0.dtype, y0.device)
+    plan = _PLANS.get(key)
+    if plan is None:
+        grid = _grid(t, step_size, dtype)
+        stages = _stage_depths(grid, method).to(device=y0.device, dtype=y0.dtype)
+        plan = _Plan(grid.tolist(), (grid[1:] - grid[:-1]).tolist(), torch.tensor(t, dtype=dtype).tolist(), stages)
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def fixed_grid(func: Field, y0: torch.Tensor, t: list[float], step_size: float, method: str, dtype: torch.dtype) -> torch.Tensor:
@@ -82,11 +93,7 @@ def fixed_grid(func: Field, y0: torch.Tensor, t: list[float], step_size: float, 
     Returns:
         ``(len(t), B, ...)``: the state at every output depth.
     """
-    grid = _grid(t, step_size, dtype)
-    stages = _device_stages(grid, method, y0)
-    grid_host = grid.tolist()
-    dts = (grid[1:] - grid[:-1]).tolist()  # dtype-exact step sizes as Python floats
-    t_out = torch.tensor(t, dtype=dtype).tolist()  # compared in the depths' dtype, as there
+    grid_host, dts, t_out, stages = _plan(t, step_size, method, dtype, y0)
     out, j, y = [y0], 1, y0
     for i, dt in enumerate(dts):
         s = stages[i]
