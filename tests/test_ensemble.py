@@ -113,21 +113,26 @@ def test_adaptive_solver_members_share_steps(compose_cfg, tmp_path):
     assert all(r["status"] == "completed" and r["seed"] == k for k, r in enumerate(results))
 
 
-# Slot variants: the vmapped members equal the plain models, output and gradient.
+# Slot variants: the stacked members equal the plain models, output and gradient, on both
+# paths: every slot under vmap, and the batched-matmul fast path for the toy MLP fields.
 VARIANTS = [
-    ["model=vanilla"],
-    ["model=depthcat"],
-    ["model=galnode"],
-    ["model=stacked"],
-    ["model=data_control"],
-    ["model=adaptive_depth"],
-    ["experiment=galerkin_tracking", "data.n_train=64"],  # integral loss (tuple state), adjoint
-    ["model=node_conv", "data=digits"],  # conv field with GroupNorm, image input
+    (["model=vanilla"], True),
+    (["model=depthcat"], True),
+    (["model=galnode"], True),
+    (["experiment=spheres_augmentation_anode"], True),
+    (["experiment=spheres_augmentation_ilnode"], True),
+    (["experiment=spheres_augmentation_second_order"], True),  # higher-order wrapper
+    (["model=data_control"], True),
+    (["model=stacked"], False),  # piecewise parameters: vmap only
+    (["model=adaptive_depth"], True),  # per-sample depths: the fast path steps aside at run time
+    (["experiment=galerkin_tracking", "data.n_train=64"], False),  # integral loss (tuple state), adjoint
+    (["model=node_conv", "data=digits"], False),  # conv field with GroupNorm, image input
 ]
 
 
-@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: o[0].split("=")[1])
-def test_vmapped_members_equal_plain_models(compose_cfg, overrides):
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "vmap"])
+@pytest.mark.parametrize("overrides,has_fast_path", VARIANTS, ids=lambda o: o[0].split("=")[1] if isinstance(o, list) else None)
+def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_path, batched):
     cfg = compose_cfg([*overrides, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu", "data.n_val=16", "data.n_test=16"])
     pipes = []
     for k in range(2):
@@ -138,6 +143,8 @@ def test_vmapped_members_equal_plain_models(compose_cfg, overrides):
             for p in pipes[-1].model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
     ens = EnsembleNeuralODE([p.model for p in pipes])
+    assert (ens._batched_field is not None) == has_fast_path
+    ens.use_batched_field = batched
     assert [p.shape for p in ens.parameters()] == [(2, *p.shape) for p in pipes[0].model.parameters()]
     X = torch.stack([p.data.train[0][:8] for p in pipes])
     Y = torch.stack([p.data.train[1][:8] for p in pipes])

@@ -5,7 +5,9 @@ Member ``k``'s parameters are slice ``k`` of stacked tensors ``(K, *shape)``
 (``h_x``, control, horizon, field, integral loss, ``h_y``) is evaluated on a template copy
 with its parameters pointed at the members' slices (as :func:`torch.func.functional_call`
 does) under :func:`torch.func.vmap` over the member
-dimension, so any slot built from standard modules works without per-variant code.
+dimension, so any slot built from standard modules works without per-variant code. The
+MLP fields of the toy models take a faster path, batched matmuls on the stacked parameters
+(:mod:`nodex.models.member_batched`), with the same per-member arithmetic.
 
 One solve integrates the stacked state ``(K, B, *state_shape)``: with fixed-step solvers each
 member follows exactly the computation of its own run; adaptive solvers take one step-size
@@ -29,6 +31,7 @@ try:  # functorch's own entry points (what torch.func.vmap calls after its Pytho
 except ImportError:  # another torch: fall back to the public vmap
     _vmap_increment_nesting = None
 
+from nodex.models.member_batched import batched_field
 from nodex.models.neural_ode import BoundDynamics, ModelOutput, NeuralODE
 from nodex.ode import NFECounter, odesolve
 
@@ -133,6 +136,9 @@ class EnsembleNeuralODE(nn.Module):
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
+        # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
+        self._batched_field = None if template.integral_loss is not None else batched_field(template.field, "field.", self._slot_names(_DYNAMICS_SLOTS))
+        self.use_batched_field = True  # False: every slot through vmap (tests compare the two)
 
     # -- state access -------------------------------------------------------------------
     @property
@@ -183,7 +189,10 @@ class EnsembleNeuralODE(nn.Module):
 
     def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None) -> Any:
         """The member dynamics (field bound to its control, integral channel, horizon scaling)
-        vmapped over members; ``state``: ``(K, B, ...)`` or a tuple of such."""
+        vmapped over members (or batched directly, see :mod:`nodex.models.member_batched`);
+        ``state``: ``(K, B, ...)`` or a tuple of such."""
+        if self._batched_field is not None and self.use_batched_field and horizon is None:
+            return self._batched_field(self._slot_tensors(_DYNAMICS_SLOTS), s, state, control)
         bound = self._bounds[0]
         swap = self._swapper(_DYNAMICS_SLOTS)
 

@@ -4,7 +4,7 @@ in one batched solve.
 Member ``k`` is built exactly as ``nodex train ... seed=SEED+k`` would build it (its own data
 splits from ``build_data(cfg.data, SEED+k)``, its own initialisation); the members' parameters
 are then stacked and trained together as an :class:`~nodex.models.ensemble.EnsembleNeuralODE`
-(every slot vmapped over members, one solve of the ``(K, B, ...)`` state). The loss is the sum
+(every slot evaluated for all members at once, one solve of the ``(K, B, ...)`` state). The loss is the sum
 of the members' losses, so each member's gradient, and its Adam/SGD update (elementwise), is
 the one its own run would compute; ``trainer.grad_clip`` clips each member by its own norm.
 
