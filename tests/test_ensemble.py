@@ -123,7 +123,7 @@ VARIANTS = [
     (["experiment=spheres_augmentation_ilnode"], True),
     (["experiment=spheres_augmentation_second_order"], True),  # higher-order wrapper
     (["model=data_control"], True),
-    (["model=stacked"], False),  # piecewise parameters: vmap only
+    (["model=stacked"], True),
     (["model=adaptive_depth"], True),  # per-sample depths: the fast path steps aside at run time
     (["experiment=galerkin_tracking", "data.n_train=64"], False),  # integral loss (tuple state), adjoint
     (["model=node_conv", "data=digits"], False),  # conv field with GroupNorm, image input

@@ -2,7 +2,7 @@
 
 :class:`~nodex.models.ensemble.EnsembleNeuralODE` evaluates any slot under ``vmap`` over the
 member dimension. For the fields of the paper's toy models — an :class:`MLPField` of static,
-depth-concatenated or Galërkin linear layers with elementwise activations, optionally with a
+depth-concatenated, Galërkin or stacked linear layers with elementwise activations, optionally with a
 data control or wrapped in a :class:`HigherOrderField` — this module evaluates the ``K``
 members directly on the stacked parameters with batched matmuls (``baddbmm``): the same
 arithmetic per member, without functorch's per-op wrapping, which cost about half of such a
@@ -13,7 +13,7 @@ learnable Galërkin dilation or shift, unknown layers or activations), and the e
 its general ``vmap`` path for it.
 
 Shapes: stacked weights ``(K, out, in)``, biases ``(K, out)``, Galërkin coefficients
-``(K, m, n_params)``; states ``(K, B, n)``, controls ``(K, B, ...)``; the depth ``s`` is 0-d.
+``(K, m, n_params)``, stacked pieces ``(K, p, n_params)``; states ``(K, B, n)``, controls ``(K, B, ...)``; the depth ``s`` is 0-d.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 from nodex.models.fields import HigherOrderField, MLPField
 from nodex.models.galerkin import GalLinear
 from nodex.models.layers import DepthConcatLinear, StaticLinear
+from nodex.models.stacked import StackedLinear
 
 # Parameter-free modules that act elementwise, so they apply to ``(K, B, n)`` as to ``(B, n)``.
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Softplus, nn.ELU, nn.SiLU, nn.Sigmoid, nn.Identity)
@@ -67,6 +68,16 @@ def _layer(layer: nn.Module, prefix: str, index: dict[str, int]) -> Layer | None
             return _affine(h, W, theta[:, n_weight:] if has_bias else None)
 
         return galerkin
+    if type(layer) is StackedLinear:
+        c = index[prefix + "coeffs"]
+        n_weight, out_f, in_f, has_bias, piece = layer.in_features * layer.out_features, layer.out_features, layer.in_features, layer.has_bias, layer.piece
+
+        def stacked(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            theta = t[c][:, piece(s)]  # (K, n_params): every member's piece at depth s (same breakpoints)
+            W = theta[:, :n_weight].view(-1, out_f, in_f)
+            return _affine(h, W, theta[:, n_weight:] if has_bias else None)
+
+        return stacked
     return None
 
 
