@@ -10,6 +10,7 @@ measure of the work done (a descheduled process accrues none).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --vmap-only     # the general vmap path only
 
 Trailing ``key=value`` arguments are config overrides (default: the paper's small toy model,
 vanilla MLP 2-32-32-2 on rings, solver=rk4 with 10 steps).
@@ -62,14 +63,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (medians over them)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed sample")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--vmap-only", action="store_true", help="evaluate every slot under vmap (no batched-matmul fast path for MLP fields)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     K = args.members
     cfg, members = build(args.overrides, K)
     settings = members[0].pipe.model.settings
+    path = "vmap only" if args.vmap_only else "batched MLP fields"
     print(f"# {cfg.model.name}, {count_parameters(members[0].pipe.model)} params, {cfg.data.name}, {settings.describe()}, "
-          f"K={K}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+          f"K={K}, ensemble path: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print("| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) | speed-up (wall) | speed-up (CPU time) |")
     print("|---|---|---|---|---|")
     for B in [int(b) for b in args.batches.split(",")]:
@@ -80,6 +83,7 @@ def main() -> None:
             opt, _ = build_optimizer(cfg.trainer, m.pipe.model, 1)
             separate.append((trainer, opt))
         ens = EnsembleNeuralODE([m.pipe.model for m in members])
+        ens.use_batched_field = not args.vmap_only
         fit = EnsembleFit(ens, members, cfg.trainer, settings.describe())
         ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
         X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
