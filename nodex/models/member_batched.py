@@ -42,6 +42,13 @@ def _affine(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
 
 
+def _affine_from_flat(theta: torch.Tensor, h: torch.Tensor, out_features: int, in_features: int, bias: bool) -> torch.Tensor:
+    """:func:`~nodex.models.layers.linear_from_flat` per member: ``theta`` ``(K, n_params)``."""
+    n_weight = out_features * in_features
+    W = theta[:, :n_weight].view(-1, out_features, in_features)
+    return _affine(h, W, theta[:, n_weight:] if bias else None)
+
+
 def _layer(layer: nn.Module, prefix: str, index: dict[str, int]) -> Layer | None:
     """The batched form of one linear layer; its tensors are looked up by name in ``index``."""
     if type(layer) in (StaticLinear, DepthConcatLinear):
@@ -58,24 +65,19 @@ def _layer(layer: nn.Module, prefix: str, index: dict[str, int]) -> Layer | None
 
         return concat
     if type(layer) is GalLinear and layer.basis.dilation is None and layer.basis.shift is None:
-        a = index[prefix + "coeffs"]
-        n_weight, out_f, in_f, has_bias, basis = layer.n_weight, layer.out_features, layer.in_features, layer.has_bias, layer.basis
+        a, shape, basis = index[prefix + "coeffs"], (layer.out_features, layer.in_features, layer.has_bias), layer.basis
 
         def galerkin(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             alpha = t[a]  # (K, m, n_params); ψ(s) has no member parameters (buffers are constants)
-            theta = torch.matmul(basis(s.to(alpha.dtype)), alpha)  # (K, n_params)
-            W = theta[:, :n_weight].view(-1, out_f, in_f)
-            return _affine(h, W, theta[:, n_weight:] if has_bias else None)
+            return _affine_from_flat(torch.matmul(basis(s.to(alpha.dtype)), alpha), h, *shape)
 
         return galerkin
     if type(layer) is StackedLinear:
-        c = index[prefix + "coeffs"]
-        n_weight, out_f, in_f, has_bias, piece = layer.in_features * layer.out_features, layer.out_features, layer.in_features, layer.has_bias, layer.piece
+        c, shape, piece = index[prefix + "coeffs"], (layer.out_features, layer.in_features, layer.has_bias), layer.piece
 
         def stacked(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            theta = t[c][:, piece(s)]  # (K, n_params): every member's piece at depth s (same breakpoints)
-            W = theta[:, :n_weight].view(-1, out_f, in_f)
-            return _affine(h, W, theta[:, n_weight:] if has_bias else None)
+            # every member's piece at depth s (the breakpoints are the members' common config)
+            return _affine_from_flat(t[c][:, piece(s)], h, *shape)
 
         return stacked
     return None
