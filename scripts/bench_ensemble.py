@@ -3,14 +3,16 @@
 One sample = one training step of every member (forward solve, backward, optimizer step):
 the K separate models each through :meth:`nodex.train.loop.Trainer.train_step`, and the
 stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through
-:meth:`nodex.train.ensemble.EnsembleFit.train_step`. The two alternate round by round (the
-order flips every round) in one process; medians over rounds, min-max beside them. Wall time
+:meth:`nodex.train.ensemble.EnsembleFit.train_step`. They take turns round by round (the
+order rotates every round) in one process; medians over rounds, min-max beside them. Wall time
 and process CPU time are both reported: on a shared machine the CPU time is the steadier
 measure of the work done (a descheduled process accrues none).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --vmap-only     # the general vmap path only
+
+For MLP fields with a batched form (:mod:`nodex.models.member_batched`) the ensemble is also
+timed with every slot under ``vmap`` (the general path), in the same rounds (``--no-vmap``: not).
 
 Trailing ``key=value`` arguments are config overrides (default: the paper's small toy model,
 vanilla MLP 2-32-32-2 on rings, solver=rk4 with 10 steps).
@@ -63,18 +65,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (medians over them)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed sample")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--vmap-only", action="store_true", help="evaluate every slot under vmap (no batched-matmul fast path for MLP fields)")
+    parser.add_argument("--no-vmap", action="store_true", help="skip the ensemble with every slot under vmap (the general path)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     K = args.members
     cfg, members = build(args.overrides, K)
     settings = members[0].pipe.model.settings
-    path = "vmap only" if args.vmap_only else "batched MLP fields"
+    probe = EnsembleNeuralODE([m.pipe.model for m in members[:2]])
+    both = probe._batched_field is not None and not args.no_vmap
+    path = "batched MLP field" if probe._batched_field is not None else "vmap (no batched form of this field)"
     print(f"# {cfg.model.name}, {count_parameters(members[0].pipe.model)} params, {cfg.data.name}, {settings.describe()}, "
-          f"K={K}, ensemble path: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print("| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) | speed-up (wall) | speed-up (CPU time) |")
-    print("|---|---|---|---|---|")
+          f"K={K}, ensemble: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    extra = " ensemble, vmap only: wall ms (min-max) | speed-up vmap only (wall) |" if both else ""
+    print(f"| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) | speed-up (wall) | speed-up (CPU time) |{extra}")
+    print("|---|---|---|---|---|" + ("---|---|" if both else ""))
     for B in [int(b) for b in args.batches.split(",")]:
         data = batches(members, B)
         separate = []
@@ -83,7 +88,6 @@ def main() -> None:
             opt, _ = build_optimizer(cfg.trainer, m.pipe.model, 1)
             separate.append((trainer, opt))
         ens = EnsembleNeuralODE([m.pipe.model for m in members])
-        ens.use_batched_field = not args.vmap_only
         fit = EnsembleFit(ens, members, cfg.trainer, settings.describe())
         ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
         X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
@@ -92,16 +96,19 @@ def main() -> None:
             for (trainer, opt), (x, y) in zip(separate, data):
                 trainer.train_step(x, y, opt)
 
-        def run_ensemble() -> None:
+        def run_ensemble(batched: bool = True) -> None:
+            ens.use_batched_field = batched
             fit.train_step(X, Y, ens_opt, 0)
 
-        times: dict[str, list[float]] = {"separate": [], "ensemble": []}
-        cpu: dict[str, list[float]] = {"separate": [], "ensemble": []}
         runners = [("separate", run_separate), ("ensemble", run_ensemble)]
+        if both:
+            runners.append(("vmap", lambda: run_ensemble(False)))
+        times: dict[str, list[float]] = {name: [] for name, _ in runners}
+        cpu: dict[str, list[float]] = {name: [] for name, _ in runners}
         for name, fn in runners:  # warm-up
             fn()
         for r in range(args.rounds):
-            for name, fn in runners if r % 2 == 0 else runners[::-1]:
+            for name, fn in runners[r % len(runners):] + runners[: r % len(runners)]:  # the order rotates
                 start, start_cpu = time.perf_counter(), time.process_time()
                 for _ in range(args.steps):
                     fn()
@@ -110,8 +117,9 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
+        vmap = f" {med['vmap']:.1f} ({span['vmap']}) | {med['separate'] / med['vmap']:.2f}x |" if both else ""
         print(f"| {B} | {med['separate']:.1f} ({span['separate']}) | {med['ensemble']:.1f} ({span['ensemble']}) | "
-              f"**{med['separate'] / med['ensemble']:.2f}x** | {med_cpu['separate'] / med_cpu['ensemble']:.2f}x |", flush=True)
+              f"**{med['separate'] / med['ensemble']:.2f}x** | {med_cpu['separate'] / med_cpu['ensemble']:.2f}x |{vmap}", flush=True)
 
 
 if __name__ == "__main__":

@@ -50,16 +50,17 @@ def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
     assert rows["torchdiffeq"][8].strip() == "1.000" and rows["torchdiffeq"][9].strip() == "1.000"
 
 
-@pytest.mark.parametrize("path", [[], ["--vmap-only"]], ids=["batched", "vmap"])
-def test_bench_ensemble_reports_a_speed_up_row_per_batch(path):
+@pytest.mark.parametrize("model,columns", [("model=vanilla", 7), ("model=node_conv", 5)], ids=["batched", "vmap"])
+def test_bench_ensemble_reports_a_speed_up_row_per_batch(model, columns):
+    """A row per batch size; the vmap-only ensemble column only where the field has a batched form."""
     proc = subprocess.run(
-        [sys.executable, "scripts/bench_ensemble.py", "--members", "2", "--batches", "8,16", "--rounds", "1", "--steps", "1", *path],
+        [sys.executable, "scripts/bench_ensemble.py", "--members", "2", "--batches", "8,16", "--rounds", "2", "--steps", "1", model, *(["data=digits"] if "conv" in model else [])],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert ("vmap only" if path else "batched MLP fields") in proc.stdout.splitlines()[0]
+    assert ("batched MLP field" if columns == 7 else "ensemble: vmap") in proc.stdout.splitlines()[0]
     rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| ") and "batch" not in ln and "---" not in ln]
-    assert [r[0] for r in rows] == ["8", "16"] and all(float(r[3].strip("*x")) > 0 for r in rows)
+    assert [r[0] for r in rows] == ["8", "16"] and all(len(r) == columns and float(r[3].strip("*x")) > 0 for r in rows)
 
 
 def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
