@@ -164,6 +164,20 @@ def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_pat
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), pipes[1].model.parameters()))
 
 
+def test_template_follows_the_ensemble_to_another_dtype_and_device(compose_cfg):
+    """The batched fields read the Galërkin basis and stacked breakpoints from the template,
+    so ``.double()`` / ``.to(device)`` must move it with the stacked tensors."""
+    for model in ("model=galnode", "model=stacked"):
+        cfg = compose_cfg([model, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu"])
+        pipes = [Pipeline(cfg) for _ in range(2)]
+        ens = EnsembleNeuralODE([p.model for p in pipes]).double()
+        assert all(t.dtype == torch.float64 for t in [*ens.template.parameters(), *ens.template.buffers()] if t.is_floating_point())
+        X = torch.stack([p.data.train[0][:8] for p in pipes]).double()
+        assert ens(X).y_hat.dtype == torch.float64
+        ens.to("meta")
+        assert all(t.device.type == "meta" for t in [*ens.template.parameters(), *ens.template.buffers()])
+
+
 def test_clip_members_clips_each_member_by_its_own_norm():
     torch.manual_seed(0)
     plain = [[torch.randn(3, 2) * (k + 1), torch.randn(2) * (k + 1)] for k in range(3)]

@@ -140,6 +140,13 @@ class EnsembleNeuralODE(nn.Module):
         self._batched_field = None if template.integral_loss is not None else batched_field(template.field, "field.", self._slot_names(_DYNAMICS_SLOTS))
         self.use_batched_field = True  # False: every slot through vmap (tests compare the two)
 
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        """``.to()``, ``.double()``, ``.cuda()``: the unregistered template follows, since the
+        batched MLP fields read constants (Galërkin basis, stacked breakpoints) from it."""
+        super()._apply(fn, *args, **kwargs)
+        self.template._apply(fn, *args, **kwargs)
+        return self
+
     # -- state access -------------------------------------------------------------------
     @property
     def template(self) -> NeuralODE:
