@@ -1,6 +1,7 @@
 """One-shot GPU check: a CUDA training step for vanilla, Galërkin and conv fields, timed against
 the CPU, with forward/backward NFE that must be equal on both devices; the default dopri5 (backprop
-and adjoint) on both devices; then ``trainer.cuda_graph``:
+and adjoint) on both devices; a seed ensemble (``trainer.ensemble=4``, batched MLP fields) end to
+end on both devices; then ``trainer.cuda_graph``:
 the same training run eagerly and replayed from a CUDA graph, which must give the same losses.
 
     bash scripts/gpu_check.sh            # on a machine with a GPU (prints a Markdown table)
@@ -29,6 +30,7 @@ from nodex.cli import CONFIG_DIR  # noqa: E402
 from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
 from nodex.train.cuda_graph import GraphedStep  # noqa: E402
+from nodex.train.ensemble import run_ensemble  # noqa: E402
 from nodex.train.run import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
 
 CASES = {
@@ -42,6 +44,11 @@ FIXED = ["solver.method=rk4", "solver.step_size=0.1", "solver.sensitivity=autogr
 ADAPTIVE = {  # the default solver (nodex's lean dopri5) on the GPU: NFE may differ by a step from the CPU's
     "vanilla MLP, dopri5 1e-4 backprop": ["model=vanilla", "data=rings", "trainer.num_threads=null"],
     "vanilla MLP, dopri5 1e-4 adjoint": ["model=vanilla", "data=rings", "solver.sensitivity=adjoint", "trainer.num_threads=null"],
+}
+
+ENSEMBLES = {  # trainer.ensemble end to end: members stacked, MLP fields as batched matmuls
+    "vanilla MLP, 4 seeds, batch 64": ["model=vanilla", "data=rings"],
+    "Galërkin MLP, 4 seeds, batch 64": ["model=galnode", "data=rings"],
 }
 
 
@@ -122,6 +129,35 @@ def check_adaptive(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
     return ok
 
 
+def check_ensemble(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cuda"), cases: dict[str, list[str]] = ENSEMBLES) -> bool:
+    """``nodex train trainer.ensemble=4`` (rk4, ``steps`` steps, the public entry point: member run
+    directories, checkpoints, evaluation) on CPU and CUDA: equal NFE, close mean test losses."""
+    print()
+    print(f"| case (rk4, trainer.ensemble=4, {steps} steps) | cpu s | cuda s | NFE fwd (cpu; cuda) | mean test loss (cpu / cuda) | check |")
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for n, (name, overrides) in enumerate(cases.items()):
+        try:
+            rows = []
+            for i, device in enumerate(devices):
+                with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+                    cfg = compose("train", overrides=[*overrides, *FIXED, "trainer.ensemble=4", f"trainer.max_steps={steps}",
+                                                      "trainer.batch_size=64", "trainer.plots=false", "logger.tensorboard=false", f"trainer.device={device}"])
+                summary = run_ensemble(cfg, tmp / f"ensemble-{n}-{i}")
+                if summary["status"] != "completed":
+                    raise RuntimeError(summary["error"])
+                rows.append((summary["wall_time_s"], summary["nfe_forward"], summary["metrics"]["test/loss"]))
+        except Exception as exc:
+            ok = False
+            print(f"| {name} | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            continue
+        cpu, cuda = rows
+        same = cpu[1] == cuda[1] == 40 and abs(cpu[2] - cuda[2]) <= 1e-3 * max(1.0, abs(cpu[2]))
+        ok &= same
+        print(f"| {name} | {cpu[0]:.1f} | {cuda[0]:.1f} | {cpu[1]:g}; {cuda[1]:g} | {cpu[2]:.5f} / {cuda[2]:.5f} | {'ok' if same else 'MISMATCH'} |")
+    return ok
+
+
 def check_cuda_graph(steps: int, tmp: Path, device: str = "cuda", backend_factory=None) -> bool:
     print()
     print(f"trainer.cuda_graph: {steps} steps from the same weights on one batch, eager vs captured once and replayed")
@@ -182,6 +218,7 @@ def main() -> int:
             print(f"| {name} | {cpu[0]:.2f} | – | {cpu[1]}/{cpu[2]} | {cpu[3]:.5f} / – | {'ok' if cpu[1] == 40 else 'NFE != 40'} |")
     if "cuda" in devices:
         ok &= check_adaptive(args.steps, tmp)
+        ok &= check_ensemble(args.steps, tmp)
         ok &= check_cuda_graph(max(30, args.steps), tmp)
     return 0 if ok else 1
 
