@@ -72,9 +72,9 @@ def main() -> None:
     K = args.members
     cfg, members = build(args.overrides, K)
     settings = members[0].pipe.model.settings
-    probe = EnsembleNeuralODE([m.pipe.model for m in members[:2]])
-    both = probe._batched_field is not None and not args.no_vmap
-    path = "batched MLP field" if probe._batched_field is not None else "vmap (no batched form of this field)"
+    has_batched = EnsembleNeuralODE([m.pipe.model for m in members[:2]]).has_batched_field
+    both = has_batched and not args.no_vmap
+    path = "batched MLP field" if has_batched else "vmap (no batched form of this field)"
     print(f"# {cfg.model.name}, {count_parameters(members[0].pipe.model)} params, {cfg.data.name}, {settings.describe()}, "
           f"K={K}, ensemble: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     extra = " ensemble, vmap only: wall ms (min-max) | speed-up vmap only (wall) |" if both else ""

@@ -74,6 +74,12 @@ def time_steps(overrides: list[str], device: str, steps: int, tmp: Path, solver:
     return statistics.median(times), nfe_f, nfe_b, value
 
 
+def _failure(exc: Exception) -> str:
+    """``Type: first line of the message``, for a FAILED row."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -120,7 +126,7 @@ def check_adaptive(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
                 rows.append(time_steps(overrides, device, steps, tmp, solver=[]))
         except Exception as exc:
             ok = False
-            print(f"| {name} | – | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            print(f"| {name} | – | – | – | – | – | FAILED: {_failure(exc)} |")
             continue
         cpu, cuda = rows
         same = abs(cpu[1] - cuda[1]) <= 6 and abs(cpu[2] - cuda[2]) <= 6 and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3]))
@@ -149,7 +155,7 @@ def check_ensemble(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
                 rows.append((summary["wall_time_s"], summary["nfe_forward"], summary["metrics"]["test/loss"]))
         except Exception as exc:
             ok = False
-            print(f"| {name} | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            print(f"| {name} | – | – | – | – | FAILED: {_failure(exc)} |")
             continue
         cpu, cuda = rows
         same = cpu[1] == cuda[1] == 40 and abs(cpu[2] - cuda[2]) <= 1e-3 * max(1.0, abs(cpu[2]))
@@ -170,7 +176,7 @@ def check_cuda_graph(steps: int, tmp: Path, device: str = "cuda", backend_factor
             graph_ms, graph_losses, nfe_g = graph_run(overrides, True, steps, tmp, device, backend_factory() if backend_factory else None)
         except Exception as exc:  # report and carry on: the rest of the table still matters
             ok = False
-            print(f"| {name} | – | – | – | – | – | – | FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            print(f"| {name} | – | – | – | – | – | – | FAILED: {_failure(exc)} |")
             continue
         diff = max(abs(a - b) for a, b in zip(eager_losses, graph_losses))
         same = nfe == nfe_g and diff <= 1e-4 * max(1.0, abs(eager_losses[0]))
@@ -205,7 +211,7 @@ def main() -> int:
                 rows[device] = time_steps(overrides, device, args.steps, tmp)
         except Exception as exc:  # report and carry on: a one-shot check should show every row
             ok = False
-            print(f"| {name} | FAILED on {device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} |")
+            print(f"| {name} | FAILED on {device}: {_failure(exc)} |")
             continue
         cpu = rows["cpu"]
         if "cuda" in rows:

@@ -149,6 +149,11 @@ class EnsembleNeuralODE(nn.Module):
 
     # -- state access -------------------------------------------------------------------
     @property
+    def has_batched_field(self) -> bool:
+        """Whether the field has a batched-matmul form (else every evaluation goes through vmap)."""
+        return self._batched_field is not None
+
+    @property
     def template(self) -> NeuralODE:
         return self._template[0]
 
