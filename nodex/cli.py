@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nodex.sweeps import quiet_schema_warning
+from nodex.config import CONFIG_DIR
+from nodex.sweeps import quiet_schema_warning, take_outcome
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
 
 commands:
@@ -35,7 +35,6 @@ commands:
 `nodex train --cfg job` prints the composed config."""
 
 log = logging.getLogger("nodex")
-_failures: list[str] = []
 quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
 
 
@@ -64,7 +63,6 @@ def train(cfg: DictConfig) -> float | None:
         result = run_train(cfg, run_dir, progress=_progress(cfg))
     except NodexError as exc:
         log.error("%s", exc)
-        _failures.append(f"{run_dir}: {exc}")
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None  # the sweep goes on; result.json says why
         raise SystemExit(_exit_with(str(exc)))
@@ -110,7 +108,7 @@ def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
 
 COMMANDS = {"train": (train, "train"), "eval": (evaluate, "eval")}
 # Non-Hydra commands: "module:function" taking argv and returning the exit code (argparse inside).
-PLAIN_COMMANDS = {"list": "nodex.experiments:list_main", "report": "nodex.report:report_main", "reproduce": "nodex.reproduce:reproduce_main"}
+PLAIN_COMMANDS = {"list": "nodex.paper.experiments:list_main", "report": "nodex.paper.report:report_main", "reproduce": "nodex.paper.reproduce:reproduce_main"}
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}
 
 
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             _report(str(exc))
             return 2
-    _failures.clear()
+    take_outcome()  # drop a stale one (an earlier in-process call)
     saved = sys.argv
     sys.argv = [saved[0] if saved else "nodex", *rest]
     try:
@@ -234,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         sys.argv = saved
-    if _failures:
-        _report(f"{len(_failures)} job(s) failed; see result.json in: " + "; ".join(f.split(':', 1)[0] for f in _failures))
+    outcome = take_outcome()
+    if outcome is not None and outcome.failed:
+        _report(f"{len(outcome.failed)} job(s) failed; see result.json in: " + "; ".join(str(d) for d, _ in outcome.failed))
         return 1
     return 0
 

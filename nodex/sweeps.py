@@ -4,9 +4,9 @@
   installed into one line naming the extra to install, before Hydra composes anything.
 - :class:`SweepSummary` is a Hydra callback (``configs/common/hydra.yaml``): at the end of a
   multirun it reads every job's ``result.json`` in the sweep dir, prints one line with the
-  counts, and hands the failed jobs to the CLI so that ``nodex train --multirun`` exits 1 with
-  the same message whichever launcher ran the jobs (a job in a joblib/Ray/Slurm worker cannot
-  report back any other way). Failed jobs never stop the sweep; their ``result.json`` says why.
+  counts, and leaves a :class:`SweepOutcome` (read from those files) that the CLI turns into
+  exit 1 with the same message whichever launcher ran the jobs (a job in a joblib/Ray/Slurm
+  worker cannot report back any other way). Failed jobs never stop the sweep; their ``result.json`` says why.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -76,20 +77,38 @@ def sweep_results(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
+@dataclass
+class SweepOutcome:
+    """What one multirun left on disk: its dir and the job dirs whose ``result.json`` did not
+    say ``completed`` (with the reason)."""
+
+    sweep_dir: Path
+    jobs: int
+    failed: list[tuple[Path, str]]
+
+    def line(self) -> str:
+        return f"nodex: sweep finished: {self.jobs - len(self.failed)}/{self.jobs} jobs completed in {self.sweep_dir} (table: nodex report {self.sweep_dir})"
+
+
+_outcomes: list[SweepOutcome] = []
+
+
+def take_outcome() -> SweepOutcome | None:
+    """The outcome of the multirun that ended last in this process (once), else ``None``."""
+    return _outcomes.pop() if _outcomes else None
+
+
 class SweepSummary(Callback):
-    """Hydra callback: one summary line per multirun and consistent failure reporting."""
+    """Hydra callback: at the end of a multirun, read the jobs' ``result.json`` files, print
+    one summary line and leave the :class:`SweepOutcome` for the CLI's exit code."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         results = sweep_results(sweep_dir)
         if not results:
             return
-        failed = [(d, r) for d, r in results if r.get("status") != "completed"]
-        print(f"nodex: sweep finished: {len(results) - len(failed)}/{len(results)} jobs completed in {sweep_dir}"
-              f" (table: nodex report {sweep_dir})", flush=True)
-        from nodex import cli
-
-        known = {Path(entry.split(": ", 1)[0]).resolve() for entry in cli._failures}
-        for job_dir, result in failed:
-            if job_dir.resolve() not in known:
-                cli._failures.append(f"{job_dir}: {result.get('error') or result.get('status')}")
+        failed = [(d, str(r.get("error") or r.get("status"))) for d, r in results if r.get("status") != "completed"]
+        outcome = SweepOutcome(sweep_dir, len(results), failed)
+        print(outcome.line(), flush=True)
+        _outcomes.clear()
+        _outcomes.append(outcome)

@@ -6,12 +6,12 @@
     python scripts/reproduce.py --budget full data.root=/data # GPU: the paper's budgets incl. the image table
     python scripts/reproduce.py --budget smoke --only 'reflection_*' --report /tmp/R.md
 
-Same as `nodex reproduce ...`; the logic lives in nodex/reproduce.py (budgets: BUDGETS there).
+Same as `nodex reproduce ...`; the logic lives in nodex/paper/reproduce.py (budgets: BUDGETS there).
 """
 
 import sys
 
-from nodex.reproduce import reproduce_main
+from nodex.paper.reproduce import reproduce_main
 
 if __name__ == "__main__":
     sys.exit(reproduce_main(sys.argv[1:]))

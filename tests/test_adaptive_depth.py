@@ -166,7 +166,7 @@ def test_adaptive_depth_plots_the_horizon_and_error_coloured_trajectories(compos
     from nodex.data import build_data
     from nodex.models import DataSpec, build_model
     from nodex.train.logs import RunLogger
-    from nodex.viz_flows import flow_diagnostics
+    from nodex.viz.flows import flow_diagnostics
 
     cfg = compose_cfg(["experiment=reflection_adaptive_depth", "data.n_test=50"])
     data = build_data(cfg.data, 0)

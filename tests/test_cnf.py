@@ -254,7 +254,7 @@ def test_cnf_training_lowers_the_test_nll(train_run):
 
 def test_cnf_plots_one_figure_per_condition(compose_cfg, tmp_path):
     from nodex.train.logs import RunLogger
-    from nodex.viz_flows import flow_diagnostics
+    from nodex.viz.flows import flow_diagnostics
 
     cfg = compose_cfg(["model=cnf_data_control", "task=density", "data=two_targets", "data.n_test=200", "data.n_train=8", "data.n_val=8"])
     data = build_data(cfg.data, 0)

@@ -13,7 +13,7 @@ from torchdiffeq import odeint
 from nodex.errors import ConfigError, SolverError
 from nodex.ode import NFECounter, SolverSettings, odesolve
 from nodex.ode import solve as solve_module
-from nodex.ode.dopri5 import _initial_step, dopri5
+from nodex.ode.lean.dopri5 import _initial_step, dopri5
 
 
 class DepthVaryingMLP(nn.Module):

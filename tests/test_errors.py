@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from nodex.train import tasks
+from nodex.train.tasks import supervised as tasks
 from nodex.train.checkpoint import load_checkpoint
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
+from fakes import write_fake_cifar10, write_fake_mnist
 from nodex.cli import CONFIG_DIR
 from nodex.train.run import run_train
 
@@ -32,9 +33,7 @@ def shrink(cfg, tmp_path: Path) -> None:
             if isinstance(d.get(key), int) and d.get(key) > n:
                 d[key] = n
         if d.name in ("mnist", "cifar10"):
-            from nodex.data import images
-
-            writer = images.write_fake_mnist if d.name == "mnist" else images.write_fake_cifar10
+            writer = write_fake_mnist if d.name == "mnist" else write_fake_cifar10
             writer(tmp_path / "data")
             d.root = str(tmp_path / "data")
         for key in ("n_train", "n_val", "n_test"):

@@ -10,7 +10,7 @@ from torchdiffeq import odeint
 
 from nodex.ode import NFECounter, SolverSettings, odesolve
 from nodex.ode import solve as solve_module
-from nodex.ode.fixed_grid import fixed_grid
+from nodex.ode.lean.fixed_grid import fixed_grid
 
 
 class ConcatField(nn.Module):

@@ -11,7 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from nodex.data import build_data, images
-from nodex.data.images import balanced_order, read_cifar_batch, read_idx, write_fake_cifar10, write_fake_mnist
+from fakes import write_fake_cifar10, write_fake_mnist
+from nodex.data.images import balanced_order, read_cifar_batch, read_idx
 from nodex.errors import ConfigError
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]

@@ -18,7 +18,7 @@ from nodex.models.build import INTEGRAL_LOSSES
 from nodex.models.fields import MLPField
 from nodex.models.integral import CircleReference, TrackingLoss
 from nodex.ode import SolverSettings
-from nodex.train.tracking import Tracking
+from nodex.train.tasks.tracking import Tracking
 
 TIGHT = SolverSettings(method="dopri5", rtol=1e-10, atol=1e-10)
 

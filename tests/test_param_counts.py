@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nodex.data.images import write_fake_cifar10, write_fake_mnist
+from fakes import write_fake_cifar10, write_fake_mnist
 from nodex.models import DataSpec, build_model, count_parameters
 from nodex.ode import SolverSettings
 

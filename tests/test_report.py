@@ -13,9 +13,9 @@ import pytest
 import yaml
 from conftest import FAST
 
-from nodex.experiments import EXPERIMENT_DIR, describe, discover
-from nodex.paper_values import CLAIMS, PAPER_VALUES, Check
-from nodex.report import find_runs, render
+from nodex.paper.experiments import EXPERIMENT_DIR, describe, discover
+from nodex.paper.claims import CLAIMS, PAPER_VALUES, Check
+from nodex.paper.report import find_runs, render
 
 
 def fake_run(root: Path, name: str, *, model="vanilla", data="rings", seed=0, acc=None, status="completed",

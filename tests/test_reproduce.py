@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from nodex.experiments import discover
-from nodex.reproduce import BUDGETS, applicable, plan, reproduce_main
+from nodex.paper.experiments import discover
+from nodex.paper.reproduce import BUDGETS, applicable, plan, reproduce_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

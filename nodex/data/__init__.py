@@ -7,50 +7,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Iterator
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nodex.data.bundle import LOADERS, DataBundle, Split, iterate_batches
 from nodex.data.toy import GENERATORS
 from nodex.errors import ConfigError
-from nodex.registry import Registry
-
-Split = tuple[torch.Tensor, torch.Tensor]
-LOADERS: Registry[Callable[[DictConfig, int], "DataBundle"]] = Registry("data.name")
 
 # Offsets that give each split its own random stream from one seed.
 _SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "fresh": 3}
-
-
-@dataclass
-class DataBundle:
-    """Train/val/test tensors and what a model needs to fit them.
-
-    Attributes:
-        train, val, test: ``(X, y)``; ``X``: ``(N, *input_shape)``.
-        input_shape: shape of one input.
-        n_classes: number of classes (classification), else ``None``.
-        target_dim: regression target width (``None`` for classification).
-        sampler: draws a fresh training batch of a given size (generated data), or ``None``.
-    """
-
-    train: Split
-    val: Split
-    test: Split
-    input_shape: tuple[int, ...]
-    n_classes: int | None
-    target_dim: int | None = None
-    sampler: Callable[[int], Split] | None = None
-
-    def to(self, device: torch.device) -> "DataBundle":
-        move = lambda split: (split[0].to(device), split[1].to(device))  # noqa: E731
-        sampler = self.sampler
-        if sampler is not None:
-            base = sampler
-            sampler = lambda n: move(base(n))  # noqa: E731
-        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test), sampler=sampler)
 
 
 def _generator(seed: int, split: str) -> torch.Generator:
@@ -107,22 +72,7 @@ def _generated(cfg: DictConfig, seed: int) -> DataBundle:
     )
 
 
-def iterate_batches(split: Split, batch_size: int | None, gen: torch.Generator) -> Iterator[Split]:
-    """Shuffled mini-batches of one epoch (the whole split when ``batch_size`` is ``None``).
-    Indexing happens on the split's device; ``gen`` is a CPU generator."""
-    X, y = split
-    n = X.shape[0]
-    if batch_size is None or batch_size >= n:
-        yield X, y
-        return
-    order = torch.randperm(n, generator=gen).to(X.device)
-    for start in range(0, n - batch_size + 1, batch_size):
-        idx = order[start : start + batch_size]
-        yield X[idx], y[idx]
+# Each module registers its datasets beside its builders: generators in GENERATORS, loaders in LOADERS.
+from nodex.data import circle_tracking, densities, images, reflection  # noqa: E402,F401
 
-
-from nodex.data import densities, reflection  # noqa: E402,F401  (register density and reflection generators)
-from nodex.data import tracking  # noqa: E402,F401  (registers the circle_tracking generator)
-
-
-from nodex.data import images  # noqa: E402,F401  (registers the image loaders: digits, mnist5k, mnist, cifar10)
+__all__ = ["LOADERS", "DataBundle", "Split", "build_data", "iterate_batches"]

@@ -18,10 +18,10 @@ from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.errors import ConfigError, SolverError
-from nodex.ode.adjoint import dopri5_adjoint
-from nodex.ode.dopri5 import dopri5, max_rms_norm
-from nodex.ode.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
-from nodex.ode.tuples import FlatDynamics, flatten_state, unflatten_solution
+from nodex.ode.lean.adjoint import dopri5_adjoint
+from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
+from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
+from nodex.ode.lean.tuples import FlatDynamics, flatten_state, unflatten_solution
 
 FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
 SENSITIVITIES = ("autograd", "adjoint")
@@ -187,14 +187,14 @@ def odesolve(
 
 
 def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:
-    """nodex's own dopri5 (:mod:`nodex.ode.dopri5`, :mod:`nodex.ode.adjoint`) covers the common
+    """nodex's own dopri5 (:mod:`nodex.ode.lean.dopri5`, :mod:`nodex.ode.lean.adjoint`) covers the common
     training solve: dopri5 of a tensor (or tuple-of-tensors) state over increasing constant
     depths, either sensitivity, with or without ``jump_t``."""
     return settings.engine == "auto" and settings.method == "dopri5" and _plain_solve(settings, z0, s)
 
 
 def _lean_fixed_applies(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
-    """nodex's own euler / midpoint / rk4 (:mod:`nodex.ode.fixed_grid`) under backprop, on the
+    """nodex's own euler / midpoint / rk4 (:mod:`nodex.ode.lean.fixed_grid`) under backprop, on the
     same kind of solve (the adjoint of a fixed-step method stays torchdiffeq's)."""
     return (
         settings.engine == "auto"

@@ -23,7 +23,7 @@ from nodex.data import DataBundle, build_data
 from nodex.errors import CheckpointError, ConfigError, NodexError
 from nodex.models import DataSpec, build_model, count_parameters
 from nodex.ode import SolverSettings
-from nodex.ode.fixed_grid import LEAN_FIXED_METHODS
+from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
 from nodex.train.loop import LoopState, Trainer, evaluate

@@ -60,9 +60,9 @@ def diagnostics(model, data, task, logger, step: int) -> None:
         logger.figure("plots/decision_map", decision_map(model, task, X, y), step)
     if X.dim() == 2 and getattr(task, "n_classes", None):
         logger.figure("plots/depth_trajectories", depth_trajectories(model, X, y.float()), step)
-    from nodex.viz_depth import depth_diagnostics  # θ(s) of depth-variant fields, tracking plots
+    from nodex.viz.depth import depth_diagnostics  # θ(s) of depth-variant fields, tracking plots
 
     depth_diagnostics(model, data, task, logger, step)
-    from nodex.viz_flows import flow_diagnostics  # horizons, 1-D regression, vector fields, CNF densities
+    from nodex.viz.flows import flow_diagnostics  # horizons, 1-D regression, vector fields, CNF densities
 
     flow_diagnostics(model, data, task, logger, step)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from nodex.data import DataBundle
 from nodex.models import ModelOutput
-from nodex.train.tasks import TASKS, Task
+from nodex.train.tasks.base import TASKS, Task
 
 
 @TASKS.register("density")

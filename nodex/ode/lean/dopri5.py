@@ -11,8 +11,8 @@ and autograd through the error estimate and the initial step size (here under ``
 gradient is that of the solution at the chosen steps, as for every fixed-step method).
 
 Used by :func:`nodex.ode.odesolve` for ``method=dopri5`` with a tensor state (tuples are
-flattened by :mod:`nodex.ode.tuples`), increasing depths and no extra torchdiffeq options,
-under backprop or the adjoint (:mod:`nodex.ode.adjoint`), with or without ``jump_t``
+flattened by :mod:`nodex.ode.lean.tuples`), increasing depths and no extra torchdiffeq options,
+under backprop or the adjoint (:mod:`nodex.ode.lean.adjoint`), with or without ``jump_t``
 (``solver.engine=torchdiffeq`` turns it off). Failures raise ``AssertionError`` with
 torchdiffeq's wording so both engines report through the same :class:`SolverError`.
 """

@@ -3,7 +3,7 @@ write ``REPRODUCTION.md`` (each claim of ``shared/paper.md`` §3: the paper's va
 pass/fail against a stated tolerance).
 
 The experiments are discovered from ``configs/experiment/`` (every file whose description names
-the paper); the claims and the extra variant runs come from :mod:`nodex.paper_values`; the
+the paper); the claims and the extra variant runs come from :mod:`nodex.paper.claims`; the
 budgets are the :data:`BUDGETS` table below, the one place that says how much each experiment
 is trained under ``smoke``, ``cpu`` and ``full``. Each experiment runs as one
 ``nodex train --multirun experiment=NAME seed=...`` subprocess (``--jobs N`` of them at once),
@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nodex.experiments import Experiment, discover
-from nodex.paper_values import CLAIMS, VARIANTS, Check, paper_value
-from nodex.report import Group, Run, fmt, find_runs
+from nodex.config import compose
+from nodex.paper.claims import CLAIMS, VARIANTS, Check, paper_value
+from nodex.paper.experiments import Experiment, discover
+from nodex.paper.report import Group, Run, fmt, find_runs
 
 # ----------------------------------------------------------------------------------------------
 # Budgets: the one place that sets how much each experiment is trained.
@@ -112,17 +113,7 @@ class Job:
 
 
 def _compose(experiment: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from nodex.cli import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="train"):
-            return compose(config_name="train", overrides=[f"experiment={experiment}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose([f"experiment={experiment}", *overrides])
 
 
 _MISSING = object()
@@ -334,7 +325,7 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         "",
         f"Made with `{cmd}` on {_dt.date.today().isoformat()} ({host}; {versions})"
         + (f" in {wall_s / 60:.1f} min." if wall_s is not None else "."),
-        "Claims: `shared/paper.md` §3, registry `nodex/paper_values.py`; budgets: `nodex/reproduce.py` (`BUDGETS`).",
+        "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
         "",
         f"**{tally['PASS']} checks pass, {tally['FAIL']} fail, {tally['not run']} not run** (a claim's experiment "
         "may not exist yet or may be outside this budget).",

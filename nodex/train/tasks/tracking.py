@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
 from nodex.models.integral import build_reference, tracked_coords
-from nodex.train.tasks import TASKS, Task
+from nodex.train.tasks.base import TASKS, Task
 
 
 @TASKS.register("tracking")

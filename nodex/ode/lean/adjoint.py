@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from nodex.ode.dopri5 import Field, dopri5, max_rms_norm
+from nodex.ode.lean.dopri5 import Field, dopri5, max_rms_norm
 
 
 class _DopriAdjoint(torch.autograd.Function):
@@ -83,7 +83,7 @@ def dopri5_adjoint(
     jump_t: list[float] | None = None,
     state_bounds: list[int] | None = None,
 ) -> torch.Tensor:
-    """Integrate with :func:`nodex.ode.dopri5.dopri5`; gradients by the adjoint method.
+    """Integrate with :func:`nodex.ode.lean.dopri5.dopri5`; gradients by the adjoint method.
 
     Args:
         func: ``f(s, z)``; evaluated once per stage forward and once (with a VJP) per stage

@@ -1,9 +1,4 @@
-"""Tasks: how a model's output is scored (the ``task`` config group).
-
-A task turns a :class:`~nodex.models.ModelOutput` and targets into the training loss and
-metrics. Tasks are registered in :data:`TASKS` under ``task.kind`` with the signature
-``Task(cfg, data)``. Metrics are returned as 0-d tensors (no host sync); callers convert.
-"""
+"""Supervised tasks: classification (cross-entropy or the paper's MSE readout) and regression."""
 
 from __future__ import annotations
 
@@ -14,51 +9,7 @@ from torch.nn import functional as F
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
 from nodex.models import ModelOutput
-from nodex.registry import Registry
-
-TASKS: Registry[type["Task"]] = Registry("task.kind")
-
-
-class Task:
-    """Base task: ``loss = terminal_weight · L(ŷ, y) + ∫ l ds`` (integral term when the model has one).
-
-    Attributes:
-        n_outputs: readout width the model must produce.
-        monitor: metric name that selects the best checkpoint; ``monitor_mode``: ``max``/``min``.
-    """
-
-    n_outputs: int
-    monitor: str = "loss"
-    monitor_mode: str = "min"
-
-    def __init__(self, cfg: DictConfig, data: DataBundle) -> None:
-        self.cfg = cfg
-        self.terminal_weight = float(cfg.get("terminal_weight", 1.0))
-
-    def terminal_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def loss(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss (0-d) and its parts ``loss_terminal`` / ``loss_integral``."""
-        parts = {}
-        total = None
-        if self.terminal_weight != 0.0:
-            parts["loss_terminal"] = self.terminal_loss(out.y_hat, y)
-            total = self.terminal_weight * parts["loss_terminal"]
-        if out.loss_integral is not None:
-            parts["loss_integral"] = out.loss_integral
-            total = out.loss_integral if total is None else total + out.loss_integral
-        if total is None:
-            raise ConfigError("task.terminal_weight=0 and the model has no integral loss: nothing to train; set model.integral_loss or task.terminal_weight")
-        return total, parts
-
-    def metrics(self, out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
-
-    def model_metrics(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Evaluation-only metrics that need the model itself (e.g. re-integrating past the
-        training horizon); called by ``evaluate`` under ``no_grad``. Default: none."""
-        return {}
+from nodex.train.tasks.base import TASKS, Task
 
 
 @TASKS.register("classification")
@@ -111,11 +62,3 @@ class Regression(Task):
 
     def metrics(self, out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mse": F.mse_loss(out.y_hat, y.reshape(out.y_hat.shape))}
-
-
-def build_task(cfg: DictConfig, data: DataBundle) -> Task:
-    return TASKS.get(cfg.kind)(cfg, data)
-
-
-from nodex.train import density  # noqa: E402,F401  (registers task.kind=density)
-from nodex.train import tracking  # noqa: E402,F401  (registers task.kind=tracking)

@@ -3,7 +3,7 @@
 Runs are grouped by chosen config keys (``--by model,data``; ``auto`` = the experiment, model,
 data and every swept override), metrics are averaged over the runs of a group (seeds) as
 mean ± sample std, and failed or interrupted runs are counted and listed, never averaged.
-Where the paper reports a number for the group's experiment (:mod:`nodex.paper_values`) it
+Where the paper reports a number for the group's experiment (:mod:`nodex.paper.claims`) it
 is printed beside ours.
 
 Group keys: ``experiment`` (the run's ``experiment_name``, else the experiment Hydra chose);
@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from nodex.paper_values import PaperValue, paper_value
+from nodex.paper.claims import PaperValue, paper_value
 
 TOP_LEVEL_METRICS = ("nfe_forward", "nfe_backward", "params", "wall_time_s", "steps")
 DEFAULT_TAIL = ("nfe_forward", "nfe_backward", "params", "wall_time_s")

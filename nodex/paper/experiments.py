@@ -13,7 +13,9 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-EXPERIMENT_DIR = Path(__file__).parent / "configs" / "experiment"
+from nodex.config import CONFIG_DIR
+
+EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 
 
 @dataclass(frozen=True)

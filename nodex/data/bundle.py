@@ -1,0 +1,59 @@
+"""What a dataset is once built: :class:`DataBundle` (splits on a device), the loader
+registry for file-backed datasets, and the mini-batch iterator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
+
+import torch
+from omegaconf import DictConfig
+
+from nodex.registry import Registry
+
+Split = tuple[torch.Tensor, torch.Tensor]
+LOADERS: Registry[Callable[[DictConfig, int], "DataBundle"]] = Registry("data.name")
+
+@dataclass
+class DataBundle:
+    """Train/val/test tensors and what a model needs to fit them.
+
+    Attributes:
+        train, val, test: ``(X, y)``; ``X``: ``(N, *input_shape)``.
+        input_shape: shape of one input.
+        n_classes: number of classes (classification), else ``None``.
+        target_dim: regression target width (``None`` for classification).
+        sampler: draws a fresh training batch of a given size (generated data), or ``None``.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    n_classes: int | None
+    target_dim: int | None = None
+    sampler: Callable[[int], Split] | None = None
+
+    def to(self, device: torch.device) -> "DataBundle":
+        move = lambda split: (split[0].to(device), split[1].to(device))  # noqa: E731
+        sampler = self.sampler
+        if sampler is not None:
+            base = sampler
+            sampler = lambda n: move(base(n))  # noqa: E731
+        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test), sampler=sampler)
+
+
+
+
+def iterate_batches(split: Split, batch_size: int | None, gen: torch.Generator) -> Iterator[Split]:
+    """Shuffled mini-batches of one epoch (the whole split when ``batch_size`` is ``None``).
+    Indexing happens on the split's device; ``gen`` is a CPU generator."""
+    X, y = split
+    n = X.shape[0]
+    if batch_size is None or batch_size >= n:
+        yield X, y
+        return
+    order = torch.randperm(n, generator=gen).to(X.device)
+    for start in range(0, n - batch_size + 1, batch_size):
+        idx = order[start : start + batch_size]
+        yield X[idx], y[idx]
