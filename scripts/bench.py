@@ -42,7 +42,7 @@ from nodex.models.fields import MLPField  # noqa: E402
 from nodex.models.layers import DepthConcatLinear  # noqa: E402
 from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
-from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 
 class PlainField(nn.Module):

@@ -34,7 +34,7 @@ from nodex.models import count_parameters
 from nodex.models.ensemble import EnsembleNeuralODE
 from nodex.train.ensemble import EnsembleFit, Member
 from nodex.train.loop import Trainer
-from nodex.train.run import Pipeline, build_optimizer
+from nodex.train.setup import Pipeline, build_optimizer
 
 
 def build(overrides: list[str], K: int):

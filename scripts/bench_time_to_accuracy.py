@@ -40,7 +40,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from nodex.cli import CONFIG_DIR  # noqa: E402
 from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
-from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -31,7 +31,7 @@ from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
 from nodex.train.cuda_graph import GraphedStep  # noqa: E402
 from nodex.train.ensemble import run_ensemble  # noqa: E402
-from nodex.train.run import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
+from nodex.train.setup import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
 
 CASES = {
     "vanilla MLP (rings, batch 1024)": ["model=vanilla", "data=rings"],

@@ -50,7 +50,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from nodex.cli import CONFIG_DIR  # noqa: E402
 from nodex.models import ModelOutput  # noqa: E402
 from nodex.models.layers import DepthConcatLinear  # noqa: E402
-from nodex.train.run import Pipeline, build_optimizer  # noqa: E402
+from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 Gradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int, int]]
 

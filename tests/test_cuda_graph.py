@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from nodex.errors import ConfigError
 from nodex.ode import SolverSettings
 from nodex.train.cuda_graph import GraphedStep
-from nodex.train.run import Pipeline, set_tf32, validate_cuda_graph
+from nodex.train.setup import Pipeline, set_tf32, validate_cuda_graph
 
 
 class RecordingBackend:

@@ -14,7 +14,8 @@ from nodex.errors import ConfigError
 from nodex.models.ensemble import EnsembleNeuralODE, member_output
 from nodex.train.checkpoint import load_checkpoint
 from nodex.train.ensemble import clip_members, ensemble_size, member_optimizer_state
-from nodex.train.run import Pipeline, run_train
+from nodex.train.run import run_train
+from nodex.train.setup import Pipeline
 
 K = 3
 RK4 = ["solver=rk4", "trainer.device=cpu"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nodex.errors import ConfigError
-from nodex.train.run import Pipeline
+from nodex.train.setup import Pipeline
 from nodex.train.threads import choose_threads, flops_per_evaluation
 
 

@@ -51,9 +51,8 @@ from nodex.models import count_parameters
 from nodex.models.ensemble import EnsembleNeuralODE, member_output
 from nodex.train.loop import LoopState, StepStats, Trainer, evaluate, solver_failures
 from nodex.train.logs import RunLogger
-from nodex.train.run import (
-    Pipeline, _hparams, _metadata_markdown, _write_json, build_optimizer, select_device, validate_trainer, versions,
-)
+from nodex.train.run import _hparams, _metadata_markdown, _write_json
+from nodex.train.setup import Pipeline, build_optimizer, select_device, validate_trainer, versions
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,134 +17,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import nodex
-from nodex.data import DataBundle, build_data
 from nodex.errors import CheckpointError, ConfigError, NodexError
-from nodex.models import DataSpec, build_model, count_parameters
-from nodex.ode import SolverSettings
-from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS
+from nodex.models import count_parameters
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
 from nodex.train.loop import LoopState, Trainer, evaluate
-from nodex.train.tasks import Task, build_task
+from nodex.train.setup import Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-SCHEDULERS = ("none", "step", "cosine", "exponential")
-
-
-def versions() -> dict[str, str]:
-    import torchdiffeq
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__, "nodex": nodex.__version__}
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but CUDA is not available here: use trainer.device=auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-
-
-def set_tf32(enabled: bool) -> None:
-    """Let CUDA matmuls and cuDNN convolutions use TF32 (``trainer.tf32``; no effect on a CPU).
-
-    Off by default: TF32 rounds the operands of every float32 product to 10 mantissa bits (~1e-3
-    relative), above the tolerances an adaptive solver is asked for, so step sizes and NFE would
-    follow rounding noise and GPU numbers would drift from CPU ones. PyTorch's own default turns it
-    on for convolutions.
-    """
-    # The long-standing flags: torch 2.13's newer per-backend fp32_precision API cannot be mixed
-    # with them (its getters then raise), and these read back consistently through both.
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-
-
-def solver_settings(cfg: DictConfig) -> SolverSettings:
-    """Validated :class:`SolverSettings` from the ``solver`` group."""
-    known = set(SolverSettings.__dataclass_fields__)
-    values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in known}
-    return SolverSettings(**values)
-
-
-def validate_trainer(cfg: DictConfig) -> None:
-    if cfg.get("epochs") is None and int(cfg.max_steps) <= 0:
-        raise ConfigError(f"trainer.max_steps={cfg.max_steps} must be a positive integer")
-    if cfg.get("epochs") is not None and int(cfg.epochs) <= 0:
-        raise ConfigError(f"trainer.epochs={cfg.epochs} must be a positive integer or null")
-    if cfg.get("batch_size") is not None and int(cfg.batch_size) <= 0:
-        raise ConfigError(f"trainer.batch_size={cfg.batch_size} must be a positive integer or null (full batch)")
-    if cfg.optim.name not in OPTIMIZERS:
-        raise ConfigError(f"trainer.optim.name={cfg.optim.name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
-    if not float(cfg.optim.lr) > 0:
-        raise ConfigError(f"trainer.optim.lr={cfg.optim.lr} must be positive")
-    if cfg.scheduler.name not in SCHEDULERS:
-        raise ConfigError(f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}")
-
-
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
-    opt_cfg = cfg.optim
-    kwargs: dict[str, Any] = {"lr": float(opt_cfg.lr), "weight_decay": float(opt_cfg.get("weight_decay", 0.0))}
-    if opt_cfg.name in ("adam", "adamw") and opt_cfg.get("betas") is not None:
-        kwargs["betas"] = tuple(opt_cfg.betas)
-    if opt_cfg.name == "sgd":
-        kwargs["momentum"] = float(opt_cfg.get("momentum", 0.0))
-    if cfg.get("cuda_graph") and opt_cfg.name in ("adam", "adamw"):
-        kwargs["capturable"] = True  # its step count lives on the device: the update can be captured
-    optimizer = OPTIMIZERS[opt_cfg.name](model.parameters(), **kwargs)
-    sch = cfg.scheduler
-    if sch.name == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(sch.step_size), gamma=float(sch.gamma))
-    elif sch.name == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    elif sch.name == "exponential":
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(sch.gamma))
-    else:
-        scheduler = None
-    return optimizer, scheduler
-
-
-def validate_cuda_graph(cfg: DictConfig, settings: SolverSettings, device: torch.device) -> None:
-    """``trainer.cuda_graph=true`` needs a step with a fixed kernel sequence: nodex's fixed-grid
-    solver under backprop, a constant learning rate, one model, and a CUDA device."""
-    trainer = cfg.trainer
-    if not trainer.get("cuda_graph"):
-        return
-    if int(trainer.get("ensemble", 1)) != 1:
-        raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
-    if not (settings.method in LEAN_FIXED_METHODS and settings.sensitivity == "autograd" and settings.engine == "auto" and not settings.options):
-        raise ConfigError(
-            f"trainer.cuda_graph=true needs a fixed step count: solver.method=euler|midpoint|rk4 with solver.sensitivity=autograd, "
-            f"solver.engine=auto and no solver.options (got {settings.describe()}, {settings.sensitivity}, engine {settings.engine})"
-        )
-    if trainer.scheduler.name != "none":
-        raise ConfigError(f"trainer.cuda_graph=true bakes the learning rate into the graph: set trainer.scheduler.name=none (got {trainer.scheduler.name})")
-    if device.type != "cuda":
-        raise ConfigError(f"trainer.cuda_graph=true needs a CUDA device, this run is on {device}: drop it or use trainer.device=cuda")
-
-
-class Pipeline:
-    """Everything one config builds: device, data, task, model (on the device)."""
-
-    def __init__(self, cfg: DictConfig, device: torch.device | None = None) -> None:
-        self.cfg = cfg
-        self.device = device or select_device(cfg.trainer.get("device", "auto"))
-        set_tf32(bool(cfg.trainer.get("tf32", False)))
-        self.settings = solver_settings(cfg.solver)
-        seed = int(cfg.seed)
-        torch.manual_seed(seed)
-        self.data: DataBundle = build_data(cfg.data, seed, self.device)
-        self.task: Task = build_task(cfg.task, self.data)
-        spec = DataSpec(self.data.input_shape, self.task.n_outputs)
-        self.model = build_model(cfg.model, spec, self.settings).to(self.device)
-
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
