@@ -1,25 +1,23 @@
-"""``nodex`` console script: ``nodex train|eval [HYDRA OVERRIDES]``.
+"""``nodex`` console script: ``nodex train|eval [HYDRA OVERRIDES]``, ``nodex list|report|reproduce``.
 
-A thin dispatcher pops the sub-command and hands the rest of ``argv`` to one
-``@hydra.main`` function per command. Overrides are checked up front so that a typo in a
-group option or a key gives one line that says what to change (exit 2), instead of Hydra's
-multi-line report. torch is imported lazily: ``--help``/``--cfg`` stay fast.
+Thin by design: parse the command line once (Hydra's own argument parser), check group options and plugins
+without composing, let Hydra compose the config once and run (or sweep) the job, and turn every failure into
+one line on stderr with a non-zero exit. torch is imported lazily: ``--help``/``--cfg`` stay fast.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
 import sys
-from pathlib import Path
+from typing import Any, Callable
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nodex.config import CONFIG_DIR
-from nodex.sweeps import quiet_schema_warning, take_outcome
+from nodex.sweeps import missing_plugin, quiet_schema_warning, take_outcome
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
 
@@ -34,27 +32,39 @@ commands:
 `nodex train --help` lists the config groups and their options;
 `nodex train --cfg job` prints the composed config."""
 
+# Config groups a user picks from, in the order `nodex train --help` shows them.
+HELP_GROUPS = ("experiment", "model", "data", "solver", "task", "trainer", "logger", "hparams_search", "hydra/launcher")
+
 log = logging.getLogger("nodex")
 quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
 
 
 class UsageError(Exception):
-    """A command-line mistake caught before Hydra runs."""
+    """A command-line mistake caught before the job runs (exit 2)."""
 
 
 def _report(message: str) -> None:
     print(f"nodex: error: {message}", file=sys.stderr)
 
 
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _progress(cfg: DictConfig) -> bool:
     setting = cfg.trainer.get("progress", "auto")
     if setting == "auto":
-        return HydraConfig.get().mode != RunMode.MULTIRUN and sys.stderr.isatty()
+        return not _is_multirun() and sys.stderr.isatty()
     return bool(setting)
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def train(cfg: DictConfig) -> float | None:
+def train_job(cfg: DictConfig) -> float | None:
+    """The Hydra task of ``nodex train`` (module level: launchers pickle it by reference)."""
+    from hydra.core.hydra_config import HydraConfig
+
     from nodex.errors import NodexError
     from nodex.train.run import run_train
 
@@ -62,30 +72,62 @@ def train(cfg: DictConfig) -> float | None:
     try:
         result = run_train(cfg, run_dir, progress=_progress(cfg))
     except NodexError as exc:
-        log.error("%s", exc)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if _is_multirun():
+            log.error("%s", exc)
             return None  # the sweep goes on; result.json says why
-        raise SystemExit(_exit_with(str(exc)))
+        raise SystemExit(_exit_with(str(exc))) from None
     except KeyboardInterrupt:
         _report(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
+    except Exception as exc:  # not raised by nodex: one line here, the traceback in train.log
+        _log_traceback(run_dir)
+        if _is_multirun():
+            return None
+        raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
     monitor = cfg.get("monitor")
     return float(result["metrics"][monitor]) if monitor and monitor in result["metrics"] else None
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
-def evaluate(cfg: DictConfig) -> None:
+def eval_job(cfg: DictConfig) -> None:
+    """The Hydra task of ``nodex eval``: metrics of a checkpoint, printed and written to ``eval.json``."""
+    from hydra.core.hydra_config import HydraConfig
+
     from nodex.errors import NodexError
     from nodex.train.run import run_eval
 
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise SystemExit(_exit_with("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)"))
     hc = HydraConfig.get()
     overrides = _value_overrides(list(hc.overrides.task), cfg, skip={"ckpt", "split", "which", "device"})
     try:
         payload = run_eval(cfg, overrides, hc.runtime.output_dir)
     except NodexError as exc:
-        raise SystemExit(_exit_with(str(exc)))
+        raise SystemExit(_exit_with(str(exc))) from None
+    except Exception as exc:  # not raised by nodex: one line here, the traceback in eval.log
+        _log_traceback(hc.runtime.output_dir)
+        raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
+
+
+def _log_traceback(run_dir: str) -> None:
+    """The current exception's traceback into the job's log file, ``train.log`` / ``eval.log`` (and to stderr when
+    ``NODEX_DEBUG=1``)."""
+    import traceback
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    text = traceback.format_exc()
+    try:
+        with open(Path(run_dir) / f"{HydraConfig.get().job.name}.log", "a") as fh:
+            fh.write(text)
+    except OSError:
+        pass
+    if os.environ.get("NODEX_DEBUG") == "1":
+        print(text, file=sys.stderr)
 
 
 def _exit_with(message: str) -> int:
@@ -106,79 +148,162 @@ def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
     return out
 
 
-COMMANDS = {"train": (train, "train"), "eval": (evaluate, "eval")}
+COMMANDS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {"train": (train_job, "train"), "eval": (eval_job, "eval")}
 # Non-Hydra commands: "module:function" taking argv and returning the exit code (argparse inside).
-PLAIN_COMMANDS = {"list": "nodex.paper.experiments:list_main", "report": "nodex.paper.report:report_main", "reproduce": "nodex.paper.reproduce:reproduce_main"}
-_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}
+PLAIN_COMMANDS = {
+    "list": "nodex.paper.experiments:list_main",
+    "report": "nodex.paper.report:report_main",
+    "reproduce": "nodex.paper.reproduce:reproduce_main",
+}
 
 
-def check_overrides(config_name: str, args: list[str]) -> None:
-    """Compose the config once with the given overrides (sweeps: their first value) and turn
-    a failure into one :class:`UsageError` line naming the valid choices."""
-    from hydra import compose, initialize_config_dir
+def _args_parser() -> argparse.ArgumentParser:
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def _parse(rest: list[str]) -> argparse.Namespace:
+    parser = _args_parser()
+    try:
+        return parser.parse_args(rest)
+    except SystemExit:
+        raise UsageError("cannot parse the command line; write overrides as key=value (see nodex train --help)") from None
+
+
+def _hydra(task_name: str, config_dir: str | None):
+    """A Hydra instance over nodex's configs (plus ``--config-dir``, searched first)."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
+
+    version.setbase("1.3")
+    search_path = create_config_search_path(f"file://{CONFIG_DIR}")
+    if config_dir is not None:
+        if not os.path.isdir(config_dir):
+            raise UsageError(f"--config-dir {config_dir} is not a directory")
+        search_path.prepend("command-line", f"file://{os.path.abspath(config_dir)}")
+    GlobalHydra.instance().clear()
+    return Hydra.create_main_hydra2(task_name=task_name, config_search_path=search_path)
+
+
+def check_overrides(hydra: Any, overrides: list[str]) -> None:
+    """Group options (every value of a sweep too) and launcher/sweeper plugins, checked without composing.
+
+    Raises:
+        UsageError: an unparsable override, an unknown option (naming the valid ones), a missing plugin.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value") from None
+    groups = [o for o in parsed if "/" in o.key_or_group or o.key_or_group == "hparams_search"]
+    missing = missing_plugin([(o.key_or_group, str(o.value())) for o in groups if not o.is_sweep_override()])
+    if missing:
+        raise UsageError(missing)
+    loader = hydra.config_loader
+    for o in parsed:
+        group = o.key_or_group.lstrip("+~/")
+        if o.package or not _is_group(loader, group):
+            continue
+        if o.is_sweep_override() and not (o.is_discrete_sweep() or o.is_range_sweep()):
+            continue  # interval()/tag sweeps are for sweepers
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        options = loader.get_group_options(group)
+        for value in values:
+            if value not in options and value not in ("null", "None") and not o.is_delete():
+                raise UsageError(f"unknown {group} {value!r}; choose one of: {', '.join(options)}")
+
+
+def _is_group(loader: Any, group: str) -> bool:
+    parent, _, name = group.rpartition("/")
+    return name in loader.list_groups(parent)
+
+
+def one_line(exc: BaseException) -> str:
+    """A composition failure as one line that says what to change (no Hydra text scraping)."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        return f"unknown {group} {name!r}; choose one of: {', '.join(exc.options or [])}"
+    cause = exc.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        key = cause.full_key
+        return f"unknown config key {key!r}; check the spelling (`nodex train --cfg job` lists the keys) or add it with +{key}=..."
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def train_help(hydra: Any) -> str:
+    """``nodex train --help``: what the command does, its config groups with their options, and examples."""
+    loader = hydra.config_loader
+    rows = [f"{group}: {', '.join(loader.get_group_options(group))}" for group in HELP_GROUPS if _is_group(loader, group)]
+    return "\n".join([
+        "usage: nodex train [--multirun] [--cfg job|hydra|all] [KEY=VALUE ...]",
+        "",
+        "Train a model from the composed config; one run directory per job (result.json, metrics.jsonl,",
+        "TensorBoard events, checkpoints/, plots/). Choose a config group's option with GROUP=OPTION,",
+        "override any key with KEY=VALUE, sweep with --multirun and comma-separated values.",
+        "",
+        "== Config groups ==",
+        *rows,
+        "",
+        "examples:",
+        "  nodex train model=galnode data=rings seed=0",
+        "  nodex train experiment=annuli_vanilla trainer.max_steps=500",
+        "  nodex train --multirun model=vanilla,anode,ilnode,second_order seed=0,1,2",
+        "  nodex train --cfg job            # the composed config, without running",
+    ])
+
+
+def _run(cmd: str, args: argparse.Namespace) -> int:
+    """Dispatch one Hydra command; returns the exit code."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    lines, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg.startswith("-"):
-            skip = arg in _HYDRA_FLAGS_WITH_VALUE and "=" not in arg
-            if arg in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
-                return  # a user overlay changes the search path: let Hydra report
-            continue
-        lines.append(arg)
+    task, config_name = COMMANDS[cmd]
+    hydra = _hydra(cmd, args.config_dir)
+    config_name = args.config_name or config_name
+    overrides = list(args.overrides)
+    if args.help:
+        print(train_help(hydra) if cmd == "train" else USAGE)
+        return 0
+    if args.hydra_help:
+        hydra.hydra_help(config_name=config_name, args_parser=_args_parser(), args=args)
+        return 0
     try:
-        parsed = OverridesParser.create().parse_overrides(lines)
-    except HydraException as exc:
-        raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value") from None
-    from nodex.sweeps import missing_plugin
-
-    missing = missing_plugin([(o.key_or_group, str(o.value())) for o in parsed if not o.is_sweep_override() and "/" in o.key_or_group or o.key_or_group == "hparams_search"])
-    if missing:
-        raise UsageError(missing)
-    probe = []
-    for o in parsed:
-        hydra_group = o.key_or_group.lstrip("/") in ("hydra/launcher", "hydra/sweeper")  # checked: a typo gets the option list
-        if (o.key_or_group.startswith("hydra") or (o.package or "").startswith("hydra")) and not hydra_group:
-            continue
-        if o.is_sweep_override():
-            if not (o.is_discrete_sweep() or o.is_range_sweep()):
-                continue  # interval()/tag sweeps are for sweepers
-            first = next(iter(o.sweep_string_iterator()), None)
-            if first is None:
-                continue
-            probe.append(f"{o.get_key_element()}={first}")
+        if args.cfg:
+            hydra.show_cfg(config_name=config_name, overrides=overrides, cfg_type=args.cfg,
+                           package=args.package, resolve=args.resolve)
+        elif args.info:
+            hydra.show_info(args.info, config_name=config_name, overrides=overrides)
+        elif args.shell_completion:
+            hydra.shell_completion(config_name=config_name, overrides=overrides)
         else:
-            probe.append(o.input_line)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name=config_name):
-            compose(config_name=config_name, overrides=probe)
+            check_overrides(hydra, overrides)
+            take_outcome()  # drop a stale one (an earlier in-process call)
+            if args.multirun:
+                hydra.multirun(config_name, task, [*overrides, "hydra.mode=MULTIRUN"])
+            else:
+                hydra.run(config_name, task, [*overrides, "hydra.mode=RUN"])
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UsageError(_one_line(exc)) from None
-    finally:
-        GlobalHydra.instance().clear()
+        _report(one_line(exc))
+        return 2
+    return _sweep_exit_code()
 
 
-def _one_line(exc: Exception) -> str:
-    text = str(exc)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if "Could not find" in text and "Available options" in text:
-        # "In 'train': Could not find 'model/foo'" + option list
-        missing = text.split("Could not find '", 1)[1].split("'", 1)[0]
-        group, _, name = missing.rpartition("/")
-        after = text.split("Available options", 1)[1].split("\n", 1)[1]
-        options = [ln.strip() for ln in after.split("Config search path", 1)[0].splitlines() if ln.strip()]
-        return f"unknown {group} {name!r}; choose one of: {', '.join(options)}"
-    if "Could not override" in text or "Key '" in text and "not in struct" in text:
-        key = text.split("'", 2)[1] if "'" in text else "?"
-        return f"unknown config key {key!r}; check the spelling (`nodex train --cfg job` lists the keys) or add it with +{key}=..."
-    return lines[0] if lines else type(exc).__name__
+def _sweep_exit_code() -> int:
+    outcome = take_outcome()
+    if outcome is not None and outcome.failed:
+        _report(f"{len(outcome.failed)} job(s) failed; see result.json in: " + "; ".join(str(d) for d, _ in outcome.failed))
+        return 1
+    return 0
 
 
 def _completion(argv: list[str]) -> int:
@@ -191,9 +316,7 @@ def _completion(argv: list[str]) -> int:
     if cmd not in COMMANDS:
         return 0
     os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
-    sys.argv = [sys.argv[0], *argv]
-    COMMANDS[cmd][0]()
-    return 0
+    return _run(cmd, _parse(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,37 +329,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd in PLAIN_COMMANDS:
-        import importlib
-
         module, function = PLAIN_COMMANDS[cmd].split(":")
         return getattr(importlib.import_module(module), function)(rest)
     if cmd not in COMMANDS:
         _report(f"unknown command {cmd!r}; choose one of: {', '.join([*COMMANDS, *PLAIN_COMMANDS])}")
         return 2
-    task, config_name = COMMANDS[cmd]
     quiet_schema_warning()  # again: warning filters may have been reset since import (pytest does)
-    informational = any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "-sc", "--shell-completion") or a.startswith("--info") for a in rest)
-    if not informational:
-        try:
-            check_overrides(config_name, rest)
-        except UsageError as exc:
-            _report(str(exc))
-            return 2
-    take_outcome()  # drop a stale one (an earlier in-process call)
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "nodex", *rest]
     try:
-        task()
+        return _run(cmd, _parse(rest))
+    except UsageError as exc:
+        _report(str(exc))
+        return 2
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        sys.argv = saved
-    outcome = take_outcome()
-    if outcome is not None and outcome.failed:
-        _report(f"{len(outcome.failed)} job(s) failed; see result.json in: " + "; ".join(str(d) for d, _ in outcome.failed))
-        return 1
-    return 0
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
 
 
 if __name__ == "__main__":
