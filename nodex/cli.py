@@ -17,7 +17,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from nodex.config import CONFIG_DIR
-from nodex.sweeps import missing_plugin, quiet_schema_warning, take_outcome
+from nodex.sweeps import abandon, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
 
@@ -37,6 +37,7 @@ HELP_GROUPS = ("experiment", "model", "data", "solver", "task", "trainer", "logg
 
 log = logging.getLogger("nodex")
 quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
+register_resolvers()
 
 
 class UsageError(Exception):
@@ -81,6 +82,7 @@ def train_job(cfg: DictConfig) -> float | None:
         raise SystemExit(130) from None
     except Exception as exc:  # not raised by nodex: one line here, the traceback in train.log
         _log_traceback(run_dir)
+        _record_failure(run_dir, f"{type(exc).__name__}: {exc}".splitlines()[0])
         if _is_multirun():
             return None
         raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
@@ -110,6 +112,21 @@ def eval_job(cfg: DictConfig) -> None:
         raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
+
+
+def _record_failure(run_dir: str, error: str) -> None:
+    """A failure that came before the run could record itself still leaves a ``result.json`` (sweeps count them)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "result.json"
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"status": "failed", "error": error, "metrics": {}}, indent=2) + "\n")
+    except OSError:
+        pass
 
 
 def _log_traceback(run_dir: str) -> None:
@@ -289,13 +306,38 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
             check_overrides(hydra, overrides)
             take_outcome()  # drop a stale one (an earlier in-process call)
             if args.multirun:
-                hydra.multirun(config_name, task, [*overrides, "hydra.mode=MULTIRUN"])
+                return _multirun(hydra, config_name, task, overrides)
             else:
                 hydra.run(config_name, task, [*overrides, "hydra.mode=RUN"])
     except (HydraException, OmegaConfBaseException) as exc:
         _report(one_line(exc))
         return 2
     return _sweep_exit_code()
+
+
+def _multirun(hydra: Any, config_name: str, task: Callable[[DictConfig], Any], overrides: list[str]) -> int:
+    """Run the sweep; whatever stops it (a job's composition, a killed worker, the launcher), the summary line is
+    printed and the exit code says so."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        hydra.multirun(config_name, task, [*overrides, "hydra.mode=MULTIRUN"])
+    except (HydraException, OmegaConfBaseException) as exc:
+        reason, usage = one_line(exc), True
+    except Exception as exc:  # a launcher's own failure, e.g. submitit's UncompletedJobError for a killed worker
+        reason, usage = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}", False
+    else:
+        return _sweep_exit_code()
+    outcome = abandon(reason)
+    if usage and (outcome is None or outcome.jobs == 0):
+        _report(reason)  # the first job's config did not compose: a command-line mistake, nothing ran
+        return 2
+    _report(f"the sweep stopped: {reason}")
+    if outcome is not None and len(outcome.failed) > 1:
+        failed = "; ".join(str(d) for d, _ in outcome.failed[:-1])
+        _report(f"{len(outcome.failed) - 1} job(s) failed; see result.json in: {failed}")
+    return 1
 
 
 def _sweep_exit_code() -> int:

@@ -66,49 +66,108 @@ def missing_plugin(groups: list[tuple[str, str]]) -> Optional[str]:
     return None
 
 
-def sweep_results(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``(job dir, result.json payload)`` for every job under ``sweep_dir``."""
-    out = []
-    for path in sorted(Path(sweep_dir).rglob("result.json")):
+def result_files(sweep_dir: Path) -> dict[Path, int]:
+    """Every ``result.json`` under ``sweep_dir`` with its modification time (ns)."""
+    out = {}
+    for path in Path(sweep_dir).rglob("result.json"):
         try:
+            out[path] = path.stat().st_mtime_ns
+        except OSError:
+            continue
+    return out
+
+
+def sweep_results(sweep_dir: Path, before: dict[Path, int] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """``(job dir, result.json payload)`` for every job under ``sweep_dir`` whose ``result.json`` is not one of
+    ``before`` (as :func:`result_files` saw them when the sweep started): a sweep rerun into an old sweep dir counts
+    only its own jobs."""
+    before = before or {}
+    out = []
+    for path, mtime in sorted(result_files(sweep_dir).items()):
+        try:
+            if before.get(path) == mtime:
+                continue
             out.append((path.parent, json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError) as exc:
             out.append((path.parent, {"status": "unreadable", "error": str(exc)}))
     return out
 
 
+def dirname_safe(value: str) -> str:
+    """An override string fit for one folder name: ``/`` (which would nest or escape the sweep dir) becomes ``%2F``."""
+    return str(value).replace("%", "%25").replace("/", "%2F")
+
+
+def register_resolvers() -> None:
+    """``${nodex_dirname:...}`` for ``hydra.sweep.subdir`` (every process that resolves a job's config needs it)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("nodex_dirname"):
+        OmegaConf.register_new_resolver("nodex_dirname", dirname_safe)
+
+
 @dataclass
 class SweepOutcome:
-    """What one multirun left on disk: its dir and the job dirs whose ``result.json`` did not
-    say ``completed`` (with the reason)."""
+    """What one multirun left on disk: its dir, how many jobs wrote ``result.json``, and those that did not say
+    ``completed`` (with the reason)."""
 
     sweep_dir: Path
     jobs: int
     failed: list[tuple[Path, str]]
 
+    @classmethod
+    def read(cls, sweep_dir: Path, before: dict[Path, int]) -> "SweepOutcome":
+        results = sweep_results(sweep_dir, before)
+        failed = [(d, str(r.get("error") or r.get("status"))) for d, r in results if r.get("status") != "completed"]
+        return cls(sweep_dir, len(results), failed)
+
     def line(self) -> str:
-        return f"nodex: sweep finished: {self.jobs - len(self.failed)}/{self.jobs} jobs completed in {self.sweep_dir} (table: nodex report {self.sweep_dir})"
+        return (f"nodex: sweep finished: {self.jobs - len(self.failed)}/{self.jobs} jobs completed in {self.sweep_dir}"
+                f" (table: nodex report {self.sweep_dir})")
 
 
-_outcomes: list[SweepOutcome] = []
+@dataclass
+class _Sweep:
+    sweep_dir: Path
+    before: dict[Path, int]
+    outcome: SweepOutcome | None = None
+
+
+_current: list[_Sweep] = []  # the multirun of this process (the CLI runs one at a time)
 
 
 def take_outcome() -> SweepOutcome | None:
     """The outcome of the multirun that ended last in this process (once), else ``None``."""
-    return _outcomes.pop() if _outcomes else None
+    sweep = _current.pop() if _current else None
+    return sweep.outcome if sweep is not None else None
+
+
+def abandon(reason: str) -> SweepOutcome | None:
+    """The multirun in progress stopped in the launcher (``reason``): its outcome from the files written so far,
+    with the summary line printed; ``None`` when no multirun was in progress."""
+    sweep = _current.pop() if _current else None
+    if sweep is None:
+        return None
+    outcome = SweepOutcome.read(sweep.sweep_dir, sweep.before)
+    if outcome.jobs:
+        print(outcome.line(), flush=True)
+    outcome.failed.append((sweep.sweep_dir, reason))
+    return outcome
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, read the jobs' ``result.json`` files, print
-    one summary line and leave the :class:`SweepOutcome` for the CLI's exit code."""
+    """Hydra callback: at the end of a multirun, read the jobs' ``result.json`` files, print one summary line and
+    leave the :class:`SweepOutcome` for the CLI's exit code."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _current.clear()
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _current.append(_Sweep(sweep_dir, result_files(sweep_dir)))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        results = sweep_results(sweep_dir)
-        if not results:
+        if not _current:
             return
-        failed = [(d, str(r.get("error") or r.get("status"))) for d, r in results if r.get("status") != "completed"]
-        outcome = SweepOutcome(sweep_dir, len(results), failed)
-        print(outcome.line(), flush=True)
-        _outcomes.clear()
-        _outcomes.append(outcome)
+        sweep = _current[-1]
+        sweep.outcome = SweepOutcome.read(sweep.sweep_dir, sweep.before)
+        if sweep.outcome.jobs:
+            print(sweep.outcome.line(), flush=True)
