@@ -73,8 +73,8 @@ def train_job(cfg: DictConfig) -> float | None:
     try:
         result = run_train(cfg, run_dir, progress=_progress(cfg))
     except NodexError as exc:
+        _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
         if _is_multirun():
-            log.error("%s", exc)
             return None  # the sweep goes on; result.json says why
         raise SystemExit(_exit_with(str(exc))) from None
     except KeyboardInterrupt:
@@ -133,18 +133,24 @@ def _log_traceback(run_dir: str) -> None:
     """The current exception's traceback into the job's log file, ``train.log`` / ``eval.log`` (and to stderr when
     ``NODEX_DEBUG=1``)."""
     import traceback
+
+    text = traceback.format_exc()
+    _append_log(run_dir, text)
+    if os.environ.get("NODEX_DEBUG") == "1":
+        print(text, file=sys.stderr)
+
+
+def _append_log(run_dir: str, text: str) -> None:
+    """``text`` at the end of the job's log file (``train.log`` / ``eval.log``), not on the console."""
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
 
-    text = traceback.format_exc()
     try:
         with open(Path(run_dir) / f"{HydraConfig.get().job.name}.log", "a") as fh:
             fh.write(text)
     except OSError:
         pass
-    if os.environ.get("NODEX_DEBUG") == "1":
-        print(text, file=sys.stderr)
 
 
 def _exit_with(message: str) -> int:
@@ -372,7 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd in PLAIN_COMMANDS:
         module, function = PLAIN_COMMANDS[cmd].split(":")
-        return getattr(importlib.import_module(module), function)(rest)
+        try:
+            return getattr(importlib.import_module(module), function)(rest)
+        except BrokenPipeError:  # `nodex list | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if cmd not in COMMANDS:
         _report(f"unknown command {cmd!r}; choose one of: {', '.join([*COMMANDS, *PLAIN_COMMANDS])}")
         return 2
