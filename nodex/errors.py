@@ -19,3 +19,7 @@ class DivergenceError(NodexError):
 
 class CheckpointError(NodexError):
     """A checkpoint or run directory is missing, corrupt or not a nodex checkpoint."""
+
+
+class DataError(NodexError):
+    """A dataset file or the data itself is unusable (names the file and what is wrong with it)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nodex.data.images import CIFAR_DIR, CIFAR_TRAIN, N_CLASSES
+from nodex.data.image_files import N_CLASSES
+from nodex.data.images import CIFAR_DIR, CIFAR_TRAIN
 
 
 

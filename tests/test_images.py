@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import sys
 
 import numpy as np
@@ -12,8 +13,9 @@ from omegaconf import OmegaConf
 
 from nodex.data import build_data, images
 from fakes import write_fake_cifar10, write_fake_mnist
-from nodex.data.images import balanced_order, read_cifar_batch, read_idx
-from nodex.errors import ConfigError
+from nodex.data.image_files import read_cifar_batch, read_idx
+from nodex.data.images import balanced_order
+from nodex.errors import ConfigError, DataError
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2023, 0.1994, 0.2010]
@@ -143,10 +145,10 @@ def test_bad_idx_files_are_reported(tmp_path):
     folder = write_fake_mnist(tmp_path, n_train=10, n_test=10)
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-5])
-    with pytest.raises(ConfigError, match="truncated"):
+    with pytest.raises(DataError, match="holds 7835 values but its header declares 7840; download it again"):
         _data(name="mnist", root=str(tmp_path), n_val=0)
     path.write_bytes(b"\x00\x00\x0d\x01" + bytes(8))
-    with pytest.raises(ConfigError, match="not an idx file"):
+    with pytest.raises(DataError, match="not an idx file"):
         read_idx(path)
 
 
@@ -174,6 +176,83 @@ def test_cifar_reader_accepts_old_numpy_module_names_and_refuses_other_globals(t
         assert torch.equal(X, original[0]) and torch.equal(y, original[1])
     evil = folder / "evil"
     evil.write_bytes(pickle.dumps({"data": print}, protocol=2))
-    with pytest.raises(ConfigError, match=r"\.print is not allowed in a CIFAR-10 batch"):
+    with pytest.raises(DataError, match=r"\.print is not allowed in a CIFAR-10 batch"):
         read_cifar_batch(evil)
 
+
+
+def _rewrite_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("case, message", [
+    ("corrupt_gz", r"t10k-labels-idx1-ubyte.gz cannot be read"),
+    ("label_200", r"has labels in 0..200 \(need 0..9\)"),
+    ("count_mismatch", r"has 20 images but .*t10k-labels-idx1-ubyte.gz has \(7,\) labels"),
+    ("image_size", r"holds images of shape \(14, 14\) \(need \(28, 28\)\)"),
+])
+def test_broken_mnist_files_are_one_line_naming_the_file(tmp_path, case, message):
+    folder = write_fake_mnist(tmp_path, n_train=20, n_test=20, gz=True)
+    labels, images = folder / "t10k-labels-idx1-ubyte.gz", folder / "t10k-images-idx3-ubyte.gz"
+    if case == "corrupt_gz":
+        labels.write_bytes(labels.read_bytes()[:12])
+    else:
+        array = {"label_200": np.r_[np.arange(19) % 10, 200], "count_mismatch": np.arange(7) % 10}.get(case)
+        target = labels if array is not None else images
+        _rewrite_gz(target, array if array is not None else np.zeros((20, 14, 14)))
+    with pytest.raises(DataError, match=message) as err:
+        _data(name="mnist", root=str(tmp_path), n_val=0)
+    assert "\n" not in str(err.value)
+
+
+def _rewrite_gz(path, array):
+    import gzip
+
+    plain = path.with_suffix("")
+    _rewrite_idx(plain, array)
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"data": np.zeros((10, 3072), np.uint8), "labels": [0, 1, 2]}, "has 10 images but 3 labels"),
+    ({"data": np.zeros((3, 3072), np.uint8), "labels": [0, -1, 2]}, r"has labels in -1..2 \(need 0..9\)"),
+    ({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 200, 2]}, r"has labels in 0..200"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": ["cat", "dog"]}, "has labels of type <U3"),
+    ({"data": np.zeros((2, 1024), np.uint8), "labels": [0, 1]}, r"holds data of shape \(2, 1024\)"),
+    ([1, 2, 3], "holds a list, not the dict of a CIFAR-10 batch"),
+    ({"labels": [0]}, "lacks the 'data'/'labels' entries"),
+])
+def test_broken_cifar_batches_are_one_line_naming_the_file(tmp_path, entry, message):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(DataError, match=message) as err:
+        read_cifar_batch(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_broken_cifar_batch_fails_the_run_with_one_line(tmp_path, cli):
+    folder = write_fake_cifar10(tmp_path / "data", n_per_batch=4, n_test=4)
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [1]}, protocol=2))
+    run = tmp_path / "run"
+    code, out, err = cli(["train", "data=cifar10", f"data.root={tmp_path / 'data'}", "trainer.max_steps=1", f"hydra.run.dir={run}"])
+    assert code == 1 and err.strip().splitlines() == [err.strip()]
+    assert "data_batch_3 has 4 images but 1 labels" in err
+
+
+def test_non_finite_inputs_are_a_data_error_not_a_solver_failure(tmp_path, cli, monkeypatch):
+    import nodex.data.images
+
+    original = nodex.data.images.read_cifar_batch
+
+    def with_nan(path):
+        X, y = original(path)
+        return X.float().index_fill_(0, torch.tensor([0]), float("nan")), y
+
+    monkeypatch.setattr(nodex.data.images, "read_cifar_batch", with_nan)
+    write_fake_cifar10(tmp_path / "data", n_per_batch=4, n_test=4)
+    code, out, err = cli(["train", "data=cifar10", f"data.root={tmp_path / 'data'}", "trainer.max_steps=1",
+                          f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 1 and err.strip().splitlines() == [err.strip()]
+    assert re.search(r"the (train|val|test) split holds [1-9][0-9]* non-finite input values", err) and "solver" not in err

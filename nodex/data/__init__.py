@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nodex.data.bundle import LOADERS, DataBundle, Split, iterate_batches
 from nodex.data.toy import GENERATORS
-from nodex.errors import ConfigError
+from nodex.errors import ConfigError, DataError
 
 # Offsets that give each split its own random stream from one seed.
 _SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "fresh": 3}
@@ -43,7 +43,22 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
         bundle = LOADERS.get(name)(cfg, seed)
     else:
         raise ConfigError(f"data.name={name!r} is unknown; choose one of: {', '.join(sorted({*GENERATORS.names(), *LOADERS.names()}))}")
+    check_finite(bundle, name)
     return bundle.to(torch.device(device))
+
+
+def check_finite(bundle: DataBundle, name: str) -> None:
+    """Non-finite inputs are the data's fault, not the solver's: say so before any solve.
+
+    Raises:
+        DataError: a split holds NaN or infinite values (names the split and how many).
+    """
+    for split in ("train", "val", "test"):
+        X = getattr(bundle, split)[0]
+        if X.is_floating_point() and not torch.isfinite(X).all():
+            bad = int((~torch.isfinite(X)).sum())
+            raise DataError(f"data.name={name}: the {split} split holds {bad} non-finite input values (NaN or inf); "
+                            "fix the data or its data.mean/data.std")
 
 
 def _generated(cfg: DictConfig, seed: int) -> DataBundle:

@@ -21,9 +21,6 @@ channel when ``data.mean``/``data.std`` are set (the paper's CIFAR-10 normalisat
 from __future__ import annotations
 
 import functools
-import gzip
-import io
-import pickle
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -34,9 +31,9 @@ import torch
 from omegaconf import DictConfig
 
 from nodex.data.bundle import LOADERS, DataBundle, Split
+from nodex.data.image_files import N_CLASSES, mnist_split, read_cifar_batch
 from nodex.errors import ConfigError
 
-N_CLASSES = 10
 EXTRA = "pip install nodex[data]"
 
 MNIST_FILES = {
@@ -192,21 +189,6 @@ def load_mnist5k(cfg: DictConfig, seed: int) -> DataBundle:
 # ---------------------------------------------------------------------------- MNIST files
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (``.gz`` or raw) of unsigned bytes as an array of its declared shape."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ConfigError(f"{path} is not an idx file of unsigned bytes; replace it with the original MNIST file")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ConfigError(f"{path} is truncated ({data.size} of {int(np.prod(shape))} values); download it again")
-    return data.reshape(shape)
-
-
 def _mnist_dirs(root: Path) -> list[Path]:
     return [root / "MNIST" / "raw", root / "raw", root]
 
@@ -265,48 +247,12 @@ def load_mnist(cfg: DictConfig, seed: int) -> DataBundle:
         )
 
     def split(prefix: str) -> Split:
-        images = read_idx(files[f"{prefix}_images"])
-        labels = read_idx(files[f"{prefix}_labels"])
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ConfigError(f"{files[f'{prefix}_images']} and its labels do not match (shapes {images.shape}, {labels.shape})")
-        X = torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 255.0
-        return X, torch.from_numpy(labels.astype(np.int64))
+        return mnist_split(files[f"{prefix}_images"], files[f"{prefix}_labels"])
 
     return make_bundle(*split_official(split("train"), split("test"), cfg, seed), cfg)
 
 
 # ---------------------------------------------------------------------------- CIFAR-10 files
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches (dicts of lists and numpy arrays) and refuses anything else."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
-        if module.startswith("numpy.core"):
-            module = module.replace("numpy.core", "numpy._core") if hasattr(np, "_core") else module
-        return super().find_class(module, name)
-
-
-def read_cifar_batch(path: Path) -> Split:
-    """One ``cifar-10-batches-py`` pickle -> ``(N, 3, 32, 32)`` uint8 images and labels."""
-    try:
-        entry = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a CIFAR-10 python batch ({exc}); replace it with the original file") from None
-    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    if "data" not in entry or "labels" not in entry:
-        raise ConfigError(f"{path} lacks the 'data'/'labels' entries of a CIFAR-10 batch; replace it with the original file")
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = np.asarray(entry["labels"], dtype=np.int64)
-    return torch.from_numpy(data.copy()), torch.from_numpy(labels)
 
 
 def _find_cifar(root: Path) -> Path | None:
