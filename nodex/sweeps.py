@@ -171,3 +171,16 @@ class SweepSummary(Callback):
         sweep.outcome = SweepOutcome.read(sweep.sweep_dir, sweep.before)
         if sweep.outcome.jobs:
             print(sweep.outcome.line(), flush=True)
+
+
+def local_workers(hydra_cfg: Any) -> int:
+    """How many jobs of this sweep run at once on this machine (``hydra_cfg``: the job's ``hydra`` node): a joblib
+    launcher's ``n_jobs`` (``-1``: one per CPU), 1 for a plain run, the basic launcher and cluster launchers."""
+    if str(hydra_cfg.get("mode")) != "RunMode.MULTIRUN":
+        return 1
+    launcher = hydra_cfg.get("launcher") or {}
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return cpus if n_jobs < 0 else max(1, n_jobs)
+    return 1

@@ -111,3 +111,20 @@ def test_command_line_mistakes_are_one_line(cli, tmp_path, args, message):
     assert message in err
     result = tmp_path / "x" / "result.json"
     assert not result.exists() or json.loads(result.read_text())["status"] == "failed"
+
+
+def test_local_workers_reads_the_launcher(monkeypatch):
+    import os
+
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from nodex.sweeps import local_workers
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    make = lambda mode, target, n: OmegaConf.create({"mode": mode, "launcher": {"_target_": target, "n_jobs": n}})  # noqa: E731
+    assert local_workers(make(RunMode.MULTIRUN, joblib, 2)) == 2
+    assert local_workers(make(RunMode.MULTIRUN, joblib, -1)) == 3
+    assert local_workers(make(RunMode.RUN, joblib, 2)) == 1
+    assert local_workers(make(RunMode.MULTIRUN, "hydra._internal.core_plugins.basic_launcher.BasicLauncher", 5)) == 1
