@@ -1,0 +1,68 @@
+"""Preemption: SIGTERM (what Slurm and most schedulers send) and submitit's "USR" signal are recorded, not acted on
+mid-step; the training loop asks :attr:`StopRequest.signal` at each step boundary, saves, and stops.
+
+Handlers chain: :meth:`StopRequest.forward` calls the handler that was installed before (submitit's, which
+requeues the job and exits), so nodex never silently breaks a launcher's requeue protocol.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any, Callable
+
+SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None)) if s is not None)
+
+
+class Preempted(BaseException):
+    """Raised by the loop after it saved its state because a stop signal arrived (a ``BaseException``, like
+    ``KeyboardInterrupt``: no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for death by a signal: 128 + its number (SIGTERM: 143)."""
+        return 128 + self.signum
+
+
+class StopRequest:
+    """``with StopRequest() as stop:`` records the first stop signal in ``stop.signal`` (``None`` until then).
+
+    Only the main thread can install signal handlers; elsewhere (a launcher's worker thread) this is a no-op.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = SIGNALS) -> None:
+        self.signals = signals
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    def forward(self) -> None:
+        """Hand the recorded signal to the handler installed before ours (submitit: requeue and exit), if any."""
+        previous = self._previous.get(self.signal) if self.signal is not None else None
+        if callable(previous):
+            previous(self.signal, None)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+
+def raise_if_requested(stop: StopRequest | None, step: int, save: Callable[[], None]) -> None:
+    """At a step boundary: when a stop signal was recorded, ``save()`` the state and raise :class:`Preempted`."""
+    if stop is not None and stop.signal is not None:
+        save()
+        raise Preempted(stop.signal, step)

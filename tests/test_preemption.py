@@ -1,0 +1,79 @@
+"""Preemption and the run lock as units: a stop signal is recorded (never acted on mid-step) and forwarded to the
+handler installed before; one live writer per run directory, a dead owner's lock taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nodex.train.lock import LOCK_NAME, RunLock, RunLockedError
+from nodex.train.preemption import Preempted, StopRequest, raise_if_requested
+
+
+def test_sigterm_is_recorded_and_the_step_boundary_saves_then_stops():
+    saved = []
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        raise_if_requested(stop, 3, lambda: saved.append(3))  # nothing yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGTERM and saved == []  # recorded, not acted on
+        with pytest.raises(Preempted) as info:
+            raise_if_requested(stop, 4, lambda: saved.append(4))
+    assert saved == [4] and info.value.step == 4 and info.value.exit_code == 143
+    assert "stopped by SIGTERM at step 4" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
+
+
+def test_the_previous_handler_gets_the_signal_forwarded():
+    calls = []
+    old = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.01)
+            assert calls == []  # submitit's requeue waits for the step boundary
+            stop.forward()
+        assert calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is not stop._record  # ours is gone again
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+
+
+def test_a_second_live_writer_is_refused(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from nodex.train.lock import RunLock; "
+         "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"is in use by pid {holder.pid} on .*choose another hydra.run.dir"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_dead_owners_lock_is_taken_over_and_released(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_file = tmp_path / LOCK_NAME
+    lock_file.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0}))
+    with RunLock(tmp_path) as lock:
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid() and lock.held
+    assert not lock_file.exists()
+    lock_file.write_text("{half-writ")  # an owner that died while writing it
+    with RunLock(tmp_path):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+
+
+def test_another_hosts_lock_is_respected(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "some-other-node", "started": 0}))
+    with pytest.raises(RunLockedError, match="on some-other-node"):
+        RunLock(tmp_path).acquire()
