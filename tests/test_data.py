@@ -76,3 +76,19 @@ def test_bad_data_config_messages(cfg, needle):
     with pytest.raises(ConfigError) as err:
         build_data(OmegaConf.create(cfg), 0)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_fresh_batch_stream_resumes_from_its_saved_state():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "rings", "n_train": 16, "n_val": 16, "n_test": 16, "resample": True})
+    sampler = build_data(cfg, seed=3).sampler
+    sampler(32)
+    state = sampler.get_state()
+    expected = [sampler(32) for _ in range(3)]
+    again = build_data(cfg, seed=3).sampler  # a resumed run rebuilds the data, then loads the stream's state
+    again.set_state(state)
+    for (X, y), (X2, y2) in zip(expected, (again(32) for _ in range(3))):
+        assert torch.equal(X, X2) and torch.equal(y, y2)
+    fresh = build_data(cfg, seed=3).sampler  # without the state it would draw the first batches again
+    assert not torch.equal(fresh(32)[0], expected[0][0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nodex.data.bundle import LOADERS, DataBundle, Split, iterate_batches
+from nodex.data.bundle import LOADERS, DataBundle, FreshSampler, Split, iterate_batches
 from nodex.data.toy import GENERATORS
 from nodex.errors import ConfigError, DataError
 
@@ -74,8 +74,7 @@ def _generated(cfg: DictConfig, seed: int) -> DataBundle:
     classification = not y.is_floating_point()
     sampler = None
     if cfg.get("resample", False):
-        fresh = _generator(seed, "fresh")
-        sampler = lambda n: make(n, fresh, **params)  # noqa: E731
+        sampler = FreshSampler(make, _generator(seed, "fresh"), params)
     return DataBundle(
         train=splits["train"],
         val=splits["val"],
@@ -90,4 +89,4 @@ def _generated(cfg: DictConfig, seed: int) -> DataBundle:
 # Each module registers its datasets beside its builders: generators in GENERATORS, loaders in LOADERS.
 from nodex.data import circle_tracking, densities, images, reflection  # noqa: E402,F401
 
-__all__ = ["LOADERS", "DataBundle", "Split", "build_data", "iterate_batches"]
+__all__ = ["LOADERS", "DataBundle", "FreshSampler", "Split", "build_data", "iterate_batches"]

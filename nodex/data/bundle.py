@@ -14,6 +14,32 @@ from nodex.registry import Registry
 Split = tuple[torch.Tensor, torch.Tensor]
 LOADERS: Registry[Callable[[DictConfig, int], "DataBundle"]] = Registry("data.name")
 
+class FreshSampler:
+    """Draws fresh training batches from a generator function with its own random stream; the stream's state is
+    part of a checkpoint (:meth:`get_state` / :meth:`set_state`), so a resumed run draws the batches it would have.
+
+    ``sampler(n)`` -> ``(X, y)`` with ``n`` rows, on ``device``.
+    """
+
+    def __init__(self, make: Callable[..., "Split"], generator: torch.Generator, params: dict,
+                 device: torch.device | str = "cpu") -> None:
+        self.make, self.generator, self.params, self.device = make, generator, params, torch.device(device)
+
+    def __call__(self, n: int) -> "Split":
+        X, y = self.make(n, self.generator, **self.params)
+        return X.to(self.device), y.to(self.device)
+
+    def to(self, device: torch.device | str) -> "FreshSampler":
+        """The same stream (shared generator), delivering on ``device``."""
+        return FreshSampler(self.make, self.generator, self.params, device)
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
 @dataclass
 class DataBundle:
     """Train/val/test tensors and what a model needs to fit them.
@@ -32,14 +58,11 @@ class DataBundle:
     input_shape: tuple[int, ...]
     n_classes: int | None
     target_dim: int | None = None
-    sampler: Callable[[int], Split] | None = None
+    sampler: FreshSampler | None = None
 
     def to(self, device: torch.device) -> "DataBundle":
         move = lambda split: (split[0].to(device), split[1].to(device))  # noqa: E731
-        sampler = self.sampler
-        if sampler is not None:
-            base = sampler
-            sampler = lambda n: move(base(n))  # noqa: E731
+        sampler = self.sampler.to(device) if self.sampler is not None else None
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test), sampler=sampler)
 
 
