@@ -77,3 +77,26 @@ def test_another_hosts_lock_is_respected(tmp_path):
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "some-other-node", "started": 0}))
     with pytest.raises(RunLockedError, match="on some-other-node"):
         RunLock(tmp_path).acquire()
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_old_one_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import torch
+
+    from nodex.errors import CheckpointError
+    from nodex.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"could not write .*last.pt \(\[Errno 28\] No space left on device\); free disk"
+                                              r" space .*\(the previous last.pt is kept\)"):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

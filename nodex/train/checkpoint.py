@@ -20,11 +20,21 @@ FORMAT = "nodex-checkpoint-v1"
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (temp file + rename): a crash mid-write never
-    destroys the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    destroys the previous checkpoint, and a failed write leaves no temp file.
+
+    Raises:
+        CheckpointError: the file could not be written (disk full, read-only directory).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "format": FORMAT}, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**state, "format": FORMAT}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # disk full or read-only: torch reports the former as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"could not write {path} ({reason}); free disk space or point hydra.run.dir elsewhere"
+                              f"{' (the previous ' + path.name + ' is kept)' if path.exists() else ''}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
