@@ -17,7 +17,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from nodex.config import CONFIG_DIR
-from nodex.sweeps import abandon, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome
+from nodex.sweeps import RunRefused, abandon, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
 
@@ -69,9 +69,15 @@ def train_job(cfg: DictConfig) -> float | None:
     from nodex.errors import NodexError
     from nodex.train.run import run_train
 
+    from nodex.train.lock import RunLock
+
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        result = run_train(cfg, run_dir, progress=_progress(cfg))
+        if _is_multirun():  # a single run's dir is locked by the RunGuard callback, before Hydra writes into it
+            with RunLock(run_dir):
+                result = run_train(cfg, run_dir, progress=_progress(cfg))
+        else:
+            result = run_train(cfg, run_dir, progress=_progress(cfg))
     except NodexError as exc:
         _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
         if _is_multirun():
@@ -318,6 +324,9 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
     except (HydraException, OmegaConfBaseException) as exc:
         _report(one_line(exc))
         return 2
+    except RunRefused as exc:  # raised by a callback before the job runs: the run dir is in use
+        _report(exc.message)
+        return 1
     return _sweep_exit_code()
 
 

@@ -184,3 +184,34 @@ def local_workers(hydra_cfg: Any) -> int:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return cpus if n_jobs < 0 else max(1, n_jobs)
     return 1
+
+
+class RunRefused(BaseException):
+    """A run that must not start (its dir is in use), raised from a Hydra callback: a ``BaseException`` because
+    Hydra turns a callback's ``Exception`` into a warning and goes on. The CLI reports ``message`` as one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RunGuard(Callback):
+    """Hydra callback: one writer per run dir. A single run takes the lock before Hydra writes anything into
+    ``hydra.run.dir`` (a refused second run cannot overwrite the first one's ``.hydra/``) and raises
+    :class:`RunRefused` when a live run holds it; sweep jobs take their own dir's lock in the task."""
+
+    def __init__(self) -> None:
+        self._lock: Any = None
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from nodex.train.lock import RunLock, RunLockedError
+
+        try:
+            self._lock = RunLock(str(config.hydra.run.dir)).acquire()
+        except RunLockedError as exc:
+            raise RunRefused(str(exc)) from None
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
