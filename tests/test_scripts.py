@@ -157,3 +157,13 @@ def test_gpu_check_plumbing_runs_on_a_cpu_with_a_stand_in_graph(tmp_path, capsys
     assert gpu_check.check_ensemble(3, tmp_path, devices=("cpu", "cpu"), cases={"Galërkin": ["model=galnode", "data=rings"]})
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "ms/step" not in ln and "NFE fwd (cpu" not in ln]
     assert len(rows) == 5 and all(r.endswith("| ok |") for r in rows), rows
+
+
+def test_bench_threads_times_both_thread_counts_and_reports_auto():
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
+         "model.field.hidden=[8]", "data.n_train=64"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "threads=1:" in proc.stdout and "auto chose 1 thread(s)" in proc.stdout  # a small field: one thread
