@@ -146,6 +146,8 @@ def odesolve(
         SolverError: torchdiffeq gave up (underflow in dt, max_num_steps, non-finite state).
     """
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
+    if adjoint_params is not None:
+        adjoint_params = distinct(adjoint_params)
     if _lean_fixed_applies(settings, z0, s):
         shapes = None
         if isinstance(z0, tuple):
@@ -184,6 +186,14 @@ def odesolve(
         return odeint(func, z0, s, **kwargs)
     except AssertionError as exc:  # torchdiffeq reports numerical failures as bare assertions
         raise SolverError(_solver_message(str(exc), settings)) from None
+
+
+def distinct(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``tensors`` without repeats (by identity, first occurrence kept). A leaf parameter the
+    bound dynamics registers and the caller also passes as an extra tensor (e.g. a horizon that
+    is an ``nn.Parameter``) would otherwise receive its adjoint gradient once per occurrence."""
+    seen: set[int] = set()
+    return tuple(t for t in tensors if not (id(t) in seen or seen.add(id(t))))
 
 
 def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:

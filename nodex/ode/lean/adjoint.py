@@ -53,7 +53,12 @@ class _DopriAdjoint(torch.autograd.Function):
             a = state[n : 2 * n].view(shape)
             with torch.enable_grad():
                 f = func(-tau, z)
-                vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
+                # a field that depends on neither z nor a parameter (torchdiffeq's "exp" problem)
+                # has no graph to differentiate: every vector-Jacobian product is zero
+                if f.requires_grad:
+                    vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
+                else:
+                    vjps = (None,) * (1 + len(sizes))
             parts = [f.reshape(-1).neg()] + [
                 torch.zeros(size, dtype=state.dtype, device=state.device) if v is None else v.reshape(-1) for v, size in zip(vjps, [n, *sizes])
             ]
