@@ -18,12 +18,14 @@ from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.errors import ConfigError, SolverError
-from nodex.ode.lean.adjoint import dopri5_adjoint
+from nodex.ode.lean.adjoint import dopri5_adjoint, fixed_grid_adjoint
 from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
 from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
 from nodex.ode.lean.tuples import FlatDynamics, flatten_state, unflatten_solution
 
-FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
+FIXED_STEP_METHODS = frozenset(
+    {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"}
+)
 SENSITIVITIES = ("autograd", "adjoint")
 ENGINES = ("auto", "torchdiffeq")
 
@@ -55,7 +57,9 @@ class SolverSettings:
     def __post_init__(self) -> None:
         methods = available_methods()
         if self.method not in methods:
-            raise ConfigError(f"solver.method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}")
+            raise ConfigError(
+                f"solver.method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}"
+            )
         for key in ("rtol", "atol"):
             value = getattr(self, key)
             if not value > 0:
@@ -135,7 +139,8 @@ def odesolve(
         s: 1-D increasing (or decreasing) depths, ``(T,)``; ``s[0]`` is where ``z0`` holds.
         settings: method, tolerances, sensitivity.
         counter: incremented once per dynamics evaluation.
-        jump_t: depths where the field is discontinuous (adaptive solvers restart there).
+        jump_t: depths where the field is discontinuous: adaptive solvers restart there, nodex's
+            fixed grids (euler / midpoint / rk4) put nodes there; ``(J,)``.
         adjoint_params: tensors to differentiate under the adjoint (default: ``dynamics``'
             parameters); pass extra tensors the field closes over (e.g. a control signal).
 
@@ -148,16 +153,21 @@ def odesolve(
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
     if adjoint_params is not None:
         adjoint_params = distinct(adjoint_params)
+    jumps = None if jump_t is None else [float(j) for j in host_depths(jump_t)]
     if _lean_fixed_applies(settings, z0, s):
         shapes = None
         if isinstance(z0, tuple):
             func = FlatDynamics(func, [z.shape for z in z0])
             z0, shapes, _ = flatten_state(z0)
-        ys = fixed_grid(func, z0, host_depths(s), settings.step_size, settings.method, s.dtype)
+        grid = (host_depths(s), settings.step_size, settings.method, s.dtype)
+        if settings.sensitivity == "adjoint":
+            params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
+            ys = fixed_grid_adjoint(func, z0, *grid, params=params, jump_t=jumps)
+        else:
+            ys = fixed_grid(func, z0, *grid, jumps)
         return ys if shapes is None else unflatten_solution(ys, shapes)
     if _lean_dopri5_applies(settings, z0, s, jump_t):
         t, args = host_depths(s), (settings.rtol, settings.atol, settings.max_num_steps)
-        jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
         shapes, bounds = None, None
         if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
             func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func
@@ -165,13 +175,16 @@ def odesolve(
         try:
             if settings.sensitivity == "adjoint":
                 params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-                ys = dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds)
+                ys = dopri5_adjoint(
+                    func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds
+                )
             else:
                 ys = dopri5(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps)
             return ys if shapes is None else unflatten_solution(ys, shapes)
         except AssertionError as exc:
             raise SolverError(_solver_message(str(exc), settings)) from None
-    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
+    options = settings.solver_options(jump_t)
+    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=options)
     try:
         if settings.sensitivity == "adjoint":
             # jump_t too: the backward solve then also restarts at the jumps (torchdiffeq negates
@@ -182,7 +195,8 @@ def odesolve(
                 adjoint_options["norm"] = "seminorm"
             if adjoint_params is None:
                 adjoint_params = tuple(p for p in func.parameters())
-            return odeint_adjoint(func, z0, s, adjoint_options=adjoint_options, adjoint_params=tuple(adjoint_params), **kwargs)
+            params = tuple(adjoint_params)
+            return odeint_adjoint(func, z0, s, adjoint_options=adjoint_options, adjoint_params=params, **kwargs)
         return odeint(func, z0, s, **kwargs)
     except AssertionError as exc:  # torchdiffeq reports numerical failures as bare assertions
         raise SolverError(_solver_message(str(exc), settings)) from None
@@ -204,14 +218,10 @@ def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jum
 
 
 def _lean_fixed_applies(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
-    """nodex's own euler / midpoint / rk4 (:mod:`nodex.ode.lean.fixed_grid`) under backprop, on the
-    same kind of solve (the adjoint of a fixed-step method stays torchdiffeq's)."""
-    return (
-        settings.engine == "auto"
-        and settings.method in LEAN_FIXED_METHODS
-        and settings.sensitivity == "autograd"
-        and _plain_solve(settings, z0, s)
-    )
+    """nodex's own euler / midpoint / rk4 (:mod:`nodex.ode.lean.fixed_grid`, its adjoint in
+    :mod:`nodex.ode.lean.adjoint`) on the same kind of solve, either sensitivity; with ``jump_t``
+    its grid has nodes on the jumps (torchdiffeq's fixed grid ignores them)."""
+    return settings.engine == "auto" and settings.method in LEAN_FIXED_METHODS and _plain_solve(settings, z0, s)
 
 
 def _plain_solve(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:

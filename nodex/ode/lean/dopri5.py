@@ -90,7 +90,9 @@ def max_rms_norm(bounds: list[int]) -> Norm:
     return norm
 
 
-def _initial_step(func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm) -> float:
+def _initial_step(
+    func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm
+) -> float:
     """torchdiffeq's ``_select_initial_step`` (Hairer, Nørsett & Wanner I, II.4); one evaluation."""
     with torch.no_grad():
         scale = y0.abs().mul(rtol).add_(atol)
