@@ -1,4 +1,5 @@
-"""The adjoint method on nodex's lean dopri5 and fixed grid: O(1)-memory gradients, torchdiffeq's algorithm.
+"""The adjoint method on nodex's lean solvers (dopri5, tsit5, the fixed grid): O(1)-memory gradients,
+torchdiffeq's algorithm.
 
 Forward: solve without a graph. Backward: for each output interval, from the last, integrate
 the augmented state ``[z, a, a_θ]`` (flattened into one tensor) back in depth,
@@ -21,7 +22,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from nodex.ode.lean.dopri5 import Field, Norm, dopri5, max_rms_norm
+from nodex.ode.lean.dopri5 import DOPRI5
+from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, max_rms_norm
+from nodex.ode.lean.tsit5 import TSIT5
 from nodex.ode.lean.fixed_grid import fixed_grid
 
 
@@ -98,7 +101,8 @@ def _apply(
     return _Adjoint.apply(func, t, solve, (seminorm, jump_t, bounds), y0, *params)
 
 
-def dopri5_adjoint(
+def adaptive_adjoint(
+    tableau: Tableau,
     func: Field,
     y0: torch.Tensor,
     t: list[float],
@@ -110,7 +114,8 @@ def dopri5_adjoint(
     jump_t: list[float] | None = None,
     state_bounds: list[int] | None = None,
 ) -> torch.Tensor:
-    """Integrate with :func:`nodex.ode.lean.dopri5.dopri5`; gradients by the adjoint method.
+    """Integrate with the adaptive pair ``tableau`` (:func:`nodex.ode.lean.runge_kutta.adaptive_rk`);
+    gradients by the adjoint method, the backward solve with the same pair and tolerances.
 
     Args:
         func: ``f(s, z)``; evaluated once per stage forward and once (with a VJP) per stage
@@ -127,9 +132,19 @@ def dopri5_adjoint(
     """
 
     def solve(f: Field, y: torch.Tensor, ts: list[float], norm: Norm, jumps: list[float] | None) -> torch.Tensor:
-        return dopri5(f, y, ts, rtol, atol, max_num_steps, norm, jumps)
+        return adaptive_rk(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps)
 
     return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds)
+
+
+def dopri5_adjoint(func: Field, y0: torch.Tensor, t: list[float], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`adaptive_adjoint` with Dormand–Prince 5(4); ``(len(t), B, ...)`` states at ``t``."""
+    return adaptive_adjoint(DOPRI5, func, y0, t, *args, **kwargs)
+
+
+def tsit5_adjoint(func: Field, y0: torch.Tensor, t: list[float], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`adaptive_adjoint` with Tsitouras 5(4); ``(len(t), B, ...)`` states at ``t``."""
+    return adaptive_adjoint(TSIT5, func, y0, t, *args, **kwargs)
 
 
 def fixed_grid_adjoint(
