@@ -334,3 +334,30 @@ def test_adjoint_gradient_converges_at_order_four_on_a_piecewise_field():
     errors = [float((grad(SolverSettings(method="rk4", step_size=h, sensitivity="adjoint")) - reference).abs().max())
               for h in (1 / 15, 1 / 30, 1 / 60)]
     assert all(abs(p - 4) < 0.3 for p in _observed_orders(errors)), errors
+
+
+# ------------------------------------------------------------------------------- float32
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "dopri5", "tsit5"])
+def test_float32_solves_and_gradients_agree_with_float64(method):
+    """Fixed grids: values and gradients to float32 rounding of the same scheme. Adaptive pairs: in
+    float32 the step sequence leaves float64's after a few steps (the error estimate is rounded),
+    so they agree to the tolerance's order (values to 30x it, gradients within 1e-4)."""
+    adaptive = method in ("dopri5", "tsit5")
+    kwargs = {"rtol": 1e-6, "atol": 1e-6} if adaptive else {"step_size": 0.05}
+    value_tol, grad_tol = (3e-5, 1e-4) if adaptive else (2e-5, 2e-5)  # adaptive: 30x the tolerance (global)
+    t = [0.0, 0.5, 1.0]
+    out = {}
+    for dtype in (torch.float32, F64):
+        for sens in ("autograd", "adjoint"):
+            field = TimeVarying(dtype)
+            settings = SolverSettings(method=method, sensitivity=sens, **kwargs)
+            ys = odesolve(field, Z0.to(dtype), torch.tensor(t, dtype=dtype), settings)
+            (g,) = torch.autograd.grad(ys[1:].pow(2).sum(), [field.A])
+            assert ys.dtype == dtype and g.dtype == dtype
+            out[dtype, sens] = (ys.detach().double(), g.double())
+    for sens in ("autograd", "adjoint"):
+        assert float((out[torch.float32, sens][0] - out[F64, sens][0]).abs().max()) < value_tol, sens
+        g32, g64 = out[torch.float32, sens][1], out[F64, sens][1]
+        assert float((g32 - g64).abs().max()) < grad_tol * float(g64.abs().max()), sens
