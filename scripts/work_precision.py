@@ -69,9 +69,12 @@ def label(implementation: str, method: str, sensitivity: str) -> str:
     return f"{implementation} {sensitivity}" if method == "dopri5" else f"{implementation} {method} {sensitivity}"
 
 
-def nodex_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5") -> Gradient:
-    """A gradient function of nodex's own solver ``method`` at rtol = atol = ``tol``."""
-    replace = dict(rtol=tol, atol=tol, sensitivity=sensitivity, method=method, step_size=None)
+def nodex_gradient(
+    pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5", engine: str = "auto"
+) -> Gradient:
+    """A gradient function of nodex's solver ``method`` at rtol = atol = ``tol`` (``engine=torchdiffeq``:
+    torchdiffeq's, through the same model)."""
+    replace = dict(rtol=tol, atol=tol, sensitivity=sensitivity, method=method, step_size=None, engine=engine)
     model, settings = pipe.model, dataclasses.replace(pipe.model.settings, **replace)
     params = slot_params(model)
 
@@ -152,6 +155,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--methods", default="dopri5", help="nodex's solvers, comma-separated (dopri5, tsit5)")
     parser.add_argument("--torchdyn-methods", default="dopri5",
                         help="torchdyn's solvers, comma-separated (dopri5, tsit5)")
+    parser.add_argument("--torchdiffeq", action="store_true",
+                        help="also torchdiffeq's dopri5 through the same model (solver.engine=torchdiffeq)")
     return parser.parse_args()
 
 
@@ -163,6 +168,10 @@ def gradient_makers(
     for method in args.methods.split(","):
         for sens, sensitivity in (("backprop", "autograd"), ("adjoint", "adjoint")):
             makers[label("nodex", method, sens)] = lambda tol, s=sensitivity, m=method: nodex_gradient(pipe, tol, s, m)
+            if args.torchdiffeq and method == "dopri5":
+                makers[label("torchdiffeq", method, sens)] = (
+                    lambda tol, s=sensitivity: nodex_gradient(pipe, tol, s, "dopri5", "torchdiffeq")
+                )
     try:
         import torchdyn  # noqa: F401
 
@@ -232,8 +241,9 @@ def main() -> None:
     print(f"config: {' '.join(args.overrides) or '(default)'} | batch {X.shape[0]} | threads {args.threads} | "
           f"weights: {weights} | {args.rounds}x{args.steps} evaluations | reference: float64 backprop at 1e-10")
     points = measure(makers, X, y, exact, tols, args)
-    if any(name.startswith("torchdyn") for name in makers):
-        print_equal_error(points)
+    for rival in ("torchdyn", "torchdiffeq"):
+        if any(name.startswith(rival + " ") for name in makers):
+            print_equal_error(points, rival)
 
 
 def best_front(points: dict[str, list[tuple[float, float, float]]], implementation: str, sens: str) -> list[tuple]:
@@ -243,22 +253,22 @@ def best_front(points: dict[str, list[tuple[float, float, float]]], implementati
             if name.startswith(implementation + " ") and name.endswith(" " + sens) for tol, e, t in pts]
 
 
-def print_equal_error(points: dict[str, list[tuple[float, float, float]]]) -> None:
-    """For each of torchdyn's front points (over all its solvers), nodex's time at that error on the
+def print_equal_error(points: dict[str, list[tuple[float, float, float]]], rival: str = "torchdyn") -> None:
+    """For each of ``rival``'s front points (over all its solvers), nodex's time at that error on the
     front of all nodex's solvers, and the ratio; then the largest ratio per sensitivity."""
     print()
-    print("At equal gradient error (each side's best solver: the error–time front over all its solvers; "
-          "nodex's time interpolated on its front):")
-    print("| sensitivity | torchdyn | tol | gradient error | torchdyn CPU ms | nodex CPU ms at that error "
-          "| nodex / torchdyn |")
+    print(f"At equal gradient error, nodex vs {rival} (each side's best solver: the error–time front over all "
+          "its solvers; nodex's time interpolated on its front):")
+    print(f"| sensitivity | {rival} | tol | gradient error | {rival} CPU ms | nodex CPU ms at that error "
+          f"| nodex / {rival} |")
     print("|---|---|---|---|---|---|---|")
     for sens in ("backprop", "adjoint"):
-        theirs = best_front(points, "torchdyn", sens)
+        theirs = best_front(points, rival, sens)
         ours = [(e, t) for e, t, _, _ in best_front(points, "nodex", sens)]
         ratios = []
         for e, t, name, tol in sorted(theirs, key=lambda p: p[1]):
             if not math.isclose(front_time([(x, y) for x, y, _, _ in theirs], e) or 0.0, t, rel_tol=1e-9):
-                continue  # off torchdyn's own front: a faster torchdyn point reaches this error
+                continue  # off the rival's own front: a faster point of its reaches this error
             mine = front_time(ours, e)
             cell, ratio = "–", "outside nodex's measured range"
             if mine is not None:
