@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/work_precision.py [HYDRA OVERRIDES...] [--pretrain 200]
         [--tols 1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5] [--rounds 9] [--steps 3] [--no-torchdyn]
+        [--methods dopri5,tsit5] [--torchdyn-methods dopri5,tsit5]
 
 Comparing adaptive solvers at *equal tolerance* (``scripts/bench.py``) compares different
 accuracies: two dopri5 codes with the same ``rtol``/``atol`` take different steps (initial-step
@@ -11,16 +12,19 @@ tolerance buys. For the composed config's model (default: the annuli experiment;
 tolerance it computes the loss gradient with respect to every parameter (input layer, field,
 readout) with
 
-- nodex backprop and nodex adjoint (``solver.engine=auto``: nodex's own dopri5), and
-- torchdyn 1.0.6's ``NeuralODE`` dopri5 with ``sensitivity=autograd`` and ``adjoint``
-  (``bash scripts/install_bench_deps.sh``; same weights, same loss),
+- nodex backprop and nodex adjoint (``solver.engine=auto``: nodex's own solvers, ``--methods``:
+  dopri5 by default, tsit5 too), and
+- torchdyn 1.0.6's ``NeuralODE`` (``--torchdyn-methods``: dopri5, tsit5) with
+  ``sensitivity=autograd`` and ``adjoint`` (``bash scripts/install_bench_deps.sh``; same weights,
+  same loss),
 
 and reports its relative error ``|g - g*| / |g*|`` against a float64 nodex backprop gradient at
 rtol = atol = 1e-10, and the median process-CPU ms of one forward + backward (no optimiser step;
 implementations interleaved round-robin at each tolerance, so they share the machine's noise).
-Then, from each implementation's error–time front (interpolated log-log between measured
-tolerances), the CPU time nodex needs to reach the gradient error torchdyn reaches at each of its
-tolerances, and the ratio nodex / torchdyn at that equal error.
+Then, from each implementation's error–time front over all its solvers (its best solver at each
+error; interpolated log-log between measured tolerances), the CPU time nodex needs to reach the
+gradient error torchdyn reaches at each point of its front, and the ratio nodex / torchdyn at
+that equal error. Rows are named ``nodex backprop`` for dopri5 and ``nodex tsit5 backprop`` etc.
 """
 
 from __future__ import annotations
@@ -60,8 +64,18 @@ def slot_params(model: nn.Module) -> list[nn.Parameter]:
     return [*model.input_layer.parameters(), *model.field.parameters(), *model.readout.parameters()]
 
 
-def nodex_gradient(pipe: Pipeline, tol: float, sensitivity: str) -> Gradient:
-    model, settings = pipe.model, dataclasses.replace(pipe.model.settings, rtol=tol, atol=tol, sensitivity=sensitivity)
+def label(implementation: str, method: str, sensitivity: str) -> str:
+    """A row's name: ``nodex backprop`` for dopri5 (the names before tsit5 existed), else ``nodex tsit5 backprop``."""
+    return f"{implementation} {sensitivity}" if method == "dopri5" else f"{implementation} {method} {sensitivity}"
+
+
+def nodex_gradient(
+    pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5", engine: str = "auto"
+) -> Gradient:
+    """A gradient function of nodex's solver ``method`` at rtol = atol = ``tol`` (``engine=torchdiffeq``:
+    torchdiffeq's, through the same model)."""
+    replace = dict(rtol=tol, atol=tol, sensitivity=sensitivity, method=method, step_size=None, engine=engine)
+    model, settings = pipe.model, dataclasses.replace(pipe.model.settings, **replace)
     params = slot_params(model)
 
     def grad(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -76,13 +90,14 @@ def nodex_gradient(pipe: Pipeline, tol: float, sensitivity: str) -> Gradient:
     return grad
 
 
-def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str) -> Gradient:
+def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5") -> Gradient:
+    """A gradient function of torchdyn 1.0.6's ``NeuralODE`` with its solver ``method`` at ``tol``."""
     from torchdyn.core import NeuralODE
 
     field = PlainField(pipe.model.field)
     net = nn.Sequential(*[m for pair in zip(field.layers, [*field.acts, None]) for m in pair if m is not None])
-    node = NeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol,
-                     seminorm=pipe.model.settings.seminorm)
+    tols = dict(atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol)
+    node = NeuralODE(net, solver=method, sensitivity=sensitivity, seminorm=pipe.model.settings.seminorm, **tols)
     input_layer, readout = copy.deepcopy(pipe.model.input_layer), copy.deepcopy(pipe.model.readout)
     params = [*input_layer.parameters(), *net.parameters(), *readout.parameters()]
     t_span = torch.linspace(0, pipe.model.settings.S, 2)
@@ -127,51 +142,55 @@ def front_time(points: list[tuple[float, float]], error: float) -> float | None:
     return None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--pretrain", type=int, default=200, help="nodex training steps before measuring (0: fresh weights)")
+    parser.add_argument("--pretrain", type=int, default=200,
+                        help="nodex training steps before measuring (0: fresh weights)")
     parser.add_argument("--tols", default="1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=3, help="gradient evaluations per timing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-torchdyn", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tols = [float(t) for t in args.tols.split(",")]
+    parser.add_argument("--methods", default="dopri5", help="nodex's solvers, comma-separated (dopri5, tsit5)")
+    parser.add_argument("--torchdyn-methods", default="dopri5",
+                        help="torchdyn's solvers, comma-separated (dopri5, tsit5)")
+    parser.add_argument("--torchdiffeq", action="store_true",
+                        help="also torchdiffeq's dopri5 through the same model (solver.engine=torchdiffeq)")
+    return parser.parse_args()
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*args.overrides, "trainer.device=cpu"])
-    torch.manual_seed(cfg.seed)
-    pipe = Pipeline(cfg)
-    batch = cfg.trainer.batch_size or cfg.data.n_train
-    sample = (lambda: pipe.data.sampler(batch)) if pipe.data.sampler else (lambda: pipe.data.train)
-    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    for _ in range(args.pretrain):  # trained weights: the regime where adaptive NFE has grown
-        Xp, yp = sample()
-        opt.zero_grad(set_to_none=True)
-        pipe.task.loss(pipe.model(Xp), yp)[0].backward()
-        opt.step()
-    X, y = sample()
-    X, y = X[:batch], y[:batch]
-    exact = reference_gradient(pipe, X, y)
 
-    makers: dict[str, Callable[[float], Gradient]] = {
-        "nodex backprop": lambda tol: nodex_gradient(pipe, tol, "autograd"),
-        "nodex adjoint": lambda tol: nodex_gradient(pipe, tol, "adjoint"),
-    }
+def gradient_makers(
+    pipe: Pipeline, X: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Callable[[float], Gradient]]:
+    """Row name -> (tolerance -> gradient function), for every implementation, solver and sensitivity."""
+    makers: dict[str, Callable[[float], Gradient]] = {}
+    for method in args.methods.split(","):
+        for sens, sensitivity in (("backprop", "autograd"), ("adjoint", "adjoint")):
+            makers[label("nodex", method, sens)] = lambda tol, s=sensitivity, m=method: nodex_gradient(pipe, tol, s, m)
+            if args.torchdiffeq and method == "dopri5":
+                makers[label("torchdiffeq", method, sens)] = (
+                    lambda tol, s=sensitivity: nodex_gradient(pipe, tol, s, "dopri5", "torchdiffeq")
+                )
     try:
         import torchdyn  # noqa: F401
 
-        torchdyn_ok = not args.no_torchdyn and plain_supported(pipe, X) and not any(isinstance(l, DepthConcatLinear) for l in pipe.model.field.layers)
+        concat = any(isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
+        torchdyn_ok = not args.no_torchdyn and plain_supported(pipe, X) and not concat
     except ImportError:
         torchdyn_ok = False
     if torchdyn_ok:
-        makers["torchdyn backprop"] = lambda tol: torchdyn_gradient(pipe, tol, "autograd")
-        makers["torchdyn adjoint"] = lambda tol: torchdyn_gradient(pipe, tol, "adjoint")
+        for method in args.torchdyn_methods.split(","):
+            for sens, sensitivity in (("backprop", "autograd"), ("adjoint", "adjoint")):
+                makers[label("torchdyn", method, sens)] = (
+                    lambda tol, s=sensitivity, m=method: torchdyn_gradient(pipe, tol, s, m)
+                )
+    return makers
 
-    print(f"config: {' '.join(args.overrides) or '(default)'} | batch {X.shape[0]} | threads {args.threads} | "
-          f"weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'} | {args.rounds}x{args.steps} evaluations | reference: float64 backprop at 1e-10")
+
+def measure(makers: dict[str, Callable[[float], Gradient]], X: torch.Tensor, y: torch.Tensor, exact: torch.Tensor,
+            tols: list[float], args: argparse.Namespace) -> dict[str, list[tuple[float, float, float]]]:
+    """Print a row per implementation and tolerance; returns name -> ``[(tol, error, median ms)]``."""
     print("| implementation | tol | NFE fwd/bwd | relative gradient error | CPU ms (median) | min–max |")
     print("|---|---|---|---|---|---|")
     points: dict[str, list[tuple[float, float, float]]] = {name: [] for name in makers}
@@ -190,20 +209,74 @@ def main() -> None:
         for name in fns:
             med = statistics.median(cpu[name])
             points[name].append((tol, errors[name], med))
-            print(f"| {name} | {tol:g} | {nfes[name][0]}/{nfes[name][1]} | {errors[name]:.2e} | {med:.1f} | {min(cpu[name]):.1f}–{max(cpu[name]):.1f} |", flush=True)
+            spread = f"{min(cpu[name]):.1f}–{max(cpu[name]):.1f}"
+            print(f"| {name} | {tol:g} | {nfes[name][0]}/{nfes[name][1]} | {errors[name]:.2e} | {med:.1f} | {spread} |",
+                  flush=True)
+    return points
 
-    if not torchdyn_ok:
-        return
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    tols = [float(t) for t in args.tols.split(",")]
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=[*args.overrides, "trainer.device=cpu"])
+    torch.manual_seed(cfg.seed)
+    pipe = Pipeline(cfg)
+    batch = cfg.trainer.batch_size or cfg.data.n_train
+    sample = (lambda: pipe.data.sampler(batch)) if pipe.data.sampler else (lambda: pipe.data.train)
+    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+    for _ in range(args.pretrain):  # trained weights: the regime where adaptive NFE has grown
+        Xp, yp = sample()
+        opt.zero_grad(set_to_none=True)
+        pipe.task.loss(pipe.model(Xp), yp)[0].backward()
+        opt.step()
+    X, y = sample()
+    X, y = X[:batch], y[:batch]
+    exact = reference_gradient(pipe, X, y)
+    makers = gradient_makers(pipe, X, args)
+
+    weights = f"trained {args.pretrain} steps" if args.pretrain else "fresh"
+    print(f"config: {' '.join(args.overrides) or '(default)'} | batch {X.shape[0]} | threads {args.threads} | "
+          f"weights: {weights} | {args.rounds}x{args.steps} evaluations | reference: float64 backprop at 1e-10")
+    points = measure(makers, X, y, exact, tols, args)
+    for rival in ("torchdyn", "torchdiffeq"):
+        if any(name.startswith(rival + " ") for name in makers):
+            print_equal_error(points, rival)
+
+
+def best_front(points: dict[str, list[tuple[float, float, float]]], implementation: str, sens: str) -> list[tuple]:
+    """``(error, ms, name, tol)`` of every measured point of ``implementation``'s solvers under ``sens``:
+    the implementation's best method at each error is the front of their union."""
+    return [(e, t, name, tol) for name, pts in points.items()
+            if name.startswith(implementation + " ") and name.endswith(" " + sens) for tol, e, t in pts]
+
+
+def print_equal_error(points: dict[str, list[tuple[float, float, float]]], rival: str = "torchdyn") -> None:
+    """For each of ``rival``'s front points (over all its solvers), nodex's time at that error on the
+    front of all nodex's solvers, and the ratio; then the largest ratio per sensitivity."""
     print()
-    print("At equal gradient error (nodex's time interpolated on its error–time front):")
-    print("| sensitivity | torchdyn tol | gradient error | torchdyn CPU ms | nodex CPU ms at that error | nodex / torchdyn |")
-    print("|---|---|---|---|---|---|")
+    print(f"At equal gradient error, nodex vs {rival} (each side's best solver: the error–time front over all "
+          "its solvers; nodex's time interpolated on its front):")
+    print(f"| sensitivity | {rival} | tol | gradient error | {rival} CPU ms | nodex CPU ms at that error "
+          f"| nodex / {rival} |")
+    print("|---|---|---|---|---|---|---|")
     for sens in ("backprop", "adjoint"):
-        ours = [(e, t) for _, e, t in points[f"nodex {sens}"]]
-        for tol, e, t in points[f"torchdyn {sens}"]:
+        theirs = best_front(points, rival, sens)
+        ours = [(e, t) for e, t, _, _ in best_front(points, "nodex", sens)]
+        ratios = []
+        for e, t, name, tol in sorted(theirs, key=lambda p: p[1]):
+            if not math.isclose(front_time([(x, y) for x, y, _, _ in theirs], e) or 0.0, t, rel_tol=1e-9):
+                continue  # off the rival's own front: a faster point of its reaches this error
             mine = front_time(ours, e)
-            cell, ratio = ("–", "outside nodex's measured range") if mine is None else (f"{mine:.1f}", f"{mine / t:.2f}")
-            print(f"| {sens} | {tol:g} | {e:.2e} | {t:.1f} | {cell} | {ratio} |")
+            cell, ratio = "–", "outside nodex's measured range"
+            if mine is not None:
+                cell, ratio = f"{mine:.1f}", f"{mine / t:.2f}"
+                ratios.append(mine / t)
+            print(f"| {sens} | {name} | {tol:g} | {e:.2e} | {t:.1f} | {cell} | {ratio} |")
+        if ratios:
+            print(f"| {sens} | worst ratio | | | | | {max(ratios):.2f} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from torchdiffeq import odeint
 from nodex.errors import ConfigError, SolverError
 from nodex.ode import NFECounter, SolverSettings, odesolve
 from nodex.ode import solve as solve_module
-from nodex.ode.lean.dopri5 import _initial_step, dopri5
+from nodex.ode.lean.dopri5 import dopri5
+from nodex.ode.lean.runge_kutta import initial_step as _initial_step
 
 
 class DepthVaryingMLP(nn.Module):
@@ -57,7 +58,9 @@ def test_gradients_equal_torchdiffeq_at_the_same_steps():
     grads = []
     for solve in (
         lambda: dopri5(field, z0, [0.0, 1.0], 1e-5, 1e-5, 1000)[-1],
-        lambda: odeint(field, z0, torch.tensor([0.0, 1.0], dtype=z0.dtype), rtol=1e-5, atol=1e-5, options={"first_step": h})[-1],
+        lambda: odeint(
+            field, z0, torch.tensor([0.0, 1.0], dtype=z0.dtype), rtol=1e-5, atol=1e-5, options={"first_step": h}
+        )[-1],
     ):
         field.zero_grad()
         solve().pow(2).mean().backward()
@@ -82,7 +85,8 @@ def test_float32_state_agrees_with_torchdiffeq_to_rounding():
     field, z0 = DepthVaryingMLP(torch.float32), _z0(torch.float32)
     settings = SolverSettings(method="dopri5", rtol=1e-4, atol=1e-4)
     ours = odesolve(field, z0, torch.tensor([0.0, 1.0]), settings)[-1]
-    ref = odesolve(field, z0, torch.tensor([0.0, 1.0]), SolverSettings(method="dopri5", rtol=1e-4, atol=1e-4, engine="torchdiffeq"))[-1]
+    theirs = SolverSettings(method="dopri5", rtol=1e-4, atol=1e-4, engine="torchdiffeq")
+    ref = odesolve(field, z0, torch.tensor([0.0, 1.0]), theirs)[-1]
     assert (ours - ref).abs().max() < 1e-4
 
 
@@ -195,7 +199,8 @@ def test_adjoint_counts_backward_evaluations_and_skips_frozen_parameters(monkeyp
     field = DepthVaryingMLP()
     field.net[0].weight.requires_grad_(False)
     counter = NFECounter()
-    z = odesolve(field, _z0()[:8], torch.tensor([0.0, 1.0], dtype=torch.float64), SolverSettings(sensitivity="adjoint"), counter=counter)
+    s = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    z = odesolve(field, _z0()[:8], s, SolverSettings(sensitivity="adjoint"), counter=counter)
     forward = counter.count
     z[-1].sum().backward()
     assert calls and counter.count > forward > 7
@@ -222,7 +227,9 @@ class Piecewise(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(3)
-        self.pieces = nn.ModuleList(nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).double() for _ in range(3))
+        self.pieces = nn.ModuleList(
+            nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).double() for _ in range(3)
+        )
 
     def forward(self, s, z):
         return self.pieces[sum(float(s.detach()) >= b for b in self.breaks)](z)
@@ -254,7 +261,8 @@ def test_without_jump_t_a_piecewise_field_costs_more_and_is_less_accurate():
     """Why jump_t matters: stepping blindly over the breaks takes more evaluations."""
     field, z0 = Piecewise(), _z0()[:32]
     s = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    exact = odesolve(field, z0, s, SolverSettings(rtol=1e-12, atol=1e-12), jump_t=torch.tensor(Piecewise.breaks, dtype=torch.float64))[-1]
+    jumps = torch.tensor(Piecewise.breaks, dtype=torch.float64)
+    exact = odesolve(field, z0, s, SolverSettings(rtol=1e-12, atol=1e-12), jump_t=jumps)[-1]
     costs = {}
     for name, jumps in (("jump_t", torch.tensor(Piecewise.breaks, dtype=torch.float64)), ("blind", None)):
         counter = NFECounter()
@@ -287,7 +295,8 @@ def test_tuple_states_match_torchdiffeq(sensitivity):
     for engine in ("auto", "torchdiffeq"):
         counter = NFECounter()
         dyn.zero_grad()
-        zs, qs = odesolve(dyn, state, s, SolverSettings(rtol=1e-7, atol=1e-7, sensitivity=sensitivity, engine=engine), counter=counter)
+        settings = SolverSettings(rtol=1e-7, atol=1e-7, sensitivity=sensitivity, engine=engine)
+        zs, qs = odesolve(dyn, state, s, settings, counter=counter)
         forward = counter.count
         (zs[-1].pow(2).mean() + qs[-1].mean()).backward()
         out[engine] = (zs.detach(), qs.detach(), torch.cat([p.grad.flatten() for p in dyn.parameters()]), forward)

@@ -1,5 +1,5 @@
 """nodex's lean euler / midpoint / rk4: bit-for-bit torchdiffeq's values (gradients to rounding), its NFE,
-and the dispatch (backprop only; the adjoint and ``engine=torchdiffeq`` stay torchdiffeq's)."""
+and the dispatch (backprop and the adjoint; ``engine=torchdiffeq`` and other options stay torchdiffeq's)."""
 
 from __future__ import annotations
 
@@ -73,13 +73,14 @@ def test_tuple_states_match_torchdiffeq():
 
 def _spy(monkeypatch):
     calls = []
-    real = solve_module.fixed_grid
+    for name in ("fixed_grid", "fixed_grid_adjoint"):
+        real = getattr(solve_module, name)
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+        def spy(*args, real=real, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(solve_module, "fixed_grid", spy)
+        monkeypatch.setattr(solve_module, name, spy)
     return calls
 
 
@@ -89,7 +90,7 @@ def _spy(monkeypatch):
         ({"method": "rk4", "step_size": 0.1}, [0.0, 1.0], True),
         ({"method": "euler", "step_size": 0.1}, [0.0, 0.5, 1.0], True),
         ({"method": "midpoint", "step_size": 0.1}, [0.0, 1.0], True),
-        ({"method": "rk4", "step_size": 0.1, "sensitivity": "adjoint"}, [0.0, 1.0], False),
+        ({"method": "rk4", "step_size": 0.1, "sensitivity": "adjoint"}, [0.0, 1.0], True),
         ({"method": "rk4", "step_size": 0.1, "engine": "torchdiffeq"}, [0.0, 1.0], False),
         ({"method": "rk4", "step_size": 0.1, "options": {"perturb": True}}, [0.0, 1.0], False),
         ({"method": "heun3", "step_size": 0.1}, [0.0, 1.0], False),

@@ -103,6 +103,20 @@ def test_work_precision_front_interpolates_log_log_and_refuses_to_extrapolate():
     assert front_time(points, 1e-4) is None  # below every measured error
 
 
+def test_work_precision_compares_each_sides_best_solver_at_equal_error(capsys):
+    # (tol, error, ms): torchdyn's dopri5 point at 1e-2 and tsit5 point at 1e-3 form its front (tsit5's
+    # 1e-2 at 50 ms is off it); nodex's front mixes its dopri5 (1e-2 at 10 ms) and tsit5 (1e-3 at 12 ms)
+    points = {
+        "nodex backprop": [(1e-3, 1e-2, 10.0), (1e-5, 1e-4, 40.0)], "nodex tsit5 backprop": [(1e-3, 1e-3, 12.0)],
+        "torchdyn backprop": [(1e-3, 1e-2, 20.0)], "torchdyn tsit5 backprop": [(1e-3, 1e-3, 30.0), (1e-4, 1e-2, 50.0)],
+    }
+    _work_precision().print_equal_error(points)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in lines if ln.startswith("| backprop")]
+    expected = [("torchdyn backprop", "0.50"), ("torchdyn tsit5 backprop", "0.40"), ("worst ratio", "0.50")]
+    assert [(r[1], r[-1]) for r in rows] == expected
+
+
 def test_work_precision_script_errors_fall_with_the_tolerance():
     proc = subprocess.run(
         [sys.executable, "scripts/work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1", "--steps", "1"],

@@ -127,6 +127,7 @@ def test_bad_solver_settings_are_one_line_errors(kwargs, needle):
 def test_max_num_steps_becomes_a_solver_error_with_the_settings():
     settings = SolverSettings(method="dopri5", rtol=1e-12, atol=1e-12, max_num_steps=3)
     with pytest.raises(SolverError) as err:
-        odesolve(Linear(torch.tensor([[0.0, 20.0], [-20.0, 0.0]])), torch.ones(1, 2), torch.tensor([0.0, 1.0]), settings)
+        rotation = Linear(torch.tensor([[0.0, 20.0], [-20.0, 0.0]]))
+        odesolve(rotation, torch.ones(1, 2), torch.tensor([0.0, 1.0]), settings)
     msg = str(err.value)
     assert "max_num_steps exceeded" in msg and "dopri5" in msg and "rtol=1e-12" in msg and "\n" not in msg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -143,3 +145,50 @@ def test_stacked_conv_field_uses_the_piece_of_s_and_hands_breakpoints_to_the_sol
     out = model(_torch.randn(3, 1, 6, 6))
     out.y_hat.sum().backward()
     assert layer.coeffs.grad is not None and layer.coeffs.grad.abs().sum() > 0
+
+
+def _stacked_model(settings: SolverSettings, seed: int = 0) -> NeuralODE:
+    """A stacked MLP field (3 pieces, breakpoints at 1/3 and 2/3) with a linear readout, in float64."""
+    torch.manual_seed(seed)
+    field = MLPField(2, 2, hidden=[6], depth="stacked", depth_options={"pieces": 3}, zero_init_last=False).double()
+    readout = torch.nn.Linear(2, 1).double()
+    return NeuralODE(torch.nn.Identity(), field, readout, settings, jump_t=list(field.layers[0].breakpoints))
+
+
+def _state_and_grad(model: NeuralODE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    model.zero_grad()
+    out = model(x)
+    out.y_hat.pow(2).sum().backward()
+    return out.z_S.detach(), torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("method,order", [("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize("sensitivity", ["autograd", "adjoint"])
+def test_fixed_step_methods_keep_their_order_on_a_stacked_model(method, order, sensitivity):
+    """The model hands its breakpoints to the fixed grid too: states and gradients converge at the
+    method's order towards a tight dopri5 (which restarts at the jumps)."""
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z_ref, g_ref = _state_and_grad(_stacked_model(SolverSettings(rtol=1e-12, atol=1e-12)), x)
+    z_err, g_err = [], []
+    for h in (1 / 12, 1 / 24, 1 / 48):  # each piece (1/3) is 4, 8, 16 steps
+        z, g = _state_and_grad(_stacked_model(SolverSettings(method=method, step_size=h, sensitivity=sensitivity)), x)
+        z_err.append(float((z - z_ref).abs().max()))
+        g_err.append(float((g - g_ref).abs().max()))
+    for errors in (z_err, g_err):
+        orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+        assert all(abs(p - order) < 0.35 for p in orders), (errors, orders)
+
+
+def test_a_seed_ensemble_of_stacked_models_honours_the_breakpoints_on_a_fixed_grid():
+    """Every member of the ensemble gets the state it gets alone on the breakpoint-aware grid."""
+    from nodex.models.ensemble import EnsembleNeuralODE
+
+    settings = SolverSettings(method="rk4", step_size=1 / 12)
+    members = [_stacked_model(settings, seed=k) for k in range(3)]
+    X = torch.randn(3, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = EnsembleNeuralODE(members).double()(X)
+    for k, member in enumerate(members):
+        alone = member(X[k]).z_S
+        assert torch.allclose(out.z_S[k], alone, atol=1e-12, rtol=0)
+        member.jump_t = None  # blind to the breakpoints: visibly different
+        assert (member(X[k]).z_S - alone).abs().max() > 1e-4

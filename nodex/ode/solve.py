@@ -18,20 +18,25 @@ from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.errors import ConfigError, SolverError
-from nodex.ode.lean.adjoint import dopri5_adjoint
+from nodex.ode.lean.adjoint import dopri5_adjoint, fixed_grid_adjoint, tsit5_adjoint
 from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
+from nodex.ode.lean.tsit5 import tsit5
 from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
 from nodex.ode.lean.tuples import FlatDynamics, flatten_state, unflatten_solution
 
-FIXED_STEP_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
+FIXED_STEP_METHODS = frozenset(
+    {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"}
+)
+NODEX_METHODS = ("tsit5",)  # nodex's own: no torchdiffeq counterpart
+LEAN_ADAPTIVE_METHODS = ("dopri5", "tsit5")
 SENSITIVITIES = ("autograd", "adjoint")
 ENGINES = ("auto", "torchdiffeq")
 
 
 def available_methods() -> list[str]:
     """Names of every method the installed torchdiffeq supports (``scipy_solver`` excluded:
-    it cannot backpropagate)."""
-    return sorted(m for m in SOLVERS if m != "scipy_solver")
+    it cannot backpropagate), and nodex's own (``tsit5``)."""
+    return sorted({*(m for m in SOLVERS if m != "scipy_solver"), *NODEX_METHODS})
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,9 @@ class SolverSettings:
     def __post_init__(self) -> None:
         methods = available_methods()
         if self.method not in methods:
-            raise ConfigError(f"solver.method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}")
+            raise ConfigError(
+                f"solver.method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}"
+            )
         for key in ("rtol", "atol"):
             value = getattr(self, key)
             if not value > 0:
@@ -72,6 +79,10 @@ class SolverSettings:
             raise ConfigError(f"solver.S={self.S} (the integration horizon) must be positive")
         if self.engine not in ENGINES:
             raise ConfigError(f"solver.engine={self.engine!r}; choose one of: {', '.join(ENGINES)}")
+        if self.engine == "torchdiffeq" and self.method in NODEX_METHODS:
+            raise ConfigError(
+                f"solver.method={self.method} is nodex's own (torchdiffeq has none): set solver.engine=auto"
+            )
 
     @property
     def is_fixed_step(self) -> bool:
@@ -135,7 +146,8 @@ def odesolve(
         s: 1-D increasing (or decreasing) depths, ``(T,)``; ``s[0]`` is where ``z0`` holds.
         settings: method, tolerances, sensitivity.
         counter: incremented once per dynamics evaluation.
-        jump_t: depths where the field is discontinuous (adaptive solvers restart there).
+        jump_t: depths where the field is discontinuous: adaptive solvers restart there, nodex's
+            fixed grids (euler / midpoint / rk4) put nodes there; ``(J,)``.
         adjoint_params: tensors to differentiate under the adjoint (default: ``dynamics``'
             parameters); pass extra tensors the field closes over (e.g. a control signal).
 
@@ -146,30 +158,66 @@ def odesolve(
         SolverError: torchdiffeq gave up (underflow in dt, max_num_steps, non-finite state).
     """
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
-    if _lean_fixed_applies(settings, z0, s):
-        shapes = None
-        if isinstance(z0, tuple):
-            func = FlatDynamics(func, [z.shape for z in z0])
-            z0, shapes, _ = flatten_state(z0)
-        ys = fixed_grid(func, z0, host_depths(s), settings.step_size, settings.method, s.dtype)
-        return ys if shapes is None else unflatten_solution(ys, shapes)
-    if _lean_dopri5_applies(settings, z0, s, jump_t):
-        t, args = host_depths(s), (settings.rtol, settings.atol, settings.max_num_steps)
-        jumps = None if jump_t is None else [float(j) for j in jump_t.tolist()]
-        shapes, bounds = None, None
-        if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
-            func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func
-            z0, shapes, bounds = flatten_state(z0)
-        try:
+    params = None if adjoint_params is None else distinct(adjoint_params)
+    lean = _lean_kind(settings, z0, s)
+    if lean is None:
+        if settings.method in NODEX_METHODS:
+            raise ConfigError(
+                f"solver.method={settings.method} runs on nodex's own engine only: it needs increasing constant "
+                "depths, a tensor or tuple state and no solver.options"
+            )
+        return _torchdiffeq_solve(func, z0, s, settings, jump_t, params)
+    jumps = None if jump_t is None else [float(j) for j in host_depths(jump_t)]
+    shapes, bounds = None, None
+    if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
+        func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func
+        z0, shapes, bounds = flatten_state(z0)
+    if settings.sensitivity == "adjoint" and params is None:
+        params = tuple(func.parameters())
+    t = host_depths(s)
+    try:
+        if lean == "fixed":
+            grid = (t, settings.step_size, settings.method, s.dtype)
             if settings.sensitivity == "adjoint":
-                params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-                ys = dopri5_adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds)
+                ys = fixed_grid_adjoint(func, z0, *grid, params=params, jump_t=jumps)
             else:
-                ys = dopri5(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps)
-            return ys if shapes is None else unflatten_solution(ys, shapes)
-        except AssertionError as exc:
-            raise SolverError(_solver_message(str(exc), settings)) from None
-    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=settings.solver_options(jump_t))
+                ys = fixed_grid(func, z0, *grid, jumps)
+        else:
+            ys = _lean_adaptive(func, z0, t, settings, jumps, params, bounds)
+    except AssertionError as exc:
+        raise SolverError(_solver_message(str(exc), settings)) from None
+    return ys if shapes is None else unflatten_solution(ys, shapes)
+
+
+def _lean_adaptive(
+    func: nn.Module,
+    z0: torch.Tensor,
+    t: list[float],
+    settings: SolverSettings,
+    jumps: list[float] | None,
+    params: tuple[torch.Tensor, ...] | None,
+    bounds: list[int] | None,
+) -> torch.Tensor:
+    """nodex's dopri5 or tsit5 of a flat ``z0`` ``(N...)`` under either sensitivity: ``(T, N...)``."""
+    args = (settings.rtol, settings.atol, settings.max_num_steps)
+    if settings.sensitivity == "adjoint":
+        adjoint = dopri5_adjoint if settings.method == "dopri5" else tsit5_adjoint
+        return adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds)
+    solver = dopri5 if settings.method == "dopri5" else tsit5
+    return solver(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps)
+
+
+def _torchdiffeq_solve(
+    func: nn.Module,
+    z0: torch.Tensor | tuple[torch.Tensor, ...],
+    s: torch.Tensor,
+    settings: SolverSettings,
+    jump_t: torch.Tensor | None,
+    adjoint_params: tuple[torch.Tensor, ...] | None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """torchdiffeq's ``odeint`` / ``odeint_adjoint``: ``(T, B, ...)`` (a tuple for a tuple ``z0``)."""
+    options = settings.solver_options(jump_t)
+    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method, options=options)
     try:
         if settings.sensitivity == "adjoint":
             # jump_t too: the backward solve then also restarts at the jumps (torchdiffeq negates
@@ -178,30 +226,32 @@ def odesolve(
             adjoint_options = dict(kwargs["options"])
             if settings.seminorm:
                 adjoint_options["norm"] = "seminorm"
-            if adjoint_params is None:
-                adjoint_params = tuple(p for p in func.parameters())
-            return odeint_adjoint(func, z0, s, adjoint_options=adjoint_options, adjoint_params=tuple(adjoint_params), **kwargs)
+            params = tuple(func.parameters()) if adjoint_params is None else adjoint_params
+            return odeint_adjoint(func, z0, s, adjoint_options=adjoint_options, adjoint_params=params, **kwargs)
         return odeint(func, z0, s, **kwargs)
     except AssertionError as exc:  # torchdiffeq reports numerical failures as bare assertions
         raise SolverError(_solver_message(str(exc), settings)) from None
 
 
-def _lean_dopri5_applies(settings: SolverSettings, z0: Any, s: torch.Tensor, jump_t: torch.Tensor | None) -> bool:
-    """nodex's own dopri5 (:mod:`nodex.ode.lean.dopri5`, :mod:`nodex.ode.lean.adjoint`) covers the common
-    training solve: dopri5 of a tensor (or tuple-of-tensors) state over increasing constant
-    depths, either sensitivity, with or without ``jump_t``."""
-    return settings.engine == "auto" and settings.method == "dopri5" and _plain_solve(settings, z0, s)
+def distinct(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``tensors`` without repeats (by identity, first occurrence kept). A leaf parameter the
+    bound dynamics registers and the caller also passes as an extra tensor (e.g. a horizon that
+    is an ``nn.Parameter``) would otherwise receive its adjoint gradient once per occurrence."""
+    seen: set[int] = set()
+    return tuple(t for t in tensors if not (id(t) in seen or seen.add(id(t))))
 
 
-def _lean_fixed_applies(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:
-    """nodex's own euler / midpoint / rk4 (:mod:`nodex.ode.lean.fixed_grid`) under backprop, on the
-    same kind of solve (the adjoint of a fixed-step method stays torchdiffeq's)."""
-    return (
-        settings.engine == "auto"
-        and settings.method in LEAN_FIXED_METHODS
-        and settings.sensitivity == "autograd"
-        and _plain_solve(settings, z0, s)
-    )
+def _lean_kind(settings: SolverSettings, z0: Any, s: torch.Tensor) -> str | None:
+    """Which of nodex's own solvers takes the solve: ``"adaptive"`` (dopri5, tsit5:
+    :mod:`nodex.ode.lean.dopri5`, :mod:`nodex.ode.lean.tsit5`), ``"fixed"`` (euler / midpoint / rk4:
+    :mod:`nodex.ode.lean.fixed_grid`), either sensitivity (:mod:`nodex.ode.lean.adjoint`), with
+    or without ``jump_t``; ``None``: torchdiffeq's. They cover the common training solve: a tensor
+    (or tuple-of-tensors) state over increasing constant depths, no extra torchdiffeq options."""
+    if settings.engine != "auto" or not _plain_solve(settings, z0, s):
+        return None
+    if settings.method in LEAN_ADAPTIVE_METHODS:
+        return "adaptive"
+    return "fixed" if settings.method in LEAN_FIXED_METHODS else None
 
 
 def _plain_solve(settings: SolverSettings, z0: Any, s: torch.Tensor) -> bool:

@@ -1,4 +1,5 @@
-"""The adjoint method on nodex's lean dopri5: O(1)-memory gradients, torchdiffeq's algorithm.
+"""The adjoint method on nodex's lean solvers (dopri5, tsit5, the fixed grid): O(1)-memory gradients,
+torchdiffeq's algorithm.
 
 Forward: solve without a graph. Backward: for each output interval, from the last, integrate
 the augmented state ``[z, a, a_θ]`` (flattened into one tensor) back in depth,
@@ -17,27 +18,37 @@ torchdiffeq's tuple flattening and bookkeeping.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from nodex.ode.lean.dopri5 import Field, dopri5, max_rms_norm
+from nodex.ode.lean.dopri5 import DOPRI5
+from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, max_rms_norm
+from nodex.ode.lean.tsit5 import TSIT5
+from nodex.ode.lean.fixed_grid import fixed_grid
 
 
-class _DopriAdjoint(torch.autograd.Function):
+Solve = Callable[[Field, torch.Tensor, list[float], Norm, "list[float] | None"], torch.Tensor]
+
+
+class _Adjoint(torch.autograd.Function):
+    """``solve`` forward without a graph; backward: ``solve`` of the augmented system, per output interval."""
+
     @staticmethod
-    def forward(ctx: Any, func: Field, t: list[float], opts: tuple, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        rtol, atol, max_num_steps, _, jump_t, state_bounds = opts
+    def forward(
+        ctx: Any, func: Field, t: list[float], solve: Solve, opts: tuple, y0: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        _, jump_t, state_bounds = opts
         with torch.no_grad():
-            ys = dopri5(func, y0, t, rtol, atol, max_num_steps, max_rms_norm(state_bounds), jump_t)
-        ctx.func, ctx.t, ctx.opts = func, t, opts
+            ys = solve(func, y0, t, max_rms_norm(state_bounds), jump_t)
+        ctx.func, ctx.t, ctx.solve, ctx.opts = func, t, solve, opts
         ctx.save_for_backward(ys, *params)
         return ys
 
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple:
         ys, *params = ctx.saved_tensors
-        func, t, (rtol, atol, max_num_steps, seminorm, jump_t, state_bounds) = ctx.func, ctx.t, ctx.opts
+        func, t, solve, (seminorm, jump_t, state_bounds) = ctx.func, ctx.t, ctx.solve, ctx.opts
         reversed_jumps = None if jump_t is None else sorted(-j for j in jump_t)
         shape, n = ys.shape[1:], ys[0].numel()
         sizes = [p.numel() for p in params]
@@ -53,10 +64,14 @@ class _DopriAdjoint(torch.autograd.Function):
             a = state[n : 2 * n].view(shape)
             with torch.enable_grad():
                 f = func(-tau, z)
-                vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
-            parts = [f.reshape(-1).neg()] + [
-                torch.zeros(size, dtype=state.dtype, device=state.device) if v is None else v.reshape(-1) for v, size in zip(vjps, [n, *sizes])
-            ]
+                # a field that depends on neither z nor a parameter (torchdiffeq's "exp" problem)
+                # has no graph to differentiate: every vector-Jacobian product is zero
+                if f.requires_grad:
+                    vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
+                else:
+                    vjps = (None,) * (1 + len(sizes))
+            zeros = [torch.zeros(size, dtype=state.dtype, device=state.device) for size in [n, *sizes]]
+            parts = [f.reshape(-1).neg()] + [zero if v is None else v.reshape(-1) for v, zero in zip(vjps, zeros)]
             return torch.cat(parts)
 
         a = grad_ys[-1]
@@ -64,14 +79,30 @@ class _DopriAdjoint(torch.autograd.Function):
         with torch.no_grad():
             for i in range(len(t) - 1, 0, -1):
                 state = torch.cat([ys[i].reshape(-1), a.reshape(-1), a_params])
-                state = dopri5(reversed_augmented, state, [-t[i], -t[i - 1]], rtol, atol, max_num_steps, norm, reversed_jumps)[-1]
+                state = solve(reversed_augmented, state, [-t[i], -t[i - 1]], norm, reversed_jumps)[-1]
                 a = state[n : 2 * n].view(shape) + grad_ys[i - 1]
                 a_params = state[2 * n :]
         grads = [g.view_as(p) for g, p in zip(a_params.split(sizes), params)]
-        return (None, None, None, a, *grads)
+        return (None, None, None, None, a, *grads)
 
 
-def dopri5_adjoint(
+def _apply(
+    func: Field,
+    y0: torch.Tensor,
+    t: list[float],
+    solve: Solve,
+    params: Sequence[torch.Tensor],
+    seminorm: bool,
+    jump_t: list[float] | None,
+    state_bounds: list[int] | None,
+) -> torch.Tensor:
+    params = tuple(p for p in params if p.requires_grad)
+    bounds = [0, y0.numel()] if state_bounds is None else list(state_bounds)
+    return _Adjoint.apply(func, t, solve, (seminorm, jump_t, bounds), y0, *params)
+
+
+def adaptive_adjoint(
+    tableau: Tableau,
     func: Field,
     y0: torch.Tensor,
     t: list[float],
@@ -83,7 +114,8 @@ def dopri5_adjoint(
     jump_t: list[float] | None = None,
     state_bounds: list[int] | None = None,
 ) -> torch.Tensor:
-    """Integrate with :func:`nodex.ode.lean.dopri5.dopri5`; gradients by the adjoint method.
+    """Integrate with the adaptive pair ``tableau`` (:func:`nodex.ode.lean.runge_kutta.adaptive_rk`);
+    gradients by the adjoint method, the backward solve with the same pair and tolerances.
 
     Args:
         func: ``f(s, z)``; evaluated once per stage forward and once (with a VJP) per stage
@@ -98,6 +130,47 @@ def dopri5_adjoint(
     Returns:
         ``(len(t), B, ...)`` states at ``t``.
     """
-    params = tuple(p for p in params if p.requires_grad)
-    bounds = [0, y0.numel()] if state_bounds is None else list(state_bounds)
-    return _DopriAdjoint.apply(func, t, (rtol, atol, max_num_steps, seminorm, jump_t, bounds), y0, *params)
+
+    def solve(f: Field, y: torch.Tensor, ts: list[float], norm: Norm, jumps: list[float] | None) -> torch.Tensor:
+        return adaptive_rk(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps)
+
+    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds)
+
+
+def dopri5_adjoint(func: Field, y0: torch.Tensor, t: list[float], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`adaptive_adjoint` with Dormand–Prince 5(4); ``(len(t), B, ...)`` states at ``t``."""
+    return adaptive_adjoint(DOPRI5, func, y0, t, *args, **kwargs)
+
+
+def tsit5_adjoint(func: Field, y0: torch.Tensor, t: list[float], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`adaptive_adjoint` with Tsitouras 5(4); ``(len(t), B, ...)`` states at ``t``."""
+    return adaptive_adjoint(TSIT5, func, y0, t, *args, **kwargs)
+
+
+def fixed_grid_adjoint(
+    func: Field,
+    y0: torch.Tensor,
+    t: list[float],
+    step_size: float,
+    method: str,
+    dtype: torch.dtype,
+    params: Sequence[torch.Tensor],
+    jump_t: list[float] | None = None,
+) -> torch.Tensor:
+    """Integrate with :func:`nodex.ode.lean.fixed_grid.fixed_grid`; gradients by the adjoint method,
+    the backward solve on the same kind of grid over each reversed output interval (as torchdiffeq's),
+    with its nodes on the reversed ``jump_t``.
+
+    Args:
+        func, y0, t, params: as for :func:`dopri5_adjoint`; ``y0``: ``(B, ...)``.
+        step_size, method, dtype: as for :func:`nodex.ode.lean.fixed_grid.fixed_grid`.
+        jump_t: discontinuities of ``f`` in depth (nodes of the forward and the backward grid).
+
+    Returns:
+        ``(len(t), B, ...)`` states at ``t``.
+    """
+
+    def solve(f: Field, y: torch.Tensor, ts: list[float], norm: Norm, jumps: list[float] | None) -> torch.Tensor:
+        return fixed_grid(f, y, ts, step_size, method, dtype, jumps)
+
+    return _apply(func, y0, t, solve, params, True, jump_t, None)

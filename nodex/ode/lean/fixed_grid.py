@@ -18,6 +18,7 @@ torchdiffeq options and increasing depths (``solver.engine=torchdiffeq`` turns i
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -38,6 +39,25 @@ def _grid(t: list[float], step_size: float, dtype: torch.dtype) -> torch.Tensor:
     return grid
 
 
+def _piecewise_grid(t: list[float], step_size: float, dtype: torch.dtype, jumps: list[float]) -> torch.Tensor:
+    """A grid with a node on every jump inside ``(t[0], t[-1])``: each piece between consecutive
+    nodes ``a < b`` is split into ``ceil((b - a) / step_size)`` equal steps (a relative slack of
+    1e-9 keeps a piece of exactly ``k`` steps at ``k``), so no step straddles a jump. Without
+    such a jump it is torchdiffeq's grid (:func:`_grid`), so values stay torchdiffeq's."""
+    start, end = t[0], t[-1]
+    inner = sorted({j for j in torch.tensor(jumps, dtype=dtype).tolist() if start < j < end})
+    if not inner:
+        return _grid(t, step_size, dtype)
+    bounds = torch.tensor([start, *inner, end], dtype=torch.float64)
+    pieces = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        n = max(1, math.ceil(float(b - a) / step_size * (1 - 1e-9)))
+        pieces.append(a + (b - a) * torch.arange(n, dtype=torch.float64) / n)
+    grid = torch.cat([*pieces, bounds[-1:]]).to(dtype)
+    grid[0], grid[-1] = torch.tensor(t, dtype=dtype)[[0, -1]]
+    return grid
+
+
 def _stage_depths(grid: torch.Tensor, method: str) -> torch.Tensor:
     """``(n_steps, n_stages)``: the depth of every field evaluation, computed as torchdiffeq
     computes it (``t0 + dt * c`` in the grid's dtype; the last rk4 stage is ``t1`` itself)."""
@@ -48,6 +68,22 @@ def _stage_depths(grid: torch.Tensor, method: str) -> torch.Tensor:
     if method == "midpoint":
         return torch.stack([t0, t0 + 0.5 * dt], 1)
     return torch.stack([t0, t0 + dt * _ONE_THIRD, t0 + dt * _TWO_THIRDS, t1], 1)
+
+
+def _one_sided(stages: torch.Tensor, grid: torch.Tensor, jumps: list[float]) -> torch.Tensor:
+    """``stages`` (in the field's dtype) with every stage that sits on a jump at its step's start
+    moved to the next representable depth and every one on a jump at its step's end to the one
+    before: each step sees only the piece it integrates (its one-sided limits), as torchdiffeq's
+    ``perturb`` does, and the method keeps its order on a piecewise-smooth field."""
+    if not jumps:
+        return stages
+    on_jump = torch.isin(grid, torch.tensor(jumps, dtype=grid.dtype))
+    t0 = grid[:-1].to(stages.dtype).unsqueeze(1)
+    t1 = grid[1:].to(stages.dtype).unsqueeze(1)
+    up = (stages == t0) & on_jump[:-1].unsqueeze(1)
+    down = (stages == t1) & on_jump[1:].unsqueeze(1)
+    stages = torch.where(up, torch.nextafter(stages, t1), stages)
+    return torch.where(down, torch.nextafter(stages, t0), stages)
 
 
 class _Plan(NamedTuple):
@@ -62,24 +98,33 @@ class _Plan(NamedTuple):
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(t: list[float], step_size: float, method: str, dtype: torch.dtype, y0: torch.Tensor) -> _Plan:
+def _plan(t: list[float], step_size: float, method: str, dtype: torch.dtype, y0: torch.Tensor, jumps: tuple) -> _Plan:
     """The plan of a grid, made once and kept: a training run solves on the same grid every step,
     and on a GPU the stage depths must not be copied there again (no host-to-device copy may happen
     inside a CUDA-graph capture)."""
-    key = (tuple(t), step_size, method, dtype, y0.dtype, y0.device)
+    key = (tuple(t), step_size, method, dtype, y0.dtype, y0.device, jumps)
     plan = _PLANS.get(key)
     if plan is None:
-        grid = _grid(t, step_size, dtype)
-        stages = _stage_depths(grid, method).to(device=y0.device, dtype=y0.dtype)
-        plan = _Plan(grid.tolist(), (grid[1:] - grid[:-1]).tolist(), torch.tensor(t, dtype=dtype).tolist(), stages)
+        grid = _piecewise_grid(t, step_size, dtype, list(jumps))
+        stages = _one_sided(_stage_depths(grid, method).to(y0.dtype), grid, list(jumps))
+        t_out = torch.tensor(t, dtype=dtype).tolist()
+        plan = _Plan(grid.tolist(), (grid[1:] - grid[:-1]).tolist(), t_out, stages.to(y0.device))
         if len(_PLANS) >= 64:
             _PLANS.clear()
         _PLANS[key] = plan
     return plan
 
 
-def fixed_grid(func: Field, y0: torch.Tensor, t: list[float], step_size: float, method: str, dtype: torch.dtype) -> torch.Tensor:
-    """Integrate ``dy/dt = func(t, y)`` on torchdiffeq's fixed grid.
+def fixed_grid(
+    func: Field,
+    y0: torch.Tensor,
+    t: list[float],
+    step_size: float,
+    method: str,
+    dtype: torch.dtype,
+    jump_t: list[float] | None = None,
+) -> torch.Tensor:
+    """Integrate ``dy/dt = func(t, y)`` on torchdiffeq's fixed grid (with nodes on ``jump_t``).
 
     Args:
         func: ``f(t, y)``; ``t`` a 0-d tensor (dtype ``y0.dtype``, on ``y0``'s device).
@@ -89,11 +134,14 @@ def fixed_grid(func: Field, y0: torch.Tensor, t: list[float], step_size: float, 
         method: ``euler``, ``midpoint`` or ``rk4``.
         dtype: the depths' dtype: the grid and the interpolation are computed in it (the field
             gets its depths cast to ``y0.dtype``, as torchdiffeq casts them).
+        jump_t: depths where ``func`` is discontinuous (stacked fields): the grid gets a node on
+            each, and a stage on one sees the side of the step it belongs to (one-sided limits).
 
     Returns:
         ``(len(t), B, ...)``: the state at every output depth.
     """
-    grid_host, dts, t_out, stages = _plan(t, step_size, method, dtype, y0)
+    jumps = tuple(sorted(set(jump_t))) if jump_t else ()
+    grid_host, dts, t_out, stages = _plan(t, step_size, method, dtype, y0, jumps)
     out, j, y = [y0], 1, y0
     for i, dt in enumerate(dts):
         s = stages[i]

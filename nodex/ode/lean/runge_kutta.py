@@ -1,0 +1,189 @@
+"""The shared adaptive engine of nodex's embedded Runge–Kutta pairs (dopri5, tsit5).
+
+A pair is a :class:`Tableau` — stage depths, stage weights (the last row: the 5th-order
+solution, evaluated again as the first stage of the next step: first-same-as-last), error
+weights and its continuous extension. :func:`adaptive_rk` integrates with any of them using
+torchdiffeq's adaptive algorithm: its initial-step rule (Hairer I.4), RMS error norm, step
+controller (safety 0.9, growth ≤ 10, shrink ≥ 0.2 on a reject), stepping past each output depth
+and reading it off the pair's dense output, and restarting at ``jump_t``. Failures raise
+``AssertionError`` with torchdiffeq's wording so every engine reports through one
+:class:`nodex.errors.SolverError`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+_SAFETY, _IFACTOR, _DFACTOR, _ORDER = 0.9, 10.0, 0.2, 5
+
+Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Norm = Callable[[torch.Tensor], float]
+# (y0, y1, stages, dt, x) -> the state at the fraction x of the step y0 -> y1
+Interpolant = Callable[[torch.Tensor, torch.Tensor, "list[torch.Tensor]", float, float], torch.Tensor]
+
+
+class Tableau(NamedTuple):
+    """An explicit first-same-as-last pair with ``s`` stages (``s = 7`` for both pairs here)."""
+
+    c: tuple[float, ...]  # depths of stages 2..s-1 as fractions of the step (1.0: the step's end)
+    a: tuple[tuple[float, ...], ...]  # rows for stages 2..s-1, then the solution weights
+    e: tuple[float, ...]  # error weights over all s stages (the last: f at the new state)
+    interpolate: Interpolant
+
+
+def combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[float, ...], dt: float) -> torch.Tensor:
+    """``y0 + dt · Σ_j coeffs[j] · ks[j]`` (``y0=None``: just the sum) as one out-of-place op
+    and in-place adds: a few small kernels, not a stacked buffer."""
+    out = None
+    for k, c in zip(ks, coeffs):
+        if c == 0.0:
+            continue
+        if out is None:
+            out = k.mul(c * dt) if y0 is None else torch.add(y0, k, alpha=c * dt)
+        else:
+            out.add_(k, alpha=c * dt)
+    assert out is not None
+    return out
+
+
+def rms_norm(x: torch.Tensor) -> float:
+    """The root mean square of ``x`` (torchdiffeq's default norm for one tensor)."""
+    return float(x.pow(2).mean().sqrt())
+
+
+def max_rms_norm(bounds: list[int]) -> Norm:
+    """The largest RMS over the segments ``x[bounds[i]:bounds[i+1]]`` of a flat tensor
+    (torchdiffeq's mixed norm for a tuple state flattened into one tensor)."""
+    if len(bounds) <= 2:
+        return rms_norm
+
+    def norm(x: torch.Tensor) -> float:
+        squares = x.pow(2)
+        means = [squares[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return float(torch.stack(means).max().sqrt())
+
+    return norm
+
+
+def initial_step(
+    func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm
+) -> float:
+    """torchdiffeq's ``_select_initial_step`` (Hairer, Nørsett & Wanner I, II.4); one evaluation."""
+    with torch.no_grad():
+        scale = y0.abs().mul(rtol).add_(atol)
+        d0, d1 = norm(y0 / scale), norm(f0 / scale)
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = func(time_like(t0 + h0, y0), y0 + h0 * f0)
+        d2 = norm((f1 - f0) / scale) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / _ORDER)
+        return min(100 * h0, h1)
+
+
+def time_like(t: float, like: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 0-d tensor like ``like``: a fill, not ``torch.tensor`` — the same rounding, half
+    the host time, and on a GPU a kernel launch instead of a blocking host-to-device copy."""
+    return torch.full((), t, dtype=like.dtype, device=like.device)
+
+
+def time_beside(t: float, like: torch.Tensor, direction: float) -> torch.Tensor:
+    """The representable depth just before (``direction < 0``) or after ``t``: stages that end
+    on a jump see the piece they integrate, as in torchdiffeq's ``Perturb``."""
+    value = time_like(t, like)
+    return torch.nextafter(value, value + direction)
+
+
+def _step_factor(ratio: float) -> float:
+    """torchdiffeq's ``_optimal_step_size``: the next step over this one from the error ratio."""
+    if ratio == 0.0:
+        return _IFACTOR
+    if ratio == math.inf:
+        return _DFACTOR
+    shrink = _DFACTOR if ratio >= 1.0 else 1.0
+    return min(_IFACTOR, max(_SAFETY / ratio ** (1.0 / _ORDER), shrink))
+
+
+def _attempt(tab: Tableau, func: Field, y: torch.Tensor, k1: torch.Tensor, t0: float, dt: float,
+             t_end: torch.Tensor, rtol: float, atol: float, norm: Norm) -> tuple[torch.Tensor, list, float]:
+    """One trial step: ``(y1, stages, error ratio)``; the ratio is ``inf`` where a stage blew up."""
+    ks = [k1]
+    for c, a in zip(tab.c, tab.a):
+        ks.append(func(t_end if c == 1.0 else time_like(t0 + c * dt, y), combine(y, ks, a, dt)))
+    y1 = combine(y, ks, tab.a[-1], dt)
+    ks.append(func(t_end, y1))  # first-same-as-last: k1 of the next step
+    with torch.no_grad():
+        error = combine(None, ks, tab.e, dt)
+        tol = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
+        ratio = norm(error.div_(tol))
+    if not math.isfinite(ratio):  # a stage blew up: retry smaller (torchdiffeq underflows)
+        assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
+        ratio = math.inf
+    return y1, ks, ratio
+
+
+def adaptive_rk(
+    tab: Tableau,
+    func: Field,
+    y0: torch.Tensor,
+    t: list[float],
+    rtol: float,
+    atol: float,
+    max_num_steps: int,
+    norm: Norm = rms_norm,
+    jump_t: list[float] | None = None,
+) -> torch.Tensor:
+    """Integrate ``dy/dt = func(t, y)`` with the adaptive pair ``tab``.
+
+    Args:
+        func: ``f(t, y)``; ``t`` a 0-d tensor of ``y``'s dtype, ``y`` shaped like ``y0``.
+        y0: initial state ``(B, ...)`` at ``t[0]``.
+        t: increasing output depths ``[t0, t1, ..., tT]``.
+        rtol, atol: tolerances of the error norm; max_num_steps: attempted steps per output interval.
+        norm: of the scaled error ``error / (atol + rtol·max(|y0|, |y1|))``; accept at ≤ 1.
+        jump_t: depths where ``func`` is discontinuous: steps end exactly on them, stages that
+            end there see the depth just before, and the next step restarts from a fresh
+            evaluation just after (one extra evaluation per jump), as torchdiffeq does.
+
+    Returns:
+        ``(T + 1, B, ...)``: the state at every depth of ``t`` (the first is ``y0``).
+
+    Raises:
+        AssertionError: step-size underflow, too many steps or a non-finite state.
+    """
+    t0 = t[0]
+    k1 = func(time_like(t0, y0), y0)
+    dt = initial_step(func, t0, y0, k1, rtol, atol, norm)
+    y, outputs = y0, [y0]
+    step: tuple = ()  # the last accepted step: (t_start, y_start, y_end, stages, dt)
+    jumps = sorted(j for j in (jump_t or ()) if j > t0)
+    next_jump = 0
+    for t_out in t[1:]:
+        n_steps = 0
+        while t_out > t0:
+            assert n_steps < max_num_steps, f"max_num_steps exceeded ({n_steps}>={max_num_steps})"
+            n_steps += 1
+            if not math.isfinite(dt):
+                assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
+                dt = 0.0
+            assert t0 + dt > t0, f"underflow in dt {dt}"
+            while next_jump < len(jumps) and jumps[next_jump] <= t0:
+                next_jump += 1
+            on_jump = next_jump < len(jumps) and jumps[next_jump] < t0 + dt
+            t1 = jumps[next_jump] if on_jump else t0 + dt
+            dt = t1 - t0 if on_jump else dt
+            t_end = time_beside(t1, y0, -1.0) if jumps else time_like(t1, y0)
+            y1, ks, ratio = _attempt(tab, func, y, k1, t0, dt, t_end, rtol, atol, norm)
+            if ratio <= 1.0:
+                step = (t0, y, y1, ks, dt)
+                t0, y, k1 = t1, y1, ks[-1]
+                if on_jump:  # restart on the far side of the discontinuity
+                    k1 = func(time_beside(t1, y0, 1.0), y1)
+            dt = dt * _step_factor(ratio)
+        t_start, y_start, y_end, ks_step, h = step
+        outputs.append(tab.interpolate(y_start, y_end, ks_step, h, (t_out - t_start) / h))
+    return torch.stack(outputs)
