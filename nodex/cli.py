@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from nodex.config import CONFIG_DIR
+from nodex.config import CONFIG_DIR, config_error_line
 from nodex.sweeps import RunRefused, abandon, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
@@ -261,6 +261,9 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         return f"unknown {group} {name!r}; choose one of: {', '.join(exc.options or [])}"
+    typed = config_error_line(exc)
+    if typed is not None:
+        return typed
     cause = exc.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         key = cause.full_key

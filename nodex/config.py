@@ -1,17 +1,134 @@
-"""Where the configs live and how to compose them outside the CLI.
+"""Where the configs live, their typed schemas, and how to compose them outside the CLI.
 
 ``compose(["model=galnode", "data=rings"])`` returns the same ``DictConfig`` that
 ``nodex train model=galnode data=rings`` runs (without Hydra's ``hydra`` node).
+
+The schemas below are registered in Hydra's ConfigStore as ``<group>/schema`` (and ``train_schema`` for the top
+level); each group's YAML starts from its schema (``defaults: [schema, _self_]``), so a value of the wrong type
+(``solver.rtol=abc``, ``seed=abc``, ``trainer.max_steps=1.5``) fails when the config is composed, and the schema is
+the one place for a default. Ranges and combinations (``rtol > 0``, ...) are checked where the values are used.
+Model, data and task presets vary by kind (an MLP field has ``hidden``, a conv field ``channels``; rings has
+``params``, CIFAR ``root``): their keys stay open, checked by the builders that read them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from omegaconf import DictConfig
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class SolverSchema:
+    """``solver``: how to integrate (see :class:`nodex.ode.SolverSettings`, which validates the ranges)."""
+
+    method: str = "dopri5"  # a torchdiffeq method or tsit5 (nodex's own)
+    rtol: float = 1e-4
+    atol: float = 1e-4
+    step_size: Optional[float] = None
+    max_num_steps: int = 10_000
+    sensitivity: str = "autograd"  # autograd (backprop through the solver) | adjoint (O(1) memory)
+    seminorm: bool = True  # adjoint: error control without the parameter channels
+    engine: str = "auto"  # auto: nodex's lean solvers where they apply (see README), else torchdiffeq | torchdiffeq
+    options: Dict[str, Any] = field(default_factory=dict)
+    S: float = 1.0
+
+
+@dataclass
+class OptimSchema:
+    name: str = "adam"
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    betas: Optional[List[float]] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.0
+
+
+@dataclass
+class SchedulerSchema:
+    name: str = "none"
+    step_size: int = 100
+    gamma: float = 0.9
+    unit: str = "step"
+
+
+@dataclass
+class TrainerSchema:
+    """``trainer``: budget, optimisation, logging cadence, device and run options."""
+
+    max_steps: int = 300
+    epochs: Optional[int] = None  # when set: epochs × (batches per epoch) steps, replacing max_steps
+    batch_size: Optional[int] = None  # null = full batch (the paper's toy runs)
+    eval_batch_size: Optional[int] = None  # null = a split at once
+    optim: OptimSchema = field(default_factory=OptimSchema)  # name: adam | adamw | sgd (momentum: sgd only)
+    scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)  # none | step | cosine | exponential
+    grad_clip: Optional[float] = None  # max gradient norm (> 0), or null
+    log_every: int = 10
+    val_every: Optional[int] = 100
+    checkpoint_every: Optional[int] = 100  # a multiple of log_every (checkpoints follow a finiteness check)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    num_threads: Any = "auto"  # auto (the CPUs this job may use, 1 for small fields) | N | null (torch's default)
+    progress: Any = "auto"  # auto (a bar on a terminal, off in multirun) | true | false
+    plots: bool = True  # the diagnostic figures at the end
+    plot_every: Optional[int] = None  # also every N steps; null = only at the end
+    resume: Optional[str] = None  # a run dir or checkpoints/last.pt to continue from, or auto (this run dir's own)
+    tf32: bool = False  # TF32 matmuls/convolutions on a GPU (~1e-3 relative rounding: above solver tolerances)
+    cuda_graph: bool = False  # capture the training step as a CUDA graph (GPU, euler|midpoint|rk4, backprop)
+    ensemble: int = 1  # K > 1: seeds seed..seed+K-1 in one batched solve, one run dir each (RUN_DIR/member-k)
+
+
+@dataclass
+class LoggerSchema:
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainSchema:
+    """The top level of ``nodex train``: the groups (typed by their own schemas) and the run's own keys."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    solver: Any = MISSING
+    task: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 0
+    experiment_name: Optional[str] = None
+    monitor: Optional[str] = None
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent; every process that composes needs them)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainSchema)
+    store.store(group="solver", name="schema", node=SolverSchema)
+    store.store(group="trainer", name="schema", node=TrainerSchema)
+    store.store(group="logger", name="schema", node=LoggerSchema)
+
+
+register_schemas()
+
+_TYPE_WORDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
+
+
+def config_error_line(exc: BaseException) -> str | None:
+    """A value of the wrong type (OmegaConf's ``ValidationError``, possibly wrapped by Hydra) as one line naming the
+    key, the value and the expected type; ``None`` for other errors."""
+    from omegaconf.errors import ValidationError
+
+    error = exc if isinstance(exc, ValidationError) else exc.__cause__
+    if not isinstance(error, ValidationError) or not getattr(error, "full_key", None):
+        return None
+    msg = str(error.msg)
+    wanted = next((words for name, words in _TYPE_WORDS.items() if f"converted to {name}" in msg), None)
+    wanted = "true or false" if "is not a valid bool" in msg else wanted
+    if wanted is None:
+        return f"{error.full_key}={error.value!r}: {str(error.msg).splitlines()[0]}"
+    return f"{error.full_key}={error.value!r} is not {wanted}: give {error.full_key} {wanted}"
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

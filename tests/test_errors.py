@@ -27,8 +27,8 @@ def _one_line_error(err: str) -> str:
         ("trainer.lrr=0.1", "unknown config key 'trainer.lrr'"),
         ("solver.method=rk5", "solver.method='rk5' is not a torchdiffeq method; choose one of:"),
         ("solver.rtol=-1e-3", "solver.rtol=-0.001 must be positive"),
-        ("solver.atol=0", "solver.atol=0 must be positive"),
-        ("solver=rk4 solver.step_size=0", "solver.step_size=0 must be positive"),
+        ("solver.atol=0", "solver.atol=0.0 must be positive"),
+        ("solver=rk4 solver.step_size=0", "solver.step_size=0.0 must be positive"),
         ("solver=rk4 solver.step_size=-0.1", "solver.step_size=-0.1 must be positive"),
         ("trainer.max_steps=0", "trainer.max_steps=0 must be a positive integer"),
         ("trainer.max_steps=-5", "trainer.max_steps=-5 must be a positive integer"),
@@ -155,3 +155,31 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_interrupted(train_run, monk
     assert code == 130
     assert result["status"] == "interrupted" and "trainer.resume=" in result["error"]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 7
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("solver.rtol=abc", "solver.rtol='abc' is not a number: give solver.rtol a number"),
+    ("trainer.optim.lr=abc", "trainer.optim.lr='abc' is not a number"),
+    ("seed=abc", "seed='abc' is not an integer"),
+    ("trainer.max_steps=1.5", "trainer.max_steps=1.5 is not an integer"),
+    ("trainer.epochs=1.5", "trainer.epochs=1.5 is not an integer"),
+    ("trainer.plots=maybe", "trainer.plots='maybe' is not true or false"),
+    ("logger.tensorboard=sometimes", "logger.tensorboard='sometimes' is not true or false"),
+])
+def test_type_errors_are_caught_when_the_config_is_composed(cli, tmp_path, override, needle):
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["train", override, f"hydra.run.dir={run_dir}"])
+    assert code == 2 and needle in _one_line_error(err)
+    assert not run_dir.exists()  # refused before anything is written
+
+
+def test_type_errors_in_python_compose_raise_validation_errors():
+    from omegaconf.errors import ValidationError
+
+    from nodex.config import compose, config_error_line
+
+    with pytest.raises(Exception) as info:
+        compose(["solver.rtol=abc"])
+    assert isinstance(info.value.__cause__, ValidationError) or isinstance(info.value, ValidationError)
+    assert config_error_line(info.value) == "solver.rtol='abc' is not a number: give solver.rtol a number"
+    assert config_error_line(ValueError("other")) is None
