@@ -141,3 +141,20 @@ def test_device_depths_are_read_back_once_per_tensor_and_version(monkeypatch):
     n = len(solve_module._HOST_DEPTHS)
     del other
     assert len(solve_module._HOST_DEPTHS) == n - 1  # entries go with their tensors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_lean_adjoint_equals_torchdiffeqs_fixed_grid_adjoint(dtype, method):
+    """The adjoint on nodex's grid (no jump_t): torchdiffeq's values, gradients and NFE (forward + backward)."""
+    out = {}
+    for engine in ("auto", "torchdiffeq"):
+        field, counter = ConcatField(dtype), NFECounter()
+        z0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        settings = SolverSettings(method=method, step_size=0.1, sensitivity="adjoint", engine=engine)
+        ys = odesolve(field, z0, torch.tensor([0.0, 0.35, 1.0], dtype=dtype), settings, counter=counter)
+        grads = torch.autograd.grad(ys.pow(2).sum(), list(field.parameters()))
+        out[engine] = (ys.detach(), torch.cat([g.reshape(-1) for g in grads]), counter.count)
+    (ys, g, nfe), (ys_ref, g_ref, nfe_ref) = out["auto"], out["torchdiffeq"]
+    assert torch.equal(ys, ys_ref) and nfe == nfe_ref
+    assert float((g - g_ref).abs().max()) <= 4 * torch.finfo(dtype).eps * float(g_ref.abs().max())
