@@ -248,7 +248,8 @@ def fmt(value: Optional[float]) -> str:
     return f"{value:.4g}"
 
 
-def _cell(stat: Optional[tuple[float, float, int]]) -> str:
+def stat_cell(stat: Optional[tuple[float, float, int]]) -> str:
+    """``mean ± std`` of a group statistic ``(mean, std, n)`` (std shown for n > 1), ``–`` for none."""
     if stat is None:
         return "–"
     mean, std, n = stat
@@ -294,7 +295,7 @@ def render_markdown(groups: list[Group], by: list[str], metrics: list[str], pape
     for g in groups:
         row = [("–" if v is None else str(v)) for v in g.key] + [str(len(g.completed)), str(len(g.failed))]
         for m in metrics:
-            row.append(_cell(g.stat(m)))
+            row.append(stat_cell(g.stat(m)))
             if m in paper_cols:
                 pv = g.paper(m)
                 row.append(pv.text() if pv else "")

@@ -32,7 +32,7 @@ from typing import Any, Optional
 from nodex.config import compose
 from nodex.paper.claims import CLAIMS, VARIANTS, Check, paper_value
 from nodex.paper.experiments import Experiment, discover
-from nodex.paper.report import Group, Run, fmt, find_runs
+from nodex.paper.report import Group, Run, find_runs, stat_cell
 
 # ----------------------------------------------------------------------------------------------
 # Budgets: the one place that sets how much each experiment is trained.
@@ -272,16 +272,11 @@ def main_metric(group: Group) -> Optional[str]:
 
 
 def _stat_text(group: Group, metric: Optional[str]) -> str:
-    stat = group.stat(metric) if metric else None
-    if stat is None:
-        return "–"
-    mean, std, n = stat
-    return fmt(mean) + (f" ± {std:.2g}" if n > 1 and std > 0 else "")
+    return stat_cell(group.stat(metric) if metric else None)
 
 
-def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
-                        seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float]) -> str:
-    """The text of ``REPRODUCTION.md``."""
+def _job_status(jobs: list[Job], groups: dict[str, Group]) -> dict[str, str]:
+    """``label -> ok | failed | not run[: why]`` for every planned job."""
     status: dict[str, str] = {}
     for job in jobs:
         g = groups.get(job.label)
@@ -293,6 +288,11 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
             status[job.label] = "failed"
         else:
             status[job.label] = "ok"
+    return status
+
+
+def _claim_rows(groups: dict[str, Group], status: dict[str, str]) -> tuple[list[str], dict[str, int]]:
+    """One markdown table per claim, and the tally of PASS / FAIL / not run checks."""
 
     def lookup(label: str, metric: str):
         g = groups.get(label)
@@ -307,7 +307,11 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
             verdict = _verdict(check, passed, status)
             tally["PASS" if verdict == "PASS" else "FAIL" if verdict.startswith("FAIL") else "not run"] += 1
             rows.append(f"| {check.label} | {check.paper} | {ours} | {check.tolerance()} | {verdict} |")
+    return rows, tally
 
+
+def _host_text() -> tuple[str, str]:
+    """``(host, versions)``: OS, CPU count and GPU; python and torch versions."""
     host = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
     try:
         import torch
@@ -317,6 +321,34 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
             host += ", GPU " + torch.cuda.get_device_name(0)
     except ImportError:  # pragma: no cover
         versions = f"python {platform.python_version()}"
+    return host, versions
+
+
+def _run_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, str]) -> list[str]:
+    """One row of the runs table per job."""
+    lines = []
+    for job in jobs:
+        g = groups.get(job.label)
+        if g is None:
+            lines.append(f"| {job.label} | {status[job.label]} | | | | | | | |")
+            continue
+        metric = main_metric(g)
+        pv = paper_value(job.label, metric) if metric else None
+        ppar = paper_value(job.label, "params")
+        lines.append(
+            f"| {job.label} | {len(g.completed)}/{len(g.runs)} | {metric or '–'} | {_stat_text(g, metric)} | "
+            f"{pv.text() if pv else ''} | {_stat_text(g, 'nfe_forward')} | {_stat_text(g, 'params')} | "
+            f"{ppar.text() if ppar else ''} | {_stat_text(g, 'wall_time_s')} |"
+        )
+    return lines
+
+
+def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
+                        seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float]) -> str:
+    """The text of ``REPRODUCTION.md``."""
+    status = _job_status(jobs, groups)
+    rows, tally = _claim_rows(groups, status)
+    host, versions = _host_text()
     cmd = "python scripts/reproduce.py " + shlex.join(argv)
     lines = [
         "# Reproduction of *Dissecting Neural ODEs* (Massaroli et al., NeurIPS 2020)",
@@ -325,7 +357,8 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         "",
         f"Made with `{cmd}` on {_dt.date.today().isoformat()} ({host}; {versions})"
         + (f" in {wall_s / 60:.1f} min." if wall_s is not None else "."),
-        "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
+        "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; "
+        "budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
         "",
         f"**{tally['PASS']} checks pass, {tally['FAIL']} fail, {tally['not run']} not run** (a claim's experiment "
         "may not exist yet or may be outside this budget).",
@@ -340,20 +373,8 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         "",
         "| run | completed | main metric | ours | paper | NFE fwd / step | params | params (paper) | wall s / run |",
         "|---|---|---|---|---|---|---|---|---|",
+        *_run_rows(jobs, groups, status),
     ]
-    for job in jobs:
-        g = groups.get(job.label)
-        if g is None:
-            lines.append(f"| {job.label} | {status[job.label]} | | | | | | | |")
-            continue
-        metric = main_metric(g)
-        pv = paper_value(job.label, metric) if metric else None
-        ppar = paper_value(job.label, "params")
-        lines.append(
-            f"| {job.label} | {len(g.completed)}/{len(g.runs)} | {metric or '–'} | {_stat_text(g, metric)} | "
-            f"{pv.text() if pv else ''} | {_stat_text(g, 'nfe_forward')} | {_stat_text(g, 'params')} | "
-            f"{ppar.text() if ppar else ''} | {_stat_text(g, 'wall_time_s')} |"
-        )
     failed = [r for g in groups.values() for r in g.failed]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
