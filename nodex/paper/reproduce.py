@@ -149,7 +149,8 @@ def _matches(rule: Rule, name: str, cfg) -> bool:
     return all(OmegaConf.select(cfg, key, default=None) in values for key, values in rule.where)
 
 
-def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[Job], list[Experiment]]:
+def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[Job],
+                                                                                                 list[Experiment]]:
     """The jobs to run (``skip`` set where the budget leaves one out) and the experiments that
     are not the paper's (their first comment line does not name it)."""
     experiments = discover(only=only)
@@ -182,7 +183,8 @@ def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None 
 # Running
 
 
-def command(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int], launcher: Optional[str]) -> list[str]:
+def command(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+            launcher: Optional[str]) -> list[str]:
     """The ``nodex train --multirun`` command line of one job."""
     cmd = [sys.executable, "-m", "nodex.cli", "train", "--multirun", f"experiment={job.experiment}",
            "seed=" + ",".join(str(s) for s in seeds), *job.overrides]
@@ -415,18 +417,26 @@ def reproduce_main(argv: list[str]) -> int:
         description="Run every paper experiment in configs/experiment/ with a budget and write REPRODUCTION.md "
                     "(each claim of the paper: its value, ours, pass/fail).",
     )
-    parser.add_argument("--budget", choices=list(BUDGETS), default="smoke", help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
-    parser.add_argument("--only", default="", help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_vanilla')")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="smoke",
+                        help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
+    parser.add_argument("--only", default="",
+                        help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_vanilla')")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the budget's)")
-    parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (each gets cores/jobs torch threads)")
-    parser.add_argument("--launcher", default=None, help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="experiments run at once (each gets cores/jobs torch threads)")
+    parser.add_argument("--launcher", default=None,
+                        help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
     parser.add_argument("--out", default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")
-    parser.add_argument("--report", default=None, help="where to write the report (default: REPRODUCTION.md; smoke: OUT/REPRODUCTION.md)")
-    parser.add_argument("--report-only", action="store_true", help="do not run; rewrite the report from the runs under --out")
+    parser.add_argument("--report", default=None,
+                        help="where to write the report (default: REPRODUCTION.md; smoke: OUT/REPRODUCTION.md)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="do not run; rewrite the report from the runs under --out")
     parser.add_argument("--resume", action="store_true", help="skip experiments whose seeds all completed under --out")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment before it is stopped")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    parser.add_argument("overrides", nargs="*", help="extra overrides for every experiment (applied where the key exists), e.g. trainer.device=cuda")
+    parser.add_argument("overrides", nargs="*",
+                        help="extra overrides for every experiment (applied where the key exists), "
+                             "e.g. trainer.device=cuda")
     args = parser.parse_args(argv)
 
     budget = BUDGETS[args.budget]
@@ -447,7 +457,9 @@ def reproduce_main(argv: list[str]) -> int:
           f"{len(jobs)} ({len(jobs) - len(runnable)} outside this budget) -> {out_dir}", flush=True)
     if args.dry_run:
         for job in jobs:
-            print(f"# {job.label}: skipped ({job.skip})" if job.skip else shlex.join(command(job, budget, out_dir, seeds, None, args.launcher)))
+            print(f"# {job.label}: skipped ({job.skip})" if job.skip else shlex.join(command(job, budget, out_dir,
+                                                                                             seeds, None,
+                                                                                             args.launcher)))
         return 0
     started = time.perf_counter()
     if not args.report_only:
