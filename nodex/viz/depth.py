@@ -42,7 +42,7 @@ def parameter_evolution(model: nn.Module, S: float, *, n_points: int = 300,
         for i in idx.tolist():
             ax.plot(s.cpu().numpy(), theta[:, i].numpy(), lw=1.2, label=f"θ[{i}]")
         ax.set(xlabel="depth s", ylabel="θ(s)", title=f"parameters evolution: {name}")
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: curves stay visible
     fig.tight_layout()
     return fig
 

@@ -96,7 +96,7 @@ def vector_field_snapshots(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *
         scatter_classes(ax, z.cpu().numpy(), labels, size=6, edge="none")
         ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), title=f"s = {float(s[i]):.2f}",
                xlabel="z1", ylabel="z2" if i == 0 else None)
-    axes[0][-1].legend(fontsize=7, loc="upper right")
+    axes[0][-1].legend(fontsize=7, loc="upper right", markerscale=2.5)
     model.train()
     fig.tight_layout()
     return fig

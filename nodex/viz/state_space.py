@@ -32,6 +32,12 @@ def _quiver(ax: Axes, model, depth: float, lo, hi, u: torch.Tensor | None, like:
               color="0.55", alpha=0.8, width=0.003)
 
 
+def _coords(x: torch.Tensor) -> str:
+    """One input's first coordinates, for a panel title."""
+    flat = x.reshape(-1).tolist()
+    return ", ".join(f"{v:.2f}" for v in flat[:3]) + (", …" if len(flat) > 3 else "")
+
+
 def _path(ax: Axes, z: torch.Tensor, k: int, lw: float = 0.8, alpha: float = 0.7) -> None:
     """One trajectory ``z`` ``(T, 2)``: a line, its start (open marker) and end (filled)."""
     z = z.cpu().numpy()
@@ -58,7 +64,7 @@ def state_space(model, X: torch.Tensor, y: torch.Tensor, *, n_points: int = 60, 
     model.train()
     class_legend(ax, labels, loc="upper right")
     ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="z1", ylabel="z2",
-           title=f"state space: z(s), s ∈ [0, {S:g}], over f(S/2, z)")
+           title=f"state space: z(s), s ∈ [0, {S:g}], over f(S/2, z)\nopen marker z(0), filled z(S)")
     return fig
 
 
@@ -89,9 +95,10 @@ def state_space_per_input(model, X: torch.Tensor, y: torch.Tensor, *, per_class:
         _quiver(ax, model, float(S_x[b]) / 2, lo, hi, None if u is None else u[b : b + 1], x, grid=11)
         _path(ax, traj[:, b], k, lw=1.4, alpha=1.0)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="z1", ylabel="z2",
-               title=f"class {k}, S = {float(S_x[b]):.2f}")
+               title=f"x = ({_coords(x[b])}), class {k}, S = {float(S_x[b]):.2f}")
         ax.title.set_fontsize(8)
     model.train()
-    fig.suptitle("state space per input: z(s) over its own field f(S/2, z, u(x))", fontsize=10)
+    fig.suptitle("state space per input: z(s) over its own field f(S/2, z, u(x)); open marker z(0), filled z(S)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
