@@ -410,8 +410,8 @@ def _verdict(check: Check, passed: Optional[bool], status: dict[str, str]) -> st
 # CLI
 
 
-def reproduce_main(argv: list[str]) -> int:
-    """``scripts/reproduce.py --budget smoke|cpu|full [--only PATTERNS] [--jobs N] ...``"""
+def _parser() -> argparse.ArgumentParser:
+    """The ``scripts/reproduce.py`` command line."""
     parser = argparse.ArgumentParser(
         prog="reproduce",
         description="Run every paper experiment in configs/experiment/ with a budget and write REPRODUCTION.md "
@@ -437,6 +437,12 @@ def reproduce_main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*",
                         help="extra overrides for every experiment (applied where the key exists), "
                              "e.g. trainer.device=cuda")
+    return parser
+
+
+def reproduce_main(argv: list[str]) -> int:
+    """``scripts/reproduce.py --budget smoke|cpu|full [--only PATTERNS] [--jobs N] ...``"""
+    parser = _parser()
     args = parser.parse_args(argv)
 
     budget = BUDGETS[args.budget]
@@ -457,9 +463,8 @@ def reproduce_main(argv: list[str]) -> int:
           f"{len(jobs)} ({len(jobs) - len(runnable)} outside this budget) -> {out_dir}", flush=True)
     if args.dry_run:
         for job in jobs:
-            print(f"# {job.label}: skipped ({job.skip})" if job.skip else shlex.join(command(job, budget, out_dir,
-                                                                                             seeds, None,
-                                                                                             args.launcher)))
+            skipped = f"# {job.label}: skipped ({job.skip})"
+            print(skipped if job.skip else shlex.join(command(job, budget, out_dir, seeds, None, args.launcher)))
         return 0
     started = time.perf_counter()
     if not args.report_only:
