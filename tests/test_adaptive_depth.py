@@ -166,12 +166,12 @@ def test_adaptive_depth_plots_the_horizon_and_error_coloured_trajectories(compos
     from nodex.data import build_data
     from nodex.models import DataSpec, build_model
     from nodex.train.logs import RunLogger
-    from nodex.viz.flows import flow_diagnostics
+    from nodex.viz import diagnostics
 
     cfg = compose_cfg(["experiment=reflection_adaptive_depth", "data.n_test=50"])
     data = build_data(cfg.data, 0)
     model = build_model(cfg.model, DataSpec((1,), 1), SolverSettings(rtol=1e-3, atol=1e-3))
     logger = RunLogger(tmp_path, tensorboard=False)
-    flow_diagnostics(model, data, None, logger, 0)
+    diagnostics(model, data, None, logger, 0)
     logger.close()
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["plots_horizon.png", "plots_regression_trajectories.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["horizon.png", "regression_trajectories.png"]

@@ -25,7 +25,7 @@ def test_train_writes_the_run_directory_contract(train_run):
     assert result["config"]["model"]["name"] == "vanilla" and result["seed"] == 0
     assert {"test/loss", "test/accuracy", "test/nfe_forward"} <= set(result["metrics"])
     assert result["nfe_forward"] > 0 and result["nfe_backward"] == 0  # autograd: no backward solve
-    for path in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "plots/plots_decision_map.png"):
+    for path in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "plots/decision_map.png"):
         assert (run_dir / path).exists(), path
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 5 and "train/loss" in rows[0]
@@ -132,4 +132,4 @@ def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     ea = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     ea.Reload()
     assert [e.step for e in ea.Images("plots/parameters_evolution")] == [10, 20]
-    assert (run_dir / "plots" / "plots_parameters_evolution.png").exists()
+    assert (run_dir / "plots" / "parameters_evolution.png").exists()

@@ -254,13 +254,13 @@ def test_cnf_training_lowers_the_test_nll(train_run):
 
 def test_cnf_plots_one_figure_per_condition(compose_cfg, tmp_path):
     from nodex.train.logs import RunLogger
-    from nodex.viz.flows import flow_diagnostics
+    from nodex.viz import diagnostics
 
     cfg = compose_cfg(["model=cnf_data_control", "task=density", "data=two_targets", "data.n_test=200", "data.n_train=8", "data.n_val=8"])
     data = build_data(cfg.data, 0)
     task = build_task(cfg.task, data)
     model = build_model(cfg.model, DataSpec(data.input_shape, 1), SolverSettings(rtol=1e-3, atol=1e-3))
     logger = RunLogger(tmp_path, tensorboard=False)
-    flow_diagnostics(model, data, task, logger, 0)
+    diagnostics(model, data, task, logger, 0)
     logger.close()
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["plots_cnf_condition_0.png", "plots_cnf_condition_1.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["cnf_condition_0.png", "cnf_condition_1.png", "cnf_samples.png"]

@@ -16,4 +16,4 @@ def test_default_run_learns_the_annuli_with_a_leaky_boundary(cli, tmp_path):
     # a thin "leak" channel, so the boundary is mostly, not perfectly, right (paper Fig., §E1).
     acc = result["metrics"]["test/accuracy"]
     assert 0.97 <= acc < 1.0, acc
-    assert (tmp_path / "run" / "plots" / "plots_decision_map.png").exists()
+    assert (tmp_path / "run" / "plots" / "decision_map.png").exists()

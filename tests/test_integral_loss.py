@@ -181,5 +181,5 @@ def test_a_short_run_logs_both_loss_parts_the_tracking_metrics_and_the_plots(cli
         assert r["train/loss_terminal"] > 0 and r["train/loss_integral"] > 0
     result = json.loads((run / "result.json").read_text())
     assert {"test/tracking_mse", "test/extrapolation_mse", "test/loss_integral", "test/loss_terminal"} <= set(result["metrics"])
-    assert (run / "plots" / "plots_parameters_evolution.png").exists()
-    assert (run / "plots" / "plots_tracking.png").exists()
+    assert (run / "plots" / "parameters_evolution.png").exists()
+    assert (run / "plots" / "tracking.png").exists()

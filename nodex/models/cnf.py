@@ -164,6 +164,10 @@ class CNF(nn.Module):
         self.nfe = NFECounter()
         self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
 
+    def figure_traits(self) -> frozenset[str]:
+        """A density model, for :mod:`nodex.viz` (``nodex.viz.protocol.TRAITS``)."""
+        return frozenset({"density"})
+
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` -> (data ``(B, d)``, condition index ``(B,)`` long)."""
         if self.n_conditions:

@@ -135,6 +135,13 @@ class NeuralODE(nn.Module):
         extras = {} if S_x is None else {"horizon": S_x.detach()}
         return ModelOutput(self.readout(z_S), z_S, loss_integral, extras)
 
+    def figure_traits(self) -> frozenset[str]:
+        """What this model is, for :mod:`nodex.viz` to choose its figures (``nodex.viz.protocol.TRAITS``)."""
+        depth_variant = any(callable(getattr(m, "theta", None)) for m in self.field.modules())  # θ(s) layers
+        flags = {"controlled": self.control is not None, "learned_horizon": self.horizon is not None,
+                 "depth_variant": depth_variant}
+        return frozenset(name for name, on in flags.items() if on)
+
     def trajectory(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """States at the depths ``s`` (``(T,)``, from 0; fractions of S(x) for an adaptive
         horizon): ``(T, B, *state_shape)``. Uses the forward solver (no adjoint)."""

@@ -46,7 +46,8 @@ class PaperValue:
         return self.shown or f"{self.value:g}"
 
 
-def _table(acc: float, nfe: float, params: float, params_shown: str, exact_params: int | None = None) -> dict[str, PaperValue]:
+def _table(acc: float, nfe: float, params: float, params_shown: str,
+           exact_params: int | None = None) -> dict[str, PaperValue]:
     values = {
         "test/accuracy": PaperValue(acc, POSTER, f"{acc * 100:.1f}%"),
         "nfe_forward": PaperValue(nfe, POSTER, f"{nfe:g}"),
@@ -80,8 +81,10 @@ for _data, _models in _TABLE.items():
 for _model, _values in _TABLE["mnist"].items():
     PAPER_VALUES[f"mnist5k_{_model}"] = {
         "params": _values["params"],
-        "test/accuracy": PaperValue(_values["test/accuracy"].value, POSTER + ", full MNIST", _values["test/accuracy"].shown + " (full MNIST)"),
-        "nfe_forward": PaperValue(_values["nfe_forward"].value, POSTER + ", full MNIST", _values["nfe_forward"].shown + " (full MNIST)"),
+        "test/accuracy": PaperValue(_values["test/accuracy"].value, POSTER + ", full MNIST",
+                                    _values["test/accuracy"].shown + " (full MNIST)"),
+        "nfe_forward": PaperValue(_values["nfe_forward"].value, POSTER + ", full MNIST",
+                                  _values["nfe_forward"].shown + " (full MNIST)"),
     }
 PAPER_VALUES.update({
     "annuli_data_control": {"params": PaperValue(229, CODE_ANNULI, "229")},
@@ -157,7 +160,9 @@ class Check:
             "lt_run": f"< {t}",
             "gt_run": f"> {t}",
             "finite": "finite",
-            "order": (" > " if self.direction == "max" else " < ").join("≈".join(_short(x) for x in tier) for tier in self.runs) + (f" (slack {self.tol:g})" if self.tol else ""),
+            "order": (" > " if self.direction == "max" else " < ").join("≈".join(_short(x) for x in tier)
+                                                                       for tier in self.runs)
+            + (f" (slack {self.tol:g})" if self.tol else ""),
         }[self.op]
 
     def evaluate(self, lookup: Lookup) -> tuple[str, Optional[bool]]:
@@ -199,7 +204,8 @@ class Check:
 
 
 def _short(label: str) -> str:
-    for family in ("table1_mnist_", "table1_cifar10_", "mnist5k_", "digits_", "spheres_augmentation_", "annuli_", "reflection_"):
+    for family in ("table1_mnist_", "table1_cifar10_", "mnist5k_", "digits_", "spheres_augmentation_", "annuli_",
+                   "reflection_"):
         if label.startswith(family):
             return label[len(family):]
     return label
@@ -227,12 +233,16 @@ def _table_checks(data: str, model: str, acc_tol: float) -> tuple[Check, ...]:
     run = f"table1_{data}_{model}"
     v = PAPER_VALUES[run]
     params = v["params"]
-    params_check = (Check("params", "params", "eq", run, params.value, paper=params.text()) if params.source == ARITHMETIC
-                    else Check("params (paper rounds to 0.1K)", "params", "approx", run, params.value, tol=50, paper=params.text()))
+    params_check = (Check("params", "params", "eq", run, params.value,
+                          paper=params.text()) if params.source == ARITHMETIC
+                    else Check("params (paper rounds to 0.1K)", "params", "approx", run, params.value, tol=50,
+                               paper=params.text()))
     return (
-        Check("test accuracy", "test/accuracy", "approx", run, v["test/accuracy"].value, tol=acc_tol, paper=v["test/accuracy"].text()),
+        Check("test accuracy", "test/accuracy", "approx", run, v["test/accuracy"].value, tol=acc_tol,
+              paper=v["test/accuracy"].text()),
         params_check,
-        Check("forward NFE per step", "nfe_forward", "rel", run, v["nfe_forward"].value, tol=0.5, paper=v["nfe_forward"].text()),
+        Check("forward NFE per step", "nfe_forward", "rel", run, v["nfe_forward"].value, tol=0.5,
+              paper=v["nfe_forward"].text()),
     )
 
 
@@ -255,11 +265,13 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("3.2", "2nd-order NODE on MNIST: 99.2%, 20.0K params (20,014), about 43 NFE", POSTER,
           _table_checks("mnist", "second_order", 0.01)),
     Claim("3.3", "MNIST: IL-NODE 99.1% / 20.7K / 44 NFE; ANODE 98.9% / 20.4K / 71; NODE 96.8% / 21.4K / 98", POSTER,
-          _table_checks("mnist", "ilnode", 0.01) + _table_checks("mnist", "anode", 0.01) + _table_checks("mnist", "node", 0.01)),
+          _table_checks("mnist", "ilnode", 0.01) + _table_checks("mnist", "anode",
+                                                                 0.01) + _table_checks("mnist", "node", 0.01)),
     Claim("3.4", "CIFAR-10: ANODE 70.8% / 35.0K / 169 NFE (the highest NFE); NODE 58.9% / 37.1K / 93", POSTER,
           _table_checks("cifar10", "anode", 0.02) + _table_checks("cifar10", "node", 0.02) + (
               Check("ANODE has the highest forward NFE", "nfe_forward", "order",
-                    runs=(("table1_cifar10_anode",), ("table1_cifar10_node", "table1_cifar10_ilnode", "table1_cifar10_second_order")),
+                    runs=(("table1_cifar10_anode",), ("table1_cifar10_node", "table1_cifar10_ilnode",
+                                                      "table1_cifar10_second_order")),
                     paper="169 vs 59–93"),)),
     Claim("3.5", "Ordering: accuracy IL ≈ 2nd-order > ANODE ≫ NODE; IL and 2nd-order need the fewest NFE "
           "(checked on the paper's table runs and on the CPU stand-ins: 5k-MNIST and 8x8 digits)", POSTER,
@@ -268,23 +280,30 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("3.6", "φ(x) = −x is learned without augmentation by data-controlled and adaptive-depth NODEs; "
           "vanilla and depth-concat fail", "paper.md §3 item 6 [V-poster; code checks data control only]", (
               Check("data-controlled fits (test MSE)", "test/mse", "le", "reflection_data_control", 1e-3, paper="fits"),
-              Check("adaptive depth fits (test MSE)", "test/mse", "le", "reflection_adaptive_depth", 1e-3, paper="fits"),
+              Check("adaptive depth fits (test MSE)", "test/mse", "le", "reflection_adaptive_depth", 1e-3,
+                    paper="fits"),
               Check("vanilla fails (test MSE)", "test/mse", "ge", "reflection_vanilla", 0.1, paper="fails"),
               Check("depth-concat fails (test MSE)", "test/mse", "ge", "reflection_depthcat", 0.1, paper="fails"),
               Check("data-controlled params", "params", "eq", "reflection_data_control", 257, paper="257"),
           )),
     Claim("3.7", "Concentric annuli are separated by a 229-parameter data-controlled NODE without augmentation; "
           "vanilla, depth-cat and GalNODE leak", "paper.md §3 item 7 [V-code/fig]", (
-              Check("data-controlled separates (test accuracy)", "test/accuracy", "ge", "annuli_data_control", 0.99, paper="separates"),
+              Check("data-controlled separates (test accuracy)", "test/accuracy", "ge", "annuli_data_control", 0.99,
+                    paper="separates"),
               Check("data-controlled params", "params", "eq", "annuli_data_control", 229, paper="229"),
-              Check("vanilla leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_vanilla", "annuli_data_control", paper="leaks"),
-              Check("depth-cat leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_depthcat", "annuli_data_control", paper="leaks"),
-              Check("GalNODE leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_galnode", "annuli_data_control", paper="leaks"),
+              Check("vanilla leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_vanilla",
+                    "annuli_data_control", paper="leaks"),
+              Check("depth-cat leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_depthcat",
+                    "annuli_data_control", paper="leaks"),
+              Check("GalNODE leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_galnode",
+                    "annuli_data_control", paper="leaks"),
           )),
     Claim("3.8", "GalNODE and stacked NODEs train with depth-varying θ(s); with an integral loss GalNODE tracks a "
-          "depth-varying target and extrapolates beyond the training depth", "paper.md §3 item 8 [V-fig, V-rev, tutorial V-code]", (
+          "depth-varying target and extrapolates beyond the training depth",
+          "paper.md §3 item 8 [V-fig, V-rev, tutorial V-code]", (
               Check("stacked on moons (test accuracy)", "test/accuracy", "ge", "stacked_moons", 0.98, paper="trains"),
-              Check("GalNODE on spirals (test accuracy)", "test/accuracy", "ge", "galnode_spirals", 0.98, paper="trains"),
+              Check("GalNODE on spirals (test accuracy)", "test/accuracy", "ge", "galnode_spirals", 0.98,
+                    paper="trains"),
               Check("GalNODE extrapolates better than a depth-invariant field", "test/extrapolation_mse", "lt_run",
                     "galerkin_tracking", "galerkin_tracking@depth_none", paper="extrapolates"),
               Check("GalNODE extrapolates better than depth-concat", "test/extrapolation_mse", "lt_run",
@@ -292,13 +311,16 @@ CLAIMS: tuple[Claim, ...] = (
           )),
     Claim("3.9", "A data-controlled CNF draws conditionally from two distributions using two priors "
           "(qualitative: see the sample plots in the run directory)", "paper.md §3 item 9 [V-poster]", (
-              Check("conditional CNF trains to a finite test NLL", "test/nll", "finite", "cnf_conditional", paper="qualitative"),
+              Check("conditional CNF trains to a finite test NLL", "test/nll", "finite", "cnf_conditional",
+                    paper="qualitative"),
           )),
     Claim("E6", "Nested spheres (not in §3; tutorial): augmentation (ANODE, IL, partial IL, 2nd order) separates "
           "what the vanilla NODE cannot", CODE_SPHERES, (
               Check("accuracy: augmented > vanilla", "test/accuracy", "order",
-                    runs=(("spheres_augmentation_anode", "spheres_augmentation_ilnode", "spheres_augmentation_ilnode_partial",
-                           "spheres_augmentation_second_order"), ("spheres_augmentation",)), paper="augmented separate"),
+                    runs=(("spheres_augmentation_anode", "spheres_augmentation_ilnode",
+                           "spheres_augmentation_ilnode_partial",
+                           "spheres_augmentation_second_order"), ("spheres_augmentation",)),
+                           paper="augmented separate"),
               Check("2nd-order params", "params", "eq", "spheres_augmentation_second_order", 657, paper="657"),
           )),
 )

@@ -53,13 +53,15 @@ def discover(directory: Path | None = None, only: list[str] | None = None) -> li
 
 def list_main(argv: list[str]) -> int:
     """``nodex list [PATTERN ...]``: every experiment with its one-line description."""
-    parser = argparse.ArgumentParser(prog="nodex list", description="List the named experiments (nodex train experiment=NAME).")
+    parser = argparse.ArgumentParser(prog="nodex list",
+                                     description="List the named experiments (nodex train experiment=NAME).")
     parser.add_argument("patterns", nargs="*", help="names or shell patterns to keep, e.g. 'reflection_*'")
     parser.add_argument("--names", action="store_true", help="print the names only, one per line")
     args = parser.parse_args(argv)
     experiments = discover(only=args.patterns or None)
     if not experiments:
-        print("no experiment matches " + " ".join(args.patterns) if args.patterns else f"no experiments in {EXPERIMENT_DIR}")
+        print("no experiment matches " + " ".join(args.patterns) if args.patterns
+              else f"no experiments in {EXPERIMENT_DIR}")
         return 1
     if args.names:
         print("\n".join(e.name for e in experiments))

@@ -81,9 +81,11 @@ def load_run(run_dir: Path) -> Run:
         try:
             result = json.loads(result_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            result = {"status": "unreadable", "error": f"result.json unreadable: {exc}", "config": _read_yaml(hydra_dir / "config.yaml") or {}}
+            result = {"status": "unreadable", "error": f"result.json unreadable: {exc}",
+                      "config": _read_yaml(hydra_dir / "config.yaml") or {}}
     else:
-        result = {"status": "missing", "error": "no result.json (the job was killed, or is still running)", "config": _read_yaml(hydra_dir / "config.yaml") or {}}
+        result = {"status": "missing", "error": "no result.json (the job was killed, or is still running)",
+                  "config": _read_yaml(hydra_dir / "config.yaml") or {}}
     return Run(run_dir, result, [str(o) for o in overrides], dict(choices))
 
 
@@ -248,7 +250,8 @@ def fmt(value: Optional[float]) -> str:
     return f"{value:.4g}"
 
 
-def _cell(stat: Optional[tuple[float, float, int]]) -> str:
+def stat_cell(stat: Optional[tuple[float, float, int]]) -> str:
+    """``mean ± std`` of a group statistic ``(mean, std, n)`` (std shown for n > 1), ``–`` for none."""
     if stat is None:
         return "–"
     mean, std, n = stat
@@ -270,12 +273,14 @@ def to_records(groups: list[Group], by: list[str], metrics: list[str], paper: bo
         rec["metrics"] = {}
         for m in metrics:
             stat = g.stat(m)
-            entry: dict[str, Any] = {"mean": stat[0], "std": stat[1], "n": stat[2]} if stat else {"mean": None, "std": None, "n": 0}
+            entry: dict[str, Any] = {"mean": stat[0], "std": stat[1], "n": stat[2]} if stat else {"mean": None,
+                                                                                                  "std": None, "n": 0}
             pv = g.paper(m) if paper else None
             if pv is not None:
                 entry.update(paper=pv.value, paper_shown=pv.text(), paper_source=pv.source)
             rec["metrics"][m] = entry
-        rec["failed_runs"] = [{"path": str(r.path), "status": r.status, "error": r.result.get("error")} for r in g.failed]
+        rec["failed_runs"] = [{"path": str(r.path), "status": r.status,
+                               "error": r.result.get("error")} for r in g.failed]
         records.append(rec)
     return records
 
@@ -294,7 +299,7 @@ def render_markdown(groups: list[Group], by: list[str], metrics: list[str], pape
     for g in groups:
         row = [("–" if v is None else str(v)) for v in g.key] + [str(len(g.completed)), str(len(g.failed))]
         for m in metrics:
-            row.append(_cell(g.stat(m)))
+            row.append(stat_cell(g.stat(m)))
             if m in paper_cols:
                 pv = g.paper(m)
                 row.append(pv.text() if pv else "")
@@ -303,7 +308,8 @@ def render_markdown(groups: list[Group], by: list[str], metrics: list[str], pape
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines)
     n_runs = sum(len(g.runs) for g in groups)
-    out += f"\n\n{n_runs} runs; mean ± sample std over the completed runs of each row (n); failed runs are not averaged."
+    out += (f"\n\n{n_runs} runs; mean ± sample std over the completed runs of each row (n); "
+            "failed runs are not averaged.")
     if sources:
         out += "\nPaper values: " + "; ".join(sources) + "."
     failed = [r for g in groups for r in g.failed]
@@ -335,7 +341,8 @@ def render_csv(groups: list[Group], by: list[str], metrics: list[str], paper: bo
     return buf.getvalue()
 
 
-def render(runs: list[Run], by: list[str] | None = None, metrics: list[str] | None = None, fmt_name: str = "markdown", paper: bool = True) -> str:
+def render(runs: list[Run], by: list[str] | None = None, metrics: list[str] | None = None, fmt_name: str = "markdown",
+           paper: bool = True) -> str:
     """The report of ``runs`` in ``fmt_name`` (markdown | csv | json)."""
     by = by or auto_keys(runs)
     metrics = metrics or auto_metrics(runs)
@@ -345,7 +352,8 @@ def render(runs: list[Run], by: list[str] | None = None, metrics: list[str] | No
     if fmt_name == "csv":
         return render_csv(groups, by, metrics, paper)
     if fmt_name == "json":
-        return json.dumps({"by": by, "metrics": metrics, "groups": to_records(groups, by, metrics, paper)}, indent=2, default=str) + "\n"
+        return json.dumps({"by": by, "metrics": metrics, "groups": to_records(groups, by, metrics, paper)}, indent=2,
+                          default=str) + "\n"
     raise ValueError(f"--format={fmt_name!r}; choose one of: {', '.join(FORMATS)}")
 
 
@@ -357,11 +365,16 @@ def report_main(argv: list[str]) -> int:
     """``nodex report PATH [PATH ...] [--by KEYS] [--metrics NAMES] [--format F] [-o FILE]``."""
     parser = argparse.ArgumentParser(
         prog="nodex report",
-        description="Tabulate the result.json files under run/multirun directories: mean ± std over seeds, grouped by config keys.",
+        description="Tabulate the result.json files under run/multirun directories: mean ± std over seeds, "
+                    "grouped by config keys.",
     )
     parser.add_argument("paths", nargs="+", help="run or multirun directories (searched recursively)")
-    parser.add_argument("--by", default="auto", help="comma-separated group keys: experiment, model, data, solver or any dotted config key (default: auto = experiment, model, data + swept overrides)")
-    parser.add_argument("--metrics", default="auto", help="comma-separated metrics, e.g. test/accuracy,nfe_forward,params,wall_time_s (default: every test/* metric + NFE, params, wall time)")
+    parser.add_argument("--by", default="auto",
+                        help="comma-separated group keys: experiment, model, data, solver or any dotted config key "
+                             "(default: auto = experiment, model, data + swept overrides)")
+    parser.add_argument("--metrics", default="auto",
+                        help="comma-separated metrics, e.g. test/accuracy,nfe_forward,params,wall_time_s "
+                             "(default: every test/* metric + NFE, params, wall time)")
     parser.add_argument("--format", default="markdown", choices=FORMATS, help="output format (default: markdown)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper's values")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -372,7 +385,8 @@ def report_main(argv: list[str]) -> int:
         print(f"nodex: error: {exc}", file=sys.stderr)
         return 2
     if not runs:
-        print(f"nodex: error: no result.json under {', '.join(args.paths)}; point at a run or multirun directory (outputs/train/...)", file=sys.stderr)
+        print(f"nodex: error: no result.json under {', '.join(args.paths)}; "
+              "point at a run or multirun directory (outputs/train/...)", file=sys.stderr)
         return 2
     by = None if args.by == "auto" else _split(args.by)
     metrics = None if args.metrics == "auto" else _split(args.metrics)
@@ -380,7 +394,8 @@ def report_main(argv: list[str]) -> int:
         unknown = [m for m in metrics if not any(metric_value(r, m) is not None for r in runs)]
         if unknown and len(unknown) == len(metrics):
             known = sorted({k for r in runs for k in (r.result.get("metrics") or {})} | set(TOP_LEVEL_METRICS))
-            print(f"nodex: error: no run has --metrics {','.join(unknown)}; choose from: {', '.join(known)}", file=sys.stderr)
+            print(f"nodex: error: no run has --metrics {','.join(unknown)}; choose from: {', '.join(known)}",
+                  file=sys.stderr)
             return 2
     text = render(runs, by, metrics, args.format, paper=not args.no_paper)
     if args.output:

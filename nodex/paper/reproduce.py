@@ -32,7 +32,7 @@ from typing import Any, Optional
 from nodex.config import compose
 from nodex.paper.claims import CLAIMS, VARIANTS, Check, paper_value
 from nodex.paper.experiments import Experiment, discover
-from nodex.paper.report import Group, Run, fmt, find_runs
+from nodex.paper.report import Group, Run, find_runs, stat_cell
 
 # ----------------------------------------------------------------------------------------------
 # Budgets: the one place that sets how much each experiment is trained.
@@ -149,7 +149,8 @@ def _matches(rule: Rule, name: str, cfg) -> bool:
     return all(OmegaConf.select(cfg, key, default=None) in values for key, values in rule.where)
 
 
-def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[Job], list[Experiment]]:
+def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[Job],
+                                                                                                 list[Experiment]]:
     """The jobs to run (``skip`` set where the budget leaves one out) and the experiments that
     are not the paper's (their first comment line does not name it)."""
     experiments = discover(only=only)
@@ -182,7 +183,8 @@ def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None 
 # Running
 
 
-def command(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int], launcher: Optional[str]) -> list[str]:
+def command(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+            launcher: Optional[str]) -> list[str]:
     """The ``nodex train --multirun`` command line of one job."""
     cmd = [sys.executable, "-m", "nodex.cli", "train", "--multirun", f"experiment={job.experiment}",
            "seed=" + ",".join(str(s) for s in seeds), *job.overrides]
@@ -272,16 +274,11 @@ def main_metric(group: Group) -> Optional[str]:
 
 
 def _stat_text(group: Group, metric: Optional[str]) -> str:
-    stat = group.stat(metric) if metric else None
-    if stat is None:
-        return "–"
-    mean, std, n = stat
-    return fmt(mean) + (f" ± {std:.2g}" if n > 1 and std > 0 else "")
+    return stat_cell(group.stat(metric) if metric else None)
 
 
-def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
-                        seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float]) -> str:
-    """The text of ``REPRODUCTION.md``."""
+def _job_status(jobs: list[Job], groups: dict[str, Group]) -> dict[str, str]:
+    """``label -> ok | failed | not run[: why]`` for every planned job."""
     status: dict[str, str] = {}
     for job in jobs:
         g = groups.get(job.label)
@@ -293,6 +290,11 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
             status[job.label] = "failed"
         else:
             status[job.label] = "ok"
+    return status
+
+
+def _claim_rows(groups: dict[str, Group], status: dict[str, str]) -> tuple[list[str], dict[str, int]]:
+    """One markdown table per claim, and the tally of PASS / FAIL / not run checks."""
 
     def lookup(label: str, metric: str):
         g = groups.get(label)
@@ -307,7 +309,11 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
             verdict = _verdict(check, passed, status)
             tally["PASS" if verdict == "PASS" else "FAIL" if verdict.startswith("FAIL") else "not run"] += 1
             rows.append(f"| {check.label} | {check.paper} | {ours} | {check.tolerance()} | {verdict} |")
+    return rows, tally
 
+
+def _host_text() -> tuple[str, str]:
+    """``(host, versions)``: OS, CPU count and GPU; python and torch versions."""
     host = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
     try:
         import torch
@@ -317,6 +323,34 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
             host += ", GPU " + torch.cuda.get_device_name(0)
     except ImportError:  # pragma: no cover
         versions = f"python {platform.python_version()}"
+    return host, versions
+
+
+def _run_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, str]) -> list[str]:
+    """One row of the runs table per job."""
+    lines = []
+    for job in jobs:
+        g = groups.get(job.label)
+        if g is None:
+            lines.append(f"| {job.label} | {status[job.label]} | | | | | | | |")
+            continue
+        metric = main_metric(g)
+        pv = paper_value(job.label, metric) if metric else None
+        ppar = paper_value(job.label, "params")
+        lines.append(
+            f"| {job.label} | {len(g.completed)}/{len(g.runs)} | {metric or '–'} | {_stat_text(g, metric)} | "
+            f"{pv.text() if pv else ''} | {_stat_text(g, 'nfe_forward')} | {_stat_text(g, 'params')} | "
+            f"{ppar.text() if ppar else ''} | {_stat_text(g, 'wall_time_s')} |"
+        )
+    return lines
+
+
+def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
+                        seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float]) -> str:
+    """The text of ``REPRODUCTION.md``."""
+    status = _job_status(jobs, groups)
+    rows, tally = _claim_rows(groups, status)
+    host, versions = _host_text()
     cmd = "python scripts/reproduce.py " + shlex.join(argv)
     lines = [
         "# Reproduction of *Dissecting Neural ODEs* (Massaroli et al., NeurIPS 2020)",
@@ -325,7 +359,8 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         "",
         f"Made with `{cmd}` on {_dt.date.today().isoformat()} ({host}; {versions})"
         + (f" in {wall_s / 60:.1f} min." if wall_s is not None else "."),
-        "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
+        "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; "
+        "budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
         "",
         f"**{tally['PASS']} checks pass, {tally['FAIL']} fail, {tally['not run']} not run** (a claim's experiment "
         "may not exist yet or may be outside this budget).",
@@ -340,20 +375,8 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         "",
         "| run | completed | main metric | ours | paper | NFE fwd / step | params | params (paper) | wall s / run |",
         "|---|---|---|---|---|---|---|---|---|",
+        *_run_rows(jobs, groups, status),
     ]
-    for job in jobs:
-        g = groups.get(job.label)
-        if g is None:
-            lines.append(f"| {job.label} | {status[job.label]} | | | | | | | |")
-            continue
-        metric = main_metric(g)
-        pv = paper_value(job.label, metric) if metric else None
-        ppar = paper_value(job.label, "params")
-        lines.append(
-            f"| {job.label} | {len(g.completed)}/{len(g.runs)} | {metric or '–'} | {_stat_text(g, metric)} | "
-            f"{pv.text() if pv else ''} | {_stat_text(g, 'nfe_forward')} | {_stat_text(g, 'params')} | "
-            f"{ppar.text() if ppar else ''} | {_stat_text(g, 'wall_time_s')} |"
-        )
     failed = [r for g in groups.values() for r in g.failed]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
@@ -387,25 +410,39 @@ def _verdict(check: Check, passed: Optional[bool], status: dict[str, str]) -> st
 # CLI
 
 
-def reproduce_main(argv: list[str]) -> int:
-    """``scripts/reproduce.py --budget smoke|cpu|full [--only PATTERNS] [--jobs N] ...``"""
+def _parser() -> argparse.ArgumentParser:
+    """The ``scripts/reproduce.py`` command line."""
     parser = argparse.ArgumentParser(
         prog="reproduce",
         description="Run every paper experiment in configs/experiment/ with a budget and write REPRODUCTION.md "
                     "(each claim of the paper: its value, ours, pass/fail).",
     )
-    parser.add_argument("--budget", choices=list(BUDGETS), default="smoke", help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
-    parser.add_argument("--only", default="", help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_vanilla')")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="smoke",
+                        help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
+    parser.add_argument("--only", default="",
+                        help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_vanilla')")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the budget's)")
-    parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (each gets cores/jobs torch threads)")
-    parser.add_argument("--launcher", default=None, help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="experiments run at once (each gets cores/jobs torch threads)")
+    parser.add_argument("--launcher", default=None,
+                        help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
     parser.add_argument("--out", default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")
-    parser.add_argument("--report", default=None, help="where to write the report (default: REPRODUCTION.md; smoke: OUT/REPRODUCTION.md)")
-    parser.add_argument("--report-only", action="store_true", help="do not run; rewrite the report from the runs under --out")
+    parser.add_argument("--report", default=None,
+                        help="where to write the report (default: REPRODUCTION.md; smoke: OUT/REPRODUCTION.md)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="do not run; rewrite the report from the runs under --out")
     parser.add_argument("--resume", action="store_true", help="skip experiments whose seeds all completed under --out")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment before it is stopped")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    parser.add_argument("overrides", nargs="*", help="extra overrides for every experiment (applied where the key exists), e.g. trainer.device=cuda")
+    parser.add_argument("overrides", nargs="*",
+                        help="extra overrides for every experiment (applied where the key exists), "
+                             "e.g. trainer.device=cuda")
+    return parser
+
+
+def reproduce_main(argv: list[str]) -> int:
+    """``scripts/reproduce.py --budget smoke|cpu|full [--only PATTERNS] [--jobs N] ...``"""
+    parser = _parser()
     args = parser.parse_args(argv)
 
     budget = BUDGETS[args.budget]
@@ -426,7 +463,8 @@ def reproduce_main(argv: list[str]) -> int:
           f"{len(jobs)} ({len(jobs) - len(runnable)} outside this budget) -> {out_dir}", flush=True)
     if args.dry_run:
         for job in jobs:
-            print(f"# {job.label}: skipped ({job.skip})" if job.skip else shlex.join(command(job, budget, out_dir, seeds, None, args.launcher)))
+            skipped = f"# {job.label}: skipped ({job.skip})"
+            print(skipped if job.skip else shlex.join(command(job, budget, out_dir, seeds, None, args.launcher)))
         return 0
     started = time.perf_counter()
     if not args.report_only:

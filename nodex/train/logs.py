@@ -34,8 +34,10 @@ class RunLogger:
                 self.writer.add_scalar(key, value, step)
 
     def figure(self, tag: str, fig: Any, step: int) -> None:
-        """Save ``fig`` as ``plots/<tag>.png`` and to TensorBoard; closes the figure."""
-        path = self.run_dir / "plots" / f"{tag.replace('/', '_')}.png"
+        """Save ``fig`` as ``plots/<name>.png`` (``tag`` = ``plots/<name>``; other slashes become ``_``)
+        and to TensorBoard under ``tag``; closes the figure."""
+        name = tag.removeprefix("plots/").replace("/", "_")
+        path = self.run_dir / "plots" / f"{name}.png"
         path.parent.mkdir(exist_ok=True)
         fig.savefig(path, dpi=100, bbox_inches="tight")
         if self.writer is not None:

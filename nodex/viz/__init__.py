@@ -1,5 +1,7 @@
-"""The paper's diagnostic figures (decision maps, trajectories, θ(s), horizons, densities)."""
+"""The paper's diagnostic figures (decision maps, trajectories, state space, θ(s), horizons, densities),
+chosen from what the model declares (:mod:`nodex.viz.protocol`)."""
 
-from nodex.viz.diagnostics import diagnostics
+from nodex.viz.diagnostics import diagnostics, figures
+from nodex.viz.protocol import Diagnosable, traits_of
 
-__all__ = ["diagnostics"]
+__all__ = ["Diagnosable", "diagnostics", "figures", "traits_of"]

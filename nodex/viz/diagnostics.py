@@ -1,68 +1,100 @@
-"""The paper's diagnostic plots (matplotlib, Agg): decision maps and depth trajectories.
+"""Choose the paper's figures for a model and send them to a run logger.
 
-Every function returns a ``matplotlib.figure.Figure``; :func:`diagnostics` picks the plots
-that fit the data and sends them to a :class:`~nodex.train.logs.RunLogger`.
+The model declares what it is (:mod:`nodex.viz.protocol`: density model, data control, learned
+horizon, depth-variant layers); the data say the rest (2-D inputs, class labels, images). Files,
+under ``plots/`` of the run directory:
+
+- classification: ``decision_map`` (2-D inputs), ``trajectories`` (z_i(s) by class), and for a
+  2-D state ``state_space`` (z(s) over the field; per input for data control and adaptive depth)
+  and ``vector_field`` (fixed horizon);
+- depth-variant layers: ``parameters_evolution`` (θ(s)); learned horizon: ``horizon`` (S(x));
+- 1-D regression: ``regression_trajectories``; tracking task: ``tracking`` (with the target γ(s));
+- density models: ``cnf_condition_<k>`` per prior and ``cnf_samples``;
+- image inputs: ``training_curves`` (NFE and accuracy, read from the run's ``metrics.jsonl``).
 """
 
 from __future__ import annotations
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from nodex.viz.protocol import CONTROLLED, DENSITY, DEPTH_VARIANT, LEARNED_HORIZON, horizon_of, traits_of
 
 
-@torch.no_grad()
-def decision_map(model, task, X: torch.Tensor, y: torch.Tensor, *, grid: int = 150, margin: float = 0.5) -> Figure:
-    """Predicted class probability (or scalar readout clipped to [0, 1]) over the 2-D input
-    plane, with the data on top. ``X``: ``(N, 2)``, ``y``: ``(N,)``."""
-    model.eval()
-    lo = (X.min(0).values - margin).tolist()
-    hi = (X.max(0).values + margin).tolist()
-    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], grid), torch.linspace(lo[1], hi[1], grid), indexing="xy")
-    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(X)
-    y_hat = model(pts).y_hat
-    score = y_hat[:, 0].clamp(0, 1) if y_hat.shape[1] == 1 else y_hat.softmax(1)[:, 1]
-    model.train()
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    im = ax.contourf(gx.numpy(), gy.numpy(), score.reshape(grid, grid).cpu().numpy(), levels=20, cmap="RdBu_r", vmin=0, vmax=1)
-    ax.scatter(*X[:400].cpu().T.numpy(), c=y[:400].cpu().numpy(), cmap="coolwarm", s=4, edgecolors="none")
-    fig.colorbar(im, ax=ax)
-    ax.set(title="decision map", xlabel="x1", ylabel="x2")
-    return fig
+def _state_shape(model, X: torch.Tensor) -> tuple[int, ...]:
+    with torch.no_grad():
+        return tuple(model.input_layer(X[:1]).shape[1:])
 
 
-@torch.no_grad()
-def depth_trajectories(model, X: torch.Tensor, color: torch.Tensor, *, n_points: int = 200, n_depths: int = 20) -> Figure:
-    """State trajectories over depth: the first two state coordinates against ``s`` for up
-    to ``n_points`` inputs, coloured by ``color`` (labels or errors). ``X``: ``(N, d)``."""
-    model.eval()
-    s = torch.linspace(0, float(model.settings.S), n_depths)
-    traj = model.trajectory(X[:n_points], s).cpu()  # (T, B, n_z)
-    model.train()
-    flat = traj.reshape(traj.shape[0], traj.shape[1], -1)
-    c = color[:n_points].cpu().numpy()
-    fig, axes = plt.subplots(1, min(2, flat.shape[2]), figsize=(9, 3.5), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        for b in range(flat.shape[1]):
-            ax.plot(s.numpy(), flat[:, b, i].numpy(), color=plt.cm.coolwarm(float(c[b]) / max(1.0, float(c.max()))), lw=0.6, alpha=0.6)
-        ax.set(xlabel="depth s", ylabel=f"z{i + 1}(s)", title=f"depth trajectories, z{i + 1}")
-    fig.tight_layout()
-    return fig
+def _class_figures(model, X: torch.Tensor, y: torch.Tensor, n_classes: int, traits: frozenset[str]):
+    """``(name, figure)`` for a classifier of flat inputs ``X`` ``(N, d)``."""
+    from nodex.viz.classes import decision_map, trajectories
+    from nodex.viz.flows import vector_field_snapshots
+    from nodex.viz.state_space import state_space, state_space_per_input
+
+    learned = LEARNED_HORIZON in traits
+    if X.shape[1] == 2:
+        yield "decision_map", decision_map(model, X, y, n_classes)
+    if not learned:
+        yield "trajectories", trajectories(model, X, y)
+    if _state_shape(model, X) != (2,):
+        return
+    if CONTROLLED in traits or learned:
+        yield "state_space", state_space_per_input(model, X, y, learned_horizon=learned)
+    else:
+        yield "state_space", state_space(model, X, y)
+    if not learned:
+        yield "vector_field", vector_field_snapshots(model, X, y)
+
+
+def _flow_figures(model, data, task, traits: frozenset[str], logger, step: int):
+    """``(name, figure)`` for θ(s), S(x), 1-D regression and tracking."""
+    from nodex.viz.depth import parameter_evolution, tracking_figure
+    from nodex.viz.flows import horizon_figure, regression_trajectories
+
+    X, y = data.test
+    if DEPTH_VARIANT in traits:
+        fig = parameter_evolution(model, horizon_of(model))
+        if fig is not None:
+            yield "parameters_evolution", fig
+    if LEARNED_HORIZON in traits:
+        with torch.no_grad():
+            logger.histogram("horizon/S", model.horizon(X).cpu(), step)
+        yield "horizon", horizon_figure(model, X, y if data.n_classes else None)
+    if X.dim() == 2 and X.shape[1] == 1 and data.target_dim == 1:
+        yield "regression_trajectories", regression_trajectories(model, X, y, learned_horizon=LEARNED_HORIZON in traits)
+    if getattr(task, "reference", None) is not None:  # the tracking task carries its target γ(s)
+        yield "tracking", tracking_figure(model, task, X)
+
+
+def _density_figures(model, data):
+    from nodex.viz.density import cnf_figure, cnf_samples
+
+    X, y = data.test
+    for k in range(max(1, model.n_conditions)):
+        yield f"cnf_condition_{k}", cnf_figure(model, X, y, k)
+    if model.dim == 2:
+        yield "cnf_samples", cnf_samples(model, X, y)
+
+
+def figures(model, data, task, logger, step: int):
+    """Every ``(name, figure)`` that fits this model and data (lazily built, one at a time)."""
+    traits = traits_of(model)
+    if DENSITY in traits:
+        yield from _density_figures(model, data)
+        return
+    X, y = data.test
+    if X.dim() == 2 and data.n_classes:
+        yield from _class_figures(model, X, y, data.n_classes, traits)
+    yield from _flow_figures(model, data, task, traits, logger, step)
+    if X.dim() == 4:
+        from nodex.viz.curves import read_metrics, training_curves
+
+        fig = training_curves(read_metrics(logger.run_dir / "metrics.jsonl"))
+        if fig is not None:
+            yield "training_curves", fig
 
 
 def diagnostics(model, data, task, logger, step: int) -> None:
-    """Plots that fit the data: for 2-D classification a decision map and trajectories."""
-    X, y = data.test
-    if X.dim() == 2 and X.shape[1] == 2 and getattr(task, "n_classes", None):
-        logger.figure("plots/decision_map", decision_map(model, task, X, y), step)
-    if X.dim() == 2 and getattr(task, "n_classes", None):
-        logger.figure("plots/depth_trajectories", depth_trajectories(model, X, y.float()), step)
-    from nodex.viz.depth import depth_diagnostics  # θ(s) of depth-variant fields, tracking plots
-
-    depth_diagnostics(model, data, task, logger, step)
-    from nodex.viz.flows import flow_diagnostics  # horizons, 1-D regression, vector fields, CNF densities
-
-    flow_diagnostics(model, data, task, logger, step)
+    """Write the figures that fit (see the module docstring) as ``plots/<name>`` via ``logger.figure``."""
+    for name, fig in figures(model, data, task, logger, step):
+        logger.figure(f"plots/{name}", fig, step)
