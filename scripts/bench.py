@@ -40,8 +40,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from nodex.cli import CONFIG_DIR  # noqa: E402
 from nodex.models.fields import MLPField  # noqa: E402
 from nodex.models.layers import DepthConcatLinear  # noqa: E402
-from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
+from nodex.train.members import Members  # noqa: E402
 from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 
@@ -178,10 +178,7 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     X, y = pipe.data.sampler(cfg.trainer.batch_size or cfg.data.n_train) if pipe.data.sampler else pipe.data.train
     if cfg.trainer.batch_size and X.shape[0] > cfg.trainer.batch_size:
         X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
-    import tempfile
-
-    logger = RunLogger(Path(tempfile.mkdtemp()), tensorboard=False)
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, Path("/nonexistent"), lambda st: {}, pipe.settings.describe())
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
     own = pipe.model.settings
 
     def make_nodex(engine: str = own.engine):

@@ -1,9 +1,9 @@
 """Throughput of a seed ensemble (``trainer.ensemble=K``) vs K separate runs, side by side.
 
 One sample = one training step of every member (forward solve, backward, optimizer step):
-the K separate models each through :meth:`nodex.train.loop.Trainer.train_step`, and the
-stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through
-:meth:`nodex.train.ensemble.EnsembleFit.train_step`. They take turns round by round (the
+the K separate models each through :meth:`nodex.train.loop.Trainer.train_step` of a one-member
+trainer, and the stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through the same
+method of a trainer of :class:`~nodex.train.members.StackedMembers` (what ``trainer.ensemble=K`` runs). They take turns round by round (the
 order rotates every round) in one process; medians over rounds, min-max beside them. Wall time
 and process CPU time are both reported: on a shared machine the CPU time is the steadier
 measure of the work done (a descheduled process accrues none).
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
-
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -32,12 +30,13 @@ from omegaconf import OmegaConf
 from nodex.cli import CONFIG_DIR
 from nodex.models import count_parameters
 from nodex.models.ensemble import EnsembleNeuralODE
-from nodex.train.ensemble import EnsembleFit, Member
+from nodex.train.members import Member, Members, StackedMembers
 from nodex.train.loop import Trainer
 from nodex.train.setup import Pipeline, build_optimizer
 
 
-def build(overrides: list[str], K: int):
+def build(overrides: list[str], K: int) -> tuple:
+    """The composed config and ``K`` members with seeds ``seed..seed+K-1``."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["solver=rk4", "trainer.device=cpu", *overrides])
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -45,14 +44,15 @@ def build(overrides: list[str], K: int):
     for k in range(K):
         mcfg = OmegaConf.create(resolved)
         mcfg.seed = int(cfg.seed) + k
-        members.append(Member(k, mcfg, resolved, Path("."), Pipeline(mcfg), {}))
+        pipe = Pipeline(mcfg)
+        members.append(Member(k, pipe.model, pipe.task, pipe.data, mcfg))
     return cfg, members
 
 
 def batches(members: list[Member], B: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for m in members:
-        data = m.pipe.data
+        data = m.data
         X, y = data.sampler(B) if data.sampler is not None else (data.train[0][:B], data.train[1][:B])
         out.append((X.contiguous(), y.contiguous()))
     return out
@@ -71,11 +71,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     K = args.members
     cfg, members = build(args.overrides, K)
-    settings = members[0].pipe.model.settings
-    has_batched = EnsembleNeuralODE([m.pipe.model for m in members[:2]]).has_batched_field
+    settings = members[0].model.settings
+    has_batched = EnsembleNeuralODE([m.model for m in members[:2]]).has_batched_field
     both = has_batched and not args.no_vmap
     path = "batched MLP field" if has_batched else "vmap (no batched form of this field)"
-    print(f"# {cfg.model.name}, {count_parameters(members[0].pipe.model)} params, {cfg.data.name}, {settings.describe()}, "
+    print(f"# {cfg.model.name}, {count_parameters(members[0].model)} params, {cfg.data.name}, {settings.describe()}, "
           f"K={K}, ensemble: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     extra = " ensemble, vmap only: wall ms (min-max) | speed-up vmap only (wall) |" if both else ""
     print(f"| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) | speed-up (wall) | speed-up (CPU time) |{extra}")
@@ -84,11 +84,12 @@ def main() -> None:
         data = batches(members, B)
         separate = []
         for m in members:
-            trainer = Trainer(m.pipe.model, m.pipe.task, m.pipe.data, cfg.trainer, None, Path("."), lambda st: {}, settings.describe())
-            opt, _ = build_optimizer(cfg.trainer, m.pipe.model, 1)
+            trainer = Trainer(Members.single(m.model, m.task, m.data), cfg.trainer, settings.describe())
+            opt, _ = build_optimizer(cfg.trainer, m.model, 1)
             separate.append((trainer, opt))
-        ens = EnsembleNeuralODE([m.pipe.model for m in members])
-        fit = EnsembleFit(ens, members, cfg.trainer, settings.describe())
+        stacked = StackedMembers(members)
+        ens = stacked.model
+        fit = Trainer(stacked, cfg.trainer, settings.describe())
         ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
         X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
 

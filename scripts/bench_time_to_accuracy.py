@@ -23,7 +23,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,8 +37,8 @@ if (ROOT / ".bench-site").is_dir():
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
+from nodex.train.members import Members  # noqa: E402
 from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 
@@ -48,7 +47,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run_nodex(pipe: Pipeline, cfg, batches, X_fix, y_fix, target: float) -> tuple[float | None, int | None]:
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(Path(tempfile.mkdtemp()), tensorboard=False), Path("/nonexistent"), lambda st: {}, "")
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, "")
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
     spent = 0.0
     for step, (X, y) in enumerate(batches, 1):

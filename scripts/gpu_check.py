@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
 from nodex.train.cuda_graph import GraphedStep  # noqa: E402
-from nodex.train.ensemble import run_ensemble  # noqa: E402
+from nodex.train.members import Members  # noqa: E402
+from nodex.train.run import run_train  # noqa: E402
 from nodex.train.setup import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
 
 CASES = {
@@ -61,7 +61,7 @@ def time_steps(overrides: list[str], device: str, steps: int, tmp: Path, solver:
     if cfg.trainer.batch_size:
         X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
     times = []
     for i in range(steps + 2):  # two warm-up steps (CUDA context, kernels)
         if device == "cuda":
@@ -96,7 +96,7 @@ def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path, device: 
     validate_cuda_graph(cfg, pipe.settings, pipe.device)
     X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
     plain = lambda Xb, yb: trainer.train_step(Xb, yb, opt)  # noqa: E731
     step = GraphedStep(plain, backend=backend) if graph else plain
     times, losses, nfe_f = [], [], 0
@@ -149,7 +149,7 @@ def check_ensemble(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
                 with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
                     cfg = compose("train", overrides=[*overrides, *FIXED, "trainer.ensemble=4", f"trainer.max_steps={steps}",
                                                       "trainer.batch_size=64", "trainer.plots=false", "logger.tensorboard=false", f"trainer.device={device}"])
-                summary = run_ensemble(cfg, tmp / f"ensemble-{n}-{i}")
+                summary = run_train(cfg, tmp / f"ensemble-{n}-{i}")
                 if summary["status"] != "completed":
                     raise RuntimeError(summary["error"])
                 rows.append((summary["wall_time_s"], summary["nfe_forward"], summary["metrics"]["test/loss"]))

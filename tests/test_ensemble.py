@@ -13,7 +13,7 @@ from conftest import FAST, read_scalars
 from nodex.errors import ConfigError
 from nodex.models.ensemble import EnsembleNeuralODE, member_output
 from nodex.train.checkpoint import load_checkpoint
-from nodex.train.ensemble import clip_members, ensemble_size, member_optimizer_state
+from nodex.train.members import clip_members, ensemble_size, member_optimizer_state
 from nodex.train.run import run_train
 from nodex.train.setup import Pipeline
 
@@ -279,3 +279,23 @@ def test_minibatches_schedule_and_clipping_match_separate_runs(compose_cfg, tmp_
             assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=0), name
         assert b["scheduler"] == a["scheduler"] and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.9**3)
         assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])
+
+
+def test_checkpoints_store_the_data_spec_that_rebuilds_the_model(compose_cfg, tmp_path):
+    """A single run's and an ensemble member's checkpoints name the model's input shape and
+    readout width: enough to rebuild the model (no dataset) and load the weights."""
+    from nodex.models import DataSpec, build_model
+    from nodex.train.setup import solver_settings
+
+    overrides = [*FAST, *RK4, "trainer.max_steps=2", "trainer.log_every=2", "logger.tensorboard=false", "trainer.plots=false"]
+    run_train(compose_cfg(overrides), tmp_path / "one")
+    run_train(compose_cfg([*overrides, "trainer.ensemble=2"]), tmp_path / "ens")
+    for path in (tmp_path / "one", tmp_path / "ens" / "member-1"):
+        for which in ("last", "best"):
+            ckpt = load_checkpoint(path / "checkpoints" / f"{which}.pt")
+            assert ckpt["data_spec"] == {"input_shape": [2], "n_outputs": 2}, (path, which)
+            cfg = OmegaConf.create(ckpt["config"])
+            spec = DataSpec(tuple(ckpt["data_spec"]["input_shape"]), ckpt["data_spec"]["n_outputs"])
+            model = build_model(cfg.model, spec, solver_settings(cfg.solver))
+            model.load_state_dict(ckpt["model"])
+            assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())

@@ -2,7 +2,9 @@
 
 A checkpoint is a dict of tensors and plain values: ``model``, ``optimizer``, ``scheduler``
 (state dicts), ``step``, ``config`` (the resolved run config as a plain dict), ``best``
-(monitored value), ``rng`` (generator states) and ``format`` (:data:`FORMAT`).
+(monitored value), ``rng`` (generator states), ``data_spec`` (``{"input_shape": [...],
+"n_outputs": N}``: what the model was built for, so it can be rebuilt without its dataset)
+and ``format`` (:data:`FORMAT`). Checkpoints written before ``data_spec`` existed lack it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,26 @@ import torch
 from nodex.errors import CheckpointError
 
 FORMAT = "nodex-checkpoint-v1"
+
+
+def checkpoint_state(
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any],
+    scheduler: Any,
+    state: Any,
+    config: dict[str, Any] | None,
+    data_spec: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The checkpoint dict of one run: ``model``'s state dict, the optimizer state its own
+    optimizer has, the scheduler's, and ``state``'s (a :class:`~nodex.train.members.LoopState`)
+    step, best value and batch-generator state, with the global torch RNG state."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer_state,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": state.step, "best": state.best, "config": config,
+        "rng": {"torch": torch.get_rng_state(), "batches": state.batch_gen.get_state()},
+        "data_spec": data_spec,
+    }
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
