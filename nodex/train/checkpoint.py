@@ -57,14 +57,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a run directory or a checkpoints/*.pt file")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
+                              "pass a run directory or a checkpoints/*.pt file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, truncated file, foreign pickle...
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); pass a checkpoints/last.pt or best.pt written by nodex") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); "
+                              "pass a checkpoints/last.pt or best.pt written by nodex") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); pass a checkpoints/last.pt or best.pt written by nodex")
+        raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); "
+                              "pass a checkpoints/last.pt or best.pt written by nodex")
     return state
 
 
@@ -78,8 +81,10 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     if path.is_dir():
         candidate = path / "checkpoints" / f"{which}.pt"
         if not candidate.is_file():
-            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: pass a nodex run directory (one that holds checkpoints/)")
+            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: "
+                                  "pass a nodex run directory (one that holds checkpoints/)")
         return candidate
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a run directory or a checkpoints/*.pt file")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
+                              "pass a run directory or a checkpoints/*.pt file")
     return path

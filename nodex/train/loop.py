@@ -286,7 +286,8 @@ class Trainer:
         metrics = evaluate(m.model, m.task, m.data.val, self.cfg.get("eval_batch_size"))
         m.logger.scalars(m.state.step, {f"val/{k}": v for k, v in metrics.items()})
         value = metrics.get(m.task.monitor, metrics["loss"])
-        better = m.state.best is None or (value > m.state.best if m.task.monitor_mode == "max" else value < m.state.best)
+        best = m.state.best
+        better = best is None or (value > best if m.task.monitor_mode == "max" else value < best)
         if better and math.isfinite(value):
             m.state.best = value
             self._checkpoint(m, "best")

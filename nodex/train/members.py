@@ -99,7 +99,8 @@ class Members:
         """Samples per member in the model input ``X``."""
         return X.shape[0]
 
-    def view(self, k: int, loss: torch.Tensor, parts: dict[str, torch.Tensor], out: ModelOutput, y: torch.Tensor) -> Views:
+    def view(self, k: int, loss: torch.Tensor, parts: dict[str, torch.Tensor], out: ModelOutput,
+             y: torch.Tensor) -> Views:
         """Member ``k``'s ``(loss, parts, out, y)`` from one step's results."""
         return loss, parts, out, y
 
@@ -134,7 +135,8 @@ class StackedMembers(Members):
     def samples(self, X: torch.Tensor) -> int:
         return X.shape[1]
 
-    def view(self, k: int, loss: torch.Tensor, parts: dict[str, torch.Tensor], out: ModelOutput, y: torch.Tensor) -> Views:
+    def view(self, k: int, loss: torch.Tensor, parts: dict[str, torch.Tensor], out: ModelOutput,
+             y: torch.Tensor) -> Views:
         return loss[k], {key: v[k] for key, v in parts.items()}, member_output(out, k), y[k]
 
     def clip(self, max_norm: float) -> None:

@@ -59,7 +59,8 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
 def metadata_markdown(result: dict[str, Any]) -> str:
     """The ``run/metadata`` TensorBoard text: versions, device, command, parameter count."""
     rows = [f"| {k} | {v} |" for k, v in result["versions"].items()]
-    rows += [f"| device | {result['device']} |", f"| command | `{result['command']}` |", f"| params | {result['params']} |"]
+    rows += [f"| device | {result['device']} |", f"| command | `{result['command']}` |",
+             f"| params | {result['params']} |"]
     return "| key | value |\n|---|---|\n" + "\n".join(rows)
 
 
@@ -90,4 +91,5 @@ def finish_summary(summary: dict[str, Any], members: list[Member], wall: float) 
     summary["steps"] = members[0].state.step if members else 0
     summary["wall_time_s"] = wall
     if members:
-        summary["nfe_forward"], summary["nfe_backward"] = members[0].result["nfe_forward"], members[0].result["nfe_backward"]
+        summary["nfe_forward"] = members[0].result["nfe_forward"]
+        summary["nfe_backward"] = members[0].result["nfe_backward"]

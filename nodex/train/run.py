@@ -44,7 +44,9 @@ from nodex.train.members import (
 from nodex.train.results import (
     finish_member, finish_summary, metadata_markdown, new_result, new_summary, write_json,
 )
-from nodex.train.setup import Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions
+from nodex.train.setup import (
+    Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions,
+)
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
@@ -186,12 +188,14 @@ class TrainRun:
         for m in self.members:
             m.result["status"] = "interrupted"
             if self.summary is None:
-                m.result["error"] = f"interrupted at step {step}; resume with trainer.resume={m.run_dir / 'checkpoints' / 'last.pt'}"
+                last = m.run_dir / "checkpoints" / "last.pt"
+                m.result["error"] = f"interrupted at step {step}; resume with trainer.resume={last}"
             else:
                 m.result["error"] = f"interrupted at step {step} (ensemble {self.run_dir})"
         if self.summary is not None:
             self.summary["status"] = "interrupted"
-            self.summary["error"] = f"interrupted at step {step}; resume a member with trainer.resume={self.run_dir}/member-k"
+            self.summary["error"] = (f"interrupted at step {step}; "
+                                     f"resume a member with trainer.resume={self.run_dir}/member-k")
         self.error, self.status = f"interrupted at step {step}", "interrupted"
 
     def failed(self, message: str) -> None:
@@ -256,20 +260,23 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) ->
     run_cfg = OmegaConf.create(ckpt["config"])
     for key, value in overrides.items():
         if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {path.parent.parent / '.hydra' / 'config.yaml'})")
+            saved = path.parent.parent / ".hydra" / "config.yaml"
+            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {saved})")
         OmegaConf.update(run_cfg, key, value)
     device = select_device(cfg.get("device", "auto"))
     pipe = Pipeline(run_cfg, device)
     try:
         pipe.model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{str(path)!r} does not fit the model its config builds ({str(exc).splitlines()[0][:120]})") from None
+        reason = str(exc).splitlines()[0][:120]
+        raise CheckpointError(f"{str(path)!r} does not fit the model its config builds ({reason})") from None
     split = cfg.get("split", "test")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split={split!r}; choose one of: train, val, test")
     metrics = evaluate(pipe.model, pipe.task, getattr(pipe.data, split), run_cfg.trainer.get("eval_batch_size"))
     payload = {"checkpoint": str(path), "split": split, "step": ckpt.get("step"), "overrides": overrides,
-               "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device), "versions": versions()}
+               "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device),
+               "versions": versions()}
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "eval.json", payload)
