@@ -3,10 +3,10 @@
 One sample = one training step of every member (forward solve, backward, optimizer step):
 the K separate models each through :meth:`nodex.train.loop.Trainer.train_step` of a one-member
 trainer, and the stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through the same
-method of a trainer of :class:`~nodex.train.members.StackedMembers` (what ``trainer.ensemble=K`` runs). They take turns round by round (the
-order rotates every round) in one process; medians over rounds, min-max beside them. Wall time
-and process CPU time are both reported: on a shared machine the CPU time is the steadier
-measure of the work done (a descheduled process accrues none).
+method of a trainer of :class:`~nodex.train.members.StackedMembers` (what ``trainer.ensemble=K``
+runs). They take turns round by round (the order rotates every round) in one process; medians
+over rounds, min-max beside them. Wall time and process CPU time are both reported: on a shared
+machine the CPU time is the steadier measure of the work done (a descheduled process accrues none).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (medians over them)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed sample")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-vmap", action="store_true", help="skip the ensemble with every slot under vmap (the general path)")
+    parser.add_argument("--no-vmap", action="store_true",
+                        help="skip the ensemble with every slot under vmap (the general path)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,7 +79,8 @@ def main() -> None:
     print(f"# {cfg.model.name}, {count_parameters(members[0].model)} params, {cfg.data.name}, {settings.describe()}, "
           f"K={K}, ensemble: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     extra = " ensemble, vmap only: wall ms (min-max) | speed-up vmap only (wall) |" if both else ""
-    print(f"| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) | speed-up (wall) | speed-up (CPU time) |{extra}")
+    print("| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) "
+          f"| speed-up (wall) | speed-up (CPU time) |{extra}")
     print("|---|---|---|---|---|" + ("---|---|" if both else ""))
     for B in [int(b) for b in args.batches.split(",")]:
         data = batches(members, B)
@@ -119,8 +121,9 @@ def main() -> None:
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
         vmap = f" {med['vmap']:.1f} ({span['vmap']}) | {med['separate'] / med['vmap']:.2f}x |" if both else ""
+        speed_up, cpu_speed_up = med["separate"] / med["ensemble"], med_cpu["separate"] / med_cpu["ensemble"]
         print(f"| {B} | {med['separate']:.1f} ({span['separate']}) | {med['ensemble']:.1f} ({span['ensemble']}) | "
-              f"**{med['separate'] / med['ensemble']:.2f}x** | {med_cpu['separate'] / med_cpu['ensemble']:.2f}x |{vmap}", flush=True)
+              f"**{speed_up:.2f}x** | {cpu_speed_up:.2f}x |{vmap}", flush=True)
 
 
 if __name__ == "__main__":

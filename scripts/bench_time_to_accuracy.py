@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--target", type=float, default=1.0, help="train accuracy to reach (default: 100%%)")
     parser.add_argument("--no-torchdyn", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="for nodex's config (e.g. trainer.optim.lr=0.01 to try another recipe)")
+    parser.add_argument("overrides", nargs="*",
+                        help="for nodex's config (e.g. trainer.optim.lr=0.01 to try another recipe)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: dict[str, list] = {"nodex": [], "torchdyn": []}
@@ -123,14 +124,17 @@ def main() -> None:
         results["nodex"].append(ours)
         results["torchdyn"].append(dyn)
         print(f"seed {seed}: nodex {ours}, torchdyn {dyn}", flush=True)
-    print(f"| recipe | CPU s to {args.target:.0%} train acc (per seed) | steps | median s |  (max {args.max_steps} steps, threads {args.threads})")
+    print(f"| recipe | CPU s to {args.target:.0%} train acc (per seed) | steps | median s |  "
+          f"(max {args.max_steps} steps, threads {args.threads})")
     print("|---|---|---|---|")
     print(f"nodex overrides: {' '.join(args.overrides) or '(defaults)'}")
     for name, rows in results.items():
         secs = [r[0] for r in rows]
         done = [s for s in secs if s is not None]
         med = f"{statistics.median(done):.1f}" if len(done) == len(secs) else "not reached by all"
-        print(f"| {name} | {', '.join('—' if s is None else f'{s:.1f}' for s in secs)} | {', '.join('—' if r[1] is None else str(r[1]) for r in rows)} | {med} |")
+        times = ", ".join("—" if s is None else f"{s:.1f}" for s in secs)
+        steps = ", ".join("—" if r[1] is None else str(r[1]) for r in rows)
+        print(f"| {name} | {times} | {steps} | {med} |")
 
 
 if __name__ == "__main__":
