@@ -110,11 +110,12 @@ class TrainRun:
         batch = cfg.trainer.get("batch_size") or data.train[0].shape[0]
         threads = choose_threads(cfg.trainer.get("num_threads"), self.members[0].model, data.train[0], batch * K)
         steps = Trainer.total_steps(cfg.trainer, data)
+        for m in self.members:
+            m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
         if cfg.trainer.get("resume"):
             _resume(cfg.trainer.resume, self.members[0], self.optimizer, self.scheduler, device)
         for m in self.members:
-            m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
             self._open_logs(m)
         if self.summary is not None:
             self.summary["shared_step_sizes"] = not settings.is_fixed_step
