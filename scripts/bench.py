@@ -40,8 +40,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from nodex.cli import CONFIG_DIR  # noqa: E402
 from nodex.models.fields import MLPField  # noqa: E402
 from nodex.models.layers import DepthConcatLinear  # noqa: E402
-from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
+from nodex.train.members import Members  # noqa: E402
 from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 
@@ -109,7 +109,8 @@ class PlainStep:
             opts = {"step_size": s.step_size} if s.is_fixed_step else {}
             if s.sensitivity == "adjoint":
                 ad_opts = {**opts, "norm": "seminorm"} if s.seminorm else opts
-                z = odeint_adjoint(self.field, X, self.t, rtol=s.rtol, atol=s.atol, method=s.method, options=opts, adjoint_options=ad_opts)[-1]
+                z = odeint_adjoint(self.field, X, self.t, rtol=s.rtol, atol=s.atol, method=s.method, options=opts,
+                                   adjoint_options=ad_opts)[-1]
             else:
                 z = odeint(self.field, X, self.t, rtol=s.rtol, atol=s.atol, method=s.method, options=opts)[-1]
         nfe_f = self.field.nfe
@@ -132,12 +133,14 @@ class TorchdynStep(PlainStep):
         s = pipe.settings
         if not (all(not c for c in self.field.concat)):
             raise SystemExit("torchdyn comparison supports depth: none fields only")
-        net = nn.Sequential(*[m for pair in zip(self.field.layers, [*self.field.acts, None]) for m in pair if m is not None])
+        pairs = zip(self.field.layers, [*self.field.acts, None])
+        net = nn.Sequential(*[m for pair in pairs for m in pair if m is not None])
         self.node = NeuralODE(net, solver=s.method, sensitivity="adjoint" if s.sensitivity == "adjoint" else "autograd",
                               atol=s.atol, rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
         params = [*self.input_layer.parameters(), *self.node.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
-        self.t_span = torch.linspace(0, s.S, 2) if not s.is_fixed_step else torch.linspace(0, s.S, round(s.S / s.step_size) + 1)
+        points = round(s.S / s.step_size) + 1 if s.is_fixed_step else 2
+        self.t_span = torch.linspace(0, s.S, points)
 
     def __call__(self, X, y):
         from nodex.models import ModelOutput
@@ -157,7 +160,8 @@ def plain_supported(pipe: Pipeline, X: torch.Tensor) -> bool:
     """True when :class:`PlainField` reproduces the model's field exactly (a first-order MLP
     field with ``depth: none | concat``, no control, horizon or integral loss)."""
     model = pipe.model
-    if not isinstance(model.field, MLPField) or any(getattr(model, k, None) is not None for k in ("control", "horizon", "integral_loss")):
+    slots = ("control", "horizon", "integral_loss")
+    if not isinstance(model.field, MLPField) or any(getattr(model, k, None) is not None for k in slots):
         return False
     try:
         plain = PlainField(model.field)
@@ -178,10 +182,7 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     X, y = pipe.data.sampler(cfg.trainer.batch_size or cfg.data.n_train) if pipe.data.sampler else pipe.data.train
     if cfg.trainer.batch_size and X.shape[0] > cfg.trainer.batch_size:
         X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
-    import tempfile
-
-    logger = RunLogger(Path(tempfile.mkdtemp()), tensorboard=False)
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, Path("/nonexistent"), lambda st: {}, pipe.settings.describe())
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
     own = pipe.model.settings
 
     def make_nodex(engine: str = own.engine):
@@ -209,7 +210,8 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     try:
         import torchdyn  # noqa: F401
 
-        have_torchdyn = plain and not args.no_torchdyn and not any(isinstance(l, DepthConcatLinear) for l in pipe.model.field.layers)
+        concat = any(isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
+        have_torchdyn = plain and not args.no_torchdyn and not concat
     except ImportError:
         have_torchdyn = False
     if have_torchdyn:
@@ -239,14 +241,16 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     pipe.model.settings = own
     base_name = "torchdiffeq" if "torchdiffeq" in factories else "nodex on torchdiffeq"
     base, base_cpu = statistics.median(times[base_name]), statistics.median(cpu[base_name])
+    weights = f"trained {args.pretrain} steps" if args.pretrain else "fresh"
     header = (
-        f"config: {' '.join(overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} | batch {X.shape[0]} | "
-        f"threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}"
+        f"config: {' '.join(overrides) or '(default)'} | {pipe.settings.describe()} {pipe.settings.sensitivity} "
+        f"| batch {X.shape[0]} | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {weights}"
     )
     rows = []
     for name in factories:
         med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
-        rows.append((name, med, min(times[name]), max(times[name]), med_cpu, *nfe[name], X.shape[0] * 1000 / med, med / base, med_cpu / base_cpu, base_name))
+        rows.append((name, med, min(times[name]), max(times[name]), med_cpu, *nfe[name], X.shape[0] * 1000 / med,
+                     med / base, med_cpu / base_cpu, base_name))
     return header, rows
 
 
@@ -268,7 +272,8 @@ PAPER_SUITE = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--suite", choices=["paper"], help="benchmark the paper's model variants (overrides apply to each)")
+    parser.add_argument("--suite", choices=["paper"],
+                        help="benchmark the paper's model variants (overrides apply to each)")
     parser.add_argument("--steps", type=int, default=20, help="steps per round and implementation")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=5)
@@ -278,21 +283,25 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.suite == "paper":
-        print(f"suite: paper | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {'trained ' + str(args.pretrain) + ' steps' if args.pretrain else 'fresh'}")
+        weights = f"trained {args.pretrain} steps" if args.pretrain else "fresh"
+        print(f"suite: paper | threads {args.threads} | {args.rounds}x{args.steps} steps | weights: {weights}")
         print("| variant | solver | implementation | ms/step | CPU ms/step | NFE fwd | NFE bwd | ratio (CPU) | vs |")
         print("|---|---|---|---|---|---|---|---|---|")
         for label, overrides in PAPER_SUITE:
             header, rows = bench([*overrides, *args.overrides], args)
             solver = header.split(" | ")[1]
             for name, med, _, _, med_cpu, nf, nb, _, _, r_cpu, base_name in rows:
-                print(f"| {label} | {solver} | {name} | {med:.2f} | {med_cpu:.2f} | {nf} | {nb} | {r_cpu:.3f} | {base_name} |", flush=True)
+                print(f"| {label} | {solver} | {name} | {med:.2f} | {med_cpu:.2f} | {nf} | {nb} | {r_cpu:.3f} "
+                      f"| {base_name} |", flush=True)
         return
     header, rows = bench(args.overrides, args)
     print(header)
-    print("| implementation | ms/step (median) | min–max | CPU ms/step | NFE fwd | NFE bwd | samples/s | ratio vs baseline (wall) | (CPU time) | baseline |")
+    print("| implementation | ms/step (median) | min–max | CPU ms/step | NFE fwd | NFE bwd | samples/s "
+          "| ratio vs baseline (wall) | (CPU time) | baseline |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, med, lo, hi, med_cpu, nf, nb, sps, r, r_cpu, base_name in rows:
-        print(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {med_cpu:.2f} | {nf} | {nb} | {sps:,.0f} | {r:.3f} | {r_cpu:.3f} | {base_name} |")
+        print(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {med_cpu:.2f} | {nf} | {nb} | {sps:,.0f} | {r:.3f} "
+              f"| {r_cpu:.3f} | {base_name} |")
 
 
 if __name__ == "__main__":

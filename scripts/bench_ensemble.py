@@ -1,12 +1,12 @@
 """Throughput of a seed ensemble (``trainer.ensemble=K``) vs K separate runs, side by side.
 
 One sample = one training step of every member (forward solve, backward, optimizer step):
-the K separate models each through :meth:`nodex.train.loop.Trainer.train_step`, and the
-stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through
-:meth:`nodex.train.ensemble.EnsembleFit.train_step`. They take turns round by round (the
-order rotates every round) in one process; medians over rounds, min-max beside them. Wall time
-and process CPU time are both reported: on a shared machine the CPU time is the steadier
-measure of the work done (a descheduled process accrues none).
+the K separate models each through :meth:`nodex.train.loop.Trainer.train_step` of a one-member
+trainer, and the stacked :class:`~nodex.models.ensemble.EnsembleNeuralODE` through the same
+method of a trainer of :class:`~nodex.train.members.StackedMembers` (what ``trainer.ensemble=K``
+runs). They take turns round by round (the order rotates every round) in one process; medians
+over rounds, min-max beside them. Wall time and process CPU time are both reported: on a shared
+machine the CPU time is the steadier measure of the work done (a descheduled process accrues none).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
-
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -32,12 +30,13 @@ from omegaconf import OmegaConf
 from nodex.cli import CONFIG_DIR
 from nodex.models import count_parameters
 from nodex.models.ensemble import EnsembleNeuralODE
-from nodex.train.ensemble import EnsembleFit, Member
+from nodex.train.members import Member, Members, StackedMembers
 from nodex.train.loop import Trainer
 from nodex.train.setup import Pipeline, build_optimizer
 
 
-def build(overrides: list[str], K: int):
+def build(overrides: list[str], K: int) -> tuple:
+    """The composed config and ``K`` members with seeds ``seed..seed+K-1``."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["solver=rk4", "trainer.device=cpu", *overrides])
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -45,14 +44,15 @@ def build(overrides: list[str], K: int):
     for k in range(K):
         mcfg = OmegaConf.create(resolved)
         mcfg.seed = int(cfg.seed) + k
-        members.append(Member(k, mcfg, resolved, Path("."), Pipeline(mcfg), {}))
+        pipe = Pipeline(mcfg)
+        members.append(Member(k, pipe.model, pipe.task, pipe.data, mcfg))
     return cfg, members
 
 
 def batches(members: list[Member], B: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for m in members:
-        data = m.pipe.data
+        data = m.data
         X, y = data.sampler(B) if data.sampler is not None else (data.train[0][:B], data.train[1][:B])
         out.append((X.contiguous(), y.contiguous()))
     return out
@@ -65,30 +65,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (medians over them)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed sample")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-vmap", action="store_true", help="skip the ensemble with every slot under vmap (the general path)")
+    parser.add_argument("--no-vmap", action="store_true",
+                        help="skip the ensemble with every slot under vmap (the general path)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     K = args.members
     cfg, members = build(args.overrides, K)
-    settings = members[0].pipe.model.settings
-    has_batched = EnsembleNeuralODE([m.pipe.model for m in members[:2]]).has_batched_field
+    settings = members[0].model.settings
+    has_batched = EnsembleNeuralODE([m.model for m in members[:2]]).has_batched_field
     both = has_batched and not args.no_vmap
     path = "batched MLP field" if has_batched else "vmap (no batched form of this field)"
-    print(f"# {cfg.model.name}, {count_parameters(members[0].pipe.model)} params, {cfg.data.name}, {settings.describe()}, "
+    print(f"# {cfg.model.name}, {count_parameters(members[0].model)} params, {cfg.data.name}, {settings.describe()}, "
           f"K={K}, ensemble: {path}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     extra = " ensemble, vmap only: wall ms (min-max) | speed-up vmap only (wall) |" if both else ""
-    print(f"| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) | speed-up (wall) | speed-up (CPU time) |{extra}")
+    print("| batch | K separate runs: wall ms per step of all K (min-max) | ensemble: wall ms per step (min-max) "
+          f"| speed-up (wall) | speed-up (CPU time) |{extra}")
     print("|---|---|---|---|---|" + ("---|---|" if both else ""))
     for B in [int(b) for b in args.batches.split(",")]:
         data = batches(members, B)
         separate = []
         for m in members:
-            trainer = Trainer(m.pipe.model, m.pipe.task, m.pipe.data, cfg.trainer, None, Path("."), lambda st: {}, settings.describe())
-            opt, _ = build_optimizer(cfg.trainer, m.pipe.model, 1)
+            trainer = Trainer(Members.single(m.model, m.task, m.data), cfg.trainer, settings.describe())
+            opt, _ = build_optimizer(cfg.trainer, m.model, 1)
             separate.append((trainer, opt))
-        ens = EnsembleNeuralODE([m.pipe.model for m in members])
-        fit = EnsembleFit(ens, members, cfg.trainer, settings.describe())
+        stacked = StackedMembers(members)
+        ens = stacked.model
+        fit = Trainer(stacked, cfg.trainer, settings.describe())
         ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
         X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
 
@@ -118,8 +121,9 @@ def main() -> None:
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
         vmap = f" {med['vmap']:.1f} ({span['vmap']}) | {med['separate'] / med['vmap']:.2f}x |" if both else ""
+        speed_up, cpu_speed_up = med["separate"] / med["ensemble"], med_cpu["separate"] / med_cpu["ensemble"]
         print(f"| {B} | {med['separate']:.1f} ({span['separate']}) | {med['ensemble']:.1f} ({span['ensemble']}) | "
-              f"**{med['separate'] / med['ensemble']:.2f}x** | {med_cpu['separate'] / med_cpu['ensemble']:.2f}x |{vmap}", flush=True)
+              f"**{speed_up:.2f}x** | {cpu_speed_up:.2f}x |{vmap}", flush=True)
 
 
 if __name__ == "__main__":

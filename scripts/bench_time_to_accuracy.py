@@ -23,7 +23,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,8 +37,8 @@ if (ROOT / ".bench-site").is_dir():
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
+from nodex.train.members import Members  # noqa: E402
 from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
 
 
@@ -48,7 +47,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run_nodex(pipe: Pipeline, cfg, batches, X_fix, y_fix, target: float) -> tuple[float | None, int | None]:
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(Path(tempfile.mkdtemp()), tensorboard=False), Path("/nonexistent"), lambda st: {}, "")
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, "")
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
     spent = 0.0
     for step, (X, y) in enumerate(batches, 1):
@@ -103,7 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--target", type=float, default=1.0, help="train accuracy to reach (default: 100%%)")
     parser.add_argument("--no-torchdyn", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="for nodex's config (e.g. trainer.optim.lr=0.01 to try another recipe)")
+    parser.add_argument("overrides", nargs="*",
+                        help="for nodex's config (e.g. trainer.optim.lr=0.01 to try another recipe)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: dict[str, list] = {"nodex": [], "torchdyn": []}
@@ -124,14 +124,17 @@ def main() -> None:
         results["nodex"].append(ours)
         results["torchdyn"].append(dyn)
         print(f"seed {seed}: nodex {ours}, torchdyn {dyn}", flush=True)
-    print(f"| recipe | CPU s to {args.target:.0%} train acc (per seed) | steps | median s |  (max {args.max_steps} steps, threads {args.threads})")
+    print(f"| recipe | CPU s to {args.target:.0%} train acc (per seed) | steps | median s |  "
+          f"(max {args.max_steps} steps, threads {args.threads})")
     print("|---|---|---|---|")
     print(f"nodex overrides: {' '.join(args.overrides) or '(defaults)'}")
     for name, rows in results.items():
         secs = [r[0] for r in rows]
         done = [s for s in secs if s is not None]
         med = f"{statistics.median(done):.1f}" if len(done) == len(secs) else "not reached by all"
-        print(f"| {name} | {', '.join('—' if s is None else f'{s:.1f}' for s in secs)} | {', '.join('—' if r[1] is None else str(r[1]) for r in rows)} | {med} |")
+        times = ", ".join("—" if s is None else f"{s:.1f}" for s in secs)
+        steps = ", ".join("—" if r[1] is None else str(r[1]) for r in rows)
+        print(f"| {name} | {times} | {steps} | {med} |")
 
 
 if __name__ == "__main__":

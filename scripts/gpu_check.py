@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.train.logs import RunLogger  # noqa: E402
 from nodex.train.loop import Trainer  # noqa: E402
 from nodex.train.cuda_graph import GraphedStep  # noqa: E402
-from nodex.train.ensemble import run_ensemble  # noqa: E402
+from nodex.train.members import Members  # noqa: E402
+from nodex.train.run import run_train  # noqa: E402
 from nodex.train.setup import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
 
 CASES = {
@@ -43,7 +43,8 @@ FIXED = ["solver.method=rk4", "solver.step_size=0.1", "solver.sensitivity=autogr
 
 ADAPTIVE = {  # the default solver (nodex's lean dopri5) on the GPU: NFE may differ by a step from the CPU's
     "vanilla MLP, dopri5 1e-4 backprop": ["model=vanilla", "data=rings", "trainer.num_threads=null"],
-    "vanilla MLP, dopri5 1e-4 adjoint": ["model=vanilla", "data=rings", "solver.sensitivity=adjoint", "trainer.num_threads=null"],
+    "vanilla MLP, dopri5 1e-4 adjoint": ["model=vanilla", "data=rings", "solver.sensitivity=adjoint",
+                                         "trainer.num_threads=null"],
 }
 
 ENSEMBLES = {  # trainer.ensemble end to end: members stacked, MLP fields as batched matmuls
@@ -52,7 +53,9 @@ ENSEMBLES = {  # trainer.ensemble end to end: members stacked, MLP fields as bat
 }
 
 
-def time_steps(overrides: list[str], device: str, steps: int, tmp: Path, solver: list[str] = FIXED) -> tuple[float, int, int, float]:
+def time_steps(
+    overrides: list[str], device: str, steps: int, tmp: Path, solver: list[str] = FIXED
+) -> tuple[float, int, int, float]:
     """Median ms/step, forward NFE, backward NFE and the loss of the last step on ``device``."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=[*overrides, *solver, f"trainer.device={device}"])
@@ -61,7 +64,7 @@ def time_steps(overrides: list[str], device: str, steps: int, tmp: Path, solver:
     if cfg.trainer.batch_size:
         X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
     times = []
     for i in range(steps + 2):  # two warm-up steps (CUDA context, kernels)
         if device == "cuda":
@@ -85,18 +88,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def graph_run(overrides: list[str], graph: bool, steps: int, tmp: Path, device: str = "cuda", backend=None) -> tuple[float, list[float], int]:
+def graph_run(
+    overrides: list[str], graph: bool, steps: int, tmp: Path, device: str = "cuda", backend=None
+) -> tuple[float, list[float], int]:
     """Train ``steps`` steps from seed 0 on one fixed batch, eagerly or through
     :class:`GraphedStep`; -> (median ms/step after 5 steps, the losses, forward NFE).
     ``device``/``backend``: a CPU and a stand-in graph run the same plumbing in the tests."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*overrides, *FIXED, f"trainer.device={device}", f"trainer.cuda_graph={str(graph and device.startswith('cuda')).lower()}"])
+        graphed = str(graph and device.startswith("cuda")).lower()
+        cfg = compose("train", overrides=[*overrides, *FIXED, f"trainer.device={device}",
+                                          f"trainer.cuda_graph={graphed}"])
     torch.manual_seed(0)
     pipe = Pipeline(cfg)
     validate_cuda_graph(cfg, pipe.settings, pipe.device)
     X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, RunLogger(tmp, tensorboard=False), tmp, lambda s: {}, pipe.settings.describe())
+    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
     plain = lambda Xb, yb: trainer.train_step(Xb, yb, opt)  # noqa: E731
     step = GraphedStep(plain, backend=backend) if graph else plain
     times, losses, nfe_f = [], [], 0
@@ -115,7 +122,8 @@ def check_adaptive(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
     """The default dopri5 (lean solver, backprop and adjoint) on CPU and CUDA: close losses, NFE
     within one step (6 evaluations: rounding may move an accept decision)."""
     print()
-    print("| case (dopri5) | cpu ms/step | cuda ms/step | speed-up | NFE fwd/bwd (cpu; cuda) | loss (cpu / cuda) | check |")
+    print("| case (dopri5) | cpu ms/step | cuda ms/step | speed-up | NFE fwd/bwd (cpu; cuda) | loss (cpu / cuda) "
+          "| check |")
     print("|---|---|---|---|---|---|---|")
     ok = True
     for name, overrides in ADAPTIVE.items():
@@ -129,17 +137,22 @@ def check_adaptive(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
             print(f"| {name} | – | – | – | – | – | FAILED: {_failure(exc)} |")
             continue
         cpu, cuda = rows
-        same = abs(cpu[1] - cuda[1]) <= 6 and abs(cpu[2] - cuda[2]) <= 6 and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3]))
+        same = (abs(cpu[1] - cuda[1]) <= 6 and abs(cpu[2] - cuda[2]) <= 6
+                and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3])))
         ok &= same
-        print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cpu[1]}/{cpu[2]}; {cuda[1]}/{cuda[2]} | {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
+        print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cpu[1]}/{cpu[2]}; "
+              f"{cuda[1]}/{cuda[2]} | {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
     return ok
 
 
-def check_ensemble(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cuda"), cases: dict[str, list[str]] = ENSEMBLES) -> bool:
+def check_ensemble(
+    steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cuda"), cases: dict[str, list[str]] = ENSEMBLES
+) -> bool:
     """``nodex train trainer.ensemble=4`` (rk4, ``steps`` steps, the public entry point: member run
     directories, checkpoints, evaluation) on CPU and CUDA: equal NFE, close mean test losses."""
     print()
-    print(f"| case (rk4, trainer.ensemble=4, {steps} steps) | cpu s | cuda s | NFE fwd (cpu; cuda) | mean test loss (cpu / cuda) | check |")
+    print(f"| case (rk4, trainer.ensemble=4, {steps} steps) | cpu s | cuda s | NFE fwd (cpu; cuda) "
+          "| mean test loss (cpu / cuda) | check |")
     print("|---|---|---|---|---|---|")
     ok = True
     for n, (name, overrides) in enumerate(cases.items()):
@@ -147,9 +160,10 @@ def check_ensemble(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
             rows = []
             for i, device in enumerate(devices):
                 with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-                    cfg = compose("train", overrides=[*overrides, *FIXED, "trainer.ensemble=4", f"trainer.max_steps={steps}",
-                                                      "trainer.batch_size=64", "trainer.plots=false", "logger.tensorboard=false", f"trainer.device={device}"])
-                summary = run_ensemble(cfg, tmp / f"ensemble-{n}-{i}")
+                    cfg = compose("train", overrides=[
+                        *overrides, *FIXED, "trainer.ensemble=4", f"trainer.max_steps={steps}", "trainer.batch_size=64",
+                        "trainer.plots=false", "logger.tensorboard=false", f"trainer.device={device}"])
+                summary = run_train(cfg, tmp / f"ensemble-{n}-{i}")
                 if summary["status"] != "completed":
                     raise RuntimeError(summary["error"])
                 rows.append((summary["wall_time_s"], summary["nfe_forward"], summary["metrics"]["test/loss"]))
@@ -160,20 +174,23 @@ def check_ensemble(steps: int, tmp: Path, devices: tuple[str, str] = ("cpu", "cu
         cpu, cuda = rows
         same = cpu[1] == cuda[1] == 40 and abs(cpu[2] - cuda[2]) <= 1e-3 * max(1.0, abs(cpu[2]))
         ok &= same
-        print(f"| {name} | {cpu[0]:.1f} | {cuda[0]:.1f} | {cpu[1]:g}; {cuda[1]:g} | {cpu[2]:.5f} / {cuda[2]:.5f} | {'ok' if same else 'MISMATCH'} |")
+        print(f"| {name} | {cpu[0]:.1f} | {cuda[0]:.1f} | {cpu[1]:g}; {cuda[1]:g} | {cpu[2]:.5f} / {cuda[2]:.5f} "
+              f"| {'ok' if same else 'MISMATCH'} |")
     return ok
 
 
 def check_cuda_graph(steps: int, tmp: Path, device: str = "cuda", backend_factory=None) -> bool:
     print()
     print(f"trainer.cuda_graph: {steps} steps from the same weights on one batch, eager vs captured once and replayed")
-    print("| case | eager ms/step | graph ms/step | speed-up | NFE fwd | last loss (eager / graph) | max loss difference | check |")
+    print("| case | eager ms/step | graph ms/step | speed-up | NFE fwd | last loss (eager / graph) "
+          "| max loss difference | check |")
     print("|---|---|---|---|---|---|---|---|")
     ok = True
     for name, overrides in list(CASES.items())[:2]:
         try:
             eager_ms, eager_losses, nfe = graph_run(overrides, False, steps, tmp, device)
-            graph_ms, graph_losses, nfe_g = graph_run(overrides, True, steps, tmp, device, backend_factory() if backend_factory else None)
+            backend = backend_factory() if backend_factory else None
+            graph_ms, graph_losses, nfe_g = graph_run(overrides, True, steps, tmp, device, backend)
         except Exception as exc:  # report and carry on: the rest of the table still matters
             ok = False
             print(f"| {name} | – | – | – | – | – | – | FAILED: {_failure(exc)} |")
@@ -181,7 +198,8 @@ def check_cuda_graph(steps: int, tmp: Path, device: str = "cuda", backend_factor
         diff = max(abs(a - b) for a, b in zip(eager_losses, graph_losses))
         same = nfe == nfe_g and diff <= 1e-4 * max(1.0, abs(eager_losses[0]))
         ok &= same
-        print(f"| {name} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.1f}x | {nfe_g} | {eager_losses[-1]:.6f} / {graph_losses[-1]:.6f} | {diff:.1e} | {'ok' if same else 'MISMATCH'} |")
+        print(f"| {name} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.1f}x | {nfe_g} "
+              f"| {eager_losses[-1]:.6f} / {graph_losses[-1]:.6f} | {diff:.1e} | {'ok' if same else 'MISMATCH'} |")
     return ok
 
 
@@ -199,8 +217,10 @@ def main() -> int:
         return 1
     devices = ["cpu"] + (["cuda"] if has_cuda and not args.cpu_only else [])
     gpu = torch.cuda.get_device_name(0) if has_cuda else "none"
-    print(f"torch {torch.__version__} | GPU: {gpu} | CPU threads: {torch.get_num_threads()} | rk4 step 0.1 (40 NFE), {args.steps} timed steps")
-    print("| case | " + " | ".join(f"{d} ms/step" for d in devices) + " | speed-up | NFE fwd/bwd | loss (cpu / cuda) | check |")
+    print(f"torch {torch.__version__} | GPU: {gpu} | CPU threads: {torch.get_num_threads()} "
+          f"| rk4 step 0.1 (40 NFE), {args.steps} timed steps")
+    columns = " | ".join(f"{d} ms/step" for d in devices)
+    print(f"| case | {columns} | speed-up | NFE fwd/bwd | loss (cpu / cuda) | check |")
     print("|---|" + "---|" * len(devices) + "---|---|---|---|")
     ok = True
     for name, overrides in CASES.items():
@@ -218,10 +238,12 @@ def main() -> int:
             cuda = rows["cuda"]
             same = cpu[1:3] == cuda[1:3] and abs(cpu[3] - cuda[3]) <= 1e-3 * max(1.0, abs(cpu[3]))
             ok &= same
-            print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cuda[1]}/{cuda[2]} | {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
+            print(f"| {name} | {cpu[0]:.2f} | {cuda[0]:.2f} | {cpu[0] / cuda[0]:.1f}x | {cuda[1]}/{cuda[2]} "
+                  f"| {cpu[3]:.5f} / {cuda[3]:.5f} | {'ok' if same else 'MISMATCH'} |")
         else:
             ok &= cpu[1] == 40
-            print(f"| {name} | {cpu[0]:.2f} | – | {cpu[1]}/{cpu[2]} | {cpu[3]:.5f} / – | {'ok' if cpu[1] == 40 else 'NFE != 40'} |")
+            print(f"| {name} | {cpu[0]:.2f} | – | {cpu[1]}/{cpu[2]} | {cpu[3]:.5f} / – "
+                  f"| {'ok' if cpu[1] == 40 else 'NFE != 40'} |")
     if "cuda" in devices:
         ok &= check_adaptive(args.steps, tmp)
         ok &= check_ensemble(args.steps, tmp)

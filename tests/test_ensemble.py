@@ -13,7 +13,7 @@ from conftest import FAST, read_scalars
 from nodex.errors import ConfigError
 from nodex.models.ensemble import EnsembleNeuralODE, member_output
 from nodex.train.checkpoint import load_checkpoint
-from nodex.train.ensemble import clip_members, ensemble_size, member_optimizer_state
+from nodex.train.members import clip_members, ensemble_size, member_optimizer_state
 from nodex.train.run import run_train
 from nodex.train.setup import Pipeline
 
@@ -67,7 +67,8 @@ def test_ensemble_reproduces_separate_runs_and_writes_member_run_dirs(train_run,
             for key, value in entries.items():
                 assert torch.allclose(value, b["optimizer"]["state"][i][key], atol=1e-5, rtol=0), (i, key)
         assert b["step"] == a["step"] == 20 and b["best"] == pytest.approx(a["best"], abs=1e-6)
-        best_a, best_b = load_checkpoint(sep_dir / "checkpoints" / "best.pt"), load_checkpoint(mdir / "checkpoints" / "best.pt")
+        best_a = load_checkpoint(sep_dir / "checkpoints" / "best.pt")
+        best_b = load_checkpoint(mdir / "checkpoints" / "best.pt")
         assert best_b["step"] == best_a["step"]
         # The same train/val/test log lines and TensorBoard tags.
         rows_a, rows_b = _jsonl(sep_dir / "metrics.jsonl"), _jsonl(mdir / "metrics.jsonl")
@@ -77,7 +78,8 @@ def test_ensemble_reproduces_separate_runs_and_writes_member_run_dirs(train_run,
         assert read_scalars(mdir).keys() == read_scalars(sep_dir).keys()
         assert OmegaConf.load(mdir / ".hydra" / "config.yaml").seed == k and (mdir / ".hydra" / "hydra.yaml").is_file()
         overrides = list(OmegaConf.load(mdir / ".hydra" / "overrides.yaml"))
-        assert overrides[-1] == f"seed={k}" and not any(o.startswith(("trainer.ensemble", "seed=0")) for o in overrides[:-1])
+        assert overrides[-1] == f"seed={k}"
+        assert not any(o.startswith(("trainer.ensemble", "seed=0")) for o in overrides[:-1])
     assert summary["metrics"]["test/accuracy"] == pytest.approx(sum(accs) / K)
     # `nodex eval` on a member directory works unchanged and reproduces its test metrics.
     code, out, err = cli(["eval", f"ckpt={run_dir / 'member-1'}", f"hydra.run.dir={tmp_path / 'eval'}"])
@@ -132,9 +134,11 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "vmap"])
-@pytest.mark.parametrize("overrides,has_fast_path", VARIANTS, ids=lambda o: o[0].split("=")[1] if isinstance(o, list) else None)
+@pytest.mark.parametrize("overrides,has_fast_path", VARIANTS,
+                         ids=lambda o: o[0].split("=")[1] if isinstance(o, list) else None)
 def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_path, batched):
-    cfg = compose_cfg([*overrides, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu", "data.n_val=16", "data.n_test=16"])
+    cfg = compose_cfg([*overrides, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu", "data.n_val=16",
+                       "data.n_test=16"])
     pipes = []
     for k in range(2):
         c = cfg.copy()
@@ -158,7 +162,8 @@ def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_pat
         assert torch.allclose(own.y_hat, out.y_hat[k], atol=1e-5, rtol=0)
         for name, stacked in zip(ens.param_names, ens.parameters()):
             grad = p.model.get_parameter(name).grad
-            assert torch.allclose(grad if grad is not None else torch.zeros_like(stacked[k]), stacked.grad[k], atol=1e-5, rtol=1e-4), name
+            grad = grad if grad is not None else torch.zeros_like(stacked[k])
+            assert torch.allclose(grad, stacked.grad[k], atol=1e-5, rtol=1e-4), name
     assert ens.nfe.count == p.model.nfe.count  # one batched solve: a member's NFE
     fresh = Pipeline(cfg).model
     ens.load_member(1, fresh)
@@ -172,7 +177,8 @@ def test_template_follows_the_ensemble_to_another_dtype_and_device(compose_cfg):
         cfg = compose_cfg([model, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu"])
         pipes = [Pipeline(cfg) for _ in range(2)]
         ens = EnsembleNeuralODE([p.model for p in pipes]).double()
-        assert all(t.dtype == torch.float64 for t in [*ens.template.parameters(), *ens.template.buffers()] if t.is_floating_point())
+        tensors = [*ens.template.parameters(), *ens.template.buffers()]
+        assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
         X = torch.stack([p.data.train[0][:8] for p in pipes]).double()
         assert ens(X).y_hat.dtype == torch.float64
         ens.to("meta")
@@ -200,7 +206,8 @@ def test_member_optimizer_state_is_a_plain_optimizer_state():
     stacked.grad = torch.randn(3, 4)
     opt.step()
     state = member_optimizer_state(opt, 2)
-    assert state["state"][0]["exp_avg"].shape == (4,) and torch.equal(state["state"][0]["exp_avg"], opt.state[stacked]["exp_avg"][2])
+    assert state["state"][0]["exp_avg"].shape == (4,)
+    assert torch.equal(state["state"][0]["exp_avg"], opt.state[stacked]["exp_avg"][2])
     assert state["state"][0]["exp_avg"].untyped_storage().size() == 4 * 4  # a copy, not a view of all members
     assert float(state["state"][0]["step"]) == 1.0
     plain = torch.optim.Adam([torch.nn.Parameter(torch.zeros(4))], lr=0.1)
@@ -221,7 +228,8 @@ def test_bad_ensemble_value_is_one_line_config_error(train_run):
         (["trainer.ensemble=-2"], "trainer.ensemble=-2 must be a positive integer"),
         (["trainer.ensemble=two"], "trainer.ensemble='two' must be a positive integer"),
         (["trainer.ensemble=2", "trainer.resume=/tmp/x"], "trainer.resume is not supported with trainer.ensemble=2"),
-        (["trainer.ensemble=2", "model=cnf", "data=moons_density", "task=density"], "trainer.ensemble=2 needs model.kind=neural_ode"),
+        (["trainer.ensemble=2", "model=cnf", "data=moons_density", "task=density"],
+         "trainer.ensemble=2 needs model.kind=neural_ode"),
     ],
 )
 def test_ensemble_config_errors(compose_cfg, overrides, message):
@@ -237,7 +245,8 @@ def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
     state (integral loss) included."""
     import nodex.models.ensemble as ens_mod
 
-    cfg = compose_cfg(["experiment=galerkin_tracking", "data.n_train=16", "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu"])
+    cfg = compose_cfg(["experiment=galerkin_tracking", "data.n_train=16", "solver=rk4", "solver.step_size=0.25",
+                       "trainer.device=cpu"])
     pipes = []
     for k in range(2):
         c = cfg.copy()
@@ -253,7 +262,8 @@ def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
 
 
 def test_divergence_names_the_member_and_fails_every_member(train_run):
-    run_dir, _, code, err = train_run("solver=rk4", "trainer.ensemble=2", "trainer.optim.lr=1e30", "data.n_train=64", name="div")
+    run_dir, _, code, err = train_run("solver=rk4", "trainer.ensemble=2", "trainer.optim.lr=1e30", "data.n_train=64",
+                                      name="div")
     assert code == 1
     line = [ln for ln in err.splitlines() if ln.startswith("nodex: error:")]
     assert len(line) == 1 and "member 0 (seed 0): train/loss" in line[0] and "became non-finite by step 5" in line[0]
@@ -266,7 +276,8 @@ def test_divergence_names_the_member_and_fails_every_member(train_run):
 def test_minibatches_schedule_and_clipping_match_separate_runs(compose_cfg, tmp_path):
     """Shuffled mini-batches (each member's own batch generator), an LR schedule and
     per-member gradient clipping: still the separate runs' weights."""
-    overrides = ["data.resample=false", "trainer.batch_size=32", "trainer.scheduler.name=step", "trainer.scheduler.step_size=2",
+    overrides = ["data.resample=false", "trainer.batch_size=32", "trainer.scheduler.name=step",
+                 "trainer.scheduler.step_size=2",
                  "trainer.grad_clip=0.05", "trainer.max_steps=6", "trainer.log_every=3", "trainer.val_every=6",
                  "trainer.checkpoint_every=6", "logger.tensorboard=false"]
     summary = run_train(compose_cfg([*FAST, *RK4, *overrides, "trainer.ensemble=2"]), tmp_path / "ens")
@@ -277,5 +288,27 @@ def test_minibatches_schedule_and_clipping_match_separate_runs(compose_cfg, tmp_
         b = load_checkpoint(tmp_path / "ens" / f"member-{k}" / "checkpoints" / "last.pt")
         for name in a["model"]:
             assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=0), name
-        assert b["scheduler"] == a["scheduler"] and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.9**3)
+        assert b["scheduler"] == a["scheduler"]
+        assert b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.9**3)
         assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])
+
+
+def test_checkpoints_store_the_data_spec_that_rebuilds_the_model(compose_cfg, tmp_path):
+    """A single run's and an ensemble member's checkpoints name the model's input shape and
+    readout width: enough to rebuild the model (no dataset) and load the weights."""
+    from nodex.models import DataSpec, build_model
+    from nodex.train.setup import solver_settings
+
+    overrides = [*FAST, *RK4, "trainer.max_steps=2", "trainer.log_every=2", "logger.tensorboard=false",
+                 "trainer.plots=false"]
+    run_train(compose_cfg(overrides), tmp_path / "one")
+    run_train(compose_cfg([*overrides, "trainer.ensemble=2"]), tmp_path / "ens")
+    for path in (tmp_path / "one", tmp_path / "ens" / "member-1"):
+        for which in ("last", "best"):
+            ckpt = load_checkpoint(path / "checkpoints" / f"{which}.pt")
+            assert ckpt["data_spec"] == {"input_shape": [2], "n_outputs": 2}, (path, which)
+            cfg = OmegaConf.create(ckpt["config"])
+            spec = DataSpec(tuple(ckpt["data_spec"]["input_shape"]), ckpt["data_spec"]["n_outputs"])
+            model = build_model(cfg.model, spec, solver_settings(cfg.solver))
+            model.load_state_dict(ckpt["model"])
+            assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())

@@ -112,6 +112,7 @@ def test_resume_from_a_missing_checkpoint(train_run, tmp_path):
     _, result, code, err = train_run(f"trainer.resume={tmp_path / 'missing'}")
     assert code == 1 and "does not exist" in _one_line_error(err)
     assert result["status"] == "failed"
+    assert result["params"] == 1224 and result["threads"] >= 1  # what was built before the resume failed
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(train_run, monkeypatch):

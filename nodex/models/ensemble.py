@@ -45,7 +45,7 @@ def member_map(fn: Callable[..., Any], size: int, *args: Any) -> Any:
     ``args``: tensors with the member dimension first, tuples/lists of such, or ``None``
     (passed through); outputs: a tensor or a tuple of tensors, member dimension first.
     Enters functorch directly (nesting level, batch dims): the public ``vmap``'s per-call
-    Python work (pytrees, argument checks) was ~30% of a small field's evaluation.
+    Python work (pytrees, argument checks) is a large share of a small field's evaluation.
     """
     if _vmap_increment_nesting is None:
         return vmap(fn, in_dims=tuple(None if a is None else 0 for a in args))(*args)
@@ -53,7 +53,9 @@ def member_map(fn: Callable[..., Any], size: int, *args: Any) -> Any:
     level = _vmap_increment_nesting(size, "error")
     try:
         out = fn(*(_wrap(a, level) for a in args))
-        return tuple(_remove_batch_dim(o, level, size, 0) for o in out) if isinstance(out, tuple) else _remove_batch_dim(out, level, size, 0)
+        if isinstance(out, tuple):
+            return tuple(_remove_batch_dim(o, level, size, 0) for o in out)
+        return _remove_batch_dim(out, level, size, 0)
     finally:
         _vmap_decrement_nesting()
 
@@ -93,7 +95,9 @@ class _Swap:
 class _EnsembleDynamics(nn.Module):
     """``dZ/ds`` for the stacked state: the member dynamics vmapped over ``K``."""
 
-    def __init__(self, ensemble: "EnsembleNeuralODE", control: torch.Tensor | None, horizon: torch.Tensor | None) -> None:
+    def __init__(
+        self, ensemble: "EnsembleNeuralODE", control: torch.Tensor | None, horizon: torch.Tensor | None
+    ) -> None:
         super().__init__()
         self._ensemble = [ensemble]  # a list: not registered (its parameters go in adjoint_params)
         self.control = control
@@ -124,7 +128,9 @@ class EnsembleNeuralODE(nn.Module):
         params, buffers = stack_module_state(members)
         self.size = len(members)
         self.param_names = list(params)
-        self.stacked = nn.ParameterList(nn.Parameter(params[n].detach().clone(), requires_grad=params[n].requires_grad) for n in self.param_names)
+        self.stacked = nn.ParameterList(
+            nn.Parameter(params[n].detach().clone(), requires_grad=params[n].requires_grad) for n in self.param_names
+        )
         self.buffer_names = list(buffers)
         for i, name in enumerate(self.buffer_names):
             self.register_buffer(f"stacked_buffer_{i}", buffers[name].clone(), persistent=False)
@@ -137,7 +143,9 @@ class EnsembleNeuralODE(nn.Module):
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
         # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
-        self._batched_field = None if template.integral_loss is not None else batched_field(template.field, "field.", self._slot_names(_DYNAMICS_SLOTS))
+        self._batched_field = None
+        if template.integral_loss is None:
+            self._batched_field = batched_field(template.field, "field.", self._slot_names(_DYNAMICS_SLOTS))
         self.use_batched_field = True  # False: every slot through vmap (tests compare the two)
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
@@ -168,8 +176,10 @@ class EnsembleNeuralODE(nn.Module):
     def _slot_tensors(self, slots: tuple[str, ...]) -> list[torch.Tensor]:
         """The stacked tensors of the slots' parameters and buffers (in :meth:`_slot_names` order)."""
         if slots not in self._slot_keys:
-            params = [(self.stacked._parameters, str(i)) for i, n in enumerate(self.param_names) if n.split(".", 1)[0] in slots]
-            buffers = [(self._buffers, f"stacked_buffer_{i}") for i, n in enumerate(self.buffer_names) if n.split(".", 1)[0] in slots]
+            params = [(self.stacked._parameters, str(i))
+                      for i, n in enumerate(self.param_names) if n.split(".", 1)[0] in slots]
+            buffers = [(self._buffers, f"stacked_buffer_{i}")
+                       for i, n in enumerate(self.buffer_names) if n.split(".", 1)[0] in slots]
             self._slot_keys[slots] = params + buffers
         return [table[key] for table, key in self._slot_keys[slots]]
 
@@ -223,7 +233,10 @@ class EnsembleNeuralODE(nn.Module):
         Z0 = self._vmap_slot("input_layer", X)
         U = None
         if t.control is not None:
-            U = self._vmap_slot("control", X, Z0) if isinstance(t.control, nn.Module) else member_map(t.control, self.size, X, Z0)
+            if isinstance(t.control, nn.Module):
+                U = self._vmap_slot("control", X, Z0)
+            else:
+                U = member_map(t.control, self.size, X, Z0)
         H = self._vmap_slot("horizon", X) if t.horizon is not None else None
         dyn = _EnsembleDynamics(self, U, H)
         extra = [x for x in (U, H) if x is not None and x.requires_grad]
@@ -235,7 +248,8 @@ class EnsembleNeuralODE(nn.Module):
             loss_integral = None
         else:
             Q0 = torch.zeros(Z0.shape[:2], dtype=Z0.dtype, device=Z0.device)
-            zs, qs = odesolve(dyn, (Z0, Q0), span, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params)
+            zs, qs = odesolve(dyn, (Z0, Q0), span, self.settings, counter=self.nfe, jump_t=jump_t,
+                              adjoint_params=params)
             Z_S, loss_integral = zs[-1], qs[-1].mean(dim=1)
         extras = {} if H is None else {"horizon": H.detach()}
         return ModelOutput(self._vmap_slot("readout", Z_S), Z_S, loss_integral, extras)
@@ -244,5 +258,6 @@ class EnsembleNeuralODE(nn.Module):
 def member_output(out: ModelOutput, k: int) -> ModelOutput:
     """Member ``k``'s slice of a stacked :class:`ModelOutput`."""
     return ModelOutput(
-        out.y_hat[k], out.z_S[k], None if out.loss_integral is None else out.loss_integral[k], {key: v[k] for key, v in out.extras.items()}
+        out.y_hat[k], out.z_S[k], None if out.loss_integral is None else out.loss_integral[k],
+        {key: v[k] for key, v in out.extras.items()},
     )

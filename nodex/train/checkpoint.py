@@ -2,7 +2,9 @@
 
 A checkpoint is a dict of tensors and plain values: ``model``, ``optimizer``, ``scheduler``
 (state dicts), ``step``, ``config`` (the resolved run config as a plain dict), ``best``
-(monitored value), ``rng`` (generator states) and ``format`` (:data:`FORMAT`).
+(monitored value), ``rng`` (generator states), ``data_spec`` (``{"input_shape": [...],
+"n_outputs": N}``: what the model was built for, so it can be rebuilt without its dataset)
+and ``format`` (:data:`FORMAT`). Checkpoints written before ``data_spec`` existed lack it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,26 @@ import torch
 from nodex.errors import CheckpointError
 
 FORMAT = "nodex-checkpoint-v1"
+
+
+def checkpoint_state(
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any],
+    scheduler: Any,
+    state: Any,
+    config: dict[str, Any] | None,
+    data_spec: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The checkpoint dict of one run: ``model``'s state dict, the optimizer state its own
+    optimizer has, the scheduler's, and ``state``'s (a :class:`~nodex.train.members.LoopState`)
+    step, best value and batch-generator state, with the global torch RNG state."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer_state,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": state.step, "best": state.best, "config": config,
+        "rng": {"torch": torch.get_rng_state(), "batches": state.batch_gen.get_state()},
+        "data_spec": data_spec,
+    }
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -45,14 +67,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a run directory or a checkpoints/*.pt file")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
+                              "pass a run directory or a checkpoints/*.pt file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, truncated file, foreign pickle...
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); pass a checkpoints/last.pt or best.pt written by nodex") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); "
+                              "pass a checkpoints/last.pt or best.pt written by nodex") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); pass a checkpoints/last.pt or best.pt written by nodex")
+        raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); "
+                              "pass a checkpoints/last.pt or best.pt written by nodex")
     return state
 
 
@@ -66,8 +91,10 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     if path.is_dir():
         candidate = path / "checkpoints" / f"{which}.pt"
         if not candidate.is_file():
-            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: pass a nodex run directory (one that holds checkpoints/)")
+            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: "
+                                  "pass a nodex run directory (one that holds checkpoints/)")
         return candidate
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a run directory or a checkpoints/*.pt file")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
+                              "pass a run directory or a checkpoints/*.pt file")
     return path

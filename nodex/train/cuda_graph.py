@@ -12,7 +12,7 @@ exactly the eager one.
 What makes a step capturable: a fixed number of field evaluations (nodex's fixed-grid euler,
 midpoint or rk4 under backprop: its loop has no host sync), no host reads in the model or loss,
 a capturable optimiser (Adam/AdamW built with ``capturable=True``) and a constant learning rate
-(a float learning rate is baked into the graph). :func:`nodex.train.run.validate_cuda_graph`
+(a float learning rate is baked into the graph). :func:`nodex.train.setup.validate_cuda_graph`
 checks the config; a batch of another shape (a short last batch) runs eagerly, and a capture that
 still fails (a host read somewhere) logs one warning and the run continues eagerly.
 """

@@ -27,7 +27,8 @@ class RunLogger:
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in values.items()}
-        self._jsonl.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}) + "\n")
+        row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self.writer is not None:
             for key, value in clean.items():
@@ -59,7 +60,8 @@ class RunLogger:
         if self.writer is None:
             return
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        final = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        final = {f"hparam/{k}": float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)}
         self.writer.add_hparams(clean, final, run_name=".")
 
     def close(self) -> None:

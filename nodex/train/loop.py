@@ -1,6 +1,7 @@
 """The training loop: step -> solve -> loss -> backward -> optimizer, with NFE, timing,
-validation, checkpoints and progress. It knows no model variant: it needs ``model(x)``
-returning a :class:`~nodex.models.ModelOutput` and ``model.nfe`` (an NFE counter)."""
+validation, checkpoints and progress, for ``K >= 1`` members (:mod:`nodex.train.members`).
+It knows no model variant: it needs ``model(x)`` returning a :class:`~nodex.models.ModelOutput`
+and ``model.nfe`` (an NFE counter)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -17,21 +17,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nodex.data import DataBundle, Split, iterate_batches
-from nodex.errors import DivergenceError, SolverError
-from nodex.train.checkpoint import save_checkpoint
-from nodex.train.logs import RunLogger
+from nodex.errors import DivergenceError, NodexError, SolverError
+from nodex.train.checkpoint import checkpoint_state, save_checkpoint
+from nodex.train.members import LoopState, Member, Members
 from nodex.train.tasks import Task
 
 log = logging.getLogger("nodex")
-
-
-@dataclass
-class LoopState:
-    """What survives a checkpoint: the step count, the best monitored value, RNG streams."""
-
-    step: int = 0
-    best: float | None = None
-    batch_gen: torch.Generator = field(default_factory=torch.Generator)
 
 
 @dataclass
@@ -84,50 +75,37 @@ def solver_failures(step: int, solver: str):
     except SolverError as exc:
         raise SolverError(f"step {step}: {exc}") from None
     except AssertionError as exc:
-        raise SolverError(f"step {step}: solver failed in the backward pass ({str(exc).split(':')[0]}) with {solver}: loosen solver.rtol/atol or lower trainer.optim.lr") from None
+        reason = str(exc).split(":")[0]
+        raise SolverError(f"step {step}: solver failed in the backward pass ({reason}) with {solver}: "
+                          "loosen solver.rtol/atol or lower trainer.optim.lr") from None
 
 
 class Trainer:
-    """Runs the optimisation described by the ``trainer`` config group.
+    """Runs the optimisation described by the ``trainer`` config group for ``K >= 1`` members.
 
     Args:
-        model: the model; ``model.nfe`` is read and reset around every step.
-        task: loss and metrics.
-        data: splits on the training device (and an optional fresh-batch sampler).
+        members: what is trained (:class:`Members` for one model, ``StackedMembers`` for a seed
+            ensemble) and, per member, its task, data, logger, run directory (``checkpoints/``
+            ``last.pt`` / ``best.pt``) and optional ``plot(step)``, called every
+            ``trainer.plot_every`` steps at log points (the final figures are the caller's).
         cfg: the ``trainer`` config.
-        logger: where scalars go.
-        checkpoint_dir: ``last.pt`` / ``best.pt`` are written here.
-        make_checkpoint: returns the checkpoint dict for the current state.
         solver: short solver description for error messages.
-        plot: optional ``plot(step)`` called every ``trainer.plot_every`` steps (at log points),
-            e.g. the diagnostic figures; the final figures are the caller's business.
+        progress: show a progress bar.
+
+    An error raised for one member of an ensemble names it: ``member k (seed s): ...``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        task: Task,
-        data: DataBundle,
-        cfg: DictConfig,
-        logger: RunLogger,
-        checkpoint_dir: Path,
-        make_checkpoint: Callable[[LoopState], dict[str, Any]],
-        solver: str,
-        progress: bool = False,
-        plot: Callable[[int], None] | None = None,
-    ) -> None:
-        self.model, self.task, self.data, self.cfg = model, task, data, cfg
-        self.logger = logger
-        self.checkpoint_dir = checkpoint_dir
-        self.make_checkpoint = make_checkpoint
+    def __init__(self, members: Members, cfg: DictConfig, solver: str, progress: bool = False) -> None:
+        self.members, self.model, self.cfg = members, members.model, cfg
         self.solver = solver
         self.progress = progress
-        self.plot = plot
         self.plot_every = int(cfg.get("plot_every") or 0)
         self.batch_size = cfg.get("batch_size")
         self.clip = float(cfg.grad_clip) if cfg.get("grad_clip") else None
-        self.max_steps = self.total_steps(cfg, data)
+        self.max_steps = self.total_steps(cfg, members.members[0].data)
         self.totals = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
 
     @staticmethod
     def steps_per_epoch(cfg: DictConfig, data: DataBundle) -> int:
@@ -142,79 +120,120 @@ class Trainer:
             return int(cfg.epochs) * cls.steps_per_epoch(cfg, data)
         return int(cfg.max_steps)
 
-    def _batches(self, state: LoopState):
+    @property
+    def step(self) -> int:
+        return self.members.members[0].state.step
+
+    def _batches(self, m: Member):
         while True:
-            if self.data.sampler is not None:
-                yield self.data.sampler(self.batch_size or self.data.train[0].shape[0])
+            if m.data.sampler is not None:
+                yield m.data.sampler(self.batch_size or m.data.train[0].shape[0])
             else:
-                yield from iterate_batches(self.data.train, self.batch_size, state.batch_gen)
+                yield from iterate_batches(m.data.train, self.batch_size, m.state.batch_gen)
 
-    def _checkpoint(self, state: LoopState, name: str) -> None:
-        save_checkpoint(self.make_checkpoint(state), self.checkpoint_dir / f"{name}.pt")
+    def _each(self, fn: Callable[[Member], Any]) -> None:
+        """``fn(member)`` for every member; in an ensemble an error names the member it came from."""
+        for m in self.members.members:
+            try:
+                fn(m)
+            except NodexError as exc:
+                if self.members.size == 1:
+                    raise
+                raise type(exc)(f"member {m.index} (seed {m.seed}): {exc}") from None
 
-    def fit(self, optimizer: torch.optim.Optimizer, scheduler: Any, state: LoopState) -> LoopState:
-        """Train from ``state.step`` to the step budget.
+    def _checkpoint(self, m: Member, name: str) -> None:
+        if m.run_dir is None:
+            return
+        opt_state = self.members.optimizer_state(self.optimizer, m.index)
+        state = checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec)
+        save_checkpoint(state, m.run_dir / "checkpoints" / f"{name}.pt")
+
+    def fit(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Train every member from its ``state.step`` to the step budget.
 
         Raises:
             SolverError, DivergenceError: with the step, solver and tolerances in the message;
                 ``last.pt`` then holds the last state that was checked finite.
             KeyboardInterrupt: after saving ``last.pt`` at the current (finite) state.
         """
-        cfg = self.cfg
-        log_every, val_every = max(1, int(cfg.log_every)), int(cfg.val_every or 0)
-        ckpt_every = int(cfg.checkpoint_every or 0)
-        scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
-        steps_per_epoch = self.steps_per_epoch(cfg, self.data)
-        stats = StepStats()
-        bar = self._progress_bar(state.step)
-        batches = self._batches(state)
-        task = self.task
-        graphed = None
-        if cfg.get("cuda_graph"):  # checked by validate_cuda_graph: a capturable fixed-step run on a GPU
-            from nodex.train.cuda_graph import GraphedStep
-
-            graphed = GraphedStep(lambda Xb, yb: self.train_step(Xb, yb, optimizer, state.step + 1))
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.log_every, self.val_every = max(1, int(self.cfg.log_every)), int(self.cfg.val_every or 0)
+        self.ckpt_every = int(self.cfg.checkpoint_every or 0)
+        self.scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
+        self.epoch_steps = self.steps_per_epoch(self.cfg, self.members.members[0].data)
+        stats = [StepStats() for _ in self.members.members]
+        bar = self._progress_bar(self.step)
+        batches = [self._batches(m) for m in self.members.members]
+        step = self._step_function(optimizer)
         try:
-            while state.step < self.max_steps:
-                X, y = next(batches)
-                if graphed is not None:
-                    loss, parts, out, nfe_f, nfe_b = graphed(X, y)
-                else:
-                    loss, parts, out, nfe_f, nfe_b = self.train_step(X, y, optimizer, state.step + 1)
-                state.step += 1
-                if scheduler is not None and (not scheduler_per_epoch or state.step % steps_per_epoch == 0):
-                    scheduler.step()
-                stats.steps += 1
-                stats.samples += X.shape[0]
-                stats.nfe_forward += nfe_f
-                stats.nfe_backward += nfe_b
-                self.totals["steps"] += 1
-                self.totals["nfe_forward"] += nfe_f
-                self.totals["nfe_backward"] += nfe_b
-                stats.add({"loss": loss, **parts, **task.metrics(out, y)})
-                for key, value in out.extras.items():
-                    stats.add({f"{key}_mean": value.float().mean()})
-                last = state.step == self.max_steps
-                if state.step % log_every == 0 or last:
-                    self._log_train(state, stats, optimizer, bar)
-                    stats = StepStats()
-                    if (val_every and state.step % val_every == 0) or last:
-                        self._validate(state)
-                    if ckpt_every and (state.step % ckpt_every == 0) or last:
-                        self._checkpoint(state, "last")
-                    if self.plot is not None and self.plot_every and state.step % self.plot_every == 0 and not last:
-                        self.plot(state.step)
+            while self.step < self.max_steps:
+                X, y = self.members.batch([next(b) for b in batches])
+                result = step(X, y)
+                self._advance()
+                self._record(stats, X, y, result)
+                if self.step % self.log_every == 0 or self.step == self.max_steps:
+                    self._log_point(stats, bar)
+                    stats = [StepStats() for _ in self.members.members]
         except KeyboardInterrupt:
-            self._check_finite_params(state)
-            self._checkpoint(state, "last")
+            self.members.sync()
+            self._each(self._check_finite_params)
+            self._each(lambda m: self._checkpoint(m, "last"))
             raise
         finally:
             if bar is not None:
                 bar.close()
-        return state
+
+    def _step_function(self, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+        def plain(X: torch.Tensor, y: torch.Tensor):
+            return self.train_step(X, y, optimizer, self.step + 1)
+
+        if not self.cfg.get("cuda_graph"):
+            return plain
+        from nodex.train.cuda_graph import GraphedStep  # checked by validate_cuda_graph: fixed steps on a GPU
+
+        return GraphedStep(plain)
+
+    def _advance(self) -> None:
+        for m in self.members.members:
+            m.state.step += 1
+        if self.scheduler is not None and (not self.scheduler_per_epoch or self.step % self.epoch_steps == 0):
+            self.scheduler.step()
+
+    def _record(self, stats: list[StepStats], X: torch.Tensor, y: torch.Tensor, result: Any) -> None:
+        """Add one step's results to every member's running sums (and the run's NFE totals)."""
+        loss, parts, out, nfe_f, nfe_b = result
+        self.totals["steps"] += 1
+        self.totals["nfe_forward"] += nfe_f
+        self.totals["nfe_backward"] += nfe_b
+        samples = self.members.samples(X)
+        for m, st in zip(self.members.members, stats):
+            loss_k, parts_k, out_k, y_k = self.members.view(m.index, loss, parts, out, y)
+            st.steps += 1
+            st.samples += samples
+            st.nfe_forward += nfe_f
+            st.nfe_backward += nfe_b
+            st.add({"loss": loss_k, **parts_k, **m.task.metrics(out_k, y_k)})
+            for key, value in out_k.extras.items():
+                st.add({f"{key}_mean": value.float().mean()})
+
+    def _log_point(self, stats: list[StepStats], bar: Any) -> None:
+        """Log, validate, checkpoint and plot every member (its plain model synced first)."""
+        step, last = self.step, self.step == self.max_steps
+        self.members.sync()
+        self._each(lambda m: self._log_train(m, stats[m.index], bar if m.index == 0 else None))
+        if (self.val_every and step % self.val_every == 0) or last:
+            self._each(self._validate)
+        if self.ckpt_every and (step % self.ckpt_every == 0) or last:
+            self._each(lambda m: self._checkpoint(m, "last"))
+        if self.plot_every and step % self.plot_every == 0 and not last:
+            for m in self.members.members:
+                if m.plot is not None:
+                    m.plot(step)
 
     def train_step(self, X: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, step: int = 0):
-        """One optimisation step on ``(X, y)``; returns ``(loss, parts, out, nfe_forward, nfe_backward)``.
+        """One optimisation step of all members on ``(X, y)`` (``(B, ...)``, or ``(K, B, ...)`` for
+        ``K > 1``); returns ``(loss, parts, out, nfe_forward, nfe_backward)``: loss and parts
+        scalars (``(K,)`` for ``K > 1``), ``out`` the model's output.
 
         Raises:
             SolverError: the forward or the adjoint's backward solve failed (names ``step``).
@@ -224,51 +243,54 @@ class Trainer:
         with solver_failures(step, self.solver):
             out = model(X)
             nfe_f = model.nfe.count
-            loss, parts = self.task.loss(out, y)
+            loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
         if self.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            self.members.clip(self.clip)
         optimizer.step()
         return loss, parts, out, nfe_f, model.nfe.count - nfe_f
 
-    def _check_finite_params(self, state: LoopState) -> None:
-        for p in self.model.parameters():
+    def _check_finite_params(self, m: Member) -> None:
+        for p in m.model.parameters():
             if not torch.isfinite(p).all():
-                raise DivergenceError(f"parameters became non-finite by step {state.step} with {self.solver}: lower trainer.optim.lr or set trainer.grad_clip")
+                raise DivergenceError(f"parameters became non-finite by step {m.state.step} with {self.solver}: "
+                                      "lower trainer.optim.lr or set trainer.grad_clip")
 
-    def _log_train(self, state: LoopState, stats: StepStats, optimizer: torch.optim.Optimizer, bar: Any) -> dict[str, float]:
+    def _log_train(self, m: Member, stats: StepStats, bar: Any) -> dict[str, float]:
         values = {f"train/{k}": float(v) / stats.steps for k, v in stats.sums.items()}
         if not all(math.isfinite(v) for v in values.values()):
             bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
             raise DivergenceError(
-                f"{bad} became non-finite by step {state.step} with {self.solver}: lower trainer.optim.lr, set trainer.grad_clip or tighten solver.rtol/atol"
+                f"{bad} became non-finite by step {m.state.step} with {self.solver}: lower trainer.optim.lr, "
+                "set trainer.grad_clip or tighten solver.rtol/atol"
             )
-        self._check_finite_params(state)
+        self._check_finite_params(m)
         elapsed = time.perf_counter() - stats.started
         values.update(
             {
                 "train/nfe_forward": stats.nfe_forward / stats.steps,
                 "train/nfe_backward": stats.nfe_backward / stats.steps,
-                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/lr": self.optimizer.param_groups[0]["lr"],
                 "time/step_ms": 1000.0 * elapsed / stats.steps,
                 "time/samples_per_s": stats.samples / max(elapsed, 1e-9),
             }
         )
-        self.logger.scalars(state.step, values)
+        m.logger.scalars(m.state.step, values)
         if bar is not None:
             bar.update(stats.steps)
             bar.set_postfix(loss=f"{values['train/loss']:.4g}", nfe=f"{values['train/nfe_forward']:.0f}", refresh=False)
         return values
 
-    def _validate(self, state: LoopState) -> None:
-        metrics = evaluate(self.model, self.task, self.data.val, self.cfg.get("eval_batch_size"))
-        self.logger.scalars(state.step, {f"val/{k}": v for k, v in metrics.items()})
-        value = metrics.get(self.task.monitor, metrics["loss"])
-        better = state.best is None or (value > state.best if self.task.monitor_mode == "max" else value < state.best)
+    def _validate(self, m: Member) -> None:
+        metrics = evaluate(m.model, m.task, m.data.val, self.cfg.get("eval_batch_size"))
+        m.logger.scalars(m.state.step, {f"val/{k}": v for k, v in metrics.items()})
+        value = metrics.get(m.task.monitor, metrics["loss"])
+        best = m.state.best
+        better = best is None or (value > best if m.task.monitor_mode == "max" else value < best)
         if better and math.isfinite(value):
-            state.best = value
-            self._checkpoint(state, "best")
+            m.state.best = value
+            self._checkpoint(m, "best")
 
     def _progress_bar(self, start: int):
         if not self.progress:

@@ -1,15 +1,31 @@
 """Build a run from a composed config and execute it: ``run_train`` and ``run_eval``.
 
-Data flow: config -> (data, task, model, optimizer) -> Trainer -> logs, checkpoints and
-``result.json``. Errors surface as :class:`~nodex.errors.NodexError` with one-line messages;
-the run directory records them in ``result.json`` (``status: failed``).
+Data flow: config -> (data, task, model, optimizer) per member -> one :class:`Trainer` -> logs,
+checkpoints and ``result.json``. Errors surface as :class:`~nodex.errors.NodexError` with one-line
+messages; the run directory records them in ``result.json`` (``status: failed``).
+
+A seed ensemble (``trainer.ensemble=K``, see :mod:`nodex.train.members`) trains the seeds
+``seed, ..., seed+K-1`` in one batched solve; member ``k`` is built exactly as ``nodex train ...
+seed=SEED+k`` would build it (its own data splits, its own initialisation). Layout of ``RUN_DIR``::
+
+    ensemble.json          summary: status, seeds, member dirs, mean/std and per-member metrics
+    member-0/ ... member-{K-1}/
+                           what a separate run with seed SEED+k writes: result.json (same
+                           schema, seed SEED+k, config with seed SEED+k and trainer.ensemble=1,
+                           plus "ensemble_member"), metrics.jsonl, TensorBoard events, plots/,
+                           checkpoints/{last,best}.pt (the member's plain model and optimizer
+                           state: ``nodex eval ckpt=RUN_DIR/member-k`` and
+                           ``trainer.resume=RUN_DIR/member-k`` work unchanged), and .hydra/
+                           (its config.yaml; the parent's hydra.yaml; overrides.yaml without
+                           trainer.ensemble, with seed=SEED+k)
+
+``RUN_DIR`` gets no ``result.json`` of its own (a report would count the ensemble twice),
+except when the run fails before any member directory exists.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,134 +37,214 @@ from nodex.errors import CheckpointError, ConfigError, NodexError
 from nodex.models import count_parameters
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
-from nodex.train.loop import LoopState, Trainer, evaluate
-from nodex.train.setup import Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions
+from nodex.train.loop import Trainer, evaluate
+from nodex.train.members import (
+    Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
+)
+from nodex.train.results import (
+    finish_member, finish_summary, metadata_markdown, new_result, new_summary, write_json,
+)
+from nodex.train.setup import (
+    Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions,
+)
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
 
 def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
-    """Train per ``cfg`` into ``run_dir``; returns the ``result.json`` payload.
+    """Train per ``cfg`` into ``run_dir``; returns the ``result.json`` payload (for an ensemble:
+    the ``ensemble.json`` summary, whose ``metrics`` are the members' means).
 
     Raises:
-        NodexError: bad config, solver failure, divergence (after ``result.json`` records it).
+        NodexError: bad config, solver failure, divergence (after ``result.json`` records it;
+            in an ensemble every member's, and the message names the member).
         KeyboardInterrupt: after ``last.pt`` is saved and the run is marked ``interrupted``.
     """
-    if cfg.trainer.get("ensemble", 1) != 1:  # K seeds in one batched solve: nodex/train/ensemble.py
-        if cfg.trainer.get("cuda_graph"):
-            raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
-        from nodex.train.ensemble import run_ensemble
-
-        return run_ensemble(cfg, run_dir, progress=progress)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    result: dict[str, Any] = {
-        "status": "failed", "error": None, "metrics": {}, "nfe_forward": None, "nfe_backward": None,
-        "params": None, "steps": 0, "wall_time_s": None, "device": None, "versions": versions(),
-        "config": resolved, "seed": int(cfg.seed), "command": " ".join(sys.argv),
-    }
-    logger = None
-    trainer = None
-    state = LoopState()
+    ensemble = cfg.trainer.get("ensemble", 1) != 1
+    if ensemble and cfg.trainer.get("cuda_graph"):
+        raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
+    run = TrainRun(cfg, Path(run_dir), ensemble)
     try:
-        validate_trainer(cfg.trainer)
-        pipe = Pipeline(cfg)
-        validate_cuda_graph(cfg, pipe.settings, pipe.device)
-        batch = cfg.trainer.get("batch_size") or pipe.data.train[0].shape[0]
-        result["threads"] = choose_threads(cfg.trainer.get("num_threads"), pipe.model, pipe.data.train[0], batch)
-        result["device"] = str(pipe.device)
-        result["params"] = count_parameters(pipe.model)
-        state.batch_gen.manual_seed(int(cfg.seed))
-        optimizer, scheduler = build_optimizer(cfg.trainer, pipe.model, Trainer.total_steps(cfg.trainer, pipe.data))
-
-        def make_checkpoint(st: LoopState) -> dict[str, Any]:
-            return {
-                "model": pipe.model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "step": st.step, "best": st.best, "config": resolved,
-                "rng": {"torch": torch.get_rng_state(), "batches": st.batch_gen.get_state()},
-            }
-
-        if cfg.trainer.get("resume"):
-            _resume(cfg.trainer.resume, pipe, optimizer, scheduler, state)
-        logger = RunLogger(run_dir, tensorboard=cfg.logger.get("tensorboard", True), append=state.step > 0)
-        logger.text("run/metadata", _metadata_markdown(result, pipe))
-        log.info("%s | %s params | %s | %s | device %s", cfg.model.name, result["params"], cfg.data.name, pipe.settings.describe(), pipe.device)
-        from nodex.viz import diagnostics
-
-        def plot(step: int) -> None:
-            diagnostics(pipe.model, pipe.data, pipe.task, logger, step)
-
-        trainer = Trainer(pipe.model, pipe.task, pipe.data, cfg.trainer, logger, run_dir / "checkpoints", make_checkpoint,
-                          pipe.settings.describe(), progress, plot=plot if cfg.trainer.get("plots", True) else None)
-        trainer.fit(optimizer, scheduler, state)
-        test = evaluate(pipe.model, pipe.task, pipe.data.test, cfg.trainer.get("eval_batch_size"))
-        result["metrics"] = {f"test/{k}": v for k, v in test.items()}
-        logger.scalars(state.step, result["metrics"])
-        result["status"] = "completed"
-        if cfg.trainer.get("plots", True):
-            plot(state.step)
+        trainer = run.start(progress)
+        trainer.fit(run.optimizer, run.scheduler)
+        run.test()
     except KeyboardInterrupt:
-        result["status"] = "interrupted"
-        result["error"] = f"interrupted at step {state.step}; resume with trainer.resume={run_dir / 'checkpoints' / 'last.pt'}"
-        raise
-    except NodexError as exc:
-        result["error"] = str(exc)
+        run.interrupted()
         raise
     except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        run.failed(str(exc) if isinstance(exc, NodexError) else f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        result["steps"] = state.step
-        result["wall_time_s"] = time.perf_counter() - started
-        if trainer is not None and trainer.totals["steps"]:
-            result["nfe_forward"] = trainer.totals["nfe_forward"] / trainer.totals["steps"]
-            result["nfe_backward"] = trainer.totals["nfe_backward"] / trainer.totals["steps"]
-        _write_json(run_dir / "result.json", result)
-        if logger is not None:
-            if result["status"] == "completed":
-                logger.hparams(_hparams(cfg), {**result["metrics"], "nfe_forward": result["nfe_forward"] or 0.0, "params": result["params"]})
-            logger.close()
-    log.info("done: %s", ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
-    return result
+        run.finish()
+    return run.payload()
 
 
-def _resume(path: str, pipe: Pipeline, optimizer, scheduler, state: LoopState) -> None:
-    ckpt = load_checkpoint(resolve_checkpoint(path, "last"), map_location=pipe.device)
+class TrainRun:
+    """One ``nodex train``: its members (one, or ``K`` seeds), optimizer, trainer and write-up."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, ensemble: bool) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.run_dir = cfg, run_dir
+        self.started = time.perf_counter()
+        self.resolved = OmegaConf.to_container(cfg, resolve=True)
+        self.summary = new_summary(self.resolved) if ensemble else None
+        self.members: list[Member] = []
+        self.trainer: Trainer | None = None
+        self.error: str | None = None
+        self.status = "failed"  # of a run that ends before any member exists
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+
+    def start(self, progress: bool) -> Trainer:
+        """Validate, build every member, the optimizer (resumed if asked) and the loggers."""
+        cfg = self.cfg
+        K = ensemble_size(cfg)
+        validate_trainer(cfg.trainer)
+        device = select_device(cfg.trainer.get("device", "auto"))
+        pipes = self._build_members(K, device)
+        members = Members(self.members) if K == 1 else StackedMembers(self.members)
+        settings = pipes[0].settings if K == 1 else members.model.settings
+        validate_cuda_graph(cfg, settings, device)
+        data = self.members[0].data
+        batch = cfg.trainer.get("batch_size") or data.train[0].shape[0]
+        threads = choose_threads(cfg.trainer.get("num_threads"), self.members[0].model, data.train[0], batch * K)
+        steps = Trainer.total_steps(cfg.trainer, data)
+        for m in self.members:
+            m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
+        self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
+        if cfg.trainer.get("resume"):
+            _resume(cfg.trainer.resume, self.members[0], self.optimizer, self.scheduler, device)
+        for m in self.members:
+            self._open_logs(m)
+        if self.summary is not None:
+            self.summary["shared_step_sizes"] = not settings.is_fixed_step
+        self._log_start(settings, device)
+        self.trainer = Trainer(members, cfg.trainer, settings.describe(), progress)
+        return self.trainer
+
+    def _build_members(self, K: int, device: torch.device) -> list[Pipeline]:
+        """Member ``k``: the config, run directory, data, task and model of seed ``SEED+k``'s run
+        (``K = 1``: the run itself, in ``run_dir``)."""
+        pipes = []
+        for k in range(K):
+            mcfg, resolved, mdir = self.cfg, self.resolved, self.run_dir
+            if K > 1:
+                mcfg = member_config(self.resolved, k)
+                resolved = OmegaConf.to_container(mcfg, resolve=True)
+                mdir = self.run_dir / f"member-{k}"
+                mdir.mkdir(parents=True, exist_ok=True)
+                hydra_snapshot(self.run_dir, mdir, mcfg)
+            result = new_result(int(mcfg.seed), resolved)
+            if K > 1:
+                result["ensemble_member"] = {"index": k, "size": K, "parent": str(self.run_dir)}
+            pipe = Pipeline(mcfg, device)
+            spec = {"input_shape": list(pipe.data.input_shape), "n_outputs": int(pipe.task.n_outputs)}
+            member = Member(k, pipe.model, pipe.task, pipe.data, mcfg, resolved, mdir, spec, result)
+            member.state.batch_gen.manual_seed(int(mcfg.seed))
+            self.members.append(member)
+            pipes.append(pipe)
+        if self.summary is not None:
+            self.summary.update(size=K, seeds=[m.seed for m in self.members], device=str(device),
+                                members=[m.run_dir.name for m in self.members])
+        return pipes
+
+    def _open_logs(self, m: Member) -> None:
+        m.logger = RunLogger(m.run_dir, tensorboard=self.cfg.logger.get("tensorboard", True), append=m.state.step > 0)
+        m.logger.text("run/metadata", metadata_markdown(m.result))
+        if self.cfg.trainer.get("plots", True):
+            from nodex.viz import diagnostics
+
+            def plot(step: int) -> None:
+                diagnostics(m.model, m.data, m.task, m.logger, step)
+
+            m.plot = plot
+
+    def _log_start(self, settings: Any, device: torch.device) -> None:
+        cfg, first, last = self.cfg, self.members[0], self.members[-1]
+        if self.summary is None:
+            log.info("%s | %s params | %s | %s | device %s", cfg.model.name, first.result["params"], cfg.data.name,
+                     settings.describe(), device)
+            return
+        log.info("%s | ensemble of %d (seeds %d..%d) | %s params each | %s | %s%s | device %s", cfg.model.name,
+                 len(self.members), first.seed, last.seed, first.result["params"], cfg.data.name, settings.describe(),
+                 "" if settings.is_fixed_step else " (members share step sizes)", device)
+
+    def test(self) -> None:
+        """Every member's test metrics (logged and recorded), then its final figures."""
+        self.trainer.members.sync()
+        for m in self.members:
+            test = evaluate(m.model, m.task, m.data.test, self.cfg.trainer.get("eval_batch_size"))
+            m.result["metrics"] = {f"test/{k}": v for k, v in test.items()}
+            m.logger.scalars(m.state.step, m.result["metrics"])
+            m.result["status"] = "completed"
+        for m in self.members:
+            if m.plot is not None:
+                m.plot(m.state.step)
+        if self.summary is not None:
+            self.summary["status"] = "completed"
+
+    def interrupted(self) -> None:
+        step = self.members[0].state.step if self.members else 0
+        for m in self.members:
+            m.result["status"] = "interrupted"
+            if self.summary is None:
+                last = m.run_dir / "checkpoints" / "last.pt"
+                m.result["error"] = f"interrupted at step {step}; resume with trainer.resume={last}"
+            else:
+                m.result["error"] = f"interrupted at step {step} (ensemble {self.run_dir})"
+        if self.summary is not None:
+            self.summary["status"] = "interrupted"
+            self.summary["error"] = (f"interrupted at step {step}; "
+                                     f"resume a member with trainer.resume={self.run_dir}/member-k")
+        self.error, self.status = f"interrupted at step {step}", "interrupted"
+
+    def failed(self, message: str) -> None:
+        self.error = message
+        for m in self.members:
+            m.result["error"] = message
+        if self.summary is not None:
+            self.summary["error"] = message
+
+    def finish(self) -> None:
+        """Write every member's ``result.json`` (closing its logger), then ``ensemble.json``;
+        a run that failed before any member existed records it in ``run_dir/result.json``."""
+        wall = time.perf_counter() - self.started
+        totals = self.trainer.totals if self.trainer is not None else {"steps": 0}
+        for m in self.members:
+            finish_member(m, totals, wall)
+        if self.summary is not None:
+            finish_summary(self.summary, self.members, wall)
+            write_json(self.run_dir / "ensemble.json", self.summary)
+        if not self.members:
+            result = new_result(int(self.cfg.seed), self.resolved)
+            result.update(status=self.status, error=self.error, wall_time_s=wall)
+            write_json(self.run_dir / "result.json", result)
+
+    def payload(self) -> dict[str, Any]:
+        """The run's ``result.json`` (an ensemble's ``ensemble.json``), after logging its metrics."""
+        payload = self.members[0].result if self.summary is None else self.summary
+        head = "done" if self.summary is None else f"done (mean of {len(self.members)})"
+        log.info("%s: %s", head, ", ".join(f"{k}={v:.4g}" for k, v in payload["metrics"].items()))
+        return payload
+
+
+def _resume(path: str, m: Member, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> None:
+    ckpt = load_checkpoint(resolve_checkpoint(path, "last"), map_location=device)
     try:
-        pipe.model.load_state_dict(ckpt["model"])
+        m.model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"trainer.resume={path}: checkpoint does not fit this model/optimizer ({str(exc).splitlines()[0][:120]}); resume with the run's own config") from None
+        reason = str(exc).splitlines()[0][:120]
+        raise CheckpointError(f"trainer.resume={path}: checkpoint does not fit this model/optimizer ({reason}); "
+                              "resume with the run's own config") from None
     if scheduler is not None and ckpt.get("scheduler"):
         scheduler.load_state_dict(ckpt["scheduler"])
-    state.step = int(ckpt["step"])
-    state.best = ckpt.get("best")
+    m.state.step = int(ckpt["step"])
+    m.state.best = ckpt.get("best")
     torch.set_rng_state(ckpt["rng"]["torch"])
-    state.batch_gen.set_state(ckpt["rng"]["batches"])
-    log.info("resumed from %s at step %d", path, state.step)
-
-
-def _hparams(cfg: DictConfig) -> dict[str, Any]:
-    return {
-        "model": cfg.model.name, "data": cfg.data.name, "solver": cfg.solver.method,
-        "rtol": cfg.solver.rtol, "atol": cfg.solver.atol, "sensitivity": cfg.solver.sensitivity,
-        "lr": cfg.trainer.optim.lr, "seed": cfg.seed,
-    }
-
-
-def _metadata_markdown(result: dict[str, Any], pipe: Pipeline) -> str:
-    rows = [f"| {k} | {v} |" for k, v in result["versions"].items()]
-    rows += [f"| device | {pipe.device} |", f"| command | `{result['command']}` |", f"| params | {result['params']} |"]
-    return "| key | value |\n|---|---|\n" + "\n".join(rows)
+    m.state.batch_gen.set_state(ckpt["rng"]["batches"])
+    log.info("resumed from %s at step %d", path, m.state.step)
 
 
 def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -165,21 +261,24 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) ->
     run_cfg = OmegaConf.create(ckpt["config"])
     for key, value in overrides.items():
         if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {path.parent.parent / '.hydra' / 'config.yaml'})")
+            saved = path.parent.parent / ".hydra" / "config.yaml"
+            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {saved})")
         OmegaConf.update(run_cfg, key, value)
     device = select_device(cfg.get("device", "auto"))
     pipe = Pipeline(run_cfg, device)
     try:
         pipe.model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{str(path)!r} does not fit the model its config builds ({str(exc).splitlines()[0][:120]})") from None
+        reason = str(exc).splitlines()[0][:120]
+        raise CheckpointError(f"{str(path)!r} does not fit the model its config builds ({reason})") from None
     split = cfg.get("split", "test")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split={split!r}; choose one of: train, val, test")
     metrics = evaluate(pipe.model, pipe.task, getattr(pipe.data, split), run_cfg.trainer.get("eval_batch_size"))
     payload = {"checkpoint": str(path), "split": split, "step": ckpt.get("step"), "overrides": overrides,
-               "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device), "versions": versions()}
+               "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device),
+               "versions": versions()}
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "eval.json", payload)
+    write_json(run_dir / "eval.json", payload)
     return payload

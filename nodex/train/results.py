@@ -1,0 +1,95 @@
+"""What a training run writes when it ends: each member's ``result.json`` (and its TensorBoard
+hparams), and for a seed ensemble the ``ensemble.json`` summary beside the member directories.
+
+``result.json`` schema: ``status`` (completed / failed / interrupted), ``error``, ``metrics``
+(``test/...``), ``nfe_forward`` / ``nfe_backward`` (mean per step), ``params``, ``steps``,
+``wall_time_s``, ``device``, ``threads``, ``versions``, ``config`` (resolved), ``seed``, ``command``;
+an ensemble member adds ``ensemble_member`` (``index``, ``size``, ``parent``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from nodex.train.members import Member
+from nodex.train.setup import versions
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def new_result(seed: int, resolved: dict[str, Any]) -> dict[str, Any]:
+    """A ``result.json`` payload for a run that has not finished (``status: failed`` until it does)."""
+    return {
+        "status": "failed", "error": None, "metrics": {}, "nfe_forward": None, "nfe_backward": None,
+        "params": None, "steps": 0, "wall_time_s": None, "device": None, "versions": versions(),
+        "config": resolved, "seed": int(seed), "command": " ".join(sys.argv),
+    }
+
+
+def new_summary(resolved: dict[str, Any]) -> dict[str, Any]:
+    """An ``ensemble.json`` payload for an ensemble that has not finished."""
+    return {
+        "status": "failed", "error": None, "kind": "ensemble", "size": None, "seeds": [], "members": [],
+        "metrics": {}, "metrics_std": {}, "member_metrics": [], "steps": 0, "wall_time_s": None,
+        "nfe_forward": None, "nfe_backward": None, "shared_step_sizes": None, "device": None,
+        "versions": versions(), "config": resolved, "command": " ".join(sys.argv),
+    }
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The TensorBoard hparams of a run."""
+    return {
+        "model": cfg.model.name, "data": cfg.data.name, "solver": cfg.solver.method,
+        "rtol": cfg.solver.rtol, "atol": cfg.solver.atol, "sensitivity": cfg.solver.sensitivity,
+        "lr": cfg.trainer.optim.lr, "seed": cfg.seed,
+    }
+
+
+def metadata_markdown(result: dict[str, Any]) -> str:
+    """The ``run/metadata`` TensorBoard text: versions, device, command, parameter count."""
+    rows = [f"| {k} | {v} |" for k, v in result["versions"].items()]
+    rows += [f"| device | {result['device']} |", f"| command | `{result['command']}` |",
+             f"| params | {result['params']} |"]
+    return "| key | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def finish_member(m: Member, totals: dict[str, int], wall: float) -> None:
+    """Record the steps, wall time and mean NFE, write ``result.json`` into the member's run
+    directory, and close its logger (with the hparams of a completed run)."""
+    result = m.result
+    result["steps"] = m.state.step
+    result["wall_time_s"] = wall  # an ensemble's: all members were trained in it
+    if totals["steps"]:
+        result["nfe_forward"] = totals["nfe_forward"] / totals["steps"]
+        result["nfe_backward"] = totals["nfe_backward"] / totals["steps"]
+    write_json(m.run_dir / "result.json", result)
+    if m.logger is not None:
+        if result["status"] == "completed":
+            final = {**result["metrics"], "nfe_forward": result["nfe_forward"] or 0.0, "params": result["params"]}
+            m.logger.hparams(hparams(m.cfg), final)
+        m.logger.close()
+
+
+def finish_summary(summary: dict[str, Any], members: list[Member], wall: float) -> None:
+    """Fill ``ensemble.json``'s members' means, standard deviations, steps and NFE from their results."""
+    done = [m.result["metrics"] for m in members if m.result["status"] == "completed"]
+    keys = [k for k in (done[0] if done else {}) if all(k in d for d in done)]
+    summary["metrics"] = {k: statistics.fmean(d[k] for d in done) for k in keys}
+    summary["metrics_std"] = {k: statistics.pstdev([d[k] for d in done]) for k in keys}
+    summary["member_metrics"] = [m.result["metrics"] for m in members]
+    summary["steps"] = members[0].state.step if members else 0
+    summary["wall_time_s"] = wall
+    if members:
+        summary["nfe_forward"] = members[0].result["nfe_forward"]
+        summary["nfe_backward"] = members[0].result["nfe_backward"]
