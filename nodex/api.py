@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nodex.config import upgrade_run_config
 from nodex.errors import CheckpointError
 from nodex.models import DataSpec, build_model
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
@@ -43,7 +44,7 @@ def build(cfg: DictConfig, *, spec: DataSpec | None = None, device: str | torch.
 
     spec = spec or data_spec(cfg)
     torch.manual_seed(int(cfg.seed))
-    return build_model(cfg.model, spec, solver_settings(cfg.solver)).to(device)
+    return build_model(cfg.model, spec, solver_settings(cfg.solver, cfg.model)).to(device)
 
 
 def load(path: str | Path, *, which: str = "last", device: str | torch.device = "cpu") -> tuple[nn.Module, DictConfig]:
@@ -76,7 +77,7 @@ def load(path: str | Path, *, which: str = "last", device: str | torch.device = 
 def _run_config(ckpt: dict[str, Any], file: Path) -> DictConfig:
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(file)!r} holds no run config; load a checkpoint written by nodex train")
-    return OmegaConf.create(ckpt["config"])
+    return OmegaConf.create(upgrade_run_config(ckpt["config"]))
 
 
 def _saved_spec(ckpt: dict[str, Any]) -> DataSpec | None:

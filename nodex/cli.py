@@ -17,7 +17,9 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from nodex.config import CONFIG_DIR, config_error_line
-from nodex.sweeps import RunRefused, abandon, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome
+from nodex.sweeps import (
+    RunRefused, abandon, local_workers, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome,
+)
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
 
@@ -70,21 +72,32 @@ def train_job(cfg: DictConfig) -> float | None:
     from nodex.train.run import run_train
 
     from nodex.train.lock import RunLock
+    from nodex.train.preemption import Preempted
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    job = {"progress": _progress(cfg), "workers": local_workers(hc), "command": _job_command(hc)}
     try:
         if _is_multirun():  # a single run's dir is locked by the RunGuard callback, before Hydra writes into it
             with RunLock(run_dir):
-                result = run_train(cfg, run_dir, progress=_progress(cfg))
+                result = run_train(cfg, run_dir, **job)
         else:
-            result = run_train(cfg, run_dir, progress=_progress(cfg))
+            result = run_train(cfg, run_dir, **job)
+    except Preempted as exc:
+        _report(f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it")
+        getattr(exc, "forward", lambda: None)()  # submitit's handler: requeue the job, then exit
+        raise SystemExit(exc.exit_code) from None
     except NodexError as exc:
         _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
         if _is_multirun():
             return None  # the sweep goes on; result.json says why
         raise SystemExit(_exit_with(str(exc))) from None
     except KeyboardInterrupt:
-        _report(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt")
+        from pathlib import Path
+
+        saved = (Path(run_dir) / "checkpoints" / "last.pt").exists()
+        _report(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt" if saved
+                else "interrupted before the first checkpoint; nothing to resume")
         raise SystemExit(130) from None
     except Exception as exc:  # not raised by nodex: one line here, the traceback in train.log
         _log_traceback(run_dir)
@@ -94,6 +107,13 @@ def train_job(cfg: DictConfig) -> float | None:
         raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
     monitor = cfg.get("monitor")
     return float(result["metrics"][monitor]) if monitor and monitor in result["metrics"] else None
+
+
+def _job_command(hc: Any) -> str:
+    """This job's own command: ``nodex train`` and its overrides (in a sweep, this job's values only)."""
+    import shlex
+
+    return " ".join(["nodex", str(hc.job.name), *(shlex.quote(str(o)) for o in hc.overrides.task)])
 
 
 def eval_job(cfg: DictConfig) -> None:
@@ -226,6 +246,13 @@ def check_overrides(hydra: Any, overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from nodex.config import check_moved_overrides
+    from nodex.errors import ConfigError
+
+    try:
+        check_moved_overrides(overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:

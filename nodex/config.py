@@ -13,6 +13,7 @@ Model, data and task presets vary by kind (an MLP field has ``hidden``, a conv f
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -36,7 +37,6 @@ class SolverSchema:
     seminorm: bool = True  # adjoint: error control without the parameter channels
     engine: str = "auto"  # auto: nodex's lean solvers where they apply (see README), else torchdiffeq | torchdiffeq
     options: Dict[str, Any] = field(default_factory=dict)
-    S: float = 1.0
 
 
 @dataclass
@@ -135,16 +135,56 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     """The config ``config_name`` (``train`` or ``eval``) with Hydra ``overrides`` applied.
 
     Raises:
+        ConfigError: an override of a key that moved (``solver.S``).
         hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException: an unknown
-            option, key or a value of the wrong type.
+            option, key or a value of the wrong type (:func:`config_error_line` makes it one line).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    check_moved_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name=config_name):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+# old dotted key -> new dotted key. The horizon S was ``solver.S``; it is the model's ``model.horizon.S``.
+MOVED_KEYS = {"solver.S": "model.horizon.S"}
+
+
+def check_moved_overrides(overrides: Sequence[str]) -> None:
+    """Raise a one-line :class:`ConfigError` for an override of a moved key (``solver.S=2``)."""
+    from nodex.errors import ConfigError
+
+    for item in overrides:
+        key, sep, value = str(item).lstrip("+~").partition("=")
+        if sep and key in MOVED_KEYS:
+            raise ConfigError(f"{key} moved: use {MOVED_KEYS[key]}={value}")
+
+
+def upgrade_run_config(cfg_dict: dict) -> dict:
+    """An older run's resolved config (checkpoint or ``.hydra/config.yaml``) in today's layout.
+
+    Moves ``solver.S`` to ``model.horizon.S`` (with ``kind: fixed`` when the run had no horizon slot; a learned
+    horizon keeps its keys and takes ``S`` as its nominal horizon). Returns a new dict; the input is not modified.
+    A config already in the new layout comes back equal.
+    """
+    out = copy.deepcopy(cfg_dict)
+    solver = out.get("solver")
+    if not isinstance(solver, dict) or "S" not in solver:
+        return out
+    S = solver.pop("S")
+    model = out.setdefault("model", {})
+    horizon = model.get("horizon")
+    if not isinstance(horizon, dict) or horizon.get("kind", "none") == "none":
+        horizon = {"kind": "fixed"}
+    horizon.setdefault("S", S)
+    model["horizon"] = horizon
+    task = out.get("task")
+    if isinstance(task, dict) and task.get("S") == "${solver.S}":
+        task["S"] = "${model.horizon.S}"
+    return out

@@ -131,7 +131,7 @@ def test_adaptive_depth_logs_the_horizon_in_extras(compose_cfg):
     model = build_model(cfg, DataSpec((2,), 2), SolverSettings())
     out = model(torch.randn(7, 2))
     assert out.extras["horizon"].shape == (7,)
-    torch.testing.assert_close(out.extras["horizon"], torch.full((7,), 1.0))  # init = solver.S
+    torch.testing.assert_close(out.extras["horizon"], torch.full((7,), 1.0))  # init = model.horizon.S
 
 
 @pytest.mark.parametrize(

@@ -226,7 +226,6 @@ def test_bad_ensemble_value_is_one_line_config_error(train_run):
     "overrides, message",
     [
         (["trainer.ensemble=-2"], "trainer.ensemble=-2 must be a positive integer"),
-        (["trainer.ensemble=two"], "trainer.ensemble='two' must be a positive integer"),
         (["trainer.ensemble=2", "trainer.resume=/tmp/x"], "trainer.resume is not supported with trainer.ensemble=2"),
         (["trainer.ensemble=2", "model=cnf", "data=moons_density", "task=density"],
          "trainer.ensemble=2 needs model.kind=neural_ode"),
@@ -238,6 +237,14 @@ def test_ensemble_config_errors(compose_cfg, overrides, message):
         ensemble_size(cfg)
     assert "\n" not in str(info.value)
     assert ensemble_size(compose_cfg([])) == 1 and OmegaConf.select(compose_cfg([]), "trainer.ensemble") == 1
+
+
+def test_a_non_integer_ensemble_size_fails_when_the_config_is_composed(compose_cfg):
+    from nodex.config import config_error_line
+
+    with pytest.raises(Exception) as info:
+        compose_cfg(["trainer.ensemble=two"])
+    assert config_error_line(info.value).startswith("trainer.ensemble='two' is not an integer")
 
 
 def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):

@@ -184,3 +184,18 @@ def test_type_errors_in_python_compose_raise_validation_errors():
     assert isinstance(info.value.__cause__, ValidationError) or isinstance(info.value, ValidationError)
     assert config_error_line(info.value) == "solver.rtol='abc' is not a number: give solver.rtol a number"
     assert config_error_line(ValueError("other")) is None
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be a positive max gradient norm or null"),
+    ("trainer.grad_clip=0", "trainer.grad_clip=0.0 must be a positive max gradient norm or null"),
+    ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 must be a positive integer or null"),
+    ("trainer.checkpoint_every=7", "trainer.checkpoint_every=7 must be a multiple of trainer.log_every=5"),
+    ("model.horizon.S=inf", "model.horizon.S=inf (the integration horizon) must be a positive, finite number"),
+    ("solver.S=2", "solver.S moved: use model.horizon.S=2"),
+])
+def test_bad_values_are_refused_before_training(train_run, override, needle):
+    run_dir, result, code, err = train_run(override)
+    assert code in (1, 2) and needle in _one_line_error(err)
+    assert result is None or (result["status"] == "failed" and result["steps"] == 0)
+    assert not (run_dir / "checkpoints").exists()

@@ -8,7 +8,8 @@ Slots and their registries (each maps ``kind`` -> builder):
 - ``model.field.kind``       :data:`~nodex.models.fields.FIELDS`
 - ``model.order``            n-th order wrapper
 - ``model.readout.kind``     :data:`~nodex.models.readouts.READOUTS`
-- ``model.horizon.kind``     :data:`HORIZONS`      ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
+- ``model.horizon``          ``kind: fixed`` integrates over ``[0, S]`` (``model.horizon.S``); any other kind is
+                             :data:`HORIZONS` ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
 - ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)`` (f = the field's value)
 
 A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
@@ -18,6 +19,7 @@ sub-module; they are handed to adaptive solvers as ``jump_t``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,6 +53,19 @@ def _slot(cfg: DictConfig, name: str) -> DictConfig | None:
     if node is None or node.get("kind", "none") == "none":
         return None
     return node
+
+
+def horizon_length(cfg: DictConfig) -> float:
+    """The horizon ``S`` of a ``model`` config (``model.horizon.S``; 1.0 when the slot is absent).
+
+    Raises:
+        ConfigError: ``S`` is not a positive number.
+    """
+    node = cfg.get("horizon")
+    S = 1.0 if node is None or node.get("S") is None else node.S
+    if isinstance(S, bool) or not isinstance(S, (int, float)) or not (math.isfinite(S) and S > 0):
+        raise ConfigError(f"model.horizon.S={S!r} (the integration horizon) must be a positive, finite number")
+    return float(S)
 
 
 def field_breakpoints(field: nn.Module) -> list[float]:
@@ -93,7 +108,7 @@ def build_neural_ode(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) 
         field = HigherOrderField(field, int(cfg.order))
     readout = READOUTS.get(cfg.readout.kind)(cfg.readout, state_shape, spec.n_outputs)
     horizon = None
-    if (node := _slot(cfg, "horizon")) is not None:
+    if (node := _slot(cfg, "horizon")) is not None and node.kind != "fixed":
         horizon = HORIZONS.get(node.kind)(node, spec.input_shape, settings.S)
     integral = None
     if (node := _slot(cfg, "integral_loss")) is not None:

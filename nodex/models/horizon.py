@@ -17,7 +17,7 @@ which ``tests/test_adaptive_depth.py`` checks against autograd.
 - ``signed``: allow ``s_min < 0`` (integrate *backward* for some inputs). In 1-D an autonomous
   field with S ≥ 0 cannot map −1 ↦ 1 and 1 ↦ −1 (a 1-D flow is monotone), so the reflection
   experiment uses a signed S (or a depth-varying field).
-- ``init``: the initial S(x) for every x (last layer zero, bias set); default ``solver.S``.
+- ``init``: the initial S(x) for every x (last layer zero, bias set); default ``model.horizon.S``.
 """
 
 from __future__ import annotations

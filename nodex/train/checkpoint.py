@@ -27,15 +27,21 @@ def checkpoint_state(
     state: Any,
     config: dict[str, Any] | None,
     data_spec: dict[str, Any] | None,
+    sampler: Any = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of one run: ``model``'s state dict, the optimizer state its own
     optimizer has, the scheduler's, and ``state``'s (a :class:`~nodex.train.members.LoopState`)
-    step, best value and batch-generator state, with the global torch RNG state."""
+    step, best value and batch-generator state (with the epoch's start and position), the fresh-batch stream of
+    ``sampler`` (``data.resample``) and the global torch RNG state: everything that decides the rest of the run."""
     return {
         "model": model.state_dict(), "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": state.step, "best": state.best, "config": config,
-        "rng": {"torch": torch.get_rng_state(), "batches": state.batch_gen.get_state()},
+        "rng": {
+            "torch": torch.get_rng_state(), "batches": state.batch_gen.get_state(),
+            "epoch_start": state.epoch_start, "epoch_pos": state.epoch_pos,
+            "fresh": sampler.get_state() if sampler is not None else None,
+        },
         "data_spec": data_spec,
     }
 

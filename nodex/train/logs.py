@@ -11,14 +11,28 @@ from typing import Any
 log = logging.getLogger("nodex")
 
 
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", -1))
+    except (ValueError, AttributeError):
+        return 1 << 62  # a torn last line of a killed run: dropped with the rows after the checkpoint
+
+
 class RunLogger:
     """Writes every logged scalar to TensorBoard and one JSON object per call to
     ``metrics.jsonl`` in ``run_dir``. ``tensorboard=False`` keeps only the JSON lines."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, append: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, append: bool = False,
+                 keep_until: int | None = None) -> None:
+        """``append``: continue ``metrics.jsonl``; ``keep_until``: a resumed run's step — rows logged after it (by a
+        run killed after its last checkpoint) are dropped, since the resumed run logs those steps again."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a" if append else "w")
+        path = self.run_dir / "metrics.jsonl"
+        if append and keep_until is not None and path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip() and _step(line) <= keep_until]
+            path.write_text("".join(f"{row}\n" for row in rows))
+        self._jsonl = open(path, "a" if append else "w")
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

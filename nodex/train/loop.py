@@ -20,6 +20,7 @@ from nodex.data import DataBundle, Split, iterate_batches
 from nodex.errors import DivergenceError, NodexError, SolverError
 from nodex.train.checkpoint import checkpoint_state, save_checkpoint
 from nodex.train.members import LoopState, Member, Members
+from nodex.train.preemption import StopRequest, raise_if_requested
 from nodex.train.tasks import Task
 
 log = logging.getLogger("nodex")
@@ -125,11 +126,21 @@ class Trainer:
         return self.members.members[0].state.step
 
     def _batches(self, m: Member):
+        """Training batches: fresh ones from the sampler, or epochs of shuffled mini-batches whose position is
+        kept in ``m.state`` (a resumed run continues inside the epoch it stopped in)."""
+        while m.data.sampler is not None:
+            yield m.data.sampler(self.batch_size or m.data.train[0].shape[0])
         while True:
-            if m.data.sampler is not None:
-                yield m.data.sampler(self.batch_size or m.data.train[0].shape[0])
+            if m.state.epoch_start is None:
+                m.state.epoch_start = m.state.batch_gen.get_state()
             else:
-                yield from iterate_batches(m.data.train, self.batch_size, m.state.batch_gen)
+                m.state.batch_gen.set_state(m.state.epoch_start)
+            skip = m.state.epoch_pos
+            for i, batch in enumerate(iterate_batches(m.data.train, self.batch_size, m.state.batch_gen)):
+                if i >= skip:
+                    m.state.epoch_pos = i + 1
+                    yield batch
+            m.state.epoch_start, m.state.epoch_pos = None, 0
 
     def _each(self, fn: Callable[[Member], Any]) -> None:
         """``fn(member)`` for every member; in an ensemble an error names the member it came from."""
@@ -145,16 +156,17 @@ class Trainer:
         if m.run_dir is None:
             return
         opt_state = self.members.optimizer_state(self.optimizer, m.index)
-        state = checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec)
+        state = checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec, m.data.sampler)
         save_checkpoint(state, m.run_dir / "checkpoints" / f"{name}.pt")
 
-    def fit(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    def fit(self, optimizer: torch.optim.Optimizer, scheduler: Any, stop: StopRequest | None = None) -> None:
         """Train every member from its ``state.step`` to the step budget.
 
         Raises:
             SolverError, DivergenceError: with the step, solver and tolerances in the message;
                 ``last.pt`` then holds the last state that was checked finite.
             KeyboardInterrupt: after saving ``last.pt`` at the current (finite) state.
+            Preempted: ``stop`` recorded a signal; ``last.pt`` holds the state after the last whole step.
         """
         self.optimizer, self.scheduler = optimizer, scheduler
         self.log_every, self.val_every = max(1, int(self.cfg.log_every)), int(self.cfg.val_every or 0)
@@ -174,14 +186,19 @@ class Trainer:
                 if self.step % self.log_every == 0 or self.step == self.max_steps:
                     self._log_point(stats, bar)
                     stats = [StepStats() for _ in self.members.members]
+                raise_if_requested(stop, self.step, self._save_last)
         except KeyboardInterrupt:
-            self.members.sync()
-            self._each(self._check_finite_params)
-            self._each(lambda m: self._checkpoint(m, "last"))
+            self._save_last()
             raise
         finally:
             if bar is not None:
                 bar.close()
+
+    def _save_last(self) -> None:
+        """``last.pt`` of every member at the current step (its parameters checked finite first)."""
+        self.members.sync()
+        self._each(self._check_finite_params)
+        self._each(lambda m: self._checkpoint(m, "last"))
 
     def _step_function(self, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], Any]:
         def plain(X: torch.Tensor, y: torch.Tensor):

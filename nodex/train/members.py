@@ -39,6 +39,10 @@ class LoopState:
     step: int = 0
     best: float | None = None
     batch_gen: torch.Generator = field(default_factory=torch.Generator)
+    # the shuffle generator's state when the current epoch began, and how many of its batches were taken:
+    # a run resumed mid-epoch redraws that epoch's order and skips what it already trained on
+    epoch_start: torch.Tensor | None = None
+    epoch_pos: int = 0
 
 
 @dataclass

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nodex.errors import CheckpointError, ConfigError, NodexError
 from nodex.models import count_parameters
+from nodex.config import upgrade_run_config
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
 from nodex.train.loop import Trainer, evaluate
@@ -47,28 +48,42 @@ from nodex.train.results import (
 from nodex.train.setup import (
     Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions,
 )
+from nodex.train.preemption import Preempted, StopRequest
+from nodex.train.resume import apply_learning_rate, check_resumable, resume_path
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
 
 
-def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
+def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, workers: int = 1,
+              command: str | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``run_dir``; returns the ``result.json`` payload (for an ensemble:
     the ``ensemble.json`` summary, whose ``metrics`` are the members' means).
+
+    Args:
+        workers: jobs of a local sweep running at once (``trainer.num_threads=auto`` shares the CPUs).
+        command: the job's own command line, recorded in ``result.json`` (default: this process's argv).
 
     Raises:
         NodexError: bad config, solver failure, divergence (after ``result.json`` records it;
             in an ensemble every member's, and the message names the member).
         KeyboardInterrupt: after ``last.pt`` is saved and the run is marked ``interrupted``.
+        Preempted: SIGTERM (or submitit's signal) arrived; ``last.pt`` is saved after the last whole step and the
+            run is marked ``interrupted`` with the signal as reason.
     """
     ensemble = cfg.trainer.get("ensemble", 1) != 1
     if ensemble and cfg.trainer.get("cuda_graph"):
         raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
-    run = TrainRun(cfg, Path(run_dir), ensemble)
+    run = TrainRun(cfg, Path(run_dir), ensemble, workers=workers, command=command)
     try:
-        trainer = run.start(progress)
-        trainer.fit(run.optimizer, run.scheduler)
+        with StopRequest() as stop:
+            trainer = run.start(progress)
+            trainer.fit(run.optimizer, run.scheduler, stop)
         run.test()
+    except Preempted as exc:
+        run.interrupted(f"{exc}; it continues with trainer.resume=auto (a requeued job does that by itself)")
+        exc.forward = stop.forward
+        raise
     except KeyboardInterrupt:
         run.interrupted()
         raise
@@ -83,9 +98,11 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False) -
 class TrainRun:
     """One ``nodex train``: its members (one, or ``K`` seeds), optimizer, trainer and write-up."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, ensemble: bool) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, ensemble: bool, *, workers: int = 1,
+                 command: str | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg, self.run_dir = cfg, run_dir
+        self.workers, self.command = workers, command
         self.started = time.perf_counter()
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
         self.summary = new_summary(self.resolved) if ensemble else None
@@ -108,13 +125,15 @@ class TrainRun:
         validate_cuda_graph(cfg, settings, device)
         data = self.members[0].data
         batch = cfg.trainer.get("batch_size") or data.train[0].shape[0]
-        threads = choose_threads(cfg.trainer.get("num_threads"), self.members[0].model, data.train[0], batch * K)
+        threads = choose_threads(cfg.trainer.get("num_threads"), self.members[0].model, data.train[0], batch * K,
+                                 workers=self.workers)
         steps = Trainer.total_steps(cfg.trainer, data)
         for m in self.members:
             m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
-        if cfg.trainer.get("resume"):
-            _resume(cfg.trainer.resume, self.members[0], self.optimizer, self.scheduler, device)
+        resume = resume_path(cfg.trainer.get("resume"), self.run_dir)
+        if resume is not None:
+            _resume(resume, self.members[0], self.optimizer, self.scheduler, device)
         for m in self.members:
             self._open_logs(m)
         if self.summary is not None:
@@ -136,6 +155,8 @@ class TrainRun:
                 mdir.mkdir(parents=True, exist_ok=True)
                 hydra_snapshot(self.run_dir, mdir, mcfg)
             result = new_result(int(mcfg.seed), resolved)
+            if self.command is not None:
+                result["command"] = self.command
             if K > 1:
                 result["ensemble_member"] = {"index": k, "size": K, "parent": str(self.run_dir)}
             pipe = Pipeline(mcfg, device)
@@ -150,7 +171,8 @@ class TrainRun:
         return pipes
 
     def _open_logs(self, m: Member) -> None:
-        m.logger = RunLogger(m.run_dir, tensorboard=self.cfg.logger.get("tensorboard", True), append=m.state.step > 0)
+        m.logger = RunLogger(m.run_dir, tensorboard=self.cfg.logger.get("tensorboard", True), append=m.state.step > 0,
+                             keep_until=m.state.step if m.state.step > 0 else None)
         m.logger.text("run/metadata", metadata_markdown(m.result))
         if self.cfg.trainer.get("plots", True):
             from nodex.viz import diagnostics
@@ -184,13 +206,13 @@ class TrainRun:
         if self.summary is not None:
             self.summary["status"] = "completed"
 
-    def interrupted(self) -> None:
+    def interrupted(self, reason: str | None = None) -> None:
         step = self.members[0].state.step if self.members else 0
         for m in self.members:
             m.result["status"] = "interrupted"
             if self.summary is None:
                 last = m.run_dir / "checkpoints" / "last.pt"
-                m.result["error"] = f"interrupted at step {step}; resume with trainer.resume={last}"
+                m.result["error"] = reason or f"interrupted at step {step}; resume with trainer.resume={last}"
             else:
                 m.result["error"] = f"interrupted at step {step} (ensemble {self.run_dir})"
         if self.summary is not None:
@@ -229,8 +251,20 @@ class TrainRun:
         return payload
 
 
-def _resume(path: str, m: Member, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> None:
+def _resume(path: Path, m: Member, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> None:
+    """Continue ``m`` from the checkpoint at ``path``: everything that decides the rest of the run comes back
+    (weights, optimizer, scheduler, step, best, every RNG stream and the epoch position); keys that may change on
+    resume (:data:`~nodex.train.resume.MAY_CHANGE`) take this config's values.
+
+    Raises:
+        CheckpointError: not a nodex training checkpoint, a different run (names the keys), or weights that do not
+            fit this model/optimizer.
+    """
     ckpt = load_checkpoint(resolve_checkpoint(path, "last"), map_location=device)
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("rng"), dict):
+        raise CheckpointError(f"trainer.resume={path}: the checkpoint holds no run config or RNG state; "
+                              "resume from a checkpoints/last.pt written by nodex train")
+    check_resumable(upgrade_run_config(ckpt["config"]), m.config, path)
     try:
         m.model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -240,11 +274,20 @@ def _resume(path: str, m: Member, optimizer: torch.optim.Optimizer, scheduler: A
                               "resume with the run's own config") from None
     if scheduler is not None and ckpt.get("scheduler"):
         scheduler.load_state_dict(ckpt["scheduler"])
+    apply_learning_rate(optimizer, scheduler, float(m.cfg.trainer.optim.lr))
+    _restore_state(ckpt, m)
+    log.info("resumed from %s at step %d", path, m.state.step)
+
+
+def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
+    rng = ckpt["rng"]
     m.state.step = int(ckpt["step"])
     m.state.best = ckpt.get("best")
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    m.state.batch_gen.set_state(ckpt["rng"]["batches"])
-    log.info("resumed from %s at step %d", path, m.state.step)
+    torch.set_rng_state(rng["torch"])
+    m.state.batch_gen.set_state(rng["batches"])
+    m.state.epoch_start, m.state.epoch_pos = rng.get("epoch_start"), int(rng.get("epoch_pos") or 0)
+    if m.data.sampler is not None and rng.get("fresh") is not None:
+        m.data.sampler.set_state(rng["fresh"])
 
 
 def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -258,7 +301,7 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) ->
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(path)!r} holds no run config; evaluate a checkpoint written by nodex train")
-    run_cfg = OmegaConf.create(ckpt["config"])
+    run_cfg = OmegaConf.create(upgrade_run_config(ckpt["config"]))
     for key, value in overrides.items():
         if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
             saved = path.parent.parent / ".hydra" / "config.yaml"

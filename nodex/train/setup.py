@@ -4,6 +4,8 @@ built from one config)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import platform
 from typing import Any
 
@@ -11,9 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import nodex
+from nodex.config import upgrade_run_config
 from nodex.data import DataBundle, build_data
 from nodex.errors import ConfigError
 from nodex.models import DataSpec, build_model
+from nodex.models.build import horizon_length
 from nodex.ode import SolverSettings
 from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS
 from nodex.train.tasks import Task, build_task
@@ -54,26 +58,47 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
-def solver_settings(cfg: DictConfig) -> SolverSettings:
-    """Validated :class:`SolverSettings` from the ``solver`` group."""
-    known = set(SolverSettings.__dataclass_fields__)
+def solver_settings(cfg: DictConfig, model_cfg: DictConfig | None = None) -> SolverSettings:
+    """Validated :class:`SolverSettings` from the ``solver`` group; its horizon ``S`` comes from
+    ``model_cfg.horizon.S`` (the ``model`` group) when given, else the settings' default."""
+    known = set(SolverSettings.__dataclass_fields__) - {"S"}
     values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in known}
-    return SolverSettings(**values)
+    settings = SolverSettings(**values)
+    return settings if model_cfg is None else dataclasses.replace(settings, S=horizon_length(model_cfg))
 
 
 def validate_trainer(cfg: DictConfig) -> None:
-    if cfg.get("epochs") is None and int(cfg.max_steps) <= 0:
-        raise ConfigError(f"trainer.max_steps={cfg.max_steps} must be a positive integer")
-    if cfg.get("epochs") is not None and int(cfg.epochs) <= 0:
-        raise ConfigError(f"trainer.epochs={cfg.epochs} must be a positive integer or null")
-    if cfg.get("batch_size") is not None and int(cfg.batch_size) <= 0:
-        raise ConfigError(f"trainer.batch_size={cfg.batch_size} must be a positive integer or null (full batch)")
+    """Ranges and combinations of the ``trainer`` group (its types are checked by the schema at compose time).
+
+    Raises:
+        ConfigError: one line naming the key and what to set.
+    """
+    if cfg.get("epochs") is None:
+        _positive(cfg, "max_steps", "a positive integer")
+    for key, what in (("epochs", "a positive integer or null"), ("batch_size", "a positive integer or null (full batch)"),
+                      ("eval_batch_size", "a positive integer or null (a split at once)"),
+                      ("grad_clip", "a positive max gradient norm or null (no clipping)")):
+        if cfg.get(key) is not None:
+            _positive(cfg, key, what)
     if cfg.optim.name not in OPTIMIZERS:
         raise ConfigError(f"trainer.optim.name={cfg.optim.name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
-    if not float(cfg.optim.lr) > 0:
+    if not (math.isfinite(float(cfg.optim.lr)) and float(cfg.optim.lr) > 0):
         raise ConfigError(f"trainer.optim.lr={cfg.optim.lr} must be positive")
     if cfg.scheduler.name not in SCHEDULERS:
-        raise ConfigError(f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; "
+                          f"choose one of: {', '.join(SCHEDULERS)}")
+    log_every, ckpt_every = int(cfg.get("log_every") or 1), cfg.get("checkpoint_every")
+    if log_every <= 0:
+        raise ConfigError(f"trainer.log_every={log_every} must be a positive integer")
+    if ckpt_every and int(ckpt_every) % log_every:
+        raise ConfigError(f"trainer.checkpoint_every={ckpt_every} must be a multiple of trainer.log_every={log_every} "
+                          "(checkpoints follow a finiteness check at log points)")
+
+
+def _positive(cfg: DictConfig, key: str, what: str) -> None:
+    value = cfg.get(key)
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ConfigError(f"trainer.{key}={value} must be {what}")
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
@@ -121,10 +146,12 @@ class Pipeline:
     """Everything one config builds: device, data, task, model (on the device)."""
 
     def __init__(self, cfg: DictConfig, device: torch.device | None = None) -> None:
+        if "S" in cfg.get("solver", {}):  # a run config from before the horizon moved to model.horizon.S
+            cfg = OmegaConf.create(upgrade_run_config(OmegaConf.to_container(cfg)))
         self.cfg = cfg
         self.device = device or select_device(cfg.trainer.get("device", "auto"))
         set_tf32(bool(cfg.trainer.get("tf32", False)))
-        self.settings = solver_settings(cfg.solver)
+        self.settings = solver_settings(cfg.solver, cfg.model)
         seed = int(cfg.seed)
         torch.manual_seed(seed)
         self.data: DataBundle = build_data(cfg.data, seed, self.device)

@@ -145,9 +145,8 @@ def adaptive_rk(
         t: increasing output depths ``[t0, t1, ..., tT]``.
         rtol, atol: tolerances of the error norm; max_num_steps: attempted steps per output interval.
         norm: of the scaled error ``error / (atol + rtol·max(|y0|, |y1|))``; accept at ≤ 1.
-        jump_t: depths where ``func`` is discontinuous: steps end exactly on them, stages that
-            end there see the depth just before, and the next step restarts from a fresh
-            evaluation just after (one extra evaluation per jump), as torchdiffeq does.
+        jump_t: depths where ``func`` is discontinuous: steps end on them (stages there see the depth just before)
+            and the next step restarts from a fresh evaluation just after, as torchdiffeq does.
 
     Returns:
         ``(T + 1, B, ...)``: the state at every depth of ``t`` (the first is ``y0``).

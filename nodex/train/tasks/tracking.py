@@ -2,7 +2,7 @@
 
 Training uses the model's integral loss (``model.integral_loss.kind=tracking``: ``∫_0^S
 mean((z - γ)²) ds``); the terminal term (``terminal_weight``, default 0: a pure integral loss)
-is ``mean((ŷ - γ(S))²)`` with ``S = task.S`` (the presets set ``${solver.S}``). At evaluation
+is ``mean((ŷ - γ(S))²)`` with ``S = task.S`` (the presets set ``${model.horizon.S}``). At evaluation
 the task re-integrates the model on ``[0, eval_horizon]`` (``points_per_unit`` depths per unit
 of s) and reports
 
@@ -53,7 +53,7 @@ class Tracking(Task):
     def model_metrics(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         S = float(model.settings.S)
         if self.eval_horizon <= S:
-            raise ConfigError(f"task.eval_horizon={self.eval_horizon} must exceed the training horizon solver.S={S}")
+            raise ConfigError(f"task.eval_horizon={self.eval_horizon} must exceed the training horizon model.horizon.S={S}")
         n = int(round(self.eval_horizon * self.points_per_unit)) + 1
         s = torch.linspace(0.0, self.eval_horizon, n, dtype=x.dtype, device=x.device)
         traj = model.trajectory(x, s)  # (T, B, *state)

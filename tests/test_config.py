@@ -1,0 +1,79 @@
+"""Typed schemas catch type errors at compose time; moved keys and old run configs."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from nodex.config import compose, config_error_line, upgrade_run_config
+from nodex.errors import ConfigError
+from nodex.models.build import horizon_length
+from nodex.train.setup import solver_settings
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("solver.rtol=abc", "solver.rtol='abc' is not a number"),
+        ("seed=abc", "seed='abc' is not an integer"),
+        ("trainer.optim.lr=abc", "trainer.optim.lr='abc' is not a number"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5 is not an integer"),
+        ("trainer.tf32=maybe", "trainer.tf32='maybe' is not true or false"),
+        ("solver.max_num_steps=many", "solver.max_num_steps='many' is not an integer"),
+    ],
+)
+def test_type_errors_raise_at_compose_time_as_one_line(override, line):
+    with pytest.raises(Exception) as err:
+        compose([override])
+    assert config_error_line(err.value).startswith(line)
+
+
+def test_an_unknown_key_in_a_typed_group_names_the_key():
+    with pytest.raises(Exception) as err:
+        compose(["trainer.lrr=0.1"])
+    from nodex.cli import one_line
+
+    assert config_error_line(err.value) is None  # not a type error
+    assert one_line(err.value).startswith("unknown config key 'trainer.lrr'")
+
+
+def test_values_of_the_right_type_compose_and_keep_the_yaml_defaults():
+    cfg = compose(["solver=rk4", "trainer.max_steps=7", "seed=3", "trainer.optim.lr=0.01"])
+    assert (cfg.trainer.max_steps, cfg.seed, cfg.trainer.optim.lr) == (7, 3, 0.01)
+    assert cfg.solver.step_size == 0.1 and cfg.solver.method == "rk4"
+    assert cfg.trainer.optim.weight_decay == 0.0 and cfg.trainer.scheduler.step_size == 100
+
+
+@pytest.mark.parametrize("override", ["solver.S=2", "+solver.S=2", "solver.S=0.5"])
+def test_solver_S_moved_to_the_model_horizon(override):
+    with pytest.raises(ConfigError) as err:
+        compose([override])
+    value = override.split("=")[1]
+    assert str(err.value) == f"solver.S moved: use model.horizon.S={value}"
+
+
+def test_the_horizon_is_a_model_slot():
+    cfg = compose(["model.horizon.S=2.5"])
+    assert "S" not in cfg.solver and cfg.model.horizon.kind == "fixed"
+    assert horizon_length(cfg.model) == 2.5 and solver_settings(cfg.solver, cfg.model).S == 2.5
+    tracking = compose(["experiment=galerkin_tracking", "model.horizon.S=3.0"])
+    assert tracking.task.S == 3.0
+    learned = compose(["model=adaptive_depth"])
+    assert learned.model.horizon.kind == "learned" and learned.model.horizon.S == 1.0
+
+
+@pytest.mark.parametrize("S", [0.0, -1.0])
+def test_a_non_positive_horizon_names_the_new_key(S):
+    with pytest.raises(ConfigError, match=r"model.horizon.S=-?[0-9.]+ \(the integration horizon\) must be a positive"):
+        horizon_length(compose([f"model.horizon.S={S}"]).model)
+
+
+def test_upgrade_run_config_moves_solver_S():
+    old = {"solver": {"method": "rk4", "S": 2.0}, "model": {"name": "vanilla"}, "task": {"S": "${solver.S}"}}
+    new = upgrade_run_config(old)
+    assert new["solver"] == {"method": "rk4"} and new["model"]["horizon"] == {"kind": "fixed", "S": 2.0}
+    assert new["task"]["S"] == "${model.horizon.S}" and OmegaConf.create(new).task.S == 2.0
+    assert old["solver"]["S"] == 2.0  # the input is not modified
+    learned = upgrade_run_config({"solver": {"S": 1.5}, "model": {"horizon": {"kind": "learned", "s_min": 0.0}}})
+    assert learned["model"]["horizon"] == {"kind": "learned", "s_min": 0.0, "S": 1.5}
+    assert upgrade_run_config(new) == new  # the new layout comes back unchanged

@@ -1,0 +1,127 @@
+"""Runs that survive what clusters do to them, end to end through the CLI: SIGTERM saves and records, a requeued
+job (``trainer.resume=auto``) continues bit for bit, resume refuses a different run, one writer per run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nodex.train.checkpoint import load_checkpoint
+
+BASE = ["data.n_train=64", "data.n_val=64", "data.n_test=128", "trainer.plots=false", "logger.tensorboard=false",
+        "trainer.log_every=5", "trainer.val_every=20", "trainer.checkpoint_every=20"]
+
+
+def _nodex(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nodex.cli", "train", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _stop_after(proc: subprocess.Popen, run_dir: Path, min_step: int, signum: int) -> tuple[int, str]:
+    deadline = time.time() + 120
+    while (not _logged_steps(run_dir) or _logged_steps(run_dir)[-1] < min_step) and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _final(run_dir: Path) -> tuple[dict, dict]:
+    result = json.loads((run_dir / "result.json").read_text())
+    return result, load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_stopped_and_requeued_run_equals_the_uninterrupted_run(tmp_path, solver, signum):
+    overrides = ["trainer.max_steps=120", "data.resample=true", f"solver={solver}", "trainer.resume=auto", "seed=4"]
+    whole = tmp_path / "whole"
+    assert _nodex(whole, *overrides).wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    code, err = _stop_after(_nodex(cut, *overrides), cut, 25, signum)
+    if signum == signal.SIGTERM:
+        assert code == 143, err
+        stopped = json.loads((cut / "result.json").read_text())
+        assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"]
+        assert load_checkpoint(cut / "checkpoints" / "last.pt")["step"] == stopped["steps"] > 25
+    else:
+        assert code == -signal.SIGKILL
+    again = _nodex(cut, *overrides)  # the requeued job: same command, same dir
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    (a, a_model), (b, b_model) = _final(whole), _final(cut)
+    assert b["status"] == "completed" and b["metrics"] == a["metrics"]
+    assert all(torch.equal(a_model[k], b_model[k]) for k in a_model)
+    rows = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    keyed = [(r["step"], tuple(sorted(k for k in r if k != "step"))) for r in rows]
+    assert len(keyed) == len(set(keyed)) and [s for s, _ in keyed] == sorted(s for s, _ in keyed)  # no step twice
+    assert keyed[-1][0] == 120
+
+
+def test_resume_auto_starts_fresh_without_a_checkpoint(train_run):
+    run_dir, result, code, err = train_run("trainer.resume=auto")
+    assert code == 0, err and result["steps"] == 20
+
+
+def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_run):
+    first, result, code, err = train_run(name="first")
+    assert code == 0, err
+    _, _, code, err = train_run(f"trainer.resume={first}", "model=depthcat", "seed=5", name="other")
+    assert code == 1 and "trainer.resume" in err and "model" in err and "seed" in err
+    resumed, result, code, err = train_run(f"trainer.resume={first}", "trainer.max_steps=30", "trainer.optim.lr=0.001",
+                                           name="resumed")
+    assert code == 0, err
+    assert result["steps"] == 30 and result["config"]["trainer"]["optim"]["lr"] == 0.001
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 0.001
+
+
+def test_a_second_live_run_into_the_same_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "shared"
+    first = _nodex(run_dir, "trainer.max_steps=100000")
+    try:
+        deadline = time.time() + 120
+        while not _logged_steps(run_dir) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        second = _nodex(run_dir, "trainer.max_steps=5")
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 1 and err.strip().splitlines() == [err.strip()]
+        assert f"is in use by pid {first.pid}" in err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_inside_that_epoch(tmp_path):
+    overrides = ["trainer.max_steps=90", "data.resample=false", "trainer.batch_size=24", "solver=rk4",
+                 "trainer.resume=auto", "trainer.checkpoint_every=7", "trainer.log_every=7"]  # 64/24: 2 batches an epoch
+    whole = tmp_path / "whole"
+    assert _nodex(whole, *overrides).wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    code, err = _stop_after(_nodex(cut, *overrides), cut, 20, signal.SIGKILL)
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["rng"]["epoch_pos"] in (1, 2)
+    again = _nodex(cut, *overrides)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    (a, a_model), (b, b_model) = _final(whole), _final(cut)
+    assert b["metrics"] == a["metrics"] and all(torch.equal(a_model[k], b_model[k]) for k in a_model)
