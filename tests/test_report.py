@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import FAST
 
-from nodex.paper.experiments import EXPERIMENT_DIR, describe, discover
+from nodex.paper.experiments import EXPERIMENT_DIR, describe, header, discover
 from nodex.paper.claims import CLAIMS, PAPER_VALUES, Check
 from nodex.paper.report import find_runs, render
 
@@ -137,24 +137,32 @@ def test_report_of_a_real_multirun_averages_its_seeds(cli, tmp_path):
     assert group["metrics"]["nfe_forward"]["mean"] == pytest.approx(sum(r["nfe_forward"] for r in results) / 2)
 
 
-def test_list_shows_every_experiment_with_its_first_comment_line(cli, tmp_path):
+def test_list_shows_every_experiment_with_its_whole_description_wrapped(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
     code, out, err = cli(["list"])
     assert code == 0, err
     files = sorted(EXPERIMENT_DIR.glob("*.yaml"))
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert lines[-1] == f"{len(files)} experiments; run one with: nodex train experiment=NAME"
-    listed = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines[:-1]}
+    assert all(len(ln) <= 100 or len(ln[37:].split()) == 1 for ln in lines)  # only an unbreakable word runs over
+    listed: dict[str, list[str]] = {}
+    for ln in lines[:-1]:
+        if not ln.startswith(" "):
+            name, _, text = ln.partition("  ")
+            listed[name.strip()] = [text.strip()]
+        else:
+            listed[list(listed)[-1]].append(ln.strip())
     assert set(listed) == {p.stem for p in files}
     for path in files:
-        first = next(ln for ln in path.read_text().splitlines() if ln.startswith("#") and "@package" not in ln)
-        assert listed[path.stem] == first.lstrip("#").strip()
+        assert " ".join(listed[path.stem]).split() == header(path).split()  # every word of the header paragraph
+        assert header(path).startswith(describe(path))
     code, out, _ = cli(["list", "reflection_*", "--names"])
     assert code == 0 and out.split() == sorted(p.stem for p in files if p.stem.startswith("reflection_"))
     code, out, _ = cli(["list", "no_such_*"])
     assert code == 1 and "no experiment matches" in out
     f = tmp_path / "x.yaml"
-    f.write_text("# @package _global_\n\n#   Paper §9: a thing\n# more\nkey: 1\n")
-    assert describe(f) == "Paper §9: a thing"
+    f.write_text("# @package _global_\n\n#   Paper §9: a thing\n# more\n#\n# later\nkey: 1\n")
+    assert describe(f) == "Paper §9: a thing" and header(f) == "Paper §9: a thing more"
 
 
 def test_every_experiment_records_its_own_name(compose_cfg):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import shutil
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,26 @@ def describe(path: Path) -> str:
     return ""
 
 
+def header(path: Path) -> str:
+    """The whole first paragraph of a config file's header comment (its lines joined), for ``nodex list``."""
+    lines: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped and not lines:
+            continue
+        if not stripped.startswith("#"):
+            break
+        text = stripped.lstrip("#").strip()
+        if text.startswith("@package"):
+            continue
+        if not text:
+            if lines:
+                break
+            continue
+        lines.append(text)
+    return " ".join(lines)
+
+
 def discover(directory: Path | None = None, only: list[str] | None = None) -> list[Experiment]:
     """Every experiment in ``directory`` (default: the package's), sorted by name; ``only`` keeps
     those matching any of the given names or shell patterns (``table1_*``)."""
@@ -67,7 +89,12 @@ def list_main(argv: list[str]) -> int:
         print("\n".join(e.name for e in experiments))
         return 0
     width = max(len(e.name) for e in experiments)
+    columns = max(60, shutil.get_terminal_size((120, 24)).columns)
     for e in experiments:
-        print(f"{e.name:<{width}}  {e.description}")
+        text = textwrap.wrap(header(e.path), width=columns - width - 2, break_on_hyphens=False,
+                             break_long_words=False) or [""]
+        print(f"{e.name:<{width}}  {text[0]}")
+        for more in text[1:]:
+            print(f"{'':<{width}}  {more}")
     print(f"\n{len(experiments)} experiments; run one with: nodex train experiment=NAME")
     return 0
