@@ -1,8 +1,8 @@
 """The Python entry points: a model from the same presets the CLI uses, and a trained model back from its run.
 
-    cfg = nodex.compose(["model=galnode", "data=rings"])
-    model = nodex.build(cfg)                          # an nn.Module: model(x).y_hat, model.nfe
-    model, cfg = nodex.load("outputs/train/DATE/TIME")  # trained weights, without building the dataset
+cfg = nodex.compose(["model=galnode", "data=rings"])
+model = nodex.build(cfg)                          # an nn.Module: model(x).y_hat, model.nfe
+model, cfg = nodex.load("outputs/train/DATE/TIME")  # trained weights, without building the dataset
 """
 
 from __future__ import annotations

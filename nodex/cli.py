@@ -18,7 +18,13 @@ from omegaconf import DictConfig
 
 from nodex.config import CONFIG_DIR, config_error_line
 from nodex.sweeps import (
-    RunRefused, abandon, local_workers, missing_plugin, quiet_schema_warning, register_resolvers, take_outcome,
+    RunRefused,
+    abandon,
+    local_workers,
+    missing_plugin,
+    quiet_schema_warning,
+    register_resolvers,
+    take_outcome,
 )
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
@@ -96,8 +102,11 @@ def train_job(cfg: DictConfig) -> float | None:
         from pathlib import Path
 
         saved = (Path(run_dir) / "checkpoints" / "last.pt").exists()
-        _report(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt" if saved
-                else "interrupted before the first checkpoint; nothing to resume")
+        _report(
+            f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt"
+            if saved
+            else "interrupted before the first checkpoint; nothing to resume"
+        )
         raise SystemExit(130) from None
     except Exception as exc:  # not raised by nodex: one line here, the traceback in train.log
         _log_traceback(run_dir)
@@ -126,7 +135,9 @@ def eval_job(cfg: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     if OmegaConf.is_missing(cfg, "ckpt"):
-        raise SystemExit(_exit_with("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)"))
+        raise SystemExit(
+            _exit_with("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
+        )
     hc = HydraConfig.get()
     overrides = _value_overrides(list(hc.overrides.task), cfg, skip={"ckpt", "split", "which", "device"})
     try:
@@ -197,7 +208,10 @@ def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
     return out
 
 
-COMMANDS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {"train": (train_job, "train"), "eval": (eval_job, "eval")}
+COMMANDS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {
+    "train": (train_job, "train"),
+    "eval": (eval_job, "eval"),
+}
 # Non-Hydra commands: "module:function" taking argv and returning the exit code (argparse inside).
 PLAIN_COMMANDS = {
     "list": "nodex.paper.experiments:list_main",
@@ -217,7 +231,9 @@ def _parse(rest: list[str]) -> argparse.Namespace:
     try:
         return parser.parse_args(rest)
     except SystemExit:
-        raise UsageError("cannot parse the command line; write overrides as key=value (see nodex train --help)") from None
+        raise UsageError(
+            "cannot parse the command line; write overrides as key=value (see nodex train --help)"
+        ) from None
 
 
 def _hydra(task_name: str, config_dir: str | None):
@@ -302,23 +318,27 @@ def one_line(exc: BaseException) -> str:
 def train_help(hydra: Any) -> str:
     """``nodex train --help``: what the command does, its config groups with their options, and examples."""
     loader = hydra.config_loader
-    rows = [f"{group}: {', '.join(loader.get_group_options(group))}" for group in HELP_GROUPS if _is_group(loader, group)]
-    return "\n".join([
-        "usage: nodex train [--multirun] [--cfg job|hydra|all] [KEY=VALUE ...]",
-        "",
-        "Train a model from the composed config; one run directory per job (result.json, metrics.jsonl,",
-        "TensorBoard events, checkpoints/, plots/). Choose a config group's option with GROUP=OPTION,",
-        "override any key with KEY=VALUE, sweep with --multirun and comma-separated values.",
-        "",
-        "== Config groups ==",
-        *rows,
-        "",
-        "examples:",
-        "  nodex train model=galnode data=rings seed=0",
-        "  nodex train experiment=annuli_vanilla trainer.max_steps=500",
-        "  nodex train --multirun model=vanilla,anode,ilnode,second_order seed=0,1,2",
-        "  nodex train --cfg job            # the composed config, without running",
-    ])
+    rows = [
+        f"{group}: {', '.join(loader.get_group_options(group))}" for group in HELP_GROUPS if _is_group(loader, group)
+    ]
+    return "\n".join(
+        [
+            "usage: nodex train [--multirun] [--cfg job|hydra|all] [KEY=VALUE ...]",
+            "",
+            "Train a model from the composed config; one run directory per job (result.json, metrics.jsonl,",
+            "TensorBoard events, checkpoints/, plots/). Choose a config group's option with GROUP=OPTION,",
+            "override any key with KEY=VALUE, sweep with --multirun and comma-separated values.",
+            "",
+            "== Config groups ==",
+            *rows,
+            "",
+            "examples:",
+            "  nodex train model=galnode data=rings seed=0",
+            "  nodex train experiment=annuli_vanilla trainer.max_steps=500",
+            "  nodex train --multirun model=vanilla,anode,ilnode,second_order seed=0,1,2",
+            "  nodex train --cfg job            # the composed config, without running",
+        ]
+    )
 
 
 def _run(cmd: str, args: argparse.Namespace) -> int:
@@ -338,8 +358,13 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         return 0
     try:
         if args.cfg:
-            hydra.show_cfg(config_name=config_name, overrides=overrides, cfg_type=args.cfg,
-                           package=args.package, resolve=args.resolve)
+            hydra.show_cfg(
+                config_name=config_name,
+                overrides=overrides,
+                cfg_type=args.cfg,
+                package=args.package,
+                resolve=args.resolve,
+            )
         elif args.info:
             hydra.show_info(args.info, config_name=config_name, overrides=overrides)
         elif args.shell_completion:
@@ -371,7 +396,10 @@ def _multirun(hydra: Any, config_name: str, task: Callable[[DictConfig], Any], o
     except (HydraException, OmegaConfBaseException) as exc:
         reason, usage = one_line(exc), True
     except Exception as exc:  # a launcher's own failure, e.g. submitit's UncompletedJobError for a killed worker
-        reason, usage = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}", False
+        reason, usage = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}",
+            False,
+        )
     else:
         return _sweep_exit_code()
     outcome = abandon(reason)
@@ -388,7 +416,9 @@ def _multirun(hydra: Any, config_name: str, task: Callable[[DictConfig], Any], o
 def _sweep_exit_code() -> int:
     outcome = take_outcome()
     if outcome is not None and outcome.failed:
-        _report(f"{len(outcome.failed)} job(s) failed; see result.json in: " + "; ".join(str(d) for d, _ in outcome.failed))
+        _report(
+            f"{len(outcome.failed)} job(s) failed; see result.json in: " + "; ".join(str(d) for d, _ in outcome.failed)
+        )
         return 1
     return 0
 

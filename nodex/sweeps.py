@@ -62,7 +62,9 @@ def missing_plugin(groups: list[tuple[str, str]]) -> Optional[str]:
         entry = PLUGINS.get((group, option)) or PLUGINS.get((group, "*"))
         if entry and option not in ("null", "None") and not _installed(entry[0]):
             module, extra = entry
-            return f"{group}={option} needs the {extra!r} extra ({module} is not installed): pip install 'nodex[{extra}]'"
+            return (
+                f"{group}={option} needs the {extra!r} extra ({module} is not installed): pip install 'nodex[{extra}]'"
+            )
     return None
 
 
@@ -122,8 +124,10 @@ class SweepOutcome:
         return cls(sweep_dir, len(results), failed)
 
     def line(self) -> str:
-        return (f"nodex: sweep finished: {self.jobs - len(self.failed)}/{self.jobs} jobs completed in {self.sweep_dir}"
-                f" (table: nodex report {self.sweep_dir})")
+        return (
+            f"nodex: sweep finished: {self.jobs - len(self.failed)}/{self.jobs} jobs completed in {self.sweep_dir}"
+            f" (table: nodex report {self.sweep_dir})"
+        )
 
 
 @dataclass

@@ -42,7 +42,9 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     elif name in LOADERS:
         bundle = LOADERS.get(name)(cfg, seed)
     else:
-        raise ConfigError(f"data.name={name!r} is unknown; choose one of: {', '.join(sorted({*GENERATORS.names(), *LOADERS.names()}))}")
+        raise ConfigError(
+            f"data.name={name!r} is unknown; choose one of: {', '.join(sorted({*GENERATORS.names(), *LOADERS.names()}))}"
+        )
     check_finite(bundle, name)
     return bundle.to(torch.device(device))
 
@@ -57,8 +59,10 @@ def check_finite(bundle: DataBundle, name: str) -> None:
         X = getattr(bundle, split)[0]
         if X.is_floating_point() and not torch.isfinite(X).all():
             bad = int((~torch.isfinite(X)).sum())
-            raise DataError(f"data.name={name}: the {split} split holds {bad} non-finite input values (NaN or inf); "
-                            "fix the data or its data.mean/data.std")
+            raise DataError(
+                f"data.name={name}: the {split} split holds {bad} non-finite input values (NaN or inf); "
+                "fix the data or its data.mean/data.std"
+            )
 
 
 def _generated(cfg: DictConfig, seed: int) -> DataBundle:

@@ -14,6 +14,7 @@ from nodex.registry import Registry
 Split = tuple[torch.Tensor, torch.Tensor]
 LOADERS: Registry[Callable[[DictConfig, int], "DataBundle"]] = Registry("data.name")
 
+
 class FreshSampler:
     """Draws fresh training batches from a generator function with its own random stream; the stream's state is
     part of a checkpoint (:meth:`get_state` / :meth:`set_state`), so a resumed run draws the batches it would have.
@@ -21,8 +22,9 @@ class FreshSampler:
     ``sampler(n)`` -> ``(X, y)`` with ``n`` rows, on ``device``.
     """
 
-    def __init__(self, make: Callable[..., "Split"], generator: torch.Generator, params: dict,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, make: Callable[..., "Split"], generator: torch.Generator, params: dict, device: torch.device | str = "cpu"
+    ) -> None:
         self.make, self.generator, self.params, self.device = make, generator, params, torch.device(device)
 
     def __call__(self, n: int) -> "Split":
@@ -64,8 +66,6 @@ class DataBundle:
         move = lambda split: (split[0].to(device), split[1].to(device))  # noqa: E731
         sampler = self.sampler.to(device) if self.sampler is not None else None
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test), sampler=sampler)
-
-
 
 
 def iterate_batches(split: Split, batch_size: int | None, gen: torch.Generator) -> Iterator[Split]:

@@ -13,7 +13,9 @@ from nodex.data.toy import GENERATORS
 
 
 @GENERATORS.register("circle_tracking")
-def circle_tracking(n: int, gen: torch.Generator, *, center: tuple[float, ...] = (1.0, 0.0), sigma: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def circle_tracking(
+    n: int, gen: torch.Generator, *, center: tuple[float, ...] = (1.0, 0.0), sigma: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` initial conditions ``(n, len(center))`` around ``center`` with std ``sigma``."""
     c = torch.tensor([float(v) for v in center])
     X = c + float(sigma) * torch.randn(n, c.numel(), generator=gen)

@@ -22,7 +22,9 @@ def _zeros(n: int) -> torch.Tensor:
 
 
 @GENERATORS.register("gaussians")
-def gaussians(n: int, gen: torch.Generator, *, modes: int = 6, radius: float = 4.0, std: float = 0.5, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussians(
+    n: int, gen: torch.Generator, *, modes: int = 6, radius: float = 4.0, std: float = 0.5, standardize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A mixture of ``modes`` equal Gaussians (std ``std``) centred on a circle of radius
     ``radius`` (torchdyn's CNF tutorial: 6 modes, radius 4, std 0.5). ``standardize`` divides by
     the mixture's exact per-coordinate std ``sqrt(radius²/2 + std²)`` (``modes >= 3``), the
@@ -36,7 +38,9 @@ def gaussians(n: int, gen: torch.Generator, *, modes: int = 6, radius: float = 4
 
 
 @GENERATORS.register("moons_density")
-def moons_density(n: int, gen: torch.Generator, *, noise: float = 0.05, scale: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+def moons_density(
+    n: int, gen: torch.Generator, *, noise: float = 0.05, scale: float = 1.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two interleaving half-moons as a density, centred at the origin and scaled by ``scale``."""
     half = n // 2
     t = math.pi * torch.rand(n, generator=gen)
@@ -48,7 +52,9 @@ def moons_density(n: int, gen: torch.Generator, *, noise: float = 0.05, scale: f
 
 
 @GENERATORS.register("spirals_density")
-def spirals_density(n: int, gen: torch.Generator, *, noise: float = 0.1, scale: float = 1.0 / 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def spirals_density(
+    n: int, gen: torch.Generator, *, noise: float = 0.1, scale: float = 1.0 / 3.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FFJORD's two spirals: angle ``sqrt(U)·540°``, arm ``(−cos t·t, sin t·t)`` (+ uniform
     jitter 0.5), the second arm its point reflection; times ``scale``, plus ``N(0, noise²)``."""
     t = torch.sqrt(torch.rand(n, generator=gen)) * 540 * (2 * math.pi) / 360
@@ -72,7 +78,13 @@ UNCONDITIONAL = ("gaussians", "moons_density", "spirals_density", "checkerboard"
 
 
 @GENERATORS.register("conditional_targets")
-def conditional_targets(n: int, gen: torch.Generator, *, targets: list[str] = ("gaussians", "moons_density"), target_params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def conditional_targets(
+    n: int,
+    gen: torch.Generator,
+    *,
+    targets: list[str] = ("gaussians", "moons_density"),
+    target_params: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Several 2-D targets in one dataset for the data-controlled CNF: condition ``k`` (equal
     shares) draws from ``targets[k]`` with ``target_params[targets[k]]`` (optional keyword dicts).
     Returns ``X = [x1, x2, k]`` ``(n, 3)`` and ``y = k`` ``(n,)``."""

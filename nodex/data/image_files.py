@@ -44,7 +44,9 @@ def read_idx(path: Path) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"{path} holds {data.size} values but its header declares {int(np.prod(shape))}; download it again")
+        raise DataError(
+            f"{path} holds {data.size} values but its header declares {int(np.prod(shape))}; download it again"
+        )
     return data.reshape(shape)
 
 
@@ -72,7 +74,9 @@ def mnist_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, tor
     if images.ndim != 3 or images.shape[1:] != MNIST_IMAGE:
         raise DataError(f"{images_path} holds images of shape {images.shape[1:]} (need {MNIST_IMAGE}); {REPLACE}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {labels.shape} labels; {REPLACE}")
+        raise DataError(
+            f"{images_path} has {len(images)} images but {labels_path} has {labels.shape} labels; {REPLACE}"
+        )
     X = torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 255.0
     return X, torch.from_numpy(check_labels(labels, labels_path))
 
@@ -81,8 +85,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches (dicts of lists and numpy arrays) and refuses anything else."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
     }
 
@@ -121,7 +129,9 @@ def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{path} has unreadable data or labels ({exc}); {REPLACE}") from None
     size = int(np.prod(CIFAR_IMAGE))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != size:
-        raise DataError(f"{path} holds data of shape {data.shape} and type {data.dtype} (need (N, {size}) uint8); {REPLACE}")
+        raise DataError(
+            f"{path} holds data of shape {data.shape} and type {data.dtype} (need (N, {size}) uint8); {REPLACE}"
+        )
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"{path} has {len(data)} images but {labels.size} labels; {REPLACE}")
     labels = check_labels(labels, path)

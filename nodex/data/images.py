@@ -112,7 +112,9 @@ def split_official(train: Split, test: Split, cfg: DictConfig, seed: int) -> tup
     rest = len(ytr) - n_val
     n_train = rest if n_train is None else n_train
     if not 0 < n_train <= rest:
-        raise ConfigError(f"data.n_train={n_train} with data.n_val={n_val}: the {cfg.name} training set has {len(ytr)} images; lower them")
+        raise ConfigError(
+            f"data.n_train={n_train} with data.n_val={n_val}: the {cfg.name} training set has {len(ytr)} images; lower them"
+        )
     order = balanced_order(ytr, _generator(seed, 0))
     val = _take(Xtr, ytr, order, 0, n_val) if n_val else (Xte, yte)
     return (Xte, yte), val, _take(Xtr, ytr, order, n_val, n_train)
@@ -129,7 +131,9 @@ def _normalise(X: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         raise ConfigError(f"data.mean={mean} and data.std={std}: set both (one value per channel) or neither")
     mean_t, std_t = torch.tensor(list(mean), dtype=X.dtype), torch.tensor(list(std), dtype=X.dtype)
     if len(mean_t) not in (1, X.shape[1]) or len(std_t) != len(mean_t):
-        raise ConfigError(f"data.mean/data.std need one value per channel ({X.shape[1]} for {cfg.name}) or a single value, got {len(mean_t)} and {len(std_t)}")
+        raise ConfigError(
+            f"data.mean/data.std need one value per channel ({X.shape[1]} for {cfg.name}) or a single value, got {len(mean_t)} and {len(std_t)}"
+        )
     if not bool((std_t > 0).all()):
         raise ConfigError(f"data.std={list(std)} must be positive")
     return (X - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
@@ -229,7 +233,9 @@ def download_mnist(root: Path) -> None:
             except OSError as exc:
                 errors.append(f"{mirror}: {exc}")
         else:
-            raise ConfigError(f"data.download=true could not fetch MNIST ({'; '.join(errors)[:200]}); put the files in {folder} by hand")
+            raise ConfigError(
+                f"data.download=true could not fetch MNIST ({'; '.join(errors)[:200]}); put the files in {folder} by hand"
+            )
 
 
 @LOADERS.register("mnist")
@@ -271,7 +277,9 @@ def download_cifar10(root: Path) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(root, filter="data")
     except (OSError, tarfile.TarError) as exc:
-        raise ConfigError(f"data.download=true could not fetch CIFAR-10 ({str(exc)[:160]}); unpack cifar-10-python.tar.gz into {root} by hand") from None
+        raise ConfigError(
+            f"data.download=true could not fetch CIFAR-10 ({str(exc)[:160]}); unpack cifar-10-python.tar.gz into {root} by hand"
+        ) from None
 
 
 @LOADERS.register("cifar10")

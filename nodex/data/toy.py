@@ -23,7 +23,9 @@ def _uniform_sphere(n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @GENERATORS.register("rings")
-def rings(n: int, gen: torch.Generator, *, radii: tuple[float, float] = (1.0, 2.0), noise: float = 0.1, dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def rings(
+    n: int, gen: torch.Generator, *, radii: tuple[float, float] = (1.0, 2.0), noise: float = 0.1, dim: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's concentric annuli (§E1): points uniform on circles of radius 1 (label 1,
     inner) and 2 (label 0, outer), plus Gaussian noise ``N(0, noise²)`` per coordinate.
     Labels follow the paper's code (inner = 1). Half the points on each circle."""
@@ -36,21 +38,27 @@ def rings(n: int, gen: torch.Generator, *, radii: tuple[float, float] = (1.0, 2.
 
 
 @GENERATORS.register("spheres_surface")
-def spheres_surface(n: int, gen: torch.Generator, *, dim: int = 3, radii: tuple[float, float] = (0.5, 1.0), noise: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def spheres_surface(
+    n: int, gen: torch.Generator, *, dim: int = 3, radii: tuple[float, float] = (0.5, 1.0), noise: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nested sphere *surfaces* in ``dim`` dimensions (torchdyn's ``spheres``, the paper's
     E6): inner radius 0.5 (label 1), outer 1.0 (label 0), small Gaussian noise."""
     return rings(n, gen, radii=radii, noise=noise, dim=dim)
 
 
 @GENERATORS.register("spheres_ball_shell")
-def spheres_ball_shell(n: int, gen: torch.Generator, *, dim: int = 2, r1: float = 0.5, r2: float = 1.0, r3: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+def spheres_ball_shell(
+    n: int, gen: torch.Generator, *, dim: int = 2, r1: float = 0.5, r2: float = 1.0, r3: float = 1.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ANODE's (Dupont et al. 2019) definition: a *filled* ball ``|x| <= r1`` (label 1) inside
     a shell ``r2 <= |x| <= r3`` (label 0), radii sampled uniformly in volume."""
     n_in = n // 2
     u_in = torch.rand(n_in, generator=gen) ** (1.0 / dim)
     lo, hi = r2**dim, r3**dim
     u_out = (lo + (hi - lo) * torch.rand(n - n_in, generator=gen)) ** (1.0 / dim)
-    X = torch.cat([_uniform_sphere(n_in, dim, gen) * (r1 * u_in)[:, None], _uniform_sphere(n - n_in, dim, gen) * u_out[:, None]])
+    X = torch.cat(
+        [_uniform_sphere(n_in, dim, gen) * (r1 * u_in)[:, None], _uniform_sphere(n - n_in, dim, gen) * u_out[:, None]]
+    )
     y = torch.cat([torch.ones(n_in, dtype=torch.long), torch.zeros(n - n_in, dtype=torch.long)])
     return X, y
 
@@ -69,7 +77,9 @@ def moons(n: int, gen: torch.Generator, *, noise: float = 0.1) -> tuple[torch.Te
 
 
 @GENERATORS.register("spirals")
-def spirals(n: int, gen: torch.Generator, *, noise: float = 0.4, turns: float = 780.0 / 360.0, scale: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def spirals(
+    n: int, gen: torch.Generator, *, noise: float = 0.4, turns: float = 780.0 / 360.0, scale: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two interleaved spirals (torchdyn's generator, §E3): angle ``sqrt(U)·turns·2π``,
     arm 1 ``(-cos t·t, sin t·t)``, arm 2 its point reflection, plus *uniform* noise
     ``U·noise``; coordinates scaled by ``scale`` to order one."""

@@ -70,9 +70,12 @@ class RunLock:
                 started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
                 raise RunLockedError(
                     f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} (since {started}):"
-                    " wait for that run to end or choose another hydra.run.dir")
+                    " wait for that run to end or choose another hydra.run.dir"
+                )
             self.path.unlink(missing_ok=True)  # stale or unreadable: take it over
-        raise RunLockedError(f"{self.path.parent}: could not take the run lock {self.path.name}; remove it if no run is using it")
+        raise RunLockedError(
+            f"{self.path.parent}: could not take the run lock {self.path.name}; remove it if no run is using it"
+        )
 
     def _stale(self, holder: dict[str, Any]) -> bool:
         if holder.get("host") != self.owner["host"]:

@@ -18,9 +18,23 @@ from nodex.errors import CheckpointError
 
 # Keys (or prefixes ending in ".") that a resumed run may set differently from the checkpoint's run.
 MAY_CHANGE = (
-    "trainer.max_steps", "trainer.epochs", "trainer.optim.lr", "trainer.resume", "trainer.progress", "trainer.plots",
-    "trainer.plot_every", "trainer.log_every", "trainer.val_every", "trainer.checkpoint_every", "trainer.num_threads",
-    "trainer.device", "trainer.eval_batch_size", "trainer.tf32", "logger.", "monitor", "experiment_name",
+    "trainer.max_steps",
+    "trainer.epochs",
+    "trainer.optim.lr",
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.plots",
+    "trainer.plot_every",
+    "trainer.log_every",
+    "trainer.val_every",
+    "trainer.checkpoint_every",
+    "trainer.num_threads",
+    "trainer.device",
+    "trainer.eval_batch_size",
+    "trainer.tf32",
+    "logger.",
+    "monitor",
+    "experiment_name",
 )
 
 
@@ -56,7 +70,7 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Raises:
-        CheckpointError: one line naming the keys that differ (and the values, for the first few)."""
+    CheckpointError: one line naming the keys that differ (and the values, for the first few)."""
     conflicts = resume_conflicts(saved, current)
     if conflicts:
         a, b = _flat(saved), _flat(current)
@@ -64,7 +78,8 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) 
         more = f" and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
         raise CheckpointError(
             f"trainer.resume={path}: this config differs from the checkpoint's run in {shown}{more}; resume with the run's "
-            f"own settings (only {', '.join(k.rstrip('.') for k in MAY_CHANGE[:3])}, ... may change) or start a new run")
+            f"own settings (only {', '.join(k.rstrip('.') for k in MAY_CHANGE[:3])}, ... may change) or start a new run"
+        )
 
 
 def apply_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:

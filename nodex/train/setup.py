@@ -29,7 +29,12 @@ SCHEDULERS = ("none", "step", "cosine", "exponential")
 def versions() -> dict[str, str]:
     import torchdiffeq
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__, "nodex": nodex.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchdiffeq": torchdiffeq.__version__,
+        "nodex": nodex.__version__,
+    }
 
 
 def select_device(name: str) -> torch.device:
@@ -75,9 +80,12 @@ def validate_trainer(cfg: DictConfig) -> None:
     """
     if cfg.get("epochs") is None:
         _positive(cfg, "max_steps", "a positive integer")
-    for key, what in (("epochs", "a positive integer or null"), ("batch_size", "a positive integer or null (full batch)"),
-                      ("eval_batch_size", "a positive integer or null (a split at once)"),
-                      ("grad_clip", "a positive max gradient norm or null (no clipping)")):
+    for key, what in (
+        ("epochs", "a positive integer or null"),
+        ("batch_size", "a positive integer or null (full batch)"),
+        ("eval_batch_size", "a positive integer or null (a split at once)"),
+        ("grad_clip", "a positive max gradient norm or null (no clipping)"),
+    ):
         if cfg.get(key) is not None:
             _positive(cfg, key, what)
     if cfg.optim.name not in OPTIMIZERS:
@@ -85,14 +93,17 @@ def validate_trainer(cfg: DictConfig) -> None:
     if not (math.isfinite(float(cfg.optim.lr)) and float(cfg.optim.lr) > 0):
         raise ConfigError(f"trainer.optim.lr={cfg.optim.lr} must be positive")
     if cfg.scheduler.name not in SCHEDULERS:
-        raise ConfigError(f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; "
-                          f"choose one of: {', '.join(SCHEDULERS)}")
+        raise ConfigError(
+            f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}"
+        )
     log_every, ckpt_every = int(cfg.get("log_every") or 1), cfg.get("checkpoint_every")
     if log_every <= 0:
         raise ConfigError(f"trainer.log_every={log_every} must be a positive integer")
     if ckpt_every and int(ckpt_every) % log_every:
-        raise ConfigError(f"trainer.checkpoint_every={ckpt_every} must be a multiple of trainer.log_every={log_every} "
-                          "(checkpoints follow a finiteness check at log points)")
+        raise ConfigError(
+            f"trainer.checkpoint_every={ckpt_every} must be a multiple of trainer.log_every={log_every} "
+            "(checkpoints follow a finiteness check at log points)"
+        )
 
 
 def _positive(cfg: DictConfig, key: str, what: str) -> None:
@@ -131,15 +142,24 @@ def validate_cuda_graph(cfg: DictConfig, settings: SolverSettings, device: torch
         return
     if int(trainer.get("ensemble", 1)) != 1:
         raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
-    if not (settings.method in LEAN_FIXED_METHODS and settings.sensitivity == "autograd" and settings.engine == "auto" and not settings.options):
+    if not (
+        settings.method in LEAN_FIXED_METHODS
+        and settings.sensitivity == "autograd"
+        and settings.engine == "auto"
+        and not settings.options
+    ):
         raise ConfigError(
             f"trainer.cuda_graph=true needs a fixed step count: solver.method=euler|midpoint|rk4 with solver.sensitivity=autograd, "
             f"solver.engine=auto and no solver.options (got {settings.describe()}, {settings.sensitivity}, engine {settings.engine})"
         )
     if trainer.scheduler.name != "none":
-        raise ConfigError(f"trainer.cuda_graph=true bakes the learning rate into the graph: set trainer.scheduler.name=none (got {trainer.scheduler.name})")
+        raise ConfigError(
+            f"trainer.cuda_graph=true bakes the learning rate into the graph: set trainer.scheduler.name=none (got {trainer.scheduler.name})"
+        )
     if device.type != "cuda":
-        raise ConfigError(f"trainer.cuda_graph=true needs a CUDA device, this run is on {device}: drop it or use trainer.device=cuda")
+        raise ConfigError(
+            f"trainer.cuda_graph=true needs a CUDA device, this run is on {device}: drop it or use trainer.device=cuda"
+        )
 
 
 class Pipeline:

@@ -48,7 +48,9 @@ class Task:
             parts["loss_integral"] = out.loss_integral
             total = out.loss_integral if total is None else total + out.loss_integral
         if total is None:
-            raise ConfigError("task.terminal_weight=0 and the model has no integral loss: nothing to train; set model.integral_loss or task.terminal_weight")
+            raise ConfigError(
+                "task.terminal_weight=0 and the model has no integral loss: nothing to train; set model.integral_loss or task.terminal_weight"
+            )
         return total, parts
 
     def metrics(self, out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -25,7 +25,9 @@ class Classification(Task):
     def __init__(self, cfg: DictConfig, data: DataBundle) -> None:
         super().__init__(cfg, data)
         if data.n_classes is None:
-            raise ConfigError("task.kind=classification needs class labels, but this dataset has real-valued targets: use task=regression")
+            raise ConfigError(
+                "task.kind=classification needs class labels, but this dataset has real-valued targets: use task=regression"
+            )
         self.kind = cfg.get("loss", "cross_entropy")
         if self.kind not in self.LOSSES:
             raise ConfigError(f"task.loss={self.kind!r} is unknown; choose one of: {', '.join(self.LOSSES)}")
@@ -54,7 +56,9 @@ class Regression(Task):
     def __init__(self, cfg: DictConfig, data: DataBundle) -> None:
         super().__init__(cfg, data)
         if data.target_dim is None:
-            raise ConfigError("task.kind=regression needs real-valued targets; this dataset has class labels: use task=classification")
+            raise ConfigError(
+                "task.kind=regression needs real-valued targets; this dataset has class labels: use task=classification"
+            )
         self.n_outputs = data.target_dim
 
     def terminal_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

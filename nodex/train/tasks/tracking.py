@@ -53,7 +53,9 @@ class Tracking(Task):
     def model_metrics(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         S = float(model.settings.S)
         if self.eval_horizon <= S:
-            raise ConfigError(f"task.eval_horizon={self.eval_horizon} must exceed the training horizon model.horizon.S={S}")
+            raise ConfigError(
+                f"task.eval_horizon={self.eval_horizon} must exceed the training horizon model.horizon.S={S}"
+            )
         n = int(round(self.eval_horizon * self.points_per_unit)) + 1
         s = torch.linspace(0.0, self.eval_horizon, n, dtype=x.dtype, device=x.device)
         traj = model.trajectory(x, s)  # (T, B, *state)
