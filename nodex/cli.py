@@ -110,7 +110,7 @@ def train_job(cfg: DictConfig) -> float | None:
         raise SystemExit(130) from None
     except Exception as exc:  # not raised by nodex: one line here, the traceback in train.log
         _log_traceback(run_dir)
-        _record_failure(run_dir, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        _record_failure(run_dir, cfg, f"{type(exc).__name__}: {exc}".splitlines()[0])
         if _is_multirun():
             return None
         raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
@@ -151,18 +151,23 @@ def eval_job(cfg: DictConfig) -> None:
         print(f"{key}: {value:.6g}")
 
 
-def _record_failure(run_dir: str, error: str) -> None:
-    """A failure that came before the run could record itself still leaves a ``result.json`` (sweeps count them)."""
-    import json
+def _record_failure(run_dir: str, cfg: DictConfig, error: str) -> None:
+    """A failure that came before the run could record itself still leaves a ``result.json`` (sweeps count them),
+    written by the run's own result writer."""
     from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from nodex.train.results import new_result, write_json
 
     path = Path(run_dir) / "result.json"
     if path.exists():
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"status": "failed", "error": error, "metrics": {}}, indent=2) + "\n")
-    except OSError:
+        result = new_result(int(cfg.get("seed", 0)), OmegaConf.to_container(cfg, resolve=False))
+        result["error"] = error
+        write_json(path, result)
+    except (OSError, ValueError):
         pass
 
 
