@@ -133,3 +133,14 @@ def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     ea.Reload()
     assert [e.step for e in ea.Images("plots/parameters_evolution")] == [10, 20]
     assert (run_dir / "plots" / "parameters_evolution.png").exists()
+
+
+def test_train_log_has_a_progress_line_every_log_point_and_each_validation(train_run):
+    run_dir, result, code, err = train_run()
+    assert code == 0, err
+    text = (run_dir / "train.log").read_text()
+    import re
+
+    steps = [int(s) for s in re.findall(r"step (\d+)/20 \| loss ", text)]
+    assert steps == [5, 10, 15, 20]  # log_every=5, max_steps=20
+    assert text.count("validation | loss") == 2 and "step 10 validation | loss" in text

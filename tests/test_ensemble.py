@@ -107,8 +107,8 @@ def test_ensemble_under_adjoint_matches_separate_runs(compose_cfg, tmp_path):
 
 
 def test_adaptive_solver_members_share_steps(compose_cfg, tmp_path):
-    cfg = compose_cfg([*FAST, "solver=dopri5", "trainer.max_steps=3", "trainer.log_every=3", "trainer.device=cpu",
-                       "logger.tensorboard=false", "trainer.ensemble=2"])
+    cfg = compose_cfg([*FAST, "solver=dopri5", "trainer.max_steps=3", "trainer.log_every=3", "trainer.checkpoint_every=3",
+                       "trainer.device=cpu", "logger.tensorboard=false", "trainer.ensemble=2"])
     summary = run_train(cfg, tmp_path / "ens")
     assert summary["status"] == "completed" and summary["shared_step_sizes"] is True
     results = [json.loads((tmp_path / "ens" / f"member-{k}" / "result.json").read_text()) for k in range(2)]

@@ -294,6 +294,10 @@ class Trainer:
             }
         )
         m.logger.scalars(m.state.step, values)
+        if not self.progress and m.index == 0:  # no bar (a sweep, Slurm, nohup): a progress line in train.log
+            log.info("step %d/%d | loss %.4g | nfe %.0f/%.0f | %.1f ms/step", m.state.step, self.max_steps,
+                     values["train/loss"], values["train/nfe_forward"], values["train/nfe_backward"],
+                     values["time/step_ms"])
         if bar is not None:
             bar.update(stats.steps)
             bar.set_postfix(loss=f"{values['train/loss']:.4g}", nfe=f"{values['train/nfe_forward']:.0f}", refresh=False)
@@ -302,6 +306,8 @@ class Trainer:
     def _validate(self, m: Member) -> None:
         metrics = evaluate(m.model, m.task, m.data.val, self.cfg.get("eval_batch_size"))
         m.logger.scalars(m.state.step, {f"val/{k}": v for k, v in metrics.items()})
+        if m.index == 0:
+            log.info("step %d validation | %s", m.state.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         value = metrics.get(m.task.monitor, metrics["loss"])
         best = m.state.best
         better = best is None or (value > best if m.task.monitor_mode == "max" else value < best)
