@@ -50,8 +50,7 @@ def _final(run_dir: Path) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("solver, signum", [("dopri5", signal.SIGTERM), ("rk4", signal.SIGKILL)])
 def test_stopped_and_requeued_run_equals_the_uninterrupted_run(tmp_path, solver, signum):
     overrides = ["trainer.max_steps=120", "data.resample=true", f"solver={solver}", "trainer.resume=auto", "seed=4"]
     whole = tmp_path / "whole"
