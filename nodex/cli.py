@@ -90,7 +90,9 @@ def train_job(cfg: DictConfig) -> float | None:
         else:
             result = run_train(cfg, run_dir, **job)
     except Preempted as exc:
-        _report(f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it")
+        message = f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it"
+        _append_log(run_dir, f"STOPPED: {message}\n")  # train.log shows each attempt of a requeued job
+        _report(message)
         getattr(exc, "forward", lambda: None)()  # submitit's handler: requeue the job, then exit
         raise SystemExit(exc.exit_code) from None
     except NodexError as exc:

@@ -95,9 +95,22 @@ def sweep_results(sweep_dir: Path, before: dict[Path, int] | None = None) -> lis
     return out
 
 
+# Folder names may hold 255 bytes; the job number and '-' go in front of this part of the name.
+MAX_DIRNAME_BYTES = 200
+
+
 def dirname_safe(value: str) -> str:
-    """An override string fit for one folder name: ``/`` (which would nest or escape the sweep dir) becomes ``%2F``."""
-    return str(value).replace("%", "%25").replace("/", "%2F")
+    """An override string fit for one folder name: ``/`` (which would nest or escape the sweep dir) becomes ``%2F``;
+    a name longer than :data:`MAX_DIRNAME_BYTES` (many overrides) is cut and ends in a hash of the whole string, so
+    it stays unique instead of failing with "File name too long"."""
+    import hashlib
+
+    safe = str(value).replace("%", "%25").replace("/", "%2F")
+    raw = safe.encode()
+    if len(raw) <= MAX_DIRNAME_BYTES:
+        return safe
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[: MAX_DIRNAME_BYTES - 14].decode(errors="ignore") + "--" + digest
 
 
 def register_resolvers() -> None:

@@ -8,11 +8,16 @@ import json
 import re
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import FAST
+
+from nodex.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_JOBS = [*FAST, "trainer.max_steps=5", "trainer.num_threads=1", "logger.tensorboard=false", "model=vanilla,depthcat"]
@@ -137,6 +142,94 @@ def test_submitit_runs_two_jobs_on_a_real_slurm(cli, tmp_path, slurm):
     assert all(re.fullmatch(r"\d+_[01]", j) for j in job_ids), job_ids  # a Slurm job array: ARRAYID_INDEX
     for job_id in job_ids:  # submitit's logs of each Slurm job
         assert (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").exists()
+
+
+# 600 rk4 steps on fresh batches: long enough (several seconds) to be caught mid-run, short enough for CI.
+REQUEUED_RUN = ["solver=rk4", "data.n_train=256", "data.n_val=64", "data.n_test=256", "trainer.plots=false",
+                "logger.tensorboard=false", "trainer.log_every=10", "trainer.val_every=100",
+                "trainer.checkpoint_every=50", "trainer.max_steps=600", "trainer.num_threads=1", "seed=4",
+                "trainer.resume=auto"]
+# How each job of the sweep is stopped: Slurm's own requeue (SIGTERM to the job, then back to the queue), and
+# what Slurm sends before the time limit or on preemption (submitit's SIGUSR2: submitit requeues the job itself).
+INTERRUPTS = {"scontrol": lambda job: ["scontrol", "requeue", job],
+              "usr2": lambda job: ["scancel", "--signal=USR2", job]}
+
+
+def _last_step(job_dir: Path) -> int:
+    path = job_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        return json.loads(lines[-1])["step"] if lines else -1
+    except ValueError:  # a line being written
+        return -1
+
+
+def _squeue(job: str, fmt: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", fmt], capture_output=True, text=True).stdout.strip()
+
+
+def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: list) -> None:
+    """For each job of the sweep: once it logged ``min_step``, interrupt it as its experiment_name says, wait until
+    Slurm holds it requeued (pending), and let it start again now (a requeued job is held back 2 minutes)."""
+    try:
+        deadline = time.time() + 150
+        while len(seen) < len(INTERRUPTS) and time.time() < deadline:
+            for job_dir in sweep.glob("*/.hydra/config.yaml"):
+                job_dir = job_dir.parent.parent
+                how = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())["experiment_name"]
+                if how in seen or _last_step(job_dir) < min_step:
+                    continue
+                job = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"]
+                subprocess.run(INTERRUPTS[how](job), check=True, capture_output=True, timeout=30)
+                seen[how] = {"job": job, "dir": job_dir, "at": _last_step(job_dir)}
+                while not _squeue(job, "%t").startswith("PD") and time.time() < deadline:
+                    time.sleep(0.2)
+                seen[how]["restarts"] = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
+                                                       text=True).stdout.split("Restarts=")[1].split()[0]
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
+            time.sleep(0.05)
+    except Exception as exc:  # reported by the test
+        errors.append(exc)
+
+
+@pytest.mark.slow
+def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_run(cli, tmp_path, slurm):
+    code, _, err = cli(["train", *REQUEUED_RUN, f"hydra.run.dir={tmp_path / 'whole'}"])
+    assert code == 0, err
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    whole_weights = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model"]
+    sweep, seen, errors = tmp_path / "requeued", {}, []
+    watcher = threading.Thread(target=_requeue_each_job_mid_run, args=(sweep, 100, seen, errors), daemon=True)
+    watcher.start()
+    code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
+                          "hydra.launcher.max_num_timeout=1", *REQUEUED_RUN, "experiment_name=scontrol,usr2",
+                          f"hydra.sweep.dir={sweep}"])
+    watcher.join(timeout=30)
+    assert not errors, errors
+    assert code == 0, err
+    assert f"nodex: sweep finished: 2/2 jobs completed in {sweep}" in out
+    signals = {"scontrol": "SIGTERM", "usr2": "SIGUSR2"}
+    assert sorted(seen) == sorted(INTERRUPTS)
+    for how, job in seen.items():
+        assert job["restarts"] == "1", job  # Slurm ran the job twice
+        log = (job["dir"] / "train.log").read_text()
+        stopped = re.findall(rf"STOPPED: stopped by {signals[how]} at step (\d+)", log)
+        resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
+        assert len(stopped) == 1 and resumed == stopped and job["at"] <= int(stopped[0]) < 600, log
+        if how == "usr2":  # nodex handed the signal on to submitit, which requeued the job itself
+            logs = "".join(p.read_text() for p in (sweep / ".submitit" / job["job"]).glob("*_log.*"))
+            assert f"Requeued job {job['job']}" in logs, logs
+        result = json.loads((job["dir"] / "result.json").read_text())
+        assert result["status"] == "completed" and result["steps"] == 600
+        assert result["metrics"] == whole["metrics"]
+        weights = load_checkpoint(job["dir"] / "checkpoints" / "last.pt")["model"]
+        assert weights.keys() == whole_weights.keys()
+        assert all(torch.equal(weights[k], whole_weights[k]) for k in weights)
+        rows = [json.loads(line) for line in (job["dir"] / "metrics.jsonl").read_text().splitlines()]
+        keyed = [(r["step"], tuple(sorted(r))) for r in rows]
+        assert len(keyed) == len(set(keyed)) and keyed == sorted(keyed, key=lambda k: k[0])  # no step logged twice
+        assert keyed[-1][0] == 600
 
 
 @pytest.mark.slow

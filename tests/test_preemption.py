@@ -46,6 +46,26 @@ def test_the_previous_handler_gets_the_signal_forwarded():
         signal.signal(signal.SIGUSR2, old)
 
 
+def test_sigterm_then_sigusr2_both_reach_their_previous_handlers_in_order():
+    """A preemption under submitit brings SIGTERM (submitit only logs it) and then SIGUSR2 (submitit requeues):
+    the second signal must not be lost because the first one already stopped the run."""
+    calls = []
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append("term"))
+    old_usr2 = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append("usr2"))
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            assert stop.signal == signal.SIGTERM and stop.received == [signal.SIGTERM, signal.SIGUSR2]
+            stop.forward()
+        assert calls == ["term", "usr2"]
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGUSR2, old_usr2)
+
+
 def test_a_second_live_writer_is_refused(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from nodex.train.lock import RunLock; "

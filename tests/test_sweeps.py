@@ -19,6 +19,14 @@ def test_dirname_safe_escapes_path_separators_reversibly():
     assert dirname_safe("a%2Fb/c") == "a%252Fb%2Fc"
 
 
+def test_dirname_safe_cuts_a_long_override_list_to_a_unique_folder_name():
+    many = ",".join(f"trainer.key_{i}=value_{i}" for i in range(20))
+    name = dirname_safe(many)
+    assert len(name.encode()) == 200 and name.startswith(many[:150]) and "/" not in name
+    assert name != dirname_safe(many.replace("value_19", "value_20"))  # the hash tells them apart
+    assert dirname_safe("é" * 150).encode().decode() == dirname_safe("é" * 150)  # never cut inside a character
+
+
 def test_a_rerun_into_an_old_sweep_dir_counts_only_its_own_jobs(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])

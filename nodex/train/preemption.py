@@ -1,8 +1,9 @@
 """Preemption: SIGTERM (what Slurm and most schedulers send) and submitit's "USR" signal are recorded, not acted on
 mid-step; the training loop asks :attr:`StopRequest.signal` at each step boundary, saves, and stops.
 
-Handlers chain: :meth:`StopRequest.forward` calls the handler that was installed before (submitit's, which
-requeues the job and exits), so nodex never silently breaks a launcher's requeue protocol.
+Handlers chain: :meth:`StopRequest.forward` calls the handler that was installed before for every signal that
+arrived (submitit's: SIGTERM is only logged, SIGUSR2 requeues the job and exits), so nodex never silently breaks a
+launcher's requeue protocol, also when a preemption brings SIGTERM and SIGUSR2 one after the other.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Preempted(BaseException):
 
 
 class StopRequest:
-    """``with StopRequest() as stop:`` records the first stop signal in ``stop.signal`` (``None`` until then).
+    """``with StopRequest() as stop:`` records the first stop signal in ``stop.signal`` (``None`` until then) and
+    every distinct one, in order, in ``stop.received``.
 
     Only the main thread can install signal handlers; elsewhere (a launcher's worker thread) this is a no-op.
     """
@@ -38,17 +40,22 @@ class StopRequest:
     def __init__(self, signals: tuple[int, ...] = SIGNALS) -> None:
         self.signals = signals
         self.signal: int | None = None
+        self.received: list[int] = []
         self._previous: dict[int, Any] = {}
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is None:
             self.signal = signum
+        if signum not in self.received:
+            self.received.append(signum)
 
     def forward(self) -> None:
-        """Hand the recorded signal to the handler installed before ours (submitit: requeue and exit), if any."""
-        previous = self._previous.get(self.signal) if self.signal is not None else None
-        if callable(previous):
-            previous(self.signal, None)
+        """Hand each recorded signal, in the order it came, to the handler installed before ours, if any (submitit's
+        SIGUSR2 handler requeues the job and exits: it raises ``SystemExit``)."""
+        for signum in list(self.received):
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, None)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
