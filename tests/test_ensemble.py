@@ -226,7 +226,6 @@ def test_bad_ensemble_value_is_one_line_config_error(train_run):
     "overrides, message",
     [
         (["trainer.ensemble=-2"], "trainer.ensemble=-2 must be a positive integer"),
-        (["trainer.ensemble=2", "trainer.resume=/tmp/x"], "trainer.resume is not supported with trainer.ensemble=2"),
         (["trainer.ensemble=2", "model=cnf", "data=moons_density", "task=density"],
          "trainer.ensemble=2 needs model.kind=neural_ode"),
     ],

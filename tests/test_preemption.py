@@ -120,3 +120,27 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_old_one_and_leaves_no_tem
         save_checkpoint({"step": 2}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(path)["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_an_ensembles_checkpoints_are_renamed_only_when_all_were_written(tmp_path, monkeypatch):
+    import torch
+
+    from nodex.errors import CheckpointError
+    from nodex.train.checkpoint import load_checkpoint, save_checkpoints
+
+    paths = [tmp_path / f"member-{k}" / "last.pt" for k in range(3)]
+    save_checkpoints([({"step": 1}, p) for p in paths])
+    real_save, calls = torch.save, []
+
+    def full_on_the_third(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 3:
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_on_the_third)
+    with pytest.raises(CheckpointError, match=r"could not write .*member-2/last.pt \(\[enforce fail"):
+        save_checkpoints([({"step": 2}, p) for p in paths])
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [load_checkpoint(p)["step"] for p in paths] == [1, 1, 1]  # none renamed: all still at step 1
+    assert sorted(f.name for f in tmp_path.rglob("*") if f.is_file()) == ["last.pt"] * 3  # no .tmp left

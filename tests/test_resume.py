@@ -28,6 +28,8 @@ def _nodex(run_dir: Path, *overrides: str) -> subprocess.Popen:
 
 def _logged_steps(run_dir: Path) -> list[int]:
     path = run_dir / "metrics.jsonl"
+    if (run_dir / "member-0").is_dir():  # an ensemble: its members log
+        path = run_dir / "member-0" / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
@@ -74,6 +76,35 @@ def test_stopped_and_requeued_run_equals_the_uninterrupted_run(tmp_path, solver,
     keyed = [(r["step"], tuple(sorted(k for k in r if k != "step"))) for r in rows]
     assert len(keyed) == len(set(keyed)) and [s for s, _ in keyed] == sorted(s for s, _ in keyed)  # no step twice
     assert keyed[-1][0] == 120
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_ensemble_resumes_bit_for_bit(tmp_path, signum):
+    overrides = ["trainer.ensemble=2", "trainer.max_steps=120", "data.resample=true", "solver=rk4",
+                 "trainer.resume=auto", "seed=4"]
+    whole = tmp_path / "whole"
+    assert _nodex(whole, *overrides).wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    code, err = _stop_after(_nodex(cut, *overrides), cut, 25, signum)
+    steps = {load_checkpoint(cut / f"member-{k}" / "checkpoints" / "last.pt")["step"] for k in range(2)}
+    assert len(steps) == 1 and 20 <= steps.pop() < 120  # both members saved at one step, mid-run
+    if signum == signal.SIGTERM:
+        stopped = json.loads((cut / "ensemble.json").read_text())
+        assert code == 143 and stopped["status"] == "interrupted" and "stopped by SIGTERM" in stopped["error"], err
+    else:
+        assert code == -signal.SIGKILL
+    again = _nodex(cut, *overrides)  # the requeued job: same command, same dir
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    a, b = (json.loads((d / "ensemble.json").read_text()) for d in (whole, cut))
+    assert b["status"] == "completed" and b["member_metrics"] == a["member_metrics"] and b["metrics"] == a["metrics"]
+    for k in range(2):
+        (ra, wa), (rb, wb) = _final(whole / f"member-{k}"), _final(cut / f"member-{k}")
+        assert rb["status"] == "completed" and rb["steps"] == 120 and rb["metrics"] == ra["metrics"]
+        assert all(torch.equal(wa[name], wb[name]) for name in wa)
+        logged = _logged_steps(cut / f"member-{k}")
+        assert logged == sorted(logged) and logged[-1] == 120
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint(train_run):

@@ -58,3 +58,42 @@ def test_a_new_learning_rate_replaces_the_checkpoints():
     assert opt2.param_groups[0]["lr"] == 0.005  # what torch does: the checkpoint's rate comes back
     apply_learning_rate(opt2, sched2, 0.001)
     assert opt2.param_groups[0]["lr"] == 0.001 and sched2.base_lrs == [0.001]
+
+
+def test_resume_auto_finds_an_ensembles_member_checkpoints(tmp_path):
+    assert resume_path("auto", tmp_path, size=2) is None
+    (tmp_path / "member-0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "member-0" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert resume_path("auto", tmp_path, size=2) == tmp_path and resume_path("elsewhere", tmp_path, 2).name == "elsewhere"
+
+
+def test_member_optimizer_states_stack_back_into_the_trained_optimizers_state():
+    from nodex.train.members import member_optimizer_state, stacked_optimizer_state
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4, 2)), torch.nn.Parameter(torch.randn(3))]  # K = 3 members
+    opt = torch.optim.Adam(params, lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        sum((p**2).sum() for p in params).backward()
+        opt.step()
+    full = opt.state_dict()
+    back = stacked_optimizer_state([member_optimizer_state(opt, k) for k in range(3)])
+    assert back["param_groups"] == full["param_groups"]
+    for i, entries in full["state"].items():
+        assert back["state"][i].keys() == entries.keys()
+        assert all(torch.equal(back["state"][i][key], v) for key, v in entries.items())  # step shared, moments stacked
+
+
+def test_an_ensemble_whose_members_saved_different_steps_is_refused_with_one_line(train_run):
+    from nodex.train.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", name="ens")
+    assert code == 0, err
+    path = run_dir / "member-1" / "checkpoints" / "last.pt"
+    save_checkpoint({**load_checkpoint(path), "step": 10}, path)
+    _, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", f"trainer.resume={run_dir}",
+                                "trainer.max_steps=30", name="again")
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={run_dir}: the members' last.pt are at "
+                                         "different steps ([10, 20]); the ensemble cannot continue as one run: "
+                                         "start it again")

@@ -53,16 +53,33 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     Raises:
         CheckpointError: the file could not be written (disk full, read-only directory).
     """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**state, "format": FORMAT}, tmp)
+    save_checkpoints([(state, path)])
+
+
+def save_checkpoints(items: list[tuple[dict[str, Any], Path]]) -> None:
+    """Write several checkpoints (an ensemble's members, one step) as one: every temp file is written before any is
+    renamed, so a crash leaves all of them at the previous step or all at the new one (but for the instant of the
+    renames), and a failed write renames none and leaves no temp file.
+
+    Raises:
+        CheckpointError: a file could not be written (names it; the previous files are kept).
+    """
+    written: list[tuple[Path, Path]] = []
+    for state, path in items:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({**state, "format": FORMAT}, tmp)
+        except (OSError, RuntimeError) as exc:  # disk full or read-only: torch reports the former as a RuntimeError
+            for done, _ in [*written, (tmp, path)]:
+                done.unlink(missing_ok=True)
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"could not write {path} ({reason}); free disk space or point hydra.run.dir "
+                                  f"elsewhere{' (the previous ' + path.name + ' is kept)' if path.exists() else ''}"
+                                  ) from None
+        written.append((tmp, path))
+    for tmp, path in written:
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # disk full or read-only: torch reports the former as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"could not write {path} ({reason}); free disk space or point hydra.run.dir elsewhere"
-                              f"{' (the previous ' + path.name + ' is kept)' if path.exists() else ''}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

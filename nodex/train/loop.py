@@ -18,7 +18,7 @@ from torch import nn
 
 from nodex.data import DataBundle, Split, iterate_batches
 from nodex.errors import DivergenceError, NodexError, SolverError
-from nodex.train.checkpoint import checkpoint_state, save_checkpoint
+from nodex.train.checkpoint import checkpoint_state, save_checkpoint, save_checkpoints
 from nodex.train.members import LoopState, Member, Members
 from nodex.train.preemption import StopRequest, raise_if_requested
 from nodex.train.tasks import Task
@@ -152,12 +152,18 @@ class Trainer:
                     raise
                 raise type(exc)(f"member {m.index} (seed {m.seed}): {exc}") from None
 
-    def _checkpoint(self, m: Member, name: str) -> None:
-        if m.run_dir is None:
-            return
+    def _state(self, m: Member) -> dict[str, Any]:
         opt_state = self.members.optimizer_state(self.optimizer, m.index)
-        state = checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec, m.data.sampler)
-        save_checkpoint(state, m.run_dir / "checkpoints" / f"{name}.pt")
+        return checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec, m.data.sampler)
+
+    def _checkpoint(self, m: Member, name: str) -> None:
+        if m.run_dir is not None:
+            save_checkpoint(self._state(m), m.run_dir / "checkpoints" / f"{name}.pt")
+
+    def _checkpoint_last(self) -> None:
+        """Every member's ``last.pt`` at this step, written as one (an ensemble resumes only from one step)."""
+        saved = [m for m in self.members.members if m.run_dir is not None]
+        save_checkpoints([(self._state(m), m.run_dir / "checkpoints" / "last.pt") for m in saved])
 
     def fit(self, optimizer: torch.optim.Optimizer, scheduler: Any, stop: StopRequest | None = None) -> None:
         """Train every member from its ``state.step`` to the step budget.
@@ -198,7 +204,7 @@ class Trainer:
         """``last.pt`` of every member at the current step (its parameters checked finite first)."""
         self.members.sync()
         self._each(self._check_finite_params)
-        self._each(lambda m: self._checkpoint(m, "last"))
+        self._checkpoint_last()
 
     def _step_function(self, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], Any]:
         def plain(X: torch.Tensor, y: torch.Tensor):
@@ -241,7 +247,7 @@ class Trainer:
         if (self.val_every and step % self.val_every == 0) or last:
             self._each(self._validate)
         if self.ckpt_every and (step % self.ckpt_every == 0) or last:
-            self._each(lambda m: self._checkpoint(m, "last"))
+            self._checkpoint_last()
         if self.plot_every and step % self.plot_every == 0 and not last:
             for m in self.members.members:
                 if m.plot is not None:

@@ -118,6 +118,10 @@ class Members:
         """The state dict member ``k``'s own optimizer would have."""
         return optimizer.state_dict()
 
+    def optimizer_from_members(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The trained optimizer's state dict from each member's own (the inverse of :meth:`optimizer_state`)."""
+        return states[0]
+
 
 class StackedMembers(Members):
     """``K > 1`` members trained as one :class:`EnsembleNeuralODE`; inputs ``(K, B, ...)``."""
@@ -153,6 +157,9 @@ class StackedMembers(Members):
     def optimizer_state(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
         return member_optimizer_state(optimizer, k)
 
+    def optimizer_from_members(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        return stacked_optimizer_state(states)
+
 
 def member_optimizer_state(optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
     """Member ``k``'s slice of the stacked optimizer state: the state dict its own optimizer
@@ -165,6 +172,22 @@ def member_optimizer_state(optimizer: torch.optim.Optimizer, k: int) -> dict[str
         shape = params[i].shape
         state[i] = {key: (v[k].clone() if torch.is_tensor(v) and v.shape == shape else v) for key, v in entries.items()}
     return {"state": state, "param_groups": full["param_groups"]}
+
+
+# Optimizer state entries every member shares (a step counter), not sliced per member.
+SHARED_STATE_KEYS = ("step",)
+
+
+def stacked_optimizer_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stacked optimizer's state dict from the ``K`` members' own (what :func:`member_optimizer_state` sliced):
+    per-parameter tensors stacked along a new leading ``K`` dimension, shared entries (:data:`SHARED_STATE_KEYS`,
+    plain values) and the param groups taken from member 0."""
+    state = {}
+    for i, entries in states[0]["state"].items():
+        state[i] = {key: (torch.stack([s["state"][i][key] for s in states])
+                          if torch.is_tensor(v) and key not in SHARED_STATE_KEYS else v)
+                    for key, v in entries.items()}
+    return {"state": state, "param_groups": states[0]["param_groups"]}
 
 
 def clip_members(params: list[torch.Tensor], max_norm: float) -> None:
@@ -183,7 +206,7 @@ def ensemble_size(cfg: DictConfig) -> int:
     """``trainer.ensemble`` validated.
 
     Raises:
-        ConfigError: not a positive integer, a model kind that cannot be stacked, or resume.
+        ConfigError: not a positive integer, or a model kind that cannot be stacked.
     """
     value = cfg.trainer.get("ensemble", 1)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -193,9 +216,6 @@ def ensemble_size(cfg: DictConfig) -> int:
     if value > 1 and kind != "neural_ode":
         raise ConfigError(f"trainer.ensemble={value} needs model.kind=neural_ode (got {kind}); "
                           "run the seeds separately: nodex train --multirun seed=0,1,2")
-    if value > 1 and cfg.trainer.get("resume"):
-        raise ConfigError(f"trainer.resume is not supported with trainer.ensemble={value}; "
-                          "resume one member with trainer.resume=RUN_DIR/member-k (trainer.ensemble=1)")
     return value
 
 

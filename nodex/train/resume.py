@@ -38,14 +38,19 @@ MAY_CHANGE = (
 )
 
 
-def resume_path(setting: str | None, run_dir: Path) -> Path | None:
+def resume_path(setting: str | None, run_dir: Path, size: int = 1) -> Path | None:
     """The checkpoint to continue from: ``auto`` -> ``run_dir/checkpoints/last.pt`` if it exists (else ``None``:
-    start fresh); ``None``/empty -> ``None``; anything else is a run dir or checkpoint path, returned as given."""
+    start fresh); ``None``/empty -> ``None``; anything else is a run dir or checkpoint path, returned as given.
+
+    A seed ensemble (``size > 1``) continues from an ensemble dir (its ``member-k/checkpoints/last.pt``): ``auto``
+    -> ``run_dir`` when member 0 has a ``last.pt``."""
     if not setting:
         return None
     if str(setting) == "auto":
-        last = Path(run_dir) / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
+        last = Path(run_dir) / ("member-0" if size > 1 else "") / "checkpoints" / "last.pt"
+        if not last.is_file():
+            return None
+        return Path(run_dir) if size > 1 else last
     return Path(str(setting))
 
 

@@ -120,7 +120,9 @@ class TrainRun:
         validate_trainer(cfg.trainer)
         device = select_device(cfg.trainer.get("device", "auto"))
         pipes = self._build_members(K, device)
-        members = Members(self.members) if K == 1 else StackedMembers(self.members)
+        resume = resume_path(cfg.trainer.get("resume"), self.run_dir, K)
+        ckpts = _load_resume(resume, self.members, device) if resume is not None else None
+        members = Members(self.members) if K == 1 else StackedMembers(self.members)  # stacks the resumed weights
         settings = pipes[0].settings if K == 1 else members.model.settings
         validate_cuda_graph(cfg, settings, device)
         data = self.members[0].data
@@ -131,9 +133,8 @@ class TrainRun:
         for m in self.members:
             m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
-        resume = resume_path(cfg.trainer.get("resume"), self.run_dir)
-        if resume is not None:
-            _resume(resume, self.members[0], self.optimizer, self.scheduler, device)
+        if ckpts is not None:
+            _resume_optimizer(resume, ckpts, members, self.optimizer, self.scheduler, float(cfg.trainer.optim.lr))
         for m in self.members:
             self._open_logs(m)
         if self.summary is not None:
@@ -217,8 +218,8 @@ class TrainRun:
                 m.result["error"] = f"interrupted at step {step} (ensemble {self.run_dir})"
         if self.summary is not None:
             self.summary["status"] = "interrupted"
-            self.summary["error"] = (f"interrupted at step {step}; "
-                                     f"resume a member with trainer.resume={self.run_dir}/member-k")
+            self.summary["error"] = reason or (f"interrupted at step {step}; resume the ensemble with "
+                                               f"trainer.resume={self.run_dir} (or trainer.resume=auto in this dir)")
         self.error, self.status = f"interrupted at step {step}", "interrupted"
 
     def failed(self, message: str) -> None:
@@ -251,32 +252,57 @@ class TrainRun:
         return payload
 
 
-def _resume(path: Path, m: Member, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> None:
-    """Continue ``m`` from the checkpoint at ``path``: everything that decides the rest of the run comes back
-    (weights, optimizer, scheduler, step, best, every RNG stream and the epoch position); keys that may change on
-    resume (:data:`~nodex.train.resume.MAY_CHANGE`) take this config's values.
+def _load_resume(path: Path, members: list[Member], device: torch.device) -> list[dict[str, Any]]:
+    """Continue every member from its checkpoint (``path``, or ``path/member-k`` in an ensemble): weights, step,
+    best, every RNG stream and the epoch position; returns the checkpoints (the optimizer is restored by
+    :func:`_resume_optimizer` once it exists). Everything that decides the rest of the run comes back.
 
     Raises:
-        CheckpointError: not a nodex training checkpoint, a different run (names the keys), or weights that do not
-            fit this model/optimizer.
+        CheckpointError: not a nodex training checkpoint, a different run (names the keys), weights that do not fit
+            this model, or ensemble members saved at different steps.
     """
-    ckpt = load_checkpoint(resolve_checkpoint(path, "last"), map_location=device)
-    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("rng"), dict):
-        raise CheckpointError(f"trainer.resume={path}: the checkpoint holds no run config or RNG state; "
-                              "resume from a checkpoints/last.pt written by nodex train")
-    check_resumable(upgrade_run_config(ckpt["config"]), m.config, path)
+    ckpts = []
+    for m in members:
+        where = path / f"member-{m.index}" if len(members) > 1 else path
+        ckpt = load_checkpoint(resolve_checkpoint(where, "last"), map_location=device)
+        if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("rng"), dict):
+            raise CheckpointError(f"trainer.resume={where}: the checkpoint holds no run config or RNG state; "
+                                  "resume from a checkpoints/last.pt written by nodex train")
+        check_resumable(upgrade_run_config(ckpt["config"]), m.config, where)
+        try:
+            m.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).splitlines()[0][:120]
+            raise CheckpointError(f"trainer.resume={where}: checkpoint does not fit this model ({reason}); "
+                                  "resume with the run's own config") from None
+        ckpts.append(ckpt)
+    steps = sorted({int(c["step"]) for c in ckpts})
+    if len(steps) > 1:
+        raise CheckpointError(f"trainer.resume={path}: the members' last.pt are at different steps ({steps}); "
+                              "the ensemble cannot continue as one run: start it again")
+    for ckpt, m in zip(ckpts, members):
+        _restore_state(ckpt, m)
+    return ckpts
+
+
+def _resume_optimizer(path: Path, ckpts: list[dict[str, Any]], members: Members, optimizer: torch.optim.Optimizer,
+                      scheduler: Any, lr: float) -> None:
+    """The optimizer (stacked from the members' own states in an ensemble) and scheduler of the checkpoints; keys
+    that may change on resume (:data:`~nodex.train.resume.MAY_CHANGE`) take this config's values (``lr``).
+
+    Raises:
+        CheckpointError: the optimizer state does not fit this optimizer.
+    """
     try:
-        m.model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(members.optimizer_from_members([c["optimizer"] for c in ckpts]))
     except (RuntimeError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0][:120]
         raise CheckpointError(f"trainer.resume={path}: checkpoint does not fit this model/optimizer ({reason}); "
                               "resume with the run's own config") from None
-    if scheduler is not None and ckpt.get("scheduler"):
-        scheduler.load_state_dict(ckpt["scheduler"])
-    apply_learning_rate(optimizer, scheduler, float(m.cfg.trainer.optim.lr))
-    _restore_state(ckpt, m)
-    log.info("resumed from %s at step %d", path, m.state.step)
+    if scheduler is not None and ckpts[0].get("scheduler"):
+        scheduler.load_state_dict(ckpts[0]["scheduler"])
+    apply_learning_rate(optimizer, scheduler, lr)
+    log.info("resumed from %s at step %d", path, int(ckpts[0]["step"]))
 
 
 def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
