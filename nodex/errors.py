@@ -23,3 +23,7 @@ class CheckpointError(NodexError):
 
 class DataError(NodexError):
     """A dataset file or the data itself is unusable (names the file and what is wrong with it)."""
+
+
+class ResourceError(NodexError):
+    """The machine ran out of something the run needs: memory, or disk space for its logs."""

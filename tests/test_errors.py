@@ -199,3 +199,157 @@ def test_bad_values_are_refused_before_training(train_run, override, needle):
     assert code in (1, 2) and needle in _one_line_error(err)
     assert result is None or (result["status"] == "failed" and result["steps"] == 0)
     assert not (run_dir / "checkpoints").exists()
+
+
+# --- disk full, read-only run dir, out of memory: one line, a failed result.json, the last good checkpoint kept ---
+
+ENOSPC = OSError(28, "No space left on device")
+
+
+def _leftovers(run_dir) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp"))
+
+
+def test_disk_full_while_plotting_is_a_warning_and_the_run_still_completes(train_run, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def disk_full(self, fname, *args, **kwargs):
+        with open(fname, "wb") as fh:  # a torn file, as a full disk leaves it
+            fh.write(b"\x89PNG")
+        raise ENOSPC
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    run_dir, result, code, err = train_run("trainer.plots=true", "trainer.plot_every=10")
+    assert code == 0 and err == "", err
+    assert result["status"] == "completed" and result["error"] is None and result["steps"] == 20
+    assert result["warnings"] == [f"figures of step {s} not written ([Errno 28] No space left on device); the run is "
+                                  "unaffected" for s in (10, 20)]
+    assert _leftovers(run_dir) == [] and list((run_dir / "plots").glob("*")) == []  # no torn png either
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 20
+
+
+class _FullDisk:
+    """A ``metrics.jsonl`` whose writes fail once ``rows`` rows were written."""
+
+    def __init__(self, fh, rows: int) -> None:
+        self.fh, self.rows = fh, rows
+
+    def write(self, text: str) -> int:
+        if self.rows == 0:
+            raise ENOSPC
+        self.rows -= 1
+        return self.fh.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+def _assert_failed_keeping_step_10(run_dir, result, code, err, needle):
+    line = _one_line_error(err)
+    assert code == 1 and needle in line and "free disk space or point hydra.run.dir elsewhere" in line
+    assert result["status"] == "failed" and result["error"] == line.removeprefix("nodex: error: ")
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 10 and _leftovers(run_dir) == []
+
+
+def test_disk_full_while_writing_metrics_fails_the_run_in_one_line(train_run, monkeypatch):
+    from nodex.train import logs
+
+    real_init = logs.RunLogger.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._jsonl = _FullDisk(self._jsonl, rows=3)  # steps 5 and 10 (train, val), then the disk is full
+
+    monkeypatch.setattr(logs.RunLogger, "__init__", init)
+    run_dir, result, code, err = train_run("logger.tensorboard=false")
+    _assert_failed_keeping_step_10(run_dir, result, code, err,
+                                   f"could not write {run_dir}/metrics.jsonl at step 15 ([Errno 28] No space left")
+
+
+def test_disk_full_while_writing_tensorboard_fails_the_run_in_one_line(train_run, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    real_add, calls = SummaryWriter.add_scalar, []
+
+    def add_scalar(self, tag, value, step, *args, **kwargs):
+        calls.append(step)
+        if step >= 15:  # the writer thread's error surfaces on the next call
+            raise ENOSPC
+        return real_add(self, tag, value, step, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
+    run_dir, result, code, err = train_run("logger.tensorboard=true")
+    _assert_failed_keeping_step_10(run_dir, result, code, err,
+                                   f"could not write {run_dir}/TensorBoard events at step 15 ([Errno 28]")
+
+
+def test_a_read_only_run_dir_is_refused_before_training_in_one_line(cli, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    run_dir = tmp_path / "ro"
+    run_dir.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(run_dir)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, _, err = cli(["train", "trainer.max_steps=5", f"hydra.run.dir={run_dir}"])
+    assert code == 1 and _one_line_error(err) == (
+        f"nodex: error: cannot write into the run dir {run_dir} ([Errno 30] Read-only file system: "
+        f"'{run_dir}/.nodex.lock'): choose a writable hydra.run.dir (hydra.sweep.dir for a sweep)")
+    assert list(run_dir.iterdir()) == []  # refused before Hydra or the run wrote anything
+
+
+def test_a_result_json_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from nodex.train.results import write_json
+
+    write_json(tmp_path / "result.json", {"status": "completed"})
+    real_write = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real_write(self, text[:3])
+        raise ENOSPC
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(tmp_path / "result.json", {"status": "failed"})
+    monkeypatch.setattr(Path, "write_text", real_write)
+    assert json.loads((tmp_path / "result.json").read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_an_impossible_data_size_is_one_line_and_a_failed_result(train_run):
+    run_dir, result, code, err = train_run("data.n_train=10000000000")
+    line = _one_line_error(err)
+    assert code == 1 and line.startswith("nodex: error: data.n_train=10000000000, data.n_val=128, data.n_test=256 is "
+                                         "10,000,000,384 samples: at least 80.0 GB, more than the ")
+    assert line.endswith(" GB of memory available; lower data.n_train/n_val/n_test")
+    assert result["status"] == "failed" and result["error"] == line.removeprefix("nodex: error: ")
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_run, monkeypatch):
+    calls = {"n": 0}
+    original = tasks.Classification.terminal_loss
+
+    def allocation_fails(self, y_hat, y):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+        return original(self, y_hat, y)
+
+    monkeypatch.setattr(tasks.Classification, "terminal_loss", allocation_fails)
+    run_dir, result, code, err = train_run()
+    line = _one_line_error(err)
+    assert code == 1 and line == ("nodex: error: out of memory (an allocation of 40.0 GB failed): lower "
+                                  "data.n_train/n_val/n_test, trainer.batch_size, trainer.eval_batch_size or "
+                                  "trainer.ensemble")
+    assert result["status"] == "failed" and result["error"] == line.removeprefix("nodex: error: ")
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 10 and _leftovers(run_dir) == []

@@ -53,6 +53,14 @@ class RunLock:
             json.dump(self.owner, fh)
         return True
 
+    def _writable_create(self) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._create()
+        except OSError as exc:  # read-only, no permission, or the run dir's path is a file
+            raise RunLockedError(f"cannot write into the run dir {self.path.parent} ({exc}): choose a writable "
+                                 "hydra.run.dir (hydra.sweep.dir for a sweep)") from None
+
     def _holder(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.path.read_text())
@@ -60,9 +68,13 @@ class RunLock:
             return None  # vanished, or half-written by a process that died while writing it
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock (the first write into the run dir, so an unwritable dir is refused here, before any run).
+
+        Raises:
+            RunLockedError: a live process holds it, or the run dir cannot be written (read-only, no permission).
+        """
         for _ in range(3):
-            if self._create():
+            if self._writable_create():
                 self.held = True
                 return self
             holder = self._holder()

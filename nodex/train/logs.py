@@ -40,13 +40,26 @@ class RunLogger:
             self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        """One ``metrics.jsonl`` row and the TensorBoard scalars of ``step``.
+
+        Raises:
+            ResourceError: a log file could not be written (disk full): one line naming it.
+        """
         clean = {k: float(v) for k, v in values.items()}
         row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-        if self.writer is not None:
-            for key, value in clean.items():
-                self.writer.add_scalar(key, value, step)
+        target = self.run_dir / "metrics.jsonl"
+        try:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+            target = self.run_dir / "TensorBoard events"
+            if self.writer is not None:
+                for key, value in clean.items():
+                    self.writer.add_scalar(key, value, step)
+        except OSError as exc:
+            from nodex.errors import ResourceError
+
+            raise ResourceError(f"could not write {target} at step {step} ({exc}); free disk space or point "
+                                "hydra.run.dir elsewhere (the last checkpoint is kept)") from None
 
     def figure(self, tag: str, fig: Any, step: int) -> None:
         """Save ``fig`` as ``plots/<name>.png`` (``tag`` = ``plots/<name>``; other slashes become ``_``)
@@ -54,7 +67,16 @@ class RunLogger:
         name = tag.removeprefix("plots/").replace("/", "_")
         path = self.run_dir / "plots" / f"{name}.png"
         path.parent.mkdir(exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        tmp = path.with_name(path.name + ".tmp")  # a failed write (disk full) leaves neither a torn png nor a .tmp
+        try:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+            tmp.replace(path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            raise
         if self.writer is not None:
             self.writer.add_figure(tag, fig, step, close=True)
         else:
@@ -79,6 +101,10 @@ class RunLogger:
         self.writer.add_hparams(clean, final, run_name=".")
 
     def close(self) -> None:
-        self._jsonl.close()
-        if self.writer is not None:
-            self.writer.close()
+        """Close the files; a write that fails here (disk full) was reported by the write that failed first."""
+        for close in (self._jsonl.close, self.writer.close if self.writer is not None else None):
+            try:
+                if close is not None:
+                    close()
+            except OSError:
+                pass

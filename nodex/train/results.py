@@ -3,7 +3,8 @@ hparams), and for a seed ensemble the ``ensemble.json`` summary beside the membe
 
 ``result.json`` schema: ``status`` (completed / failed / interrupted), ``error``, ``metrics``
 (``test/...``), ``nfe_forward`` / ``nfe_backward`` (mean per step), ``params``, ``steps``,
-``wall_time_s``, ``device``, ``threads``, ``versions``, ``config`` (resolved), ``seed``, ``command``;
+``wall_time_s``, ``device``, ``threads``, ``versions``, ``config`` (resolved), ``seed``, ``command``, and
+``warnings`` (only when there are any: figures that could not be written, the status unaffected);
 an ensemble member adds ``ensemble_member`` (``index``, ``size``, ``parent``).
 """
 
@@ -22,10 +23,18 @@ from nodex.train.setup import versions
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (temp file + rename)."""
+    """Write ``payload`` atomically (temp file + rename; a failed write leaves the old file and no temp file).
+
+    Raises:
+        OSError: the file could not be written (disk full, read-only directory).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_result(seed: int, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +97,9 @@ def finish_summary(summary: dict[str, Any], members: list[Member], wall: float) 
     summary["metrics"] = {k: statistics.fmean(d[k] for d in done) for k in keys}
     summary["metrics_std"] = {k: statistics.pstdev([d[k] for d in done]) for k in keys}
     summary["member_metrics"] = [m.result["metrics"] for m in members]
+    warnings = [f"member {m.index}: {w}" for m in members for w in m.result.get("warnings", [])]
+    if warnings:
+        summary["warnings"] = warnings
     summary["steps"] = members[0].state.step if members else 0
     summary["wall_time_s"] = wall
     if members:

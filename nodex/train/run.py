@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -46,7 +46,7 @@ from nodex.train.results import (
     finish_member, finish_summary, metadata_markdown, new_result, new_summary, write_json,
 )
 from nodex.train.setup import (
-    Pipeline, build_optimizer, select_device, validate_cuda_graph, validate_trainer, versions,
+    Pipeline, build_optimizer, check_memory, out_of_memory, select_device, validate_cuda_graph, validate_trainer, versions,
 )
 from nodex.train.preemption import Preempted, StopRequest
 from nodex.train.resume import apply_learning_rate, check_resumable, resume_path
@@ -88,7 +88,10 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
         run.interrupted()
         raise
     except Exception as exc:
-        run.failed(str(exc) if isinstance(exc, NodexError) else f"{type(exc).__name__}: {exc}")
+        error = exc if isinstance(exc, NodexError) else out_of_memory(exc)
+        run.failed(str(error) if error is not None else f"{type(exc).__name__}: {exc}")
+        if error is not None and error is not exc:
+            raise error from None
         raise
     finally:
         run.finish()
@@ -118,12 +121,10 @@ class TrainRun:
         cfg = self.cfg
         K = ensemble_size(cfg)
         validate_trainer(cfg.trainer)
+        check_memory(cfg.data, K)
         device = select_device(cfg.trainer.get("device", "auto"))
         pipes = self._build_members(K, device)
-        resume = resume_path(cfg.trainer.get("resume"), self.run_dir, K)
-        ckpts = _load_resume(resume, self.members, device) if resume is not None else None
-        members = Members(self.members) if K == 1 else StackedMembers(self.members)  # stacks the resumed weights
-        settings = pipes[0].settings if K == 1 else members.model.settings
+        settings = pipes[0].settings  # a stack's too (its template is member 0)
         validate_cuda_graph(cfg, settings, device)
         data = self.members[0].data
         batch = cfg.trainer.get("batch_size") or data.train[0].shape[0]
@@ -132,6 +133,9 @@ class TrainRun:
         steps = Trainer.total_steps(cfg.trainer, data)
         for m in self.members:
             m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
+        resume = resume_path(cfg.trainer.get("resume"), self.run_dir, K)
+        ckpts = _load_resume(resume, self.members, device) if resume is not None else None
+        members = Members(self.members) if K == 1 else StackedMembers(self.members)  # stacks the resumed weights
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
         if ckpts is not None:
             _resume_optimizer(resume, ckpts, members, self.optimizer, self.scheduler, float(cfg.trainer.optim.lr))
@@ -179,7 +183,12 @@ class TrainRun:
             from nodex.viz import diagnostics
 
             def plot(step: int) -> None:
-                diagnostics(m.model, m.data, m.task, m.logger, step)
+                try:
+                    diagnostics(m.model, m.data, m.task, m.logger, step)
+                except OSError as exc:  # disk full, read-only: the figures are lost, the run goes on
+                    warning = f"figures of step {step} not written ({exc}); the run is unaffected"
+                    m.result.setdefault("warnings", []).append(warning)
+                    log.warning(warning)
 
             m.plot = plot
 
@@ -235,14 +244,14 @@ class TrainRun:
         wall = time.perf_counter() - self.started
         totals = self.trainer.totals if self.trainer is not None else {"steps": 0}
         for m in self.members:
-            finish_member(m, totals, wall)
+            _unless_disk_full(lambda: finish_member(m, totals, wall))
         if self.summary is not None:
             finish_summary(self.summary, self.members, wall)
-            write_json(self.run_dir / "ensemble.json", self.summary)
+            _unless_disk_full(lambda: write_json(self.run_dir / "ensemble.json", self.summary))
         if not self.members:
             result = new_result(int(self.cfg.seed), self.resolved)
             result.update(status=self.status, error=self.error, wall_time_s=wall)
-            write_json(self.run_dir / "result.json", result)
+            _unless_disk_full(lambda: write_json(self.run_dir / "result.json", result))
 
     def payload(self) -> dict[str, Any]:
         """The run's ``result.json`` (an ensemble's ``ensemble.json``), after logging its metrics."""
@@ -250,6 +259,15 @@ class TrainRun:
         head = "done" if self.summary is None else f"done (mean of {len(self.members)})"
         log.info("%s: %s", head, ", ".join(f"{k}={v:.4g}" for k, v in payload["metrics"].items()))
         return payload
+
+
+def _unless_disk_full(write: Callable[[], None]) -> None:
+    """``write()`` a run's record; when even that fails (disk full), say so in the log and let the error that ended
+    the run (or the run's success) be what the caller sees."""
+    try:
+        write()
+    except OSError as exc:
+        log.error("could not record the run's outcome (%s)", exc)
 
 
 def _load_resume(path: Path, members: list[Member], device: torch.device) -> list[dict[str, Any]]:

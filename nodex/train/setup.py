@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import nodex
 from nodex.config import upgrade_run_config
 from nodex.data import DataBundle, build_data
-from nodex.errors import ConfigError
+from nodex.errors import ConfigError, NodexError
 from nodex.models import DataSpec, build_model
 from nodex.models.build import horizon_length
 from nodex.ode import SolverSettings
@@ -178,3 +178,58 @@ class Pipeline:
         self.task: Task = build_task(cfg.task, self.data)
         spec = DataSpec(self.data.input_shape, self.task.n_outputs)
         self.model = build_model(cfg.model, spec, self.settings).to(self.device)
+
+
+# A lower bound on the bytes a sample takes (one float32 input value and a label, at the least): counts whose
+# bound is already over the memory available cannot be built, and are refused before anything is allocated.
+MIN_SAMPLE_BYTES = 8
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or ``None`` when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(data_cfg: DictConfig, members: int = 1) -> None:
+    """Refuse split sizes that cannot fit in memory, before any data is built.
+
+    Raises:
+        ResourceError: ``members`` × (``n_train + n_val + n_test``) samples need more than the memory available.
+    """
+    from nodex.errors import ResourceError
+
+    counts = {k: data_cfg.get(k) for k in ("n_train", "n_val", "n_test")}
+    total = members * sum(v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    available = _available_memory()
+    if available is None or total * MIN_SAMPLE_BYTES <= available:
+        return
+    given = ", ".join(f"data.{k}={v}" for k, v in counts.items() if v is not None)
+    raise ResourceError(f"{given} is {total:,} samples: at least {total * MIN_SAMPLE_BYTES / 1e9:.1f} GB, more than "
+                        f"the {available / 1e9:.1f} GB of memory available; lower data.n_train/n_val/n_test")
+
+
+def out_of_memory(exc: BaseException) -> "NodexError | None":
+    """An allocation failure (torch's CPU or CUDA allocator, ``MemoryError``) as a one-line
+    :class:`~nodex.errors.ResourceError` saying what to lower; ``None`` for any other exception."""
+    import re
+
+    from nodex.errors import ResourceError
+
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+            "can't allocate memory" in text or "out of memory" in text.lower()))):
+        return None
+    tried = re.search(r"allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", text)
+    size = ""
+    if tried:
+        scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[tried.group(2)]
+        size = f" (an allocation of {float(tried.group(1)) * scale / 1e9:.1f} GB failed)"
+    return ResourceError(f"out of memory{size}: lower data.n_train/n_val/n_test, trainer.batch_size, "
+                         "trainer.eval_batch_size or trainer.ensemble")
