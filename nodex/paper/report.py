@@ -80,7 +80,13 @@ def load_run(run_dir: Path) -> Run:
     if result_path.exists():
         try:
             result = json.loads(result_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            shape = {"status": str, "metrics": dict, "config": dict}
+            wrong = ["not a JSON object"] if not isinstance(result, dict) else [
+                f"'{k}' missing or not a {t.__name__}" for k, t in shape.items() if not isinstance(result.get(k), t)]
+            if wrong:
+                raise ValueError(f"not a nodex result.json ({', '.join(wrong)})")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            print(f"nodex: warning: {result_path}: {str(exc).splitlines()[0]}; reported as unreadable", file=sys.stderr)
             result = {"status": "unreadable", "error": f"result.json unreadable: {exc}",
                       "config": _read_yaml(hydra_dir / "config.yaml") or {}}
     else:
@@ -399,7 +405,13 @@ def report_main(argv: list[str]) -> int:
             return 2
     text = render(runs, by, metrics, args.format, paper=not args.no_paper)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # -o into a folder that does not exist yet
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            print(f"nodex: error: cannot write -o {args.output} ({exc.strerror or exc}); choose another path",
+                  file=sys.stderr)
+            return 1
         print(f"wrote {args.output} ({len(runs)} runs)")
     else:
         sys.stdout.write(text)
