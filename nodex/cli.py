@@ -11,8 +11,18 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable
+
+
+def _interrupted_while_starting(signum: int, frame: Any) -> None:
+    print("nodex: error: interrupted while starting; nothing was run", file=sys.stderr)
+    raise SystemExit(130)
+
+
+if os.path.basename(sys.argv[0]) == "nodex":  # the console script: Ctrl-C while it imports is one line too
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 from omegaconf import DictConfig
 
@@ -147,8 +157,11 @@ def eval_job(cfg: DictConfig) -> None:
     except NodexError as exc:
         raise SystemExit(_exit_with(str(exc))) from None
     except Exception as exc:  # not raised by nodex: one line here, the traceback in eval.log
+        from nodex.train.setup import out_of_memory
+
         _log_traceback(hc.runtime.output_dir)
-        raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
+        error = out_of_memory(exc)
+        raise SystemExit(_exit_with(str(error) if error else f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
 
@@ -444,8 +457,17 @@ def _completion(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``nodex`` console script; returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``nodex`` console script; returns the process exit code (130 after Ctrl-C)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a run handles Ctrl-C itself (saves, exits 130)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # before a run could handle it: imports, composing the config
+        _report("interrupted before the run started; nothing to resume")
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] in (["-sc"], ["--shell-completion"]) and any(a.startswith("query=") for a in argv):
         return _completion(argv)
     if not argv or argv[0] in ("-h", "--help"):

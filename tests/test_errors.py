@@ -353,3 +353,82 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
                                   "trainer.ensemble")
     assert result["status"] == "failed" and result["error"] == line.removeprefix("nodex: error: ")
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 10 and _leftovers(run_dir) == []
+
+
+# --- nodex eval: bad values, devices and broken run configs are one line ---
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.n_test=abc", "data.n_test='abc' is not an integer: give data.n_test a number of samples"),
+    ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 must be a positive integer or null (a split at once)"),
+    ("trainer.device=cuda", "nodex eval picks its device with device=...: use device=cuda"),
+    ("split=bogus", "split='bogus'; choose one of: train, val, test"),
+])
+def test_eval_bad_values_are_one_line(cli, tmp_path, good_run, override, expected):
+    code, _, err = cli(["eval", f"ckpt={good_run}", override, f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 1 and _one_line_error(err) == f"nodex: error: {expected}"
+
+
+def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where CI has a GPU
+    code, _, err = cli(["eval", f"ckpt={good_run}", "device=cuda", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 1 and _one_line_error(err) == ("nodex: error: device=cuda but CUDA is not available here: use "
+                                                  "device=auto or cpu")
+
+
+def test_eval_of_an_impossible_test_split_is_one_line(cli, tmp_path, good_run):
+    code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=1000000000000", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 1 and "data.n_test=1000000000000 is 1,000,000,000,256 samples: at least 8000.0 GB" in \
+        _one_line_error(err)
+
+
+def test_eval_of_a_checkpoint_whose_config_is_broken_is_one_line(cli, tmp_path, good_run):
+    from nodex.train.checkpoint import save_checkpoint
+
+    broken = tmp_path / "broken.pt"
+    save_checkpoint({**load_checkpoint(good_run / "checkpoints" / "last.pt"), "config": {"model": "x"}}, broken)
+    code, _, err = cli(["eval", f"ckpt={broken}", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 1 and _one_line_error(err) == (
+        f"nodex: error: '{broken}' holds a run config that builds no model (ConfigAttributeError: Missing key "
+        "trainer); evaluate a checkpoint written by nodex train")
+
+
+def test_a_non_integer_sample_count_is_refused_before_training(train_run):
+    run_dir, result, code, err = train_run("data.n_train=abc")
+    assert code == 1 and _one_line_error(err) == ("nodex: error: data.n_train='abc' is not an integer: give "
+                                                  "data.n_train a number of samples")
+    assert result["status"] == "failed" and not (run_dir / "checkpoints").exists()
+
+
+def test_ctrl_c_before_the_run_starts_is_one_line(cli, tmp_path, monkeypatch):
+    import nodex.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nodex.cli, "check_overrides", interrupted)  # while the command line is being checked
+    code, _, err = cli(["train", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert code == 130 and _one_line_error(err) == "nodex: error: interrupted before the run started; nothing to resume"
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(train_run, monkeypatch):
+    from nodex.train import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "fit", interrupted)
+    run_dir, result, code, err = train_run()
+    assert code == 130 and _one_line_error(err) == "nodex: error: interrupted before the first checkpoint; nothing to resume"
+    assert result["status"] == "interrupted"
+    assert result["error"] == "interrupted at step 0, before the first checkpoint; nothing to resume"
+
+
+def test_the_console_script_turns_ctrl_c_while_importing_into_one_line():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv[0] = '/usr/bin/nodex'; import signal, nodex.cli; "
+            "print(signal.getsignal(signal.SIGINT).__name__); signal.raise_signal(signal.SIGINT)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "_interrupted_while_starting" and proc.returncode == 130
+    assert proc.stderr.strip() == "nodex: error: interrupted while starting; nothing was run"

@@ -46,7 +46,7 @@ from nodex.train.results import (
     finish_member, finish_summary, metadata_markdown, new_result, new_summary, write_json,
 )
 from nodex.train.setup import (
-    Pipeline, build_optimizer, check_memory, out_of_memory, select_device, validate_cuda_graph, validate_trainer, versions,
+    Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer, versions,
 )
 from nodex.train.preemption import Preempted, StopRequest
 from nodex.train.resume import apply_learning_rate, check_resumable, resume_path
@@ -121,7 +121,7 @@ class TrainRun:
         cfg = self.cfg
         K = ensemble_size(cfg)
         validate_trainer(cfg.trainer)
-        check_memory(cfg.data, K)
+        check_data_size(cfg.data, K)
         device = select_device(cfg.trainer.get("device", "auto"))
         pipes = self._build_members(K, device)
         settings = pipes[0].settings  # a stack's too (its template is member 0)
@@ -222,7 +222,10 @@ class TrainRun:
             m.result["status"] = "interrupted"
             if self.summary is None:
                 last = m.run_dir / "checkpoints" / "last.pt"
-                m.result["error"] = reason or f"interrupted at step {step}; resume with trainer.resume={last}"
+                m.result["error"] = reason or (f"interrupted at step {step}; resume with trainer.resume={last}"
+                                               if last.is_file() else
+                                               f"interrupted at step {step}, before the first checkpoint; "
+                                               "nothing to resume")
             else:
                 m.result["error"] = f"interrupted at step {step} (ensemble {self.run_dir})"
         if self.summary is not None:
@@ -334,25 +337,49 @@ def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
         m.data.sampler.set_state(rng["fresh"])
 
 
+def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pipeline:
+    """What the checkpoint's run config (with the command line's overrides) builds, its values checked first.
+
+    Raises:
+        ConfigError: a bad override (``data.n_test=abc``, ``trainer.eval_batch_size=0``, ``trainer.device``).
+        CheckpointError: a run config that builds nothing (keys missing or of the wrong kind).
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        size = run_cfg.trainer.get("eval_batch_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise ConfigError(f"trainer.eval_batch_size={size!r} must be a positive integer or null (a split at once)")
+        check_data_size(run_cfg.data)
+        return Pipeline(run_cfg, device)
+    except (OmegaConfBaseException, KeyError, AttributeError, TypeError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        raise CheckpointError(f"{str(path)!r} holds a run config that builds no model ({reason}); evaluate a "
+                              "checkpoint written by nodex train") from None
+
+
 def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Rebuild the model from a checkpoint's run config (with ``overrides`` applied, e.g.
     ``{"data.n_test": 5000}``), evaluate ``cfg.split`` and write ``eval.json`` to ``run_dir``.
 
     Raises:
-        CheckpointError: missing/corrupt checkpoint, or a run directory without a config.
+        CheckpointError: missing/corrupt checkpoint, or a run directory without a (usable) config.
+        ConfigError: a bad override value, split or device.
     """
     path = resolve_checkpoint(cfg.ckpt, cfg.get("which", "last"))
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(path)!r} holds no run config; evaluate a checkpoint written by nodex train")
     run_cfg = OmegaConf.create(upgrade_run_config(ckpt["config"]))
+    if "trainer.device" in overrides:  # the run's training device; nodex eval has its own key
+        raise ConfigError(f"nodex eval picks its device with device=...: use device={overrides['trainer.device']}")
     for key, value in overrides.items():
         if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
             saved = path.parent.parent / ".hydra" / "config.yaml"
             raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {saved})")
         OmegaConf.update(run_cfg, key, value)
-    device = select_device(cfg.get("device", "auto"))
-    pipe = Pipeline(run_cfg, device)
+    device = select_device(cfg.get("device", "auto"), key="device")
+    pipe = _eval_pipeline(path, run_cfg, device)
     try:
         pipe.model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

@@ -37,16 +37,18 @@ def versions() -> dict[str, str]:
     }
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU."""
+def select_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU; ``key``: the setting's name in messages (``nodex eval``'s is
+    ``device``)."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but CUDA is not available here: use trainer.device=auto or cpu")
+        raise ConfigError(f"{key}={name} but CUDA is not available here: use {key}=auto or cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def set_tf32(enabled: bool) -> None:
@@ -197,15 +199,19 @@ def _available_memory() -> int | None:
     return None
 
 
-def check_memory(data_cfg: DictConfig, members: int = 1) -> None:
-    """Refuse split sizes that cannot fit in memory, before any data is built.
+def check_data_size(data_cfg: DictConfig, members: int = 1) -> None:
+    """Refuse split sizes that are not whole numbers, or cannot fit in memory, before any data is built.
 
     Raises:
+        ConfigError: ``data.n_train/n_val/n_test`` is not an integer (or null).
         ResourceError: ``members`` × (``n_train + n_val + n_test``) samples need more than the memory available.
     """
     from nodex.errors import ResourceError
 
     counts = {k: data_cfg.get(k) for k in ("n_train", "n_val", "n_test")}
+    for key, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"data.{key}={value!r} is not an integer: give data.{key} a number of samples")
     total = members * sum(v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool) and v > 0)
     available = _available_memory()
     if available is None or total * MIN_SAMPLE_BYTES <= available:
