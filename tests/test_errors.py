@@ -342,7 +342,8 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
         calls["n"] += 1
         if calls["n"] == 13:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                               "memory: you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+                               "memory: you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate "
+                               "memory)")
         return original(self, y_hat, y)
 
     monkeypatch.setattr(tasks.Classification, "terminal_loss", allocation_fails)
@@ -418,7 +419,8 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(trai
 
     monkeypatch.setattr(loop.Trainer, "fit", interrupted)
     run_dir, result, code, err = train_run()
-    assert code == 130 and _one_line_error(err) == "nodex: error: interrupted before the first checkpoint; nothing to resume"
+    line = _one_line_error(err)
+    assert code == 130 and line == "nodex: error: interrupted before the first checkpoint; nothing to resume"
     assert result["status"] == "interrupted"
     assert result["error"] == "interrupted at step 0, before the first checkpoint; nothing to resume"
 

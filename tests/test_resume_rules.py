@@ -64,7 +64,8 @@ def test_resume_auto_finds_an_ensembles_member_checkpoints(tmp_path):
     assert resume_path("auto", tmp_path, size=2) is None
     (tmp_path / "member-0" / "checkpoints").mkdir(parents=True)
     (tmp_path / "member-0" / "checkpoints" / "last.pt").write_bytes(b"")
-    assert resume_path("auto", tmp_path, size=2) == tmp_path and resume_path("elsewhere", tmp_path, 2).name == "elsewhere"
+    assert resume_path("auto", tmp_path, size=2) == tmp_path
+    assert resume_path("elsewhere", tmp_path, 2).name == "elsewhere"
 
 
 def test_member_optimizer_states_stack_back_into_the_trained_optimizers_state():

@@ -46,7 +46,8 @@ from nodex.train.results import (
     finish_member, finish_summary, metadata_markdown, new_result, new_summary, write_json,
 )
 from nodex.train.setup import (
-    Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer, versions,
+    Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
+    versions,
 )
 from nodex.train.preemption import Preempted, StopRequest
 from nodex.train.resume import apply_learning_rate, check_resumable, resume_path
