@@ -176,9 +176,9 @@ def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: li
         while len(seen) < len(INTERRUPTS) and time.time() < deadline:
             for job_dir in sweep.glob("*/.hydra/config.yaml"):
                 job_dir = job_dir.parent.parent
-                how = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())["experiment_name"]
-                if how in seen or _last_step(job_dir) < min_step:
-                    continue
+                how = (yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}).get("experiment_name")
+                if how is None or how in seen or _last_step(job_dir) < min_step:
+                    continue  # (a config.yaml being written reads as empty)
                 job = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"]
                 subprocess.run(INTERRUPTS[how](job), check=True, capture_output=True, timeout=30)
                 seen[how] = {"job": job, "dir": job_dir, "at": _last_step(job_dir)}
