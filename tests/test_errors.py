@@ -434,3 +434,13 @@ def test_the_console_script_turns_ctrl_c_while_importing_into_one_line():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "_interrupted_while_starting" and proc.returncode == 130
     assert proc.stderr.strip() == "nodex: error: interrupted while starting; nothing was run"
+
+
+def test_allocation_failures_of_every_kind_read_as_out_of_memory():
+    from nodex.train.setup import out_of_memory
+
+    cuda = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)")
+    assert str(out_of_memory(cuda)).startswith("out of memory (an allocation of 2.1 GB failed): lower data.n_train")
+    assert str(out_of_memory(MemoryError())).startswith("out of memory: lower data.n_train/n_val/n_test")
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert out_of_memory(ValueError("out of memory")) is None  # only what allocators raise
