@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nodex.errors import ConfigError
 from nodex.models import DataSpec, NeuralODE, build_model, count_parameters
 from nodex.models.fields import MLPField
 from nodex.models.stacked import StackedLinear, stacked_boundaries
@@ -115,8 +114,8 @@ def test_custom_boundaries():
         ({"widths": [0.5]}, "depth_options.widths is not a stacked option"),
     ],
 )
-def test_bad_options_raise_config_errors(options, needle):
-    with pytest.raises(ConfigError) as err:
+def test_bad_options_raise_value_errors_about_the_layer_argument(options, needle):
+    with pytest.raises(ValueError) as err:
         stacked_boundaries(options, 1.0)
     assert needle in str(err.value)
 
