@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 
 from nodex.config import compose, config_error_line, upgrade_run_config
 from nodex.errors import ConfigError
-from nodex.models.build import horizon_length
+from nodex.models.build import DataSpec, build_model, horizon_length
+from nodex.ode import SolverSettings
 from nodex.train.setup import solver_settings
 
 
@@ -55,7 +56,9 @@ def test_solver_S_moved_to_the_model_horizon(override):
 def test_the_horizon_is_a_model_slot():
     cfg = compose(["model.horizon.S=2.5"])
     assert "S" not in cfg.solver and cfg.model.horizon.kind == "fixed"
-    assert horizon_length(cfg.model) == 2.5 and solver_settings(cfg.solver, cfg.model).S == 2.5
+    assert horizon_length(cfg.model) == 2.5 and "S" not in SolverSettings.__dataclass_fields__  # solver things only
+    model = build_model(cfg.model, DataSpec((2,), 2), solver_settings(cfg.solver, cfg.model))
+    assert model.S == 2.5 and model.span.tolist() == [0.0, 2.5]
     tracking = compose(["experiment=galerkin_tracking", "model.horizon.S=3.0"])
     assert tracking.task.S == 3.0
     learned = compose(["model=adaptive_depth"])

@@ -39,7 +39,7 @@ def test_pieces_are_independent_and_counted():
 
 def test_the_model_hands_the_breakpoints_to_the_solver(compose_cfg):
     cfg = compose_cfg(["model=stacked", "model.field.depth_options.pieces=4", "model.horizon.S=2.0"])
-    model = build_model(cfg.model, DataSpec((2,), 2), SolverSettings(S=2.0))
+    model = build_model(cfg.model, DataSpec((2,), 2), SolverSettings())  # S = 2 from model.horizon.S
     assert model.jump_t.tolist() == pytest.approx([0.5, 1.0, 1.5])
 
 

@@ -103,19 +103,20 @@ def build_neural_ode(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) 
     control, control_shape = None, None
     if (node := _slot(cfg, "control")) is not None:
         control, control_shape = CONTROLS.get(node.kind)(node, spec.input_shape, state_shape)
-    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, control_shape, settings.S)
+    S = horizon_length(cfg)
+    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, control_shape, S)
     if int(cfg.get("order", 1)) > 1:
         field = HigherOrderField(field, int(cfg.order))
     readout = READOUTS.get(cfg.readout.kind)(cfg.readout, state_shape, spec.n_outputs)
     horizon = None
     if (node := _slot(cfg, "horizon")) is not None and node.kind != "fixed":
-        horizon = HORIZONS.get(node.kind)(node, spec.input_shape, settings.S)
+        horizon = HORIZONS.get(node.kind)(node, spec.input_shape, S)
     integral = None
     if (node := _slot(cfg, "integral_loss")) is not None:
-        integral = INTEGRAL_LOSSES.get(node.kind)(node, state_shape, settings.S)
+        integral = INTEGRAL_LOSSES.get(node.kind)(node, state_shape, S)
     return NeuralODE(
         input_layer, field, readout, settings,
-        control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None,
+        control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None, S=S,
     )
 
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nodex.errors import ConfigError
-from nodex.models.build import MODELS, DataSpec
+from nodex.models.build import MODELS, DataSpec, horizon_length
 from nodex.models.control import ConditionControl
 from nodex.models.fields import FIELDS
 from nodex.models.neural_ode import ModelOutput
@@ -132,12 +132,13 @@ class CNF(nn.Module):
     Args:
         field: ``f(s, z, u)``: ``(B, d) -> (B, d)``.
         priors: one Gaussian prior per condition (one for an unconditional flow).
-        settings: solver settings; the flow runs over ``[0, settings.S]``.
+        settings: solver settings (method, tolerances, sensitivity).
         dim: data dimension ``d``.
         n_conditions: ``K`` (0: unconditional; the input is then ``(B, d)``).
         control: ``u(x, z0)`` (e.g. the one-hot condition), or ``None``.
         trace, eval_trace: ``exact`` | ``hutchinson`` in training / in eval mode.
         noise: Hutchinson noise, ``rademacher`` | ``gaussian``.
+        S: the horizon: the flow runs over ``[0, S]``.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class CNF(nn.Module):
         trace: str = "exact",
         eval_trace: str = "exact",
         noise: str = "rademacher",
+        S: float = 1.0,
     ) -> None:
         super().__init__()
         self.field = field
@@ -162,7 +164,8 @@ class CNF(nn.Module):
         self.control = control
         self.trace, self.eval_trace, self.noise = trace, eval_trace, noise
         self.nfe = NFECounter()
-        self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
+        self.S = float(S)
+        self.register_buffer("span", torch.tensor([0.0, self.S]), persistent=False)
 
     def figure_traits(self) -> frozenset[str]:
         """A density model, for :mod:`nodex.viz` (``nodex.viz.protocol.TRAITS``)."""
@@ -274,10 +277,11 @@ def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
         if node.get("n") is not None and node.n != n_cond:
             raise ConfigError(f"model.control.n={node.n} differs from model.conditions={n_cond}")
         control, control_shape = ConditionControl(n_cond), (n_cond,)
-    field = FIELDS.get(cfg.field.kind)(cfg.field, (dim,), (dim,), control_shape, settings.S)
+    S = horizon_length(cfg)
+    field = FIELDS.get(cfg.field.kind)(cfg.field, (dim,), (dim,), control_shape, S)
     priors = _priors(cfg.get("prior"), dim, max(1, n_cond))
     return CNF(
         field, priors, settings, dim=dim, n_conditions=n_cond, control=control,
         trace=_choice(cfg, "trace", "exact", TRACES), eval_trace=_choice(cfg, "eval_trace", "exact", TRACES),
-        noise=_choice(cfg, "noise", "rademacher", NOISES),
+        noise=_choice(cfg, "noise", "rademacher", NOISES), S=S,
     )

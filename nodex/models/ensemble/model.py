@@ -138,7 +138,7 @@ class EnsembleNeuralODE(nn.Module):
         # Held in lists so they stay unregistered: their own tensors are never used.
         self._template = [template]
         self._bounds = [BoundDynamics(template.field, None, template.integral_loss, None)]
-        self.settings = template.settings
+        self.settings, self.S = template.settings, template.S
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
