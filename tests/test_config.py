@@ -29,6 +29,41 @@ def test_type_errors_raise_at_compose_time_as_one_line(override, line):
     assert config_error_line(err.value).startswith(line)
 
 
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        (["data.n_train=abc"], "data.n_train='abc' is not an integer: give data.n_train an integer"),
+        (["data.resample=maybe"], "data.resample='maybe' is not true or false: give data.resample true or false"),
+        (["data=mnist", "data.flatten=sure"], "data.flatten='sure' is not true or false: give data.flatten true or false"),
+        (["model.field.hidden=abc"], "model.field.hidden='abc' is not a list: give model.field.hidden a list"),
+        (["model.field.hidden=[8,x]"], "model.field.hidden[1]='x' is not an integer: give model.field.hidden[1] an integer"),
+        (["model.order=1.5"], "model.order=1.5 is not an integer: give model.order an integer"),
+        (["model.horizon.S=far"], "model.horizon.S='far' is not a number: give model.horizon.S a number"),
+        (["model=cnf", "model.conditions=two"], "model.conditions='two' is not an integer: give model.conditions an integer"),
+        (["task.terminal_weight=x"], "task.terminal_weight='x' is not a number: give task.terminal_weight a number"),
+        (["experiment=galerkin_tracking", "task.points_per_unit=many"],
+         "task.points_per_unit='many' is not an integer: give task.points_per_unit an integer"),
+    ],
+)
+def test_model_data_and_task_keys_are_typed_at_compose_time(overrides, line):
+    with pytest.raises(Exception) as err:
+        compose(overrides)
+    assert config_error_line(err.value) == line
+
+
+def test_open_schemas_add_no_keys_and_still_refuse_unknown_ones():
+    from nodex.cli import one_line
+
+    images, toy = compose(["data=cifar10"]).data, compose(["data=rings"]).data
+    assert "resample" not in images and "params" not in images and "flatten" not in toy  # each preset's own keys
+    assert "order" not in compose(["model=cnf"]).model and "trace" not in compose(["model=vanilla"]).model
+    for override in ("data.nosie=0.1", "model.field.hiddn=[8]", "task.eval_horizon=2"):
+        with pytest.raises(Exception) as err:
+            compose([override])
+        assert one_line(err.value).startswith(f"unknown config key '{override.split('=')[0]}'")
+    assert compose(["+model.field.out_bias=1.0"]).model.field.out_bias == 1.0  # + still adds a preset's extra key
+
+
 def test_an_unknown_key_in_a_typed_group_names_the_key():
     with pytest.raises(Exception) as err:
         compose(["trainer.lrr=0.1"])

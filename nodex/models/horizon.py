@@ -30,7 +30,7 @@ from torch import nn
 
 from nodex.errors import ConfigError
 from nodex.models.build import HORIZONS
-from nodex.models.layers import ACTIVATIONS
+from nodex.models.layers import ACTIVATIONS, make_activation
 
 
 class LearnedHorizon(nn.Module):
@@ -51,7 +51,7 @@ class LearnedHorizon(nn.Module):
         for i in range(len(widths) - 1):
             layers.append(nn.Linear(widths[i], widths[i + 1]))
             if i < len(widths) - 2:
-                layers.append(ACTIVATIONS[activation]())
+                layers.append(make_activation(activation))
         self.net = nn.Sequential(*layers)
         self.s_min, self.s_max = float(s_min), float(s_max)
         last = layers[-1]
