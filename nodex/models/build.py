@@ -10,7 +10,8 @@ Slots and their registries (each maps ``kind`` -> builder):
 - ``model.readout.kind``     :data:`~nodex.models.readouts.READOUTS`
 - ``model.horizon``          ``kind: fixed`` integrates over ``[0, S]`` (``model.horizon.S``); any other kind is
                              :data:`HORIZONS` ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
-- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)`` (f = the field's value)
+- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)``
+                             (f = the field's value)
 
 A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
 the plain model. Fields may expose ``breakpoints`` (depths where θ(s) jumps) on any
@@ -88,7 +89,8 @@ def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
         raise ConfigError(f"model.order={order} must be >= 1")
     if state_shape[0] % order:
         raise ConfigError(
-            f"model.order={order} splits the state into {order} equal blocks, but the state has {state_shape[0]} channels; "
+            f"model.order={order} splits the state into {order} equal blocks, but the state has {state_shape[0]} "
+            "channels; "
             f"make the state width a multiple of {order} (e.g. via model.input_layer)"
         )
     return (state_shape[0] // order, *state_shape[1:])

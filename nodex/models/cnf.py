@@ -194,7 +194,8 @@ class CNF(nn.Module):
         dyn = CNFDynamics(self.field, u, trace, eps)
         params = (*dyn.parameters(), *([u] if u is not None and u.requires_grad else []))
         delta0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
-        zs, deltas = odesolve(dyn, (z0, delta0), self.span.to(z0.dtype), self.settings, counter=self.nfe, adjoint_params=params)
+        span = self.span.to(z0.dtype)
+        zs, deltas = odesolve(dyn, (z0, delta0), span, self.settings, counter=self.nfe, adjoint_params=params)
         z_S, delta = zs[-1], deltas[-1]
         logp = self.priors.log_prob(z_S, k) - delta
         return ModelOutput(logp[:, None], z_S, None, {})
@@ -233,14 +234,19 @@ def _priors(cfg: DictConfig | None, dim: int, n_priors: int) -> GaussianPriors:
         raise ConfigError(f"model.prior.kind={cfg.kind!r} is unknown; choose one of: gaussian")
     rows = [[0.0] * dim] if cfg.get("means") is None else OmegaConf.to_container(cfg.means)
     if not (isinstance(rows, list) and rows and all(isinstance(r, list) and len(r) == dim for r in rows)):
-        raise ConfigError(f"model.prior.means={rows} must be a list of {dim}-D points (one per condition, or one shared)")
+        raise ConfigError(
+            f"model.prior.means={rows} must be a list of {dim}-D points (one per condition, or one shared)"
+        )
     stds = [1.0] if cfg.get("stds") is None else [float(v) for v in cfg.stds]
     if len(rows) == 1:
         rows = rows * n_priors
     if len(stds) == 1:
         stds = stds * n_priors
     if len(rows) != n_priors or len(stds) != n_priors:
-        raise ConfigError(f"model.prior has {len(rows)} means and {len(stds)} stds but the model has {n_priors} condition(s): give one (shared) or {n_priors}")
+        raise ConfigError(
+            f"model.prior has {len(rows)} means and {len(stds)} stds but the model has {n_priors} condition(s): give "
+            f"one (shared) or {n_priors}"
+        )
     if min(stds) <= 0:
         raise ConfigError(f"model.prior.stds={stds} must be positive")
     return GaussianPriors(torch.tensor(rows, dtype=torch.float32), torch.tensor(stds, dtype=torch.float32))
@@ -258,7 +264,10 @@ def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
     """CNF from ``cfg`` (the ``model`` group): ``field``, ``prior``, ``conditions``,
     ``control``, ``trace``, ``eval_trace``, ``noise``."""
     if spec.n_outputs != 1:
-        raise ConfigError(f"model.kind=cnf outputs one log-likelihood per sample but the task wants {spec.n_outputs} outputs: use task=density")
+        raise ConfigError(
+            f"model.kind=cnf outputs one log-likelihood per sample but the task wants {spec.n_outputs} outputs: use "
+            "task=density"
+        )
     if len(spec.input_shape) != 1:
         raise ConfigError(f"model.kind=cnf needs flat inputs (B, d), got input shape {tuple(spec.input_shape)}")
     n_cond = cfg.get("conditions", 0) or 0
@@ -266,14 +275,22 @@ def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
         raise ConfigError(f"model.conditions={n_cond!r} must be 0 (unconditional) or the number of conditions")
     dim = spec.input_shape[0] - (1 if n_cond else 0)
     if dim < 1:
-        raise ConfigError(f"model.conditions={n_cond} expects inputs (B, d + 1) with the condition last, got width {spec.input_shape[0]}")
+        raise ConfigError(
+            f"model.conditions={n_cond} expects inputs (B, d + 1) with the condition last, got width "
+            f"{spec.input_shape[0]}"
+        )
     control, control_shape = None, None
     node = cfg.get("control")
     if node is not None and node.get("kind", "none") != "none":
         if node.kind != "condition":
-            raise ConfigError(f"model.control.kind={node.kind!r} cannot steer a CNF (a field that depends on the data point breaks the change of variables): use control.kind=condition or none")
+            raise ConfigError(
+                f"model.control.kind={node.kind!r} cannot steer a CNF (a field that depends on the data point breaks "
+                "the change of variables): use control.kind=condition or none"
+            )
         if not n_cond:
-            raise ConfigError("model.control.kind=condition needs model.conditions > 0 and a dataset with a condition column")
+            raise ConfigError(
+                "model.control.kind=condition needs model.conditions > 0 and a dataset with a condition column"
+            )
         if node.get("n") is not None and node.n != n_cond:
             raise ConfigError(f"model.control.n={node.n} differs from model.conditions={n_cond}")
         control, control_shape = ConditionControl(n_cond), (n_cond,)
