@@ -252,8 +252,8 @@ def load_mnist(cfg: DictConfig, seed: int) -> DataBundle:
         files = _find_mnist(root)
     if files is None:
         raise ConfigError(
-            f"data.name=mnist: no MNIST files under data.root={root} (need {', '.join(MNIST_FILES.values())}, raw or "
-            f".gz, in {root / 'MNIST' / 'raw'}); "
+            f"data.name=mnist: no MNIST files under data.root={root} "
+            f"(need {', '.join(MNIST_FILES.values())}, raw or .gz, in {root / 'MNIST' / 'raw'}); "
             "copy torchvision's MNIST folder there or set data.download=true"
         )
 
@@ -298,8 +298,8 @@ def load_cifar10(cfg: DictConfig, seed: int) -> DataBundle:
         folder = _find_cifar(root)
     if folder is None:
         raise ConfigError(
-            f"data.name=cifar10: no CIFAR-10 batches under data.root={root} (need {root / CIFAR_DIR}/data_batch_1..5 "
-            "and test_batch); "
+            f"data.name=cifar10: no CIFAR-10 batches under data.root={root} "
+            f"(need {root / CIFAR_DIR}/data_batch_1..5 and test_batch); "
             "unpack cifar-10-python.tar.gz there or set data.download=true"
         )
     parts = [read_cifar_batch(folder / name) for name in CIFAR_TRAIN]

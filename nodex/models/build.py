@@ -90,8 +90,7 @@ def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
     if state_shape[0] % order:
         raise ConfigError(
             f"model.order={order} splits the state into {order} equal blocks, but the state has {state_shape[0]} "
-            "channels; "
-            f"make the state width a multiple of {order} (e.g. via model.input_layer)"
+            f"channels; make the state width a multiple of {order} (e.g. via model.input_layer)"
         )
     return (state_shape[0] // order, *state_shape[1:])
 

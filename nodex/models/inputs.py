@@ -113,9 +113,8 @@ def _order_init(cfg: DictConfig, module: nn.Module, shape: tuple[int, ...]) -> t
     order = int(cfg.get("order", 1))
     if order < 2:
         raise ConfigError(
-            f"model.input_layer.order_init={mode} places h_x(x) in one block of a higher-order state, but "
-            f"model.order={order}; "
-            "set model.order>=2 (and input_layer.order: ${..order}) or order_init=state"
+            f"model.input_layer.order_init={mode} places h_x(x) in one block of a higher-order state, "
+            f"but model.order={order}; set model.order>=2 (and input_layer.order: ${{..order}}) or order_init=state"
         )
     block = 0 if mode == "position" else 1
     return BlockInit(module, order, block), (shape[0] * order, *shape[1:])
