@@ -7,19 +7,26 @@ The schemas below are registered in Hydra's ConfigStore as ``<group>/schema`` (a
 level); each group's YAML starts from its schema (``defaults: [schema, _self_]``), so a value of the wrong type
 (``solver.rtol=abc``, ``seed=abc``, ``trainer.max_steps=1.5``) fails when the config is composed, and the schema is
 the one place for a default. Ranges and combinations (``rtol > 0``, ...) are checked where the values are used.
-Model, data and task presets vary by kind (an MLP field has ``hidden``, a conv field ``channels``; rings has
-``params``, CIFAR ``root``): their keys stay open, checked by the builders that read them.
+
+Model, data and task presets vary by kind (an MLP field has ``activation``, a conv field ``norm_in``; rings has
+``params``, CIFAR ``root``), so their schemas are *open* (:func:`open_schema`): a group's schema types the keys
+that every preset of the group (or of one kind: ``schema_toy``, ``schema_images``, ``schema_neural_ode``,
+``schema_cnf``, ``schema_tracking``) has, with no default of its own (each preset sets them), and lets the
+preset bring its other keys. An override of a key that no preset has is still refused (Hydra's struct mode), a
+typed key of the wrong type fails at compose time (``data.n_train=abc``), and the kind-specific keys are checked by
+the builders that read them.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -101,6 +108,121 @@ class TrainSchema:
     monitor: Optional[str] = None
 
 
+# Open schemas (see the module docstring): every key here is one that each preset of the group (or kind) sets.
+
+
+@dataclass
+class DataSchema:
+    """``data``: the keys of every dataset preset."""
+
+    name: str = MISSING
+    n_train: Optional[int] = None  # null: every sample not in val/test
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+
+
+@dataclass
+class ToyDataSchema(DataSchema):
+    """``data`` of the generated toy sets (rings, spirals, ...); their ``params`` vary by set."""
+
+    resample: bool = False  # a fresh training batch every step
+
+
+@dataclass
+class ImageDataSchema(DataSchema):
+    """``data`` of the image sets (digits, MNIST, CIFAR-10)."""
+
+    mean: Optional[List[float]] = None  # per-channel normalisation; null: none
+    std: Optional[List[float]] = None
+    flatten: bool = False  # (C·H·W,) vectors for MLP fields
+
+
+@dataclass
+class FieldSchema:
+    kind: str = MISSING  # mlp | conv | linear_control
+    hidden: List[int] = MISSING
+
+
+@dataclass
+class HorizonSchema:
+    kind: str = MISSING  # fixed | learned
+    S: float = MISSING
+
+
+@dataclass
+class SlotSchema:
+    kind: str = MISSING
+
+
+@dataclass
+class ModelSchema:
+    """``model``: the keys of every model preset (the slots' other keys depend on their ``kind``)."""
+
+    name: str = MISSING
+    field: FieldSchema = dataclasses.field(default_factory=FieldSchema)  # (``field`` names the slot here)
+    horizon: HorizonSchema = dataclasses.field(default_factory=HorizonSchema)
+
+
+@dataclass
+class NeuralODEModelSchema(ModelSchema):
+    input_layer: SlotSchema = dataclasses.field(default_factory=SlotSchema)
+    readout: SlotSchema = dataclasses.field(default_factory=SlotSchema)
+    order: int = 1
+
+
+@dataclass
+class CNFModelSchema(ModelSchema):
+    kind: str = "cnf"
+    conditions: int = 0
+    trace: str = "exact"
+    eval_trace: str = "exact"
+    noise: str = "rademacher"
+
+
+@dataclass
+class TaskSchema:
+    """``task``: the keys of every task preset."""
+
+    kind: str = MISSING
+    terminal_weight: float = 1.0
+
+
+@dataclass
+class TrackingTaskSchema(TaskSchema):
+    S: float = MISSING  # ${model.horizon.S}
+    coords: Optional[List[int]] = None
+    eval_horizon: float = 5.0
+    points_per_unit: int = 100
+
+
+def open_schema(schema: type) -> DictConfig:
+    """``schema``'s keys as typed nodes in a plain (not structured) ``DictConfig``.
+
+    A structured config refuses keys it does not list, which a group whose keys vary by kind cannot have; this
+    node keeps the listed keys' types (a wrong type fails when the config is composed) and takes the preset's
+    other keys. Once composed, Hydra's struct mode refuses overrides of keys that no config set, as before.
+    """
+    typed = OmegaConf.structured(schema)
+    out = OmegaConf.create({})
+    for f in dataclasses.fields(schema):
+        node = typed._get_node(f.name)
+        nested = OmegaConf.get_type(typed, f.name)
+        out[f.name] = open_schema(nested) if dataclasses.is_dataclass(nested) else node
+    return out
+
+
+OPEN_SCHEMAS = {
+    ("data", "schema"): DataSchema,
+    ("data", "schema_toy"): ToyDataSchema,
+    ("data", "schema_images"): ImageDataSchema,
+    ("model", "schema"): ModelSchema,
+    ("model", "schema_neural_ode"): NeuralODEModelSchema,
+    ("model", "schema_cnf"): CNFModelSchema,
+    ("task", "schema"): TaskSchema,
+    ("task", "schema_tracking"): TrackingTaskSchema,
+}
+
+
 def register_schemas() -> None:
     """Put the schemas in Hydra's ConfigStore (idempotent; every process that composes needs them)."""
     store = ConfigStore.instance()
@@ -108,6 +230,8 @@ def register_schemas() -> None:
     store.store(group="solver", name="schema", node=SolverSchema)
     store.store(group="trainer", name="schema", node=TrainerSchema)
     store.store(group="logger", name="schema", node=LoggerSchema)
+    for (group, name), schema in OPEN_SCHEMAS.items():
+        store.store(group=group, name=name, node=open_schema(schema))
 
 
 register_schemas()
@@ -126,6 +250,7 @@ def config_error_line(exc: BaseException) -> str | None:
     msg = str(error.msg)
     wanted = next((words for name, words in _TYPE_WORDS.items() if f"converted to {name}" in msg), None)
     wanted = "true or false" if "is not a valid bool" in msg else wanted
+    wanted = "a list" if "is not a ListConfig, list or tuple" in msg else wanted
     if wanted is None:
         return f"{error.full_key}={error.value!r}: {str(error.msg).splitlines()[0]}"
     return f"{error.full_key}={error.value!r} is not {wanted}: give {error.full_key} {wanted}"

@@ -71,7 +71,8 @@ def main() -> None:
         except ImportError:
             continue
         for sensitivity in ("autograd", "adjoint"):
-            node = NeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol, seminorm=True).to(dtype)
+            node = NeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol,
+                             rtol_adjoint=tol, seminorm=True).to(dtype)
             net.zero_grad()
             node.vf.nfe = 0
             _, sol = node(z0, span)

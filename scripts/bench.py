@@ -97,14 +97,15 @@ class PlainStep:
         self.kind, self.settings, self.task = kind, pipe.settings, pipe.task
         params = [*self.input_layer.parameters(), *self.field.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
-        self.t = torch.tensor([0.0, pipe.settings.S])
+        self.S = pipe.model.S  # the horizon is the model's (model.horizon.S)
+        self.t = torch.tensor([0.0, self.S])
 
     def __call__(self, X, y):
         s = self.settings
         self.field.nfe = 0
         X = self.input_layer(X)
         if self.kind == "hand":
-            z = rk4(self.field, X, 0.0, s.S, s.step_size)
+            z = rk4(self.field, X, 0.0, self.S, s.step_size)
         else:
             opts = {"step_size": s.step_size} if s.is_fixed_step else {}
             if s.sensitivity == "adjoint":
@@ -139,8 +140,8 @@ class TorchdynStep(PlainStep):
                               atol=s.atol, rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
         params = [*self.input_layer.parameters(), *self.node.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
-        points = round(s.S / s.step_size) + 1 if s.is_fixed_step else 2
-        self.t_span = torch.linspace(0, s.S, points)
+        points = round(self.S / s.step_size) + 1 if s.is_fixed_step else 2
+        self.t_span = torch.linspace(0, self.S, points)
 
     def __call__(self, X, y):
         from nodex.models import ModelOutput

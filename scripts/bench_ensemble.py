@@ -11,7 +11,7 @@ machine the CPU time is the steadier measure of the work done (a descheduled pro
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
 
-For MLP fields with a batched form (:mod:`nodex.models.member_batched`) the ensemble is also
+For MLP fields with a batched form (:mod:`nodex.models.ensemble.batched`) the ensemble is also
 timed with every slot under ``vmap`` (the general path), in the same rounds (``--no-vmap``: not).
 
 Trailing ``key=value`` arguments are config overrides (default: the paper's small toy model,

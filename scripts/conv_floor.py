@@ -98,7 +98,9 @@ def measure(experiment: str, batch: int, repeats: int, peak: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", nargs="+", default=["digits_ilnode", "table1_mnist_ilnode", "table1_cifar10_ilnode"])
+    parser.add_argument(
+        "--experiment", nargs="+", default=["digits_ilnode", "table1_mnist_ilnode", "table1_cifar10_ilnode"]
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
@@ -106,7 +108,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peaks = peak_flops(args.repeats)
     peak = max(peaks.values())
-    print(f"threads {args.threads}: matmul {peaks['matmul'] / 1e9:.1f} GFLOP/s, conv3x3 {peaks['conv3x3'] / 1e9:.1f} GFLOP/s; floor uses {peak / 1e9:.1f} GFLOP/s")
+    print(f"threads {args.threads}: matmul {peaks['matmul'] / 1e9:.1f} GFLOP/s, "
+          f"conv3x3 {peaks['conv3x3'] / 1e9:.1f} GFLOP/s; floor uses {peak / 1e9:.1f} GFLOP/s")
     print("(forward+vjp floor = 3x forward: the vjp costs two convolutions per conv, input and weight gradients)")
     for name in args.experiment:
         measure(name, args.batch, args.repeats, peak)

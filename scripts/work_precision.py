@@ -100,7 +100,7 @@ def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str 
     node = NeuralODE(net, solver=method, sensitivity=sensitivity, seminorm=pipe.model.settings.seminorm, **tols)
     input_layer, readout = copy.deepcopy(pipe.model.input_layer), copy.deepcopy(pipe.model.readout)
     params = [*input_layer.parameters(), *net.parameters(), *readout.parameters()]
-    t_span = torch.linspace(0, pipe.model.settings.S, 2)
+    t_span = torch.linspace(0, pipe.model.S, 2)
 
     def grad(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         for p in params:

@@ -75,7 +75,7 @@ def test_per_sample_horizon_equals_separate_fixed_horizon_solves():
     with torch.no_grad():
         z_S = model(x).z_S
         for i, s in enumerate(S):
-            plain = NeuralODE(nn.Identity(), model.field, model.readout, SolverSettings(rtol=1e-9, atol=1e-9, S=s))
+            plain = NeuralODE(nn.Identity(), model.field, model.readout, SolverSettings(rtol=1e-9, atol=1e-9), S=s)
             torch.testing.assert_close(z_S[i : i + 1], plain(x[i : i + 1]).z_S, rtol=1e-7, atol=1e-9)
 
 

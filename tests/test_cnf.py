@@ -82,7 +82,7 @@ def test_linear_flow_matches_the_change_of_variables(trace):
     with torch.no_grad():
         field.layers[0].weight.copy_(A)
     S = 1.3
-    model = _cnf(field, settings=SolverSettings(rtol=1e-8, atol=1e-8, S=S), trace=trace, eval_trace=trace)
+    model = _cnf(field, settings=SolverSettings(rtol=1e-8, atol=1e-8), S=S, trace=trace, eval_trace=trace)
     x = torch.randn(6, 2, dtype=torch.float32)
     out = model(x)
     z_S = x @ torch.linalg.matrix_exp(A * S).T

@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 
 from nodex.config import compose, config_error_line, upgrade_run_config
 from nodex.errors import ConfigError
-from nodex.models.build import horizon_length
+from nodex.models.build import DataSpec, build_model, horizon_length
+from nodex.ode import SolverSettings
 from nodex.train.setup import solver_settings
 
 
@@ -26,6 +27,41 @@ def test_type_errors_raise_at_compose_time_as_one_line(override, line):
     with pytest.raises(Exception) as err:
         compose([override])
     assert config_error_line(err.value).startswith(line)
+
+
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        (["data.n_train=abc"], "data.n_train='abc' is not an integer: give data.n_train an integer"),
+        (["data.resample=maybe"], "data.resample='maybe' is not true or false: give data.resample true or false"),
+        (["data=mnist", "data.flatten=sure"], "data.flatten='sure' is not true or false: give data.flatten true or false"),
+        (["model.field.hidden=abc"], "model.field.hidden='abc' is not a list: give model.field.hidden a list"),
+        (["model.field.hidden=[8,x]"], "model.field.hidden[1]='x' is not an integer: give model.field.hidden[1] an integer"),
+        (["model.order=1.5"], "model.order=1.5 is not an integer: give model.order an integer"),
+        (["model.horizon.S=far"], "model.horizon.S='far' is not a number: give model.horizon.S a number"),
+        (["model=cnf", "model.conditions=two"], "model.conditions='two' is not an integer: give model.conditions an integer"),
+        (["task.terminal_weight=x"], "task.terminal_weight='x' is not a number: give task.terminal_weight a number"),
+        (["experiment=galerkin_tracking", "task.points_per_unit=many"],
+         "task.points_per_unit='many' is not an integer: give task.points_per_unit an integer"),
+    ],
+)
+def test_model_data_and_task_keys_are_typed_at_compose_time(overrides, line):
+    with pytest.raises(Exception) as err:
+        compose(overrides)
+    assert config_error_line(err.value) == line
+
+
+def test_open_schemas_add_no_keys_and_still_refuse_unknown_ones():
+    from nodex.cli import one_line
+
+    images, toy = compose(["data=cifar10"]).data, compose(["data=rings"]).data
+    assert "resample" not in images and "params" not in images and "flatten" not in toy  # each preset's own keys
+    assert "order" not in compose(["model=cnf"]).model and "trace" not in compose(["model=vanilla"]).model
+    for override in ("data.nosie=0.1", "model.field.hiddn=[8]", "task.eval_horizon=2"):
+        with pytest.raises(Exception) as err:
+            compose([override])
+        assert one_line(err.value).startswith(f"unknown config key '{override.split('=')[0]}'")
+    assert compose(["+model.field.out_bias=1.0"]).model.field.out_bias == 1.0  # + still adds a preset's extra key
 
 
 def test_an_unknown_key_in_a_typed_group_names_the_key():
@@ -55,7 +91,9 @@ def test_solver_S_moved_to_the_model_horizon(override):
 def test_the_horizon_is_a_model_slot():
     cfg = compose(["model.horizon.S=2.5"])
     assert "S" not in cfg.solver and cfg.model.horizon.kind == "fixed"
-    assert horizon_length(cfg.model) == 2.5 and solver_settings(cfg.solver, cfg.model).S == 2.5
+    assert horizon_length(cfg.model) == 2.5 and "S" not in SolverSettings.__dataclass_fields__  # solver things only
+    model = build_model(cfg.model, DataSpec((2,), 2), solver_settings(cfg.solver, cfg.model))
+    assert model.S == 2.5 and model.span.tolist() == [0.0, 2.5]
     tracking = compose(["experiment=galerkin_tracking", "model.horizon.S=3.0"])
     assert tracking.task.S == 3.0
     learned = compose(["model=adaptive_depth"])

@@ -96,6 +96,16 @@ def test_linear_control_field_matches_the_closed_form(compose_cfg):
     torch.testing.assert_close(model(x).y_hat, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_linear_control_reads_every_mlp_key_through_the_one_mlp_builder(compose_cfg):
+    """g is built by the same builder as field.kind=mlp, so out_bias (dropped by the old copy) applies too."""
+    base = ["model=data_control", "model.field.kind=linear_control", "model.field.hidden=[4]", "+model.field.out_bias=0.5"]
+    model = build_model(_model_cfg(compose_cfg, *base), DataSpec((2,), 2), TIGHT)
+    assert torch.equal(model.field.g.layers[-1].bias, torch.full((2,), 0.5))
+    with pytest.raises(ConfigError) as err:  # and its errors name the same keys
+        build_model(_model_cfg(compose_cfg, *base, "model.field.activation=wobble"), DataSpec((2,), 2), TIGHT)
+    assert str(err.value).startswith("model.field.activation='wobble' is unknown; choose one of:")
+
+
 def test_linear_control_reflects_with_the_propositions_gain():
     """ż = −θ(z + x), z(0) = x gives z(1) = −x + 2x e^{−θ} -> −x as θ grows."""
     g = MLPField(1, 1, hidden=[], bias=False, zero_init_last=False)
@@ -187,3 +197,22 @@ def test_reflection_data_control_fits_the_reflection(train_run):
     )
     assert code == 0, err
     assert dc["metrics"]["test/mse"] < 1e-3
+
+
+def test_modules_raise_value_errors_about_their_own_arguments():
+    """Config-free modules name their own argument; only the builders name the config key (tests above)."""
+    from nodex.models.integral import CircleReference
+
+    cases = [
+        (lambda: DataControl("hidden"), "source='hidden' is unknown; choose one of: input, state0"),
+        (lambda: DataControl("input", detach="yes"), "detach='yes' must be true or false"),
+        (lambda: MLPField(2, 2, hidden=[4], activation="wobble"), "activation='wobble' is unknown; choose one of: "
+         "elu, identity, relu, sigmoid, silu, softplus, tanh"),
+        (lambda: MLPField(2, 2, hidden=[4], bias=False, out_bias=1.0),
+         "out_bias needs a last layer with a bias: set bias=true and a static or concat last layer"),
+        (lambda: CircleReference(period=0.0), "period=0.0 must be positive"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value) == message

@@ -249,7 +249,7 @@ def test_a_non_integer_ensemble_size_fails_when_the_config_is_composed(compose_c
 def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
     """The direct functorch entry gives what torch.func.vmap gives (its fallback), tuple
     state (integral loss) included."""
-    import nodex.models.ensemble as ens_mod
+    import nodex.models.ensemble.model as ens_mod
 
     cfg = compose_cfg(["experiment=galerkin_tracking", "data.n_train=16", "solver=rk4", "solver.step_size=0.25",
                        "trainer.device=cpu"])

@@ -166,6 +166,8 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_interrupted(train_run, monk
     ("trainer.epochs=1.5", "trainer.epochs=1.5 is not an integer"),
     ("trainer.plots=maybe", "trainer.plots='maybe' is not true or false"),
     ("logger.tensorboard=sometimes", "logger.tensorboard='sometimes' is not true or false"),
+    ("data.n_train=abc", "data.n_train='abc' is not an integer: give data.n_train an integer"),
+    ("model.field.hidden=abc", "model.field.hidden='abc' is not a list: give model.field.hidden a list"),
 ])
 def test_type_errors_are_caught_when_the_config_is_composed(cli, tmp_path, override, needle):
     run_dir = tmp_path / "run"

@@ -184,10 +184,20 @@ def test_adjoint_and_autograd_gradients_agree_for_a_galnode():
         ({"harmonics": 3}, "depth_options.harmonics is not a galerkin option"),
     ],
 )
-def test_bad_options_raise_config_errors(options, needle):
-    with pytest.raises(ConfigError) as err:
+def test_bad_options_raise_value_errors_about_the_layer_argument(options, needle):
+    with pytest.raises(ValueError) as err:
         GalerkinSpec.from_options(options, 1.0)
-    assert needle in str(err.value)
+    assert str(err.value).startswith(needle)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_the_builder_names_the_config_key_of_a_bad_option(compose_cfg, kind):
+    preset = {"mlp": ["model=galnode"], "conv": ["model=node_conv", "model.field.depth=galerkin"]}[kind]
+    shape = {"mlp": (2,), "conv": (1, 8, 8)}[kind]
+    cfg = compose_cfg([*preset, "++model.field.depth_options.m=0"])
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg.model, DataSpec(shape, 2), SolverSettings())
+    assert str(err.value) == "model.field.depth_options.m=0 (number of basis functions) must be a positive integer"
 
 
 def test_galnode_preset_builds_and_starts_as_the_identity_flow(compose_cfg):

@@ -66,3 +66,25 @@ def test_unknown_slot_kinds_list_the_choices(compose_cfg, key, value, needle):
     with pytest.raises(ConfigError) as err:
         _model(compose_cfg, f"{key}={value}")
     assert needle in str(err.value) and "choose one of" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["none", "concat", "galerkin", "stacked"])
+def test_every_depth_kind_has_a_linear_a_conv_and_a_member_batched_form(kind):
+    from nodex.models.depth import DEPTHS, batched_linear, depth_conv2d, depth_linear
+
+    assert kind in DEPTHS
+    torch.manual_seed(0)
+    options = {"pieces": 3} if kind == "stacked" else {"m": 3, "init": "normal"} if kind == "galerkin" else None
+    s, h = torch.tensor(0.7), torch.randn(5, 3)
+    linear = depth_linear(kind, 3, 4, S=1.0, options=options)
+    conv = depth_conv2d(kind, 2, 3, 3, S=1.0, options=options)
+    assert linear(s, h).shape == (5, 4) and conv(s, torch.randn(2, 2, 6, 6)).shape == (2, 3, 6, 6)
+    if kind != "none":  # the depth changes the output
+        assert not torch.allclose(linear(torch.tensor(0.1), h), linear(s, h))
+    # K = 2 members: the layer's batched form on stacked copies of its parameters gives each member's output
+    names = [name for name, _ in linear.named_parameters()]
+    batched = batched_linear(linear, "", {name: i for i, name in enumerate(names)})
+    tensors = [torch.stack([p.detach(), 2 * p.detach()]) for p in linear.parameters()]
+    out = batched(tensors, s, torch.stack([h, h]))
+    torch.testing.assert_close(out[0], linear(s, h), rtol=1e-6, atol=1e-6)
+    assert out.shape == (2, 5, 4) and not torch.allclose(out[0], out[1])

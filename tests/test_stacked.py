@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nodex.errors import ConfigError
 from nodex.models import DataSpec, NeuralODE, build_model, count_parameters
 from nodex.models.fields import MLPField
 from nodex.models.stacked import StackedLinear, stacked_boundaries
@@ -40,7 +39,7 @@ def test_pieces_are_independent_and_counted():
 
 def test_the_model_hands_the_breakpoints_to_the_solver(compose_cfg):
     cfg = compose_cfg(["model=stacked", "model.field.depth_options.pieces=4", "model.horizon.S=2.0"])
-    model = build_model(cfg.model, DataSpec((2,), 2), SolverSettings(S=2.0))
+    model = build_model(cfg.model, DataSpec((2,), 2), SolverSettings())  # S = 2 from model.horizon.S
     assert model.jump_t.tolist() == pytest.approx([0.5, 1.0, 1.5])
 
 
@@ -115,8 +114,8 @@ def test_custom_boundaries():
         ({"widths": [0.5]}, "depth_options.widths is not a stacked option"),
     ],
 )
-def test_bad_options_raise_config_errors(options, needle):
-    with pytest.raises(ConfigError) as err:
+def test_bad_options_raise_value_errors_about_the_layer_argument(options, needle):
+    with pytest.raises(ValueError) as err:
         stacked_boundaries(options, 1.0)
     assert needle in str(err.value)
 

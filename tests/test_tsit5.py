@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_ode_reference import JUMPS, Z0, Piecewise, TimeVarying, _scipy_solution
 
-from nodex.errors import ConfigError
+from nodex.errors import SolverError
 from nodex.ode import NFECounter, SolverSettings, available_methods, odesolve
 from nodex.ode import solve as solve_module
 from nodex.ode.lean.runge_kutta import Tableau, combine
@@ -181,12 +181,12 @@ def test_float32_agrees_with_float64_to_float32_precision():
 
 def test_settings_offer_tsit5_only_on_nodexs_engine():
     assert "tsit5" in available_methods() and "dopri5" in available_methods()
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError) as err:
         SolverSettings(method="tsit5", engine="torchdiffeq")
-    assert "solver.engine=auto" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError) as err:  # a solve nodex's engine does not cover: no silent fallback
+    assert str(err.value) == "engine=torchdiffeq has no method tsit5 (it is nodex's own): set engine=auto"
+    with pytest.raises(SolverError) as err:  # a solve nodex's engine does not cover: no silent fallback
         odesolve(TimeVarying(), Z0, torch.tensor([1.0, 0.0], dtype=F64), SolverSettings(method="tsit5"))
-    assert "solver.method=tsit5" in str(err.value) and "\n" not in str(err.value)
+    assert "method=tsit5 runs on nodex's own engine only" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_the_solver_config_composes(compose_cfg):

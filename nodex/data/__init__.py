@@ -43,7 +43,8 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
         bundle = LOADERS.get(name)(cfg, seed)
     else:
         raise ConfigError(
-            f"data.name={name!r} is unknown; choose one of: {', '.join(sorted({*GENERATORS.names(), *LOADERS.names()}))}"
+            f"data.name={name!r} is unknown; choose one of: "
+            f"{', '.join(sorted({*GENERATORS.names(), *LOADERS.names()}))}"
         )
     check_finite(bundle, name)
     return bundle.to(torch.device(device))

@@ -92,7 +92,8 @@ def split_embedded(X: torch.Tensor, y: torch.Tensor, cfg: DictConfig, seed: int)
     n_train = n - n_test - n_val if n_train is None else n_train
     if min(n_test, n_val, n_train) <= 0 or n_test + n_val + n_train > n:
         raise ConfigError(
-            f"data.n_train={n_train}, n_val={n_val}, n_test={n_test} must be positive and sum to at most the {n} images of data.name={cfg.name}"
+            f"data.n_train={n_train}, n_val={n_val}, n_test={n_test} must be positive and sum to at most the {n} "
+            f"images of data.name={cfg.name}"
         )
     order = balanced_order(y, _generator(seed, 0))
     return _take(X, y, order, 0, n_test), _take(X, y, order, n_test, n_val), _take(X, y, order, n_test + n_val, n_train)
@@ -113,7 +114,8 @@ def split_official(train: Split, test: Split, cfg: DictConfig, seed: int) -> tup
     n_train = rest if n_train is None else n_train
     if not 0 < n_train <= rest:
         raise ConfigError(
-            f"data.n_train={n_train} with data.n_val={n_val}: the {cfg.name} training set has {len(ytr)} images; lower them"
+            f"data.n_train={n_train} with data.n_val={n_val}: the {cfg.name} training set has {len(ytr)} images; "
+            "lower them"
         )
     order = balanced_order(ytr, _generator(seed, 0))
     val = _take(Xtr, ytr, order, 0, n_val) if n_val else (Xte, yte)
@@ -132,7 +134,8 @@ def _normalise(X: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
     mean_t, std_t = torch.tensor(list(mean), dtype=X.dtype), torch.tensor(list(std), dtype=X.dtype)
     if len(mean_t) not in (1, X.shape[1]) or len(std_t) != len(mean_t):
         raise ConfigError(
-            f"data.mean/data.std need one value per channel ({X.shape[1]} for {cfg.name}) or a single value, got {len(mean_t)} and {len(std_t)}"
+            f"data.mean/data.std need one value per channel ({X.shape[1]} for {cfg.name}) or a single value, got "
+            f"{len(mean_t)} and {len(std_t)}"
         )
     if not bool((std_t > 0).all()):
         raise ConfigError(f"data.std={list(std)} must be positive")
@@ -234,7 +237,8 @@ def download_mnist(root: Path) -> None:
                 errors.append(f"{mirror}: {exc}")
         else:
             raise ConfigError(
-                f"data.download=true could not fetch MNIST ({'; '.join(errors)[:200]}); put the files in {folder} by hand"
+                f"data.download=true could not fetch MNIST ({'; '.join(errors)[:200]}); "
+                f"put the files in {folder} by hand"
             )
 
 
@@ -248,7 +252,8 @@ def load_mnist(cfg: DictConfig, seed: int) -> DataBundle:
         files = _find_mnist(root)
     if files is None:
         raise ConfigError(
-            f"data.name=mnist: no MNIST files under data.root={root} (need {', '.join(MNIST_FILES.values())}, raw or .gz, in {root / 'MNIST' / 'raw'}); "
+            f"data.name=mnist: no MNIST files under data.root={root} "
+            f"(need {', '.join(MNIST_FILES.values())}, raw or .gz, in {root / 'MNIST' / 'raw'}); "
             "copy torchvision's MNIST folder there or set data.download=true"
         )
 
@@ -278,7 +283,8 @@ def download_cifar10(root: Path) -> None:
             tar.extractall(root, filter="data")
     except (OSError, tarfile.TarError) as exc:
         raise ConfigError(
-            f"data.download=true could not fetch CIFAR-10 ({str(exc)[:160]}); unpack cifar-10-python.tar.gz into {root} by hand"
+            f"data.download=true could not fetch CIFAR-10 ({str(exc)[:160]}); unpack cifar-10-python.tar.gz into "
+            f"{root} by hand"
         ) from None
 
 
@@ -292,7 +298,8 @@ def load_cifar10(cfg: DictConfig, seed: int) -> DataBundle:
         folder = _find_cifar(root)
     if folder is None:
         raise ConfigError(
-            f"data.name=cifar10: no CIFAR-10 batches under data.root={root} (need {root / CIFAR_DIR}/data_batch_1..5 and test_batch); "
+            f"data.name=cifar10: no CIFAR-10 batches under data.root={root} "
+            f"(need {root / CIFAR_DIR}/data_batch_1..5 and test_batch); "
             "unpack cifar-10-python.tar.gz there or set data.download=true"
         )
     parts = [read_cifar_batch(folder / name) for name in CIFAR_TRAIN]

@@ -3,11 +3,10 @@
 Importing this package registers every built-in slot variant.
 """
 
-from nodex.models import fields, inputs, layers, readouts  # noqa: F401  (registration)
+from nodex.models import fields, inputs, readouts  # noqa: F401  (registration)
 from nodex.models.build import DataSpec, build_model, count_parameters
 from nodex.models.neural_ode import ModelOutput, NeuralODE
 from nodex.models import conv  # noqa: E402,F401  (registers field.kind=conv)
-from nodex.models import cnf, control, horizon  # noqa: E402,F401  (model.kind=cnf, control, horizon slots)
-from nodex.models import galerkin, integral, stacked  # noqa: E402,F401  (field.depth=galerkin|stacked, integral losses)
+from nodex.models import cnf, control, horizon, integral  # noqa: E402,F401  (model.kind=cnf and the other slots)
 
 __all__ = ["DataSpec", "ModelOutput", "NeuralODE", "build_model", "count_parameters"]

@@ -10,7 +10,8 @@ Slots and their registries (each maps ``kind`` -> builder):
 - ``model.readout.kind``     :data:`~nodex.models.readouts.READOUTS`
 - ``model.horizon``          ``kind: fixed`` integrates over ``[0, S]`` (``model.horizon.S``); any other kind is
                              :data:`HORIZONS` ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
-- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)`` (f = the field's value)
+- ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)``
+                             (f = the field's value)
 
 A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
 the plain model. Fields may expose ``breakpoints`` (depths where θ(s) jumps) on any
@@ -88,8 +89,8 @@ def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
         raise ConfigError(f"model.order={order} must be >= 1")
     if state_shape[0] % order:
         raise ConfigError(
-            f"model.order={order} splits the state into {order} equal blocks, but the state has {state_shape[0]} channels; "
-            f"make the state width a multiple of {order} (e.g. via model.input_layer)"
+            f"model.order={order} splits the state into {order} equal blocks, but the state has {state_shape[0]} "
+            f"channels; make the state width a multiple of {order} (e.g. via model.input_layer)"
         )
     return (state_shape[0] // order, *state_shape[1:])
 
@@ -103,19 +104,20 @@ def build_neural_ode(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) 
     control, control_shape = None, None
     if (node := _slot(cfg, "control")) is not None:
         control, control_shape = CONTROLS.get(node.kind)(node, spec.input_shape, state_shape)
-    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, control_shape, settings.S)
+    S = horizon_length(cfg)
+    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, control_shape, S)
     if int(cfg.get("order", 1)) > 1:
         field = HigherOrderField(field, int(cfg.order))
     readout = READOUTS.get(cfg.readout.kind)(cfg.readout, state_shape, spec.n_outputs)
     horizon = None
     if (node := _slot(cfg, "horizon")) is not None and node.kind != "fixed":
-        horizon = HORIZONS.get(node.kind)(node, spec.input_shape, settings.S)
+        horizon = HORIZONS.get(node.kind)(node, spec.input_shape, S)
     integral = None
     if (node := _slot(cfg, "integral_loss")) is not None:
-        integral = INTEGRAL_LOSSES.get(node.kind)(node, state_shape, settings.S)
+        integral = INTEGRAL_LOSSES.get(node.kind)(node, state_shape, S)
     return NeuralODE(
         input_layer, field, readout, settings,
-        control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None,
+        control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None, S=S,
     )
 
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nodex.errors import ConfigError
-from nodex.models.build import MODELS, DataSpec
+from nodex.models.build import MODELS, DataSpec, horizon_length
 from nodex.models.control import ConditionControl
 from nodex.models.fields import FIELDS
 from nodex.models.neural_ode import ModelOutput
@@ -132,12 +132,13 @@ class CNF(nn.Module):
     Args:
         field: ``f(s, z, u)``: ``(B, d) -> (B, d)``.
         priors: one Gaussian prior per condition (one for an unconditional flow).
-        settings: solver settings; the flow runs over ``[0, settings.S]``.
+        settings: solver settings (method, tolerances, sensitivity).
         dim: data dimension ``d``.
         n_conditions: ``K`` (0: unconditional; the input is then ``(B, d)``).
         control: ``u(x, z0)`` (e.g. the one-hot condition), or ``None``.
         trace, eval_trace: ``exact`` | ``hutchinson`` in training / in eval mode.
         noise: Hutchinson noise, ``rademacher`` | ``gaussian``.
+        S: the horizon: the flow runs over ``[0, S]``.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class CNF(nn.Module):
         trace: str = "exact",
         eval_trace: str = "exact",
         noise: str = "rademacher",
+        S: float = 1.0,
     ) -> None:
         super().__init__()
         self.field = field
@@ -162,7 +164,8 @@ class CNF(nn.Module):
         self.control = control
         self.trace, self.eval_trace, self.noise = trace, eval_trace, noise
         self.nfe = NFECounter()
-        self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
+        self.S = float(S)
+        self.register_buffer("span", torch.tensor([0.0, self.S]), persistent=False)
 
     def figure_traits(self) -> frozenset[str]:
         """A density model, for :mod:`nodex.viz` (``nodex.viz.protocol.TRAITS``)."""
@@ -191,7 +194,8 @@ class CNF(nn.Module):
         dyn = CNFDynamics(self.field, u, trace, eps)
         params = (*dyn.parameters(), *([u] if u is not None and u.requires_grad else []))
         delta0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
-        zs, deltas = odesolve(dyn, (z0, delta0), self.span.to(z0.dtype), self.settings, counter=self.nfe, adjoint_params=params)
+        span = self.span.to(z0.dtype)
+        zs, deltas = odesolve(dyn, (z0, delta0), span, self.settings, counter=self.nfe, adjoint_params=params)
         z_S, delta = zs[-1], deltas[-1]
         logp = self.priors.log_prob(z_S, k) - delta
         return ModelOutput(logp[:, None], z_S, None, {})
@@ -230,14 +234,19 @@ def _priors(cfg: DictConfig | None, dim: int, n_priors: int) -> GaussianPriors:
         raise ConfigError(f"model.prior.kind={cfg.kind!r} is unknown; choose one of: gaussian")
     rows = [[0.0] * dim] if cfg.get("means") is None else OmegaConf.to_container(cfg.means)
     if not (isinstance(rows, list) and rows and all(isinstance(r, list) and len(r) == dim for r in rows)):
-        raise ConfigError(f"model.prior.means={rows} must be a list of {dim}-D points (one per condition, or one shared)")
+        raise ConfigError(
+            f"model.prior.means={rows} must be a list of {dim}-D points (one per condition, or one shared)"
+        )
     stds = [1.0] if cfg.get("stds") is None else [float(v) for v in cfg.stds]
     if len(rows) == 1:
         rows = rows * n_priors
     if len(stds) == 1:
         stds = stds * n_priors
     if len(rows) != n_priors or len(stds) != n_priors:
-        raise ConfigError(f"model.prior has {len(rows)} means and {len(stds)} stds but the model has {n_priors} condition(s): give one (shared) or {n_priors}")
+        raise ConfigError(
+            f"model.prior has {len(rows)} means and {len(stds)} stds but the model has {n_priors} condition(s): give "
+            f"one (shared) or {n_priors}"
+        )
     if min(stds) <= 0:
         raise ConfigError(f"model.prior.stds={stds} must be positive")
     return GaussianPriors(torch.tensor(rows, dtype=torch.float32), torch.tensor(stds, dtype=torch.float32))
@@ -255,7 +264,10 @@ def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
     """CNF from ``cfg`` (the ``model`` group): ``field``, ``prior``, ``conditions``,
     ``control``, ``trace``, ``eval_trace``, ``noise``."""
     if spec.n_outputs != 1:
-        raise ConfigError(f"model.kind=cnf outputs one log-likelihood per sample but the task wants {spec.n_outputs} outputs: use task=density")
+        raise ConfigError(
+            f"model.kind=cnf outputs one log-likelihood per sample but the task wants {spec.n_outputs} outputs: use "
+            "task=density"
+        )
     if len(spec.input_shape) != 1:
         raise ConfigError(f"model.kind=cnf needs flat inputs (B, d), got input shape {tuple(spec.input_shape)}")
     n_cond = cfg.get("conditions", 0) or 0
@@ -263,21 +275,30 @@ def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
         raise ConfigError(f"model.conditions={n_cond!r} must be 0 (unconditional) or the number of conditions")
     dim = spec.input_shape[0] - (1 if n_cond else 0)
     if dim < 1:
-        raise ConfigError(f"model.conditions={n_cond} expects inputs (B, d + 1) with the condition last, got width {spec.input_shape[0]}")
+        raise ConfigError(
+            f"model.conditions={n_cond} expects inputs (B, d + 1) with the condition last, got width "
+            f"{spec.input_shape[0]}"
+        )
     control, control_shape = None, None
     node = cfg.get("control")
     if node is not None and node.get("kind", "none") != "none":
         if node.kind != "condition":
-            raise ConfigError(f"model.control.kind={node.kind!r} cannot steer a CNF (a field that depends on the data point breaks the change of variables): use control.kind=condition or none")
+            raise ConfigError(
+                f"model.control.kind={node.kind!r} cannot steer a CNF (a field that depends on the data point breaks "
+                "the change of variables): use control.kind=condition or none"
+            )
         if not n_cond:
-            raise ConfigError("model.control.kind=condition needs model.conditions > 0 and a dataset with a condition column")
+            raise ConfigError(
+                "model.control.kind=condition needs model.conditions > 0 and a dataset with a condition column"
+            )
         if node.get("n") is not None and node.n != n_cond:
             raise ConfigError(f"model.control.n={node.n} differs from model.conditions={n_cond}")
         control, control_shape = ConditionControl(n_cond), (n_cond,)
-    field = FIELDS.get(cfg.field.kind)(cfg.field, (dim,), (dim,), control_shape, settings.S)
+    S = horizon_length(cfg)
+    field = FIELDS.get(cfg.field.kind)(cfg.field, (dim,), (dim,), control_shape, S)
     priors = _priors(cfg.get("prior"), dim, max(1, n_cond))
     return CNF(
         field, priors, settings, dim=dim, n_conditions=n_cond, control=control,
         trace=_choice(cfg, "trace", "exact", TRACES), eval_trace=_choice(cfg, "eval_trace", "exact", TRACES),
-        noise=_choice(cfg, "noise", "rademacher", NOISES),
+        noise=_choice(cfg, "noise", "rademacher", NOISES), S=S,
     )

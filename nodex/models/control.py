@@ -35,9 +35,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from nodex.errors import ConfigError
+from nodex.errors import ConfigError, config_key
 from nodex.models.build import CONTROLS
-from nodex.models.fields import FIELDS, MLPField, flat_size
+from nodex.models.fields import FIELDS, flat_size, mlp_field
 
 SOURCES = ("input", "state0")
 
@@ -46,14 +46,17 @@ class DataControl(nn.Module):
     """``u(x, z0)``: the raw input ``x`` or the initial state ``z0``, optionally detached.
 
     Shapes: ``x`` ``(B, *input_shape)``, ``z0`` ``(B, *state_shape)`` -> ``u`` of the chosen one.
+
+    Raises:
+        ValueError: an unknown ``source`` or a non-bool ``detach``.
     """
 
     def __init__(self, source: str = "input", detach: bool = False) -> None:
         super().__init__()
         if source not in SOURCES:
-            raise ConfigError(f"model.control.source={source!r} is unknown; choose one of: {', '.join(SOURCES)}")
+            raise ValueError(f"source={source!r} is unknown; choose one of: {', '.join(SOURCES)}")
         if not isinstance(detach, bool):
-            raise ConfigError(f"model.control.detach={detach!r} must be true or false")
+            raise ValueError(f"detach={detach!r} must be true or false")
         self.source = source
         self.detach = detach
 
@@ -81,19 +84,29 @@ class ConditionControl(nn.Module):
 
 
 @CONTROLS.register("data")
-def build_data_control(cfg: DictConfig, input_shape: tuple[int, ...], state_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+def build_data_control(
+    cfg: DictConfig, input_shape: tuple[int, ...], state_shape: tuple[int, ...]
+) -> tuple[nn.Module, tuple[int, ...]]:
     source = cfg.get("source", "input")
-    module = DataControl(source, cfg.get("detach", False))
+    with config_key("model.control"):
+        module = DataControl(source, cfg.get("detach", False))
     return module, tuple(input_shape if source == "input" else state_shape)
 
 
 @CONTROLS.register("condition")
-def build_condition_control(cfg: DictConfig, input_shape: tuple[int, ...], state_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+def build_condition_control(
+    cfg: DictConfig, input_shape: tuple[int, ...], state_shape: tuple[int, ...]
+) -> tuple[nn.Module, tuple[int, ...]]:
     n = cfg.get("n")
     if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"model.control.n={n!r} must be the number of conditions (a positive integer) for control.kind=condition")
+        raise ConfigError(
+            f"model.control.n={n!r} must be the number of conditions (a positive integer) for control.kind=condition"
+        )
     if len(input_shape) != 1:
-        raise ConfigError(f"model.control.kind=condition needs flat inputs whose last column is the condition index, got input shape {tuple(input_shape)}")
+        raise ConfigError(
+            "model.control.kind=condition needs flat inputs whose last column is the condition index, "
+            f"got input shape {tuple(input_shape)}"
+        )
     return ConditionControl(n), (n,)
 
 
@@ -107,7 +120,9 @@ class LinearControlField(nn.Module):
         zero_init: start with ``B = 0`` (with a zero-init ``g``: the identity flow).
     """
 
-    def __init__(self, g: nn.Module, control_features: int, out_features: int, *, zero_init: bool = False) -> None:
+    def __init__(
+        self, g: nn.Module, control_features: int, out_features: int, *, zero_init: bool = False
+    ) -> None:
         super().__init__()
         self.g = g
         self.B = nn.Linear(control_features, out_features, bias=False)
@@ -116,7 +131,7 @@ class LinearControlField(nn.Module):
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         if u is None:
-            raise ConfigError("model.field.kind=linear_control needs a control: set model.control.kind=data")
+            raise ValueError("LinearControlField needs a control u (B, n_u); got None")
         return self.g(s, z) + self.B(u.reshape(u.shape[0], -1))
 
 
@@ -129,20 +144,13 @@ def build_linear_control_field(
     S: float,
 ) -> nn.Module:
     if control_shape is None:
-        raise ConfigError("model.field.kind=linear_control needs a control signal: set model.control.kind=data (or use field.kind=mlp)")
+        raise ConfigError(
+            "model.field.kind=linear_control needs a control signal: set model.control.kind=data "
+            "(or use field.kind=mlp)"
+        )
     if len(state_shape) != 1:
         raise ConfigError(f"model.field.kind=linear_control needs a flat state, got shape {tuple(state_shape)}")
-    g = MLPField(
-        state_shape[0],
-        out_shape[0],
-        hidden=list(cfg.get("hidden", [])),
-        activation=cfg.get("activation", "tanh"),
-        depth=cfg.get("depth", "none"),
-        depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),
-        depth_options=dict(cfg.get("depth_options") or {}),
-        control_features=0,
-        zero_init_last=cfg.get("zero_init_last", True),
-        bias=cfg.get("bias", True),
-        S=S,
-    )
-    return LinearControlField(g, flat_size(control_shape), math.prod(out_shape), zero_init=cfg.get("zero_init_last", True))
+    # g is the same MLP field as field.kind=mlp, on the state alone (the control enters through B)
+    g = mlp_field(cfg, state_shape[0], out_shape[0], 0, S)
+    zero_init = cfg.get("zero_init_last", True)
+    return LinearControlField(g, flat_size(control_shape), math.prod(out_shape), zero_init=zero_init)

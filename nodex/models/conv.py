@@ -2,7 +2,8 @@
 
 Layout (every piece configurable)::
 
-    [u →] [GN(c)] → Conv_kxk(c→h_1) → act → ... → Conv_kxk(h_{m-1}→h_m) → act → [GN(h_m)] → Conv1x1(h_m→out)
+    [u →] [GN(c)] → Conv_kxk(c→h_1) → act → ... → Conv_kxk(h_{m-1}→h_m) → act
+          → [GN(h_m)] → Conv1x1(h_m→out)
 
 with ``c`` the state channels (plus the control's channels when data-controlled), GN a
 GroupNorm (one group per channel by default: the paper's ``GroupNorm(c, c)``), ``k×k`` convs
@@ -18,8 +19,9 @@ or one block of them for an n-th order model. The paper's layouts:
 Depth (``field.depth``): ``none`` (constant θ), ``concat`` (torchdyn's ``DepthCat``: a
 constant-``s`` channel appended to the input of the convs in ``depth_layers``) or ``galerkin``
 (those convs become GalConv2d with θ(s) = Σ α_j ψ_j(s)) or ``stacked`` (StackedConv2d: p pieces
-of constant kernels), options in ``field.depth_options`` as for MLP fields; ``depth_layers`` indices count the k×k convs and then the 1×1 output conv;
-``null`` = all.
+of constant kernels), options in ``field.depth_options`` as for MLP fields (all in
+:mod:`nodex.models.depth`); ``depth_layers`` indices count the k×k convs and then the 1×1
+output conv; ``null`` = all.
 Data control: the control ``u`` ``(B, C_u, H, W)`` is concatenated to ``z`` at the field's input.
 """
 
@@ -29,32 +31,24 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from nodex.errors import ConfigError
-from nodex.models.fields import FIELDS, make_activation
-
-CONV_DEPTHS = ("none", "concat", "galerkin", "stacked")
-
-
-class DepthConv2d(nn.Conv2d):
-    """``Conv2d`` called as ``layer(s, h)``; with ``depth_concat`` a constant-``s`` channel is
-    appended to ``h`` (one extra input channel), else ``s`` is ignored."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool, depth_concat: bool) -> None:
-        super().__init__(in_channels + int(depth_concat), out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
-        self.depth_concat = depth_concat
-
-    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if self.depth_concat:
-            col = s.to(h).reshape(-1, 1, 1, 1).expand(h.shape[0], 1, *h.shape[2:])
-            h = torch.cat([h, col], dim=1)
-        return super().forward(h)
+from nodex.errors import ConfigError, config_key
+from nodex.models.depth import check_depth, chosen_layers, depth_conv2d
+from nodex.models.fields import FIELDS
+from nodex.models.layers import make_activation
 
 
 def group_norm(channels: int, groups: int | None) -> nn.GroupNorm:
-    """``GroupNorm(groups, channels)``; ``groups=None`` means one group per channel."""
+    """``GroupNorm(groups, channels)``; ``groups=None`` means one group per channel.
+
+    Raises:
+        ValueError: ``groups`` does not divide ``channels``.
+    """
     g = channels if groups is None else int(groups)
     if g <= 0 or channels % g:
-        raise ConfigError(f"model.field.norm_groups={groups} must divide the {channels} channels it normalises (or be null: one group per channel)")
+        raise ValueError(
+            f"norm_groups={groups} must divide the {channels} channels it normalises "
+            "(or be null: one group per channel)"
+        )
     return nn.GroupNorm(g, channels)
 
 
@@ -69,10 +63,15 @@ class ConvField(nn.Module):
         activation: activation after every hidden conv.
         norm_in, norm_out: GroupNorm at the input / before the 1×1 output conv.
         norm_groups: groups of every GroupNorm (``None``: one per channel).
-        depth: ``none`` | ``concat``; depth_layers: conv indices that see ``s``.
+        depth: depth kind (see :mod:`nodex.models.depth`); depth_layers: conv indices that see ``s``;
+            depth_options: the kind's options.
         control_channels: channels of the control concatenated to ``z`` (0: none).
         bias: bias of the hidden convs; out_bias: bias of the 1×1 output conv.
         zero_init_last: zero the output conv (initial flow = identity).
+        S: the horizon (Galërkin period and stacked pieces default to ``[0, S]``).
+
+    Raises:
+        ValueError: a bad argument (named as above).
     """
 
     def __init__(
@@ -96,26 +95,16 @@ class ConvField(nn.Module):
         S: float = 1.0,
     ) -> None:
         super().__init__()
-        if depth not in CONV_DEPTHS:
-            raise ConfigError(f"model.field.depth={depth!r} is not available for field.kind=conv; choose one of: {', '.join(CONV_DEPTHS)}")
+        check_depth(depth)
         if not hidden:
-            raise ConfigError("model.field.hidden must list at least one conv width for field.kind=conv (e.g. [32, 32])")
+            raise ValueError("hidden must list at least one conv width for field.kind=conv (e.g. [32, 32])")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ConfigError(f"model.field.kernel_size={kernel_size} must be a positive odd integer (same padding keeps H×W)")
-        n_convs = len(hidden) + 1
-        chosen = set(range(n_convs)) if depth_layers is None else {i % n_convs for i in depth_layers}
-        concat = depth == "concat"
+            raise ValueError(f"kernel_size={kernel_size} must be a positive odd integer (same padding keeps H×W)")
+        chosen = chosen_layers(depth_layers, len(hidden) + 1)
 
         def conv(i: int, c_in: int, c_out: int, k: int, with_bias: bool) -> nn.Module:
-            if depth == "galerkin" and i in chosen:  # θ(s) = Σ α_j ψ_j(s) for weights and bias
-                from nodex.models.galerkin import galerkin_conv2d
-
-                return galerkin_conv2d(c_in, c_out, k, bias=with_bias, S=S, options=depth_options)
-            if depth == "stacked" and i in chosen:  # p pieces of constant kernels; breakpoints -> jump_t
-                from nodex.models.stacked import stacked_conv2d
-
-                return stacked_conv2d(c_in, c_out, k, bias=with_bias, S=S, options=depth_options)
-            return DepthConv2d(c_in, c_out, k, bias=with_bias, depth_concat=concat and i in chosen)
+            kind = depth if i in chosen else "none"
+            return depth_conv2d(kind, c_in, c_out, k, bias=with_bias, S=S, options=depth_options)
 
         c_in = state_channels + control_channels
         self.control_channels = control_channels
@@ -147,7 +136,10 @@ def build_conv_field(
     S: float,
 ) -> nn.Module:
     if len(state_shape) != 3:
-        raise ConfigError(f"model.field.kind=conv needs an image state (C, H, W), got shape {tuple(state_shape)}; use field.kind=mlp for vectors")
+        raise ConfigError(
+            f"model.field.kind=conv needs an image state (C, H, W), got shape {tuple(state_shape)}; "
+            "use field.kind=mlp for vectors"
+        )
     expected = cfg.get("in_channels")
     if expected is not None and int(expected) != state_shape[0]:
         raise ConfigError(
@@ -158,13 +150,18 @@ def build_conv_field(
     if control_shape is not None:
         if len(control_shape) != 3 or tuple(control_shape[1:]) != tuple(state_shape[1:]):
             raise ConfigError(
-                f"field.kind=conv concatenates the control as channels, so it needs shape (C_u, {state_shape[1]}, {state_shape[2]}); "
-                f"got {tuple(control_shape)}"
+                "field.kind=conv concatenates the control as channels, so it needs shape "
+                f"(C_u, {state_shape[1]}, {state_shape[2]}); got {tuple(control_shape)}"
             )
         control_channels = int(control_shape[0])
+    with config_key("model.field"):
+        return _conv_field(cfg, state_shape[0], out_shape[0], control_channels, S)
+
+
+def _conv_field(cfg: DictConfig, state_channels: int, out_channels: int, control_channels: int, S: float) -> ConvField:
     return ConvField(
-        state_shape[0],
-        out_shape[0],
+        state_channels,
+        out_channels,
         hidden=[int(h) for h in cfg.hidden],
         kernel_size=int(cfg.get("kernel_size", 3)),
         activation=cfg.get("activation", "softplus"),

@@ -15,34 +15,39 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from nodex.errors import ConfigError
-from nodex.models.layers import ACTIVATIONS, DEPTH_LAYERS, StaticLinear
+from nodex.errors import ConfigError, config_key
+from nodex.models.depth import check_depth, chosen_layers, depth_linear
+from nodex.models.layers import make_activation
 from nodex.registry import Registry
 
 FIELDS: Registry[Callable[..., nn.Module]] = Registry("model.field.kind")
 
 
-def make_activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"model.field.activation={name!r} is unknown; choose one of: {', '.join(sorted(ACTIVATIONS))}")
-    return ACTIVATIONS[name]()
-
-
 class MLPField(nn.Module):
     """MLP vector field on flat states: ``[z, x] -> hidden... -> out``.
+
+    Shapes: ``z`` ``(B, in_features)``, ``x`` ``(B, *control)`` (flattened to ``control_features``)
+    or ``None`` -> ``(B, out_features)``.
 
     Args:
         in_features: state width ``n_z``.
         out_features: output width (``n_z``, or ``n_z / order`` for higher-order models).
         hidden: hidden widths.
         activation: activation name (see ``ACTIVATIONS``).
-        depth: ``field.depth`` layer kind for the depth-variant layers.
+        depth: depth kind of the depth-variant layers (see :mod:`nodex.models.depth`).
         depth_layers: indices of the linear layers that use ``depth`` (``None``: all);
             the others are static.
+        depth_options: the depth kind's options.
         control_features: width of the control ``x`` concatenated to ``z`` (0: none).
         zero_init_last: zero the last layer so the initial flow is the identity.
+        bias: whether the linear layers have biases.
+        S: the horizon (Galërkin period and stacked pieces default to ``[0, S]``).
         out_bias: initial value of the last layer's bias (``None``: keep; e.g. ``1.0`` with
             ``zero_init_last``: the initial flow is a translation, see reflection_adaptive_depth).
+
+    Raises:
+        ValueError: an unknown activation or depth kind, bad depth options, or ``out_bias``
+            without a biased last layer.
     """
 
     def __init__(
@@ -62,18 +67,15 @@ class MLPField(nn.Module):
         out_bias: float | None = None,
     ) -> None:
         super().__init__()
+        check_depth(depth)
         widths = [in_features + control_features, *hidden, out_features]
         n_layers = len(widths) - 1
-        factory = DEPTH_LAYERS.get(depth)
-        chosen = set(range(n_layers)) if depth_layers is None else {i % n_layers for i in depth_layers}
-        layers = []
-        for i in range(n_layers):
-            if i in chosen:
-                layer = factory(widths[i], widths[i + 1], bias=bias, S=S, options=dict(depth_options or {}))
-            else:
-                layer = StaticLinear(widths[i], widths[i + 1], bias=bias)
-            layers.append(layer)
-        self.layers = nn.ModuleList(layers)
+        chosen = chosen_layers(depth_layers, n_layers)
+        self.layers = nn.ModuleList(
+            depth_linear(depth if i in chosen else "none", widths[i], widths[i + 1], bias=bias, S=S,
+                         options=depth_options)
+            for i in range(n_layers)
+        )
         self.acts = nn.ModuleList(make_activation(activation) for _ in range(n_layers - 1))
         self.control_features = control_features
         if zero_init_last:
@@ -81,7 +83,9 @@ class MLPField(nn.Module):
                 nn.init.zeros_(p)
         if out_bias is not None:
             if getattr(self.layers[-1], "bias", None) is None:
-                raise ConfigError("model.field.out_bias needs a last layer with a bias: set field.bias=true and a static or concat last layer")
+                raise ValueError(
+                    "out_bias needs a last layer with a bias: set bias=true and a static or concat last layer"
+                )
             nn.init.constant_(self.layers[-1].bias, float(out_bias))
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,6 +100,29 @@ def flat_size(shape: tuple[int, ...] | None) -> int:
     return 0 if shape is None else math.prod(shape)
 
 
+def mlp_field(cfg: DictConfig, in_features: int, out_features: int, control_features: int, S: float) -> MLPField:
+    """The one builder of an :class:`MLPField` from a ``model.field`` node (every MLP key is read here).
+
+    Raises:
+        ConfigError: a bad value, naming its ``model.field`` key.
+    """
+    with config_key("model.field"):
+        return MLPField(
+            in_features,
+            out_features,
+            hidden=list(cfg.get("hidden") or []),
+            activation=cfg.get("activation", "tanh"),
+            depth=cfg.get("depth", "none"),
+            depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),
+            depth_options=dict(cfg.get("depth_options") or {}),
+            control_features=control_features,
+            zero_init_last=cfg.get("zero_init_last", True),
+            bias=cfg.get("bias", True),
+            S=S,
+            out_bias=cfg.get("out_bias"),
+        )
+
+
 @FIELDS.register("mlp")
 def build_mlp_field(
     cfg: DictConfig,
@@ -105,21 +132,10 @@ def build_mlp_field(
     S: float,
 ) -> nn.Module:
     if len(state_shape) != 1:
-        raise ConfigError(f"model.field.kind=mlp needs a flat state, got shape {tuple(state_shape)}; use field.kind=conv for images")
-    return MLPField(
-        state_shape[0],
-        out_shape[0],
-        hidden=list(cfg.hidden),
-        activation=cfg.get("activation", "tanh"),
-        depth=cfg.get("depth", "none"),
-        depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),
-        depth_options=dict(cfg.get("depth_options") or {}),
-        control_features=flat_size(control_shape),
-        zero_init_last=cfg.get("zero_init_last", True),
-        bias=cfg.get("bias", True),
-        S=S,
-        out_bias=cfg.get("out_bias"),
-    )
+        raise ConfigError(
+            f"model.field.kind=mlp needs a flat state, got shape {tuple(state_shape)}; use field.kind=conv for images"
+        )
+    return mlp_field(cfg, state_shape[0], out_shape[0], flat_size(control_shape), S)
 
 
 class HigherOrderField(nn.Module):

@@ -28,12 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nodex.errors import ConfigError
-from nodex.models.layers import DEPTH_LAYERS, conv2d_from_flat, linear_from_flat
+from nodex.models.layers import conv2d_from_flat, linear_from_flat
 
 BASES = ("fourier", "legendre", "chebyshev")
 INITS = ("zero", "normal", "constant")
-_KEY = "model.field.depth_options"
+_KEY = "depth_options"  # the layers' argument; builders prefix the config key
 
 
 @dataclass(frozen=True)
@@ -53,24 +52,24 @@ class GalerkinSpec:
         """Build from ``field.depth_options``; ``period`` defaults to the horizon ``S``.
 
         Raises:
-            ConfigError: unknown key, basis or init; ``m < 1``; non-positive period.
+            ValueError: unknown key, basis or init; ``m < 1``; non-positive period.
         """
         opts = dict(options or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(opts) - known)
         if unknown:
-            raise ConfigError(f"{_KEY}.{unknown[0]} is not a galerkin option; valid: {', '.join(sorted(known))}")
+            raise ValueError(f"{_KEY}.{unknown[0]} is not a galerkin option; valid: {', '.join(sorted(known))}")
         if opts.get("period") is None:
             opts["period"] = float(S)
         spec = cls(**opts)
         if spec.basis not in BASES:
-            raise ConfigError(f"{_KEY}.basis={spec.basis!r} is unknown; choose one of: {', '.join(BASES)}")
+            raise ValueError(f"{_KEY}.basis={spec.basis!r} is unknown; choose one of: {', '.join(BASES)}")
         if spec.init not in INITS:
-            raise ConfigError(f"{_KEY}.init={spec.init!r} is unknown; choose one of: {', '.join(INITS)}")
+            raise ValueError(f"{_KEY}.init={spec.init!r} is unknown; choose one of: {', '.join(INITS)}")
         if int(spec.m) != spec.m or spec.m < 1:
-            raise ConfigError(f"{_KEY}.m={spec.m} (number of basis functions) must be a positive integer")
+            raise ValueError(f"{_KEY}.m={spec.m} (number of basis functions) must be a positive integer")
         if not float(spec.period) > 0:
-            raise ConfigError(f"{_KEY}.period={spec.period} must be positive (or null for the horizon S)")
+            raise ValueError(f"{_KEY}.period={spec.period} must be positive (or null for the horizon S)")
         return spec
 
 
@@ -152,7 +151,9 @@ class GalLinear(_GalerkinParams):
     ``h``: ``(B, in_features)`` -> ``(B, out_features)``. Parameters: ``m·(in+1)·out``
     (``m·in·out`` without bias), plus 1 each for a learnable dilation / shift."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, spec: GalerkinSpec | None = None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, spec: GalerkinSpec | None = None
+    ) -> None:
         spec = spec or GalerkinSpec()
         self.in_features, self.out_features, self.n_weight = in_features, out_features, in_features * out_features
         super().__init__(spec, self.n_weight + (out_features if bias else 0))
@@ -163,7 +164,9 @@ class GalLinear(_GalerkinParams):
         return linear_from_flat(self.theta(s), h, self.out_features, self.in_features, self.has_bias)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, bias={self.has_bias}, basis={self.spec.basis}, m={self.spec.m}"
+        return (
+            f"{self.in_features}, {self.out_features}, bias={self.has_bias}, basis={self.spec.basis}, m={self.spec.m}"
+        )
 
 
 class GalConv2d(_GalerkinParams):
@@ -192,20 +195,13 @@ class GalConv2d(_GalerkinParams):
         self._init_coeffs(nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias))
 
     def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return conv2d_from_flat(self.theta(s), h, self.out_channels, self.in_channels, self.kernel_size, self.has_bias, self.stride, self.padding)
+        return conv2d_from_flat(
+            self.theta(s), h, self.out_channels, self.in_channels, self.kernel_size, self.has_bias, self.stride,
+            self.padding,
+        )
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, basis={self.spec.basis}, m={self.spec.m}"
-
-
-@DEPTH_LAYERS.register("galerkin")
-def _galerkin(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
-    return GalLinear(in_features, out_features, bias=bias, spec=GalerkinSpec.from_options(options, S))
-
-
-def galerkin_conv2d(
-    in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, padding: int | None = None,
-    bias: bool = True, S: float = 1.0, options: dict[str, Any] | None = None,
-) -> GalConv2d:
-    """Factory for conv fields: a :class:`GalConv2d` from ``field.depth_options``."""
-    return GalConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias, spec=GalerkinSpec.from_options(options, S))
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, basis={self.spec.basis}, "
+            f"m={self.spec.m}"
+        )

@@ -30,7 +30,7 @@ from torch import nn
 
 from nodex.errors import ConfigError
 from nodex.models.build import HORIZONS
-from nodex.models.layers import ACTIVATIONS
+from nodex.models.layers import ACTIVATIONS, make_activation
 
 
 class LearnedHorizon(nn.Module):
@@ -44,14 +44,16 @@ class LearnedHorizon(nn.Module):
         init: S(x) at initialisation (strictly inside the bounds).
     """
 
-    def __init__(self, in_features: int, *, hidden: list[int], activation: str, s_min: float, s_max: float, init: float) -> None:
+    def __init__(
+        self, in_features: int, *, hidden: list[int], activation: str, s_min: float, s_max: float, init: float
+    ) -> None:
         super().__init__()
         widths = [in_features, *hidden, 1]
         layers: list[nn.Module] = []
         for i in range(len(widths) - 1):
             layers.append(nn.Linear(widths[i], widths[i + 1]))
             if i < len(widths) - 2:
-                layers.append(ACTIVATIONS[activation]())
+                layers.append(make_activation(activation))
         self.net = nn.Sequential(*layers)
         self.s_min, self.s_max = float(s_min), float(s_max)
         last = layers[-1]
@@ -79,15 +81,22 @@ def build_learned_horizon(cfg: DictConfig, input_shape: tuple[int, ...], S: floa
     if not s_min < s_max:
         raise ConfigError(f"model.horizon.s_min={s_min} must be below model.horizon.s_max={s_max}")
     if s_min < 0 and not signed:
-        raise ConfigError(f"model.horizon.s_min={s_min} is negative: set model.horizon.signed=true to allow backward integration, or s_min >= 0")
+        raise ConfigError(
+            f"model.horizon.s_min={s_min} is negative: set model.horizon.signed=true to allow backward integration, "
+            "or s_min >= 0"
+        )
     if not s_min < init < s_max:
         raise ConfigError(f"model.horizon.init={init} must lie strictly inside (s_min, s_max) = ({s_min}, {s_max})")
     hidden = cfg.get("hidden", [16])
     if hidden is None or any(int(h) <= 0 for h in hidden):
-        raise ConfigError(f"model.horizon.hidden={hidden} must be a list of positive widths (e.g. [16]; [] for a linear g)")
+        raise ConfigError(
+            f"model.horizon.hidden={hidden} must be a list of positive widths (e.g. [16]; [] for a linear g)"
+        )
     activation = cfg.get("activation", "tanh")
     if activation not in ACTIVATIONS:
-        raise ConfigError(f"model.horizon.activation={activation!r} is unknown; choose one of: {', '.join(sorted(ACTIVATIONS))}")
+        raise ConfigError(
+            f"model.horizon.activation={activation!r} is unknown; choose one of: {', '.join(sorted(ACTIVATIONS))}"
+        )
     return LearnedHorizon(
         math.prod(input_shape), hidden=[int(h) for h in hidden], activation=activation,
         s_min=s_min, s_max=s_max, init=init,

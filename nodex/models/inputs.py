@@ -97,7 +97,9 @@ def _position(cfg: DictConfig) -> str:
 def _positive(cfg: DictConfig, key: str) -> int:
     value = cfg.get(key)
     if value is None or int(value) <= 0:
-        raise ConfigError(f"model.input_layer.{key}={value} must be a positive integer (model.input_layer.kind={cfg.kind})")
+        raise ConfigError(
+            f"model.input_layer.{key}={value} must be a positive integer (model.input_layer.kind={cfg.kind})"
+        )
     return int(value)
 
 
@@ -111,8 +113,8 @@ def _order_init(cfg: DictConfig, module: nn.Module, shape: tuple[int, ...]) -> t
     order = int(cfg.get("order", 1))
     if order < 2:
         raise ConfigError(
-            f"model.input_layer.order_init={mode} places h_x(x) in one block of a higher-order state, but model.order={order}; "
-            "set model.order>=2 (and input_layer.order: ${..order}) or order_init=state"
+            f"model.input_layer.order_init={mode} places h_x(x) in one block of a higher-order state, "
+            f"but model.order={order}; set model.order>=2 (and input_layer.order: ${{..order}}) or order_init=state"
         )
     block = 0 if mode == "position" else 1
     return BlockInit(module, order, block), (shape[0] * order, *shape[1:])
@@ -126,7 +128,9 @@ def _lifting_layer(cfg: DictConfig, input_shape: tuple[int, ...], width: int, ke
     if len(input_shape) == 3:
         k = int(cfg.get("kernel_size", 3))
         if k < 1 or k % 2 == 0:
-            raise ConfigError(f"model.input_layer.kernel_size={k} must be a positive odd integer (same padding keeps H×W)")
+            raise ConfigError(
+                f"model.input_layer.kernel_size={k} must be a positive odd integer (same padding keeps H×W)"
+            )
         return nn.Conv2d(input_shape[0], width, k, padding=k // 2, bias=bias)
     raise ConfigError(f"model.input_layer.kind={key} needs inputs of shape (d,) or (C, H, W), got {tuple(input_shape)}")
 
@@ -148,7 +152,10 @@ def build_zero_augment(cfg: DictConfig, input_shape: tuple[int, ...]) -> tuple[n
 def build_linear(cfg: DictConfig, input_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
     """IL-NODE for flat inputs: ``Linear(d, width, bias)``."""
     if len(input_shape) != 1:
-        raise ConfigError(f"model.input_layer.kind=linear needs flat inputs, got shape {tuple(input_shape)}; use input_layer.kind=conv for images")
+        raise ConfigError(
+            f"model.input_layer.kind=linear needs flat inputs, got shape {tuple(input_shape)}; use "
+            "input_layer.kind=conv for images"
+        )
     width = _positive(cfg, "width")
     return _order_init(cfg, _lifting_layer(cfg, input_shape, width, "linear"), (width,))
 
@@ -157,7 +164,10 @@ def build_linear(cfg: DictConfig, input_shape: tuple[int, ...]) -> tuple[nn.Modu
 def build_conv(cfg: DictConfig, input_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
     """IL-NODE for images: ``Conv2d(C, width, kernel_size, padding=same, bias)``."""
     if len(input_shape) != 3:
-        raise ConfigError(f"model.input_layer.kind=conv needs image inputs (C, H, W), got shape {tuple(input_shape)}; use input_layer.kind=linear for vectors")
+        raise ConfigError(
+            f"model.input_layer.kind=conv needs image inputs (C, H, W), got shape {tuple(input_shape)}; use "
+            "input_layer.kind=linear for vectors"
+        )
     width = _positive(cfg, "width")
     return _order_init(cfg, _lifting_layer(cfg, input_shape, width, "conv"), (width, *input_shape[1:]))
 

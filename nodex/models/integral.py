@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from nodex.errors import ConfigError
+from nodex.errors import ConfigError, config_key
 from nodex.models.build import INTEGRAL_LOSSES
 
 _KEY = "model.integral_loss"
@@ -43,16 +43,22 @@ class CircleReference(nn.Module):
 
     ``learnable``: radius and phase become parameters (a loss with its own parameters).
     Called with depths of any shape ``(...)`` -> ``(..., 2)``.
+
+    Raises:
+        ValueError: a non-positive ``period`` or a ``center`` without 2 entries.
     """
 
     dim = 2
 
-    def __init__(self, radius: float = 1.0, period: float = 1.0, phase: float = 0.0, center: tuple[float, float] = (0.0, 0.0), learnable: bool = False) -> None:
+    def __init__(
+        self, radius: float = 1.0, period: float = 1.0, phase: float = 0.0,
+        center: tuple[float, float] = (0.0, 0.0), learnable: bool = False,
+    ) -> None:
         super().__init__()
         if not float(period) > 0:
-            raise ConfigError(f"reference.period={period} must be positive")
+            raise ValueError(f"period={period} must be positive")
         if len(center) != 2:
-            raise ConfigError(f"reference.center={list(center)} must have 2 entries")
+            raise ValueError(f"center={list(center)} must have 2 entries")
         self.omega = 2 * math.pi / float(period)
         radius_t, phase_t = torch.tensor(float(radius)), torch.tensor(float(phase))
         if learnable:
@@ -81,7 +87,8 @@ def build_reference(cfg: DictConfig | dict | None, key: str = f"{_KEY}.reference
     if kind not in REFERENCES:
         raise ConfigError(f"{key}.kind={kind!r} is unknown; choose one of: {', '.join(sorted(REFERENCES))}")
     try:
-        return REFERENCES[kind](**opts)
+        with config_key(key):
+            return REFERENCES[kind](**opts)
     except TypeError as exc:
         raise ConfigError(f"{key} has an invalid option for kind={kind} ({exc})") from None
 
@@ -91,7 +98,9 @@ def tracked_coords(coords: list[int] | None, dim: int, state_shape: tuple[int, .
     n = math.prod(state_shape)
     coords = list(range(dim)) if coords is None else [int(c) for c in coords]
     if len(coords) != dim or any(not 0 <= c < n for c in coords):
-        raise ConfigError(f"{key}.coords={coords} must list {dim} state indices in [0, {n}) (the reference is {dim}-dimensional)")
+        raise ConfigError(
+            f"{key}.coords={coords} must list {dim} state indices in [0, {n}) (the reference is {dim}-dimensional)"
+        )
     return coords
 
 
@@ -104,7 +113,9 @@ class TrackingLoss(nn.Module):
         self.weight = float(weight)
         self.register_buffer("coords", torch.tensor(coords, dtype=torch.long), persistent=False)
 
-    def forward(self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None, f: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None, f: torch.Tensor | None = None
+    ) -> torch.Tensor:
         target = self.reference(s)  # (d,) or (B, d)
         err = z.reshape(z.shape[0], -1).index_select(1, self.coords) - target
         return self.weight * err.pow(2).mean(dim=1)
@@ -118,7 +129,9 @@ class NormLoss(nn.Module):
         super().__init__()
         self.p, self.on, self.weight = p, on, float(weight)
 
-    def forward(self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None, f: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None, f: torch.Tensor | None = None
+    ) -> torch.Tensor:
         v = z if self.on == "state" else f
         if v is None:
             raise ValueError("this integral loss needs the field's value f")

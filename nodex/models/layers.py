@@ -1,20 +1,16 @@
-"""Depth-aware linear layers: the ``field.depth`` slot.
+"""Depth-aware layers and the flat-parameter maps they share.
 
 Every layer is called as ``layer(s, h)`` with ``s`` the depth (a 0-d tensor, or ``(B,)`` for
-per-sample depths) and ``h`` of shape ``(B, in_features)``. New depth variants register a
-factory ``factory(in_features, out_features, *, bias, S, options) -> nn.Module`` here.
+per-sample depths) and ``h`` of shape ``(B, in_features)`` (``(B, C, H, W)`` for convolutions).
+Which layer a ``field.depth`` kind uses is decided in :mod:`nodex.models.depth` only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
-
-from nodex.registry import Registry
-
-DEPTH_LAYERS: Registry[Callable[..., nn.Module]] = Registry("model.field.depth")
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
@@ -32,7 +28,20 @@ def depth_column(s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return s.to(h).reshape(-1, 1).expand(h.shape[0], 1)
 
 
-def linear_from_flat(theta: torch.Tensor, h: torch.Tensor, out_features: int, in_features: int, bias: bool) -> torch.Tensor:
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (see :data:`ACTIVATIONS`).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r} is unknown; choose one of: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+def linear_from_flat(
+    theta: torch.Tensor, h: torch.Tensor, out_features: int, in_features: int, bias: bool
+) -> torch.Tensor:
     """A linear map whose weight (and bias) are packed in ``theta``: ``(n_params,)`` shared by
     the batch, or ``(B, n_params)`` per sample (per-sample depths). ``h``: ``(B, in_features)``."""
     n_weight = out_features * in_features
@@ -44,7 +53,10 @@ def linear_from_flat(theta: torch.Tensor, h: torch.Tensor, out_features: int, in
     return out + theta[:, n_weight:] if bias else out
 
 
-def conv2d_from_flat(theta: torch.Tensor, h: torch.Tensor, out_channels: int, in_channels: int, kernel_size: int, bias: bool, stride: int, padding: int) -> torch.Tensor:
+def conv2d_from_flat(
+    theta: torch.Tensor, h: torch.Tensor, out_channels: int, in_channels: int, kernel_size: int, bias: bool,
+    stride: int, padding: int,
+) -> torch.Tensor:
     """A 2-D convolution whose kernel (and bias) are packed in ``theta``: ``(n_params,)``, or
     ``(B, n_params)`` per sample (one grouped convolution, groups = B). ``h``: ``(B, C_in, H, W)``."""
     k = kernel_size
@@ -81,11 +93,37 @@ class DepthConcatLinear(nn.Linear):
         return out + depth_column(s, h) * self.weight[:, -1]
 
 
-@DEPTH_LAYERS.register("none")
-def _static(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
-    return StaticLinear(in_features, out_features, bias=bias)
+class DepthConv2d(nn.Conv2d):
+    """``Conv2d`` (same padding) called as ``layer(s, h)``; with ``depth_concat`` a constant-``s``
+    channel is appended to ``h`` (one extra input channel), else ``s`` is ignored.
+    ``h``: ``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool, depth_concat: bool
+    ) -> None:
+        super().__init__(
+            in_channels + int(depth_concat), out_channels, kernel_size, padding=kernel_size // 2, bias=bias
+        )
+        self.depth_concat = depth_concat
+
+    def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.depth_concat:
+            col = s.to(h).reshape(-1, 1, 1, 1).expand(h.shape[0], 1, *h.shape[2:])
+            h = torch.cat([h, col], dim=1)
+        return super().forward(h)
 
 
-@DEPTH_LAYERS.register("concat")
-def _concat(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
-    return DepthConcatLinear(in_features, out_features, bias=bias)
+def batched_affine(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``h @ W_k^T + b_k`` per member: ``h`` ``(K, B, in)``, ``W`` ``(K, out, in)``, ``b`` ``(K, out)``."""
+    if b is None:
+        return torch.bmm(h, W.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+
+
+def batched_linear_from_flat(
+    theta: torch.Tensor, h: torch.Tensor, out_features: int, in_features: int, bias: bool
+) -> torch.Tensor:
+    """:func:`linear_from_flat` per member: ``theta`` ``(K, n_params)``, ``h`` ``(K, B, in)``."""
+    n_weight = out_features * in_features
+    W = theta[:, :n_weight].view(-1, out_features, in_features)
+    return batched_affine(h, W, theta[:, n_weight:] if bias else None)

@@ -75,11 +75,12 @@ class NeuralODE(nn.Module):
         input_layer: ``h_x``: ``(B, *input_shape) -> (B, *state_shape)``.
         field: ``f(s, z, u)``.
         readout: ``h_y``: ``(B, *state_shape) -> (B, n_out)``.
-        settings: solver settings; integrates over ``[0, settings.S]``.
+        settings: solver settings (method, tolerances, sensitivity).
         control: ``u`` from ``(x, z0)``: ``None`` for no data control.
         integral_loss: ``l(s, z, u, f) -> (B,)`` (``f``: the field's value) or ``None``.
         horizon: ``g(x) -> (B,)`` per-sample depth S(x), or ``None`` for the fixed ``S``.
         jump_t: depths where the field's parameters jump (stacked models).
+        S: the horizon: integrates over ``[0, S]`` (``horizon`` set: ``[0, S(x)]`` per sample instead).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class NeuralODE(nn.Module):
         integral_loss: nn.Module | None = None,
         horizon: nn.Module | None = None,
         jump_t: list[float] | None = None,
+        S: float = 1.0,
     ) -> None:
         super().__init__()
         self.input_layer = input_layer
@@ -102,12 +104,15 @@ class NeuralODE(nn.Module):
         self.horizon = horizon
         self.control = control
         self.settings = settings
+        self.S = float(S)
         self.nfe = NFECounter()
         # float64: torchdiffeq casts jump_t to the state's dtype; a float32 copy would shift the
         # jumps of float64 solves off the layers' breakpoints (by up to ~1e-8).
-        self.register_buffer("jump_t", None if not jump_t else torch.tensor(jump_t, dtype=torch.float64), persistent=False)
-        self.register_buffer("span", torch.tensor([0.0, settings.S]), persistent=False)
-        self.register_buffer("unit_span", torch.tensor([0.0, 1.0]), persistent=False)  # adaptive horizons: s/S(x) in [0, 1]
+        jumps = None if not jump_t else torch.tensor(jump_t, dtype=torch.float64)
+        self.register_buffer("jump_t", jumps, persistent=False)
+        self.register_buffer("span", torch.tensor([0.0, self.S]), persistent=False)
+        # adaptive horizons: s/S(x) in [0, 1]
+        self.register_buffer("unit_span", torch.tensor([0.0, 1.0]), persistent=False)
 
     def _bind(self, x: torch.Tensor) -> tuple[BoundDynamics, torch.Tensor, torch.Tensor | None]:
         z0 = self.input_layer(x)

@@ -29,7 +29,8 @@ def build_linear(cfg: DictConfig, state_shape: tuple[int, ...], n_outputs: int) 
 def build_identity(cfg: DictConfig, state_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     if math.prod(state_shape) != n_outputs:
         raise ConfigError(
-            f"model.readout.kind=identity needs the state width ({math.prod(state_shape)}) to equal the output width ({n_outputs}); use readout.kind=linear"
+            f"model.readout.kind=identity needs the state width ({math.prod(state_shape)}) to equal the output width "
+            f"({n_outputs}); use readout.kind=linear"
         )
     return nn.Flatten() if len(state_shape) > 1 else nn.Identity()
 
@@ -39,7 +40,10 @@ def build_conv_head(cfg: DictConfig, state_shape: tuple[int, ...], n_outputs: in
     """The paper's image readout (§E5): ``Conv1x1(n_z→k) → AdaptiveAvgPool2d(p) → Flatten →
     Linear(p²·k, n_outputs)`` with ``k = readout.channels``, ``p = readout.pool`` (4)."""
     if len(state_shape) != 3:
-        raise ConfigError(f"model.readout.kind=conv_head needs an image state (C, H, W), got shape {tuple(state_shape)}; use readout.kind=linear")
+        raise ConfigError(
+            f"model.readout.kind=conv_head needs an image state (C, H, W), got shape {tuple(state_shape)}; use "
+            "readout.kind=linear"
+        )
     k, pool = int(cfg.get("channels", 4)), int(cfg.get("pool", 4))
     if k <= 0 or pool <= 0:
         raise ConfigError(f"model.readout.channels={k} and model.readout.pool={pool} must be positive integers")

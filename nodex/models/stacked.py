@@ -14,15 +14,14 @@ it when starting the next, hence the half-open pieces).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from nodex.errors import ConfigError
-from nodex.models.layers import DEPTH_LAYERS, conv2d_from_flat, linear_from_flat
+from nodex.models.layers import conv2d_from_flat, linear_from_flat
 
-_KEY = "model.field.depth_options"
+_KEY = "depth_options"  # the layers' argument; builders prefix the config key
 OPTIONS = ("pieces", "boundaries")
 
 
@@ -30,24 +29,27 @@ def stacked_boundaries(options: dict[str, Any] | None, S: float) -> list[float]:
     """Interior breakpoints from ``pieces`` / ``boundaries``.
 
     Raises:
-        ConfigError: unknown key, ``pieces < 1``, boundaries not increasing inside (0, S) or
+        ValueError: unknown key, ``pieces < 1``, boundaries not increasing inside (0, S) or
             disagreeing with ``pieces``.
     """
     opts = dict(options or {})
     unknown = sorted(set(opts) - set(OPTIONS))
     if unknown:
-        raise ConfigError(f"{_KEY}.{unknown[0]} is not a stacked option; valid: {', '.join(OPTIONS)}")
+        raise ValueError(f"{_KEY}.{unknown[0]} is not a stacked option; valid: {', '.join(OPTIONS)}")
     pieces, bounds = opts.get("pieces"), opts.get("boundaries")
     if bounds is not None:
         bounds = [float(b) for b in bounds]
         if any(not 0.0 < b < S for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
-            raise ConfigError(f"{_KEY}.boundaries={bounds} must be strictly increasing inside (0, S={S})")
+            raise ValueError(f"{_KEY}.boundaries={bounds} must be strictly increasing inside (0, S={S})")
         if pieces is not None and int(pieces) != len(bounds) + 1:
-            raise ConfigError(f"{_KEY}.pieces={pieces} disagrees with {len(bounds)} boundaries ({len(bounds) + 1} pieces); set one of them")
+            raise ValueError(
+                f"{_KEY}.pieces={pieces} disagrees with {len(bounds)} boundaries ({len(bounds) + 1} pieces); "
+                "set one of them"
+            )
         return bounds
     p = 10 if pieces is None else pieces
     if int(p) != p or p < 1:
-        raise ConfigError(f"{_KEY}.pieces={pieces} must be a positive integer")
+        raise ValueError(f"{_KEY}.pieces={pieces} must be a positive integer")
     return [S * i / int(p) for i in range(1, int(p))]
 
 
@@ -55,7 +57,7 @@ class PiecewiseParams(nn.Module):
     """p pieces of constant flat parameters in one ``(p, n_params)`` tensor, picked by depth.
     Each piece is initialised by a fresh ``make()`` module (as ``nn.Linear`` / ``nn.Conv2d`` would be)."""
 
-    def __init__(self, boundaries: list[float], make) -> None:
+    def __init__(self, boundaries: list[float], make: Callable[[], nn.Module]) -> None:
         super().__init__()
         self.breakpoints = tuple(float(b) for b in boundaries)
         self.pieces = len(self.breakpoints) + 1
@@ -92,22 +94,19 @@ class StackedConv2d(PiecewiseParams):
     """2-D convolution (same padding) with p pieces of constant kernel and bias. Called as
     ``layer(s, h)``: ``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``. Parameters: ``p·(C_in·k²+1)·C_out``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, boundaries: list[float], bias: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, boundaries: list[float], bias: bool = True
+    ) -> None:
         super().__init__(boundaries, lambda: nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias))
-        self.in_channels, self.out_channels, self.kernel_size, self.has_bias = in_channels, out_channels, kernel_size, bias
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.has_bias = bias
 
     def forward(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return conv2d_from_flat(self.theta(s), h, self.out_channels, self.in_channels, self.kernel_size, self.has_bias, 1, self.kernel_size // 2)
+        k = self.kernel_size
+        return conv2d_from_flat(self.theta(s), h, self.out_channels, self.in_channels, k, self.has_bias, 1, k // 2)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.has_bias}, pieces={self.pieces}"
-
-
-def stacked_conv2d(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool, S: float, options: dict[str, Any] | None) -> StackedConv2d:
-    """Factory for conv fields: a :class:`StackedConv2d` from ``field.depth_options``."""
-    return StackedConv2d(in_channels, out_channels, kernel_size, stacked_boundaries(options, S), bias=bias)
-
-
-@DEPTH_LAYERS.register("stacked")
-def _stacked(in_features: int, out_features: int, *, bias: bool, S: float, options: dict[str, Any]) -> nn.Module:
-    return StackedLinear(in_features, out_features, stacked_boundaries(options, S), bias=bias)
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.has_bias}, "
+            f"pieces={self.pieces}"
+        )

@@ -17,7 +17,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
-from nodex.errors import ConfigError, SolverError
+from nodex.errors import SolverError
 from nodex.ode.lean.adjoint import dopri5_adjoint, fixed_grid_adjoint, tsit5_adjoint
 from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
 from nodex.ode.lean.tsit5 import tsit5
@@ -41,9 +41,10 @@ def available_methods() -> list[str]:
 
 @dataclass(frozen=True)
 class SolverSettings:
-    """How to integrate: method, tolerances, fixed step, sensitivity and horizon ``[0, S]``.
+    """How to integrate: method, tolerances, fixed step, sensitivity, engine (the interval is the caller's).
 
-    Raises :class:`ConfigError` on construction when a value is invalid.
+    Raises ``ValueError`` on construction when a value is invalid, naming the argument
+    (``rtol=0.0 must be positive ...``); the config builder prefixes the ``solver`` key.
     """
 
     method: str = "dopri5"
@@ -53,36 +54,31 @@ class SolverSettings:
     max_num_steps: int = 10_000
     sensitivity: str = "autograd"
     seminorm: bool = True
-    S: float = 1.0
     options: dict = field(default_factory=dict)
     engine: str = "auto"
 
     def __post_init__(self) -> None:
         methods = available_methods()
         if self.method not in methods:
-            raise ConfigError(
-                f"solver.method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}"
+            raise ValueError(
+                f"method={self.method!r} is not a torchdiffeq method; choose one of: {', '.join(methods)}"
             )
         for key in ("rtol", "atol"):
             value = getattr(self, key)
             if not value > 0:
-                raise ConfigError(f"solver.{key}={value} must be positive (e.g. solver.{key}=1e-4)")
+                raise ValueError(f"{key}={value} must be positive (e.g. {key}=1e-4)")
         if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"solver.step_size={self.step_size} must be positive (e.g. solver.step_size=0.1) or null")
+            raise ValueError(f"step_size={self.step_size} must be positive (e.g. step_size=0.1) or null")
         if self.is_fixed_step and self.step_size is None:
-            raise ConfigError(f"solver.method={self.method} is a fixed-step method: set solver.step_size (e.g. 0.1)")
+            raise ValueError(f"method={self.method} is a fixed-step method: set its step_size (e.g. 0.1)")
         if self.max_num_steps <= 0:
-            raise ConfigError(f"solver.max_num_steps={self.max_num_steps} must be a positive integer")
+            raise ValueError(f"max_num_steps={self.max_num_steps} must be a positive integer")
         if self.sensitivity not in SENSITIVITIES:
-            raise ConfigError(f"solver.sensitivity={self.sensitivity!r}; choose one of: {', '.join(SENSITIVITIES)}")
-        if not self.S > 0:
-            raise ConfigError(f"solver.S={self.S} (the integration horizon) must be positive")
+            raise ValueError(f"sensitivity={self.sensitivity!r}; choose one of: {', '.join(SENSITIVITIES)}")
         if self.engine not in ENGINES:
-            raise ConfigError(f"solver.engine={self.engine!r}; choose one of: {', '.join(ENGINES)}")
+            raise ValueError(f"engine={self.engine!r}; choose one of: {', '.join(ENGINES)}")
         if self.engine == "torchdiffeq" and self.method in NODEX_METHODS:
-            raise ConfigError(
-                f"solver.method={self.method} is nodex's own (torchdiffeq has none): set solver.engine=auto"
-            )
+            raise ValueError(f"engine=torchdiffeq has no method {self.method} (it is nodex's own): set engine=auto")
 
     @property
     def is_fixed_step(self) -> bool:
@@ -162,9 +158,9 @@ def odesolve(
     lean = _lean_kind(settings, z0, s)
     if lean is None:
         if settings.method in NODEX_METHODS:
-            raise ConfigError(
-                f"solver.method={settings.method} runs on nodex's own engine only: it needs increasing constant "
-                "depths, a tensor or tuple state and no solver.options"
+            raise SolverError(
+                f"method={settings.method} runs on nodex's own engine only: it needs increasing constant "
+                "depths, a tensor or tuple state and no solver options"
             )
         return _torchdiffeq_solve(func, z0, s, settings, jump_t, params)
     jumps = None if jump_t is None else [float(j) for j in host_depths(jump_t)]

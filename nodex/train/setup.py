@@ -4,7 +4,6 @@ built from one config)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import platform
 from typing import Any
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 import nodex
 from nodex.config import upgrade_run_config
 from nodex.data import DataBundle, build_data
-from nodex.errors import ConfigError, NodexError
+from nodex.errors import ConfigError, NodexError, config_key
 from nodex.models import DataSpec, build_model
 from nodex.models.build import horizon_length
 from nodex.ode import SolverSettings
@@ -66,12 +65,14 @@ def set_tf32(enabled: bool) -> None:
 
 
 def solver_settings(cfg: DictConfig, model_cfg: DictConfig | None = None) -> SolverSettings:
-    """Validated :class:`SolverSettings` from the ``solver`` group; its horizon ``S`` comes from
-    ``model_cfg.horizon.S`` (the ``model`` group) when given, else the settings' default."""
-    known = set(SolverSettings.__dataclass_fields__) - {"S"}
+    """Validated :class:`SolverSettings` from the ``solver`` group; a ``model_cfg`` has its horizon
+    (``model.horizon.S``, the model's, not the solver's) checked here too, before any data are built."""
+    if model_cfg is not None:
+        horizon_length(model_cfg)
+    known = set(SolverSettings.__dataclass_fields__)
     values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in known}
-    settings = SolverSettings(**values)
-    return settings if model_cfg is None else dataclasses.replace(settings, S=horizon_length(model_cfg))
+    with config_key("solver"):
+        return SolverSettings(**values)
 
 
 def validate_trainer(cfg: DictConfig) -> None:

@@ -51,7 +51,7 @@ class Tracking(Task):
         return F.mse_loss(y_hat[:, self.coords], target.expand(y_hat.shape[0], -1))
 
     def model_metrics(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        S = float(model.settings.S)
+        S = float(model.S)
         if self.eval_horizon <= S:
             raise ConfigError(
                 f"task.eval_horizon={self.eval_horizon} must exceed the training horizon model.horizon.S={S}"

@@ -7,7 +7,7 @@ with its parameters pointed at the members' slices (as :func:`torch.func.functio
 does) under :func:`torch.func.vmap` over the member
 dimension, so any slot built from standard modules works without per-variant code. The
 MLP fields of the toy models take a faster path, batched matmuls on the stacked parameters
-(:mod:`nodex.models.member_batched`), with the same per-member arithmetic.
+(:mod:`nodex.models.ensemble.batched`), with the same per-member arithmetic.
 
 One solve integrates the stacked state ``(K, B, *state_shape)``: with fixed-step solvers each
 member follows exactly the computation of its own run; adaptive solvers take one step-size
@@ -31,7 +31,7 @@ try:  # functorch's own entry points (what torch.func.vmap calls after its Pytho
 except ImportError:  # another torch: fall back to the public vmap
     _vmap_increment_nesting = None
 
-from nodex.models.member_batched import batched_field
+from nodex.models.ensemble.batched import batched_field
 from nodex.models.neural_ode import BoundDynamics, ModelOutput, NeuralODE
 from nodex.ode import NFECounter, odesolve
 
@@ -138,7 +138,7 @@ class EnsembleNeuralODE(nn.Module):
         # Held in lists so they stay unregistered: their own tensors are never used.
         self._template = [template]
         self._bounds = [BoundDynamics(template.field, None, template.integral_loss, None)]
-        self.settings = template.settings
+        self.settings, self.S = template.settings, template.S
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
@@ -211,7 +211,7 @@ class EnsembleNeuralODE(nn.Module):
 
     def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None) -> Any:
         """The member dynamics (field bound to its control, integral channel, horizon scaling)
-        vmapped over members (or batched directly, see :mod:`nodex.models.member_batched`);
+        vmapped over members (or batched directly, see :mod:`nodex.models.ensemble.batched`);
         ``state``: ``(K, B, ...)`` or a tuple of such."""
         if self._batched_field is not None and self.use_batched_field and horizon is None:
             return self._batched_field(self._slot_tensors(_DYNAMICS_SLOTS), s, state, control)
