@@ -361,7 +361,6 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
 # --- nodex eval: bad values, devices and broken run configs are one line ---
 
 @pytest.mark.parametrize("override, expected", [
-    ("data.n_test=abc", "data.n_test='abc' is not an integer: give data.n_test a number of samples"),
     ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 must be a positive integer or null (a split at once)"),
     ("trainer.device=cuda", "nodex eval picks its device with device=...: use device=cuda"),
     ("split=bogus", "split='bogus'; choose one of: train, val, test"),
@@ -369,6 +368,13 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
 def test_eval_bad_values_are_one_line(cli, tmp_path, good_run, override, expected):
     code, _, err = cli(["eval", f"ckpt={good_run}", override, f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and _one_line_error(err) == f"nodex: error: {expected}"
+
+
+def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_run):
+    code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=abc", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 2 and _one_line_error(err) == ("nodex: error: data.n_test='abc' is not an integer: give "
+                                                  "data.n_test an integer")
+    assert not (tmp_path / "ev").exists()
 
 
 def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
@@ -395,11 +401,11 @@ def test_eval_of_a_checkpoint_whose_config_is_broken_is_one_line(cli, tmp_path, 
         "trainer); evaluate a checkpoint written by nodex train")
 
 
-def test_a_non_integer_sample_count_is_refused_before_training(train_run):
-    run_dir, result, code, err = train_run("data.n_train=abc")
-    assert code == 1 and _one_line_error(err) == ("nodex: error: data.n_train='abc' is not an integer: give "
-                                                  "data.n_train a number of samples")
-    assert result["status"] == "failed" and not (run_dir / "checkpoints").exists()
+def test_a_non_integer_sample_count_is_refused_before_anything_is_written(cli, tmp_path):
+    code, _, err = cli(["train", "data.n_train=abc", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert code == 2 and _one_line_error(err) == ("nodex: error: data.n_train='abc' is not an integer: give "
+                                                  "data.n_train an integer")
+    assert not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_before_the_run_starts_is_one_line(cli, tmp_path, monkeypatch):
