@@ -193,6 +193,8 @@ def test_type_errors_in_python_compose_raise_validation_errors():
     ("trainer.grad_clip=0", "trainer.grad_clip=0.0 must be a positive max gradient norm or null"),
     ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 must be a positive integer or null"),
     ("trainer.checkpoint_every=7", "trainer.checkpoint_every=7 must be a multiple of trainer.log_every=5"),
+    ("trainer.log_every=0", "trainer.log_every=0 must be a positive integer"),
+    ("trainer.log_every=-3", "trainer.log_every=-3 must be a positive integer"),
     ("model.horizon.S=inf", "model.horizon.S=inf (the integration horizon) must be a positive, finite number"),
     ("solver.S=2", "solver.S moved: use model.horizon.S=2"),
 ])

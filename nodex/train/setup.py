@@ -99,7 +99,8 @@ def validate_trainer(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}"
         )
-    log_every, ckpt_every = int(cfg.get("log_every") or 1), cfg.get("checkpoint_every")
+    log_every, ckpt_every = cfg.get("log_every"), cfg.get("checkpoint_every")
+    log_every = 1 if log_every is None else int(log_every)
     if log_every <= 0:
         raise ConfigError(f"trainer.log_every={log_every} must be a positive integer")
     if ckpt_every and int(ckpt_every) % log_every:
