@@ -67,7 +67,7 @@ def test_tensorboard_hparams_carry_every_override_without_scalar_clutter(train_r
     assert code == 0, err
     sessions, columns, metric_columns = _hparams_tab(tmp_path)
     fast = {"trainer.log_every": 5, "trainer.val_every": 10, "trainer.checkpoint_every": 10, "data.n_train": 128,
-            "data.n_val": 128, "data.n_test": 256, "trainer.plots": False}
+            "data.n_val": 128, "data.n_test": 256, "trainer.plots": "false"}
     assert sessions["a"] == {"model": "vanilla", "data": "rings", "solver": "dopri5", "seed": 3,
                              "trainer.max_steps": 15, "solver.rtol": 1e-4, **fast}
     assert sessions["b"] == {"model": "depthcat", "data": "rings", "solver": "dopri5", "seed": 0,

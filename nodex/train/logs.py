@@ -18,12 +18,15 @@ def _step(line: str) -> int:
         return 1 << 62  # a torn last line of a killed run: dropped with the rows after the checkpoint
 
 
-def _hparam_value(value: Any) -> int | float | str | bool:
-    """A value TensorBoard's hparams accept: numbers, strings and booleans as they are, ``None`` as ``null``,
-    anything else (lists, mappings) as JSON text."""
-    if isinstance(value, (int, float, str, bool)):
+def _hparam_value(value: Any) -> int | float | str:
+    """A value TensorBoard's hparams accept: numbers and strings as they are, booleans and ``None`` as Hydra
+    writes them (``true``/``false``/``null``; torch's writer would store a boolean as the number 0 or 1), anything
+    else (lists, mappings) as JSON text."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float, str)):
         return value
-    return "null" if value is None else json.dumps(value, default=str)
+    return json.dumps(value, default=str)
 
 
 class RunLogger:
@@ -79,9 +82,8 @@ class RunLogger:
             self.writer.add_text(tag, text, step)
 
     def hparams(self, hparams: dict[str, Any], run_values: dict[str, float], step: int) -> None:
-        """The run's row in TensorBoard's HPARAMS tab: ``hparams`` (name -> value; numbers, strings and booleans
-        kept, anything else as JSON text) and ``run_values`` (run-level numbers such as ``params``, logged once as
-        ``run/<name>`` scalars at ``step``).
+        """The run's row in TensorBoard's HPARAMS tab: ``hparams`` (name -> value, see :func:`_hparam_value`) and
+        ``run_values`` (run-level numbers such as ``params``, logged once as ``run/<name>`` scalars at ``step``).
 
         Only the session start and end summaries are written, no per-run experiment summary: TensorBoard then
         takes the hparam columns from the union of every run's keys (a run that overrides a key another run does
