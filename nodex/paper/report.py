@@ -2,8 +2,8 @@
 
 Runs are grouped by chosen config keys (``--by model,data``; ``auto`` = the experiment, model,
 data and every override that differs between runs and can change results: never seeds, output paths, logging,
-progress, checkpointing, threads or resuming, see :data:`NON_RESULT_KEYS`), metrics are averaged over the runs of a group (seeds) as
-mean ± sample std, and failed or interrupted runs are counted and listed, never averaged.
+progress, checkpointing, threads or resuming, see :data:`NON_RESULT_KEYS`), metrics are averaged over the runs
+of a group (seeds) as mean ± sample std, and failed or interrupted runs are counted and listed, never averaged.
 Where the paper reports a number for the group's experiment (:mod:`nodex.paper.claims`) it
 is printed beside ours.
 
