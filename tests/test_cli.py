@@ -35,17 +35,55 @@ def test_train_writes_the_run_directory_contract(train_run):
     assert [s for s, _ in scalars["train/loss"]] == [5, 10, 15, 20]
 
 
-def test_tensorboard_has_hparams_and_metadata(train_run):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
+def _hparams_tab(logdir):
+    """What TensorBoard's HPARAMS tab shows for ``logdir``: ``{run: {hparam: value}}`` and the metric columns."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context, metadata
 
-    run_dir, result, code, _ = train_run()
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
+                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    backend, ctx = backend_context.Context(tb), context.RequestContext()
+    content = backend.hparams_metadata(ctx, "")
+    experiment = backend.experiment_from_metadata(ctx, "", True, content, [])
+    sessions = {}
+    for run, tags in content.items():
+        info = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+        sessions[run] = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+    columns = {h.name for h in experiment.hparam_infos}
+    return sessions, columns, {m.name.tag for m in experiment.metric_infos}
+
+
+def test_tensorboard_hparams_carry_every_override_without_scalar_clutter(train_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, result, code, err = train_run("seed=3", "trainer.max_steps=15", "solver.rtol=1e-4", name="a")
+    assert code == 0, err
+    _, other, code, err = train_run("model=depthcat", name="b")
+    assert code == 0, err
+    sessions, columns, metric_columns = _hparams_tab(tmp_path)
+    fast = {"trainer.log_every": 5, "trainer.val_every": 10, "trainer.checkpoint_every": 10, "data.n_train": 128,
+            "data.n_val": 128, "data.n_test": 256, "trainer.plots": "false"}
+    assert sessions["a"] == {"model": "vanilla", "data": "rings", "solver": "dopri5", "seed": 3,
+                             "trainer.max_steps": 15, "solver.rtol": 1e-4, **fast}
+    assert sessions["b"] == {"model": "depthcat", "data": "rings", "solver": "dopri5", "seed": 0,
+                             "trainer.max_steps": 20, **fast}
+    assert columns == set(sessions["a"]) | set(sessions["b"])  # the union: no run's keys hidden by another's
+    assert {"test/accuracy", "test/loss", "run/params", "run/nfe_forward", "run/wall_time_s"} <= metric_columns
+    assert sorted(p.parent for p in tmp_path.rglob("events.out.tfevents*")) == [run_dir, tmp_path / "b"]  # no sub-run
+    scalars = read_scalars(run_dir)
+    assert not [t for t in scalars if t.startswith("hparam")]
+    assert scalars["run/params"] == [(15, 1224.0)] and len(scalars["test/accuracy"]) == 1
+    assert scalars["test/accuracy"][0][1] == pytest.approx(result["metrics"]["test/accuracy"])
     ea = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     ea.Reload()
-    content = ea.PluginTagToContent("hparams")
-    info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert info.hparams["model"].string_value == "vanilla"
-    assert "run/metadata/text_summary" in ea.Tags()["tensors"]
+    text = ea.Tensors("run/metadata/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert result["command"].startswith("nodex train ") and "seed=3 trainer.max_steps=15 solver.rtol=1e-4" in text
+    assert f"`{result['command']}`" in text
 
 
 def test_eval_reproduces_the_test_metric_from_the_checkpoint(train_run, cli, tmp_path):

@@ -19,18 +19,21 @@ from nodex.paper.report import find_runs, render
 
 
 def fake_run(root: Path, name: str, *, model="vanilla", data="rings", seed=0, acc=None, status="completed",
-             error=None, experiment=None, choice_experiment=None, lr=0.005, overrides=(), nfe=20.0, params=1224) -> Path:
-    """A run directory as nodex writes it: result.json + .hydra/{overrides,hydra}.yaml."""
+             error=None, experiment=None, choice_experiment=None, lr=0.005, overrides=(), nfe=20.0, params=1224,
+             trainer=None, metrics=None, choices=None) -> Path:
+    """A run directory as nodex writes it: result.json + .hydra/{overrides,hydra}.yaml. ``trainer``: more
+    ``trainer`` config keys; ``metrics``: more test metrics; ``choices``: more of Hydra's preset choices."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     config = {"model": {"name": model}, "data": {"name": data}, "solver": {"method": "dopri5"},
-              "trainer": {"optim": {"lr": lr}}, "seed": seed, "experiment_name": experiment}
-    result = {"status": status, "error": error, "metrics": {} if acc is None else {"test/accuracy": acc, "test/loss": 1 - acc},
+              "trainer": {"optim": {"lr": lr}, **(trainer or {})}, "seed": seed, "experiment_name": experiment}
+    result = {"status": status, "error": error, "metrics": {} if acc is None else {"test/accuracy": acc, "test/loss": 1 - acc, **(metrics or {})},
               "nfe_forward": nfe, "nfe_backward": 0.0, "params": params, "steps": 5, "wall_time_s": 1.5,
               "config": config, "seed": seed}
     (run / "result.json").write_text(json.dumps(result))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model={model}", f"seed={seed}", *overrides]))
-    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"name": "train"}, "runtime": {"choices": {"experiment": choice_experiment}}}}))
+    all_choices = {"experiment": choice_experiment, **(choices or {})}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"name": "train"}, "runtime": {"choices": all_choices}}}))
     return run
 
 
@@ -74,6 +77,47 @@ def test_csv_rows_and_dotted_group_keys(tmp_path):
     # auto: the swept override key joins model and data; seeds never do
     text = render(find_runs([root]), None, ["test/accuracy"])
     assert text.splitlines()[0] == "| model | data | trainer.optim.lr | n | failed | test/accuracy |"
+
+
+def test_auto_groups_only_by_keys_that_change_results(tmp_path):
+    """Runs that differ in seeds, output dirs, progress, resume, logging, checkpointing or threads are one group;
+    a swept budget splits them."""
+    root = tmp_path / "ui"
+    ui = [({"progress": True, "resume": None, "num_threads": 1, "checkpoint_every": 10, "log_every": 5}, "true"),
+          ({"progress": False, "resume": "auto", "num_threads": 2, "checkpoint_every": 20, "log_every": 10}, "false")]
+    for i, (max_steps, (keys, flag)) in enumerate([(50, ui[0]), (50, ui[1]), (80, ui[0]), (80, ui[1])]):
+        overrides = [f"trainer.max_steps={max_steps}", f"trainer.progress={flag}", f"trainer.resume={keys['resume']}",
+                     f"trainer.num_threads={keys['num_threads']}", f"trainer.checkpoint_every={keys['checkpoint_every']}",
+                     f"trainer.log_every={keys['log_every']}", f"logger.tensorboard={flag}", f"hydra.run.dir=out/{i}",
+                     "hydra/launcher=joblib" if i % 2 else "hydra/launcher=basic"]
+        fake_run(root, str(i), seed=i, acc=0.5 + i / 10, trainer={"max_steps": max_steps, **keys}, overrides=overrides)
+    text = render(find_runs([root]), None, ["test/accuracy"])
+    assert text.splitlines()[:4] == ["| model | data | trainer.max_steps | n | failed | test/accuracy |", "|---|---|---|---|---|---|",
+                                     "| vanilla | rings | 50 | 2 | 0 | 0.55 ± 0.071 |", "| vanilla | rings | 80 | 2 | 0 | 0.75 ± 0.071 |"]
+
+
+def test_model_column_shows_the_preset_and_duplicate_columns_are_dropped_or_explained(tmp_path):
+    root = tmp_path / "dup"
+    same = {"test/loss_terminal": 0.25, "test/nfe_forward": 14.0}
+    for seed in (0, 1):  # an experiment renames model.name; the preset Hydra chose is data_control
+        fake_run(root, f"dc{seed}", model="annuli_data_control", experiment="annuli_data_control", seed=seed, acc=0.75,
+                 metrics=same, choices={"model": "data_control"})
+    runs = find_runs([root])
+    text = render(runs, None, None, paper=False)
+    assert text.splitlines()[0] == ("| experiment | model | data | n | failed | test/accuracy | test/loss | test/nfe_forward | "
+                                    "nfe_forward | params | wall_time_s |")
+    assert text.splitlines()[2] == "| annuli_data_control | data_control | rings | 2 | 0 | 0.75 | 0.25 | 14 | 20 | 1224 | 1.5 |"
+    assert text.splitlines()[5] == (
+        "test/nfe_forward: mean function evaluations per test batch (one forward solve, no gradients); "
+        "nfe_forward: mean function evaluations of the forward solve per training step.")
+    payload = json.loads(render(runs, None, None, "json"))
+    assert payload["groups"][0]["model"] == "data_control" and "test/loss_terminal" not in payload["metrics"]
+    assert payload["notes"]["test/nfe_forward"].startswith("mean function evaluations per test batch")
+    # with an integral loss test/loss_terminal is a different number: kept, and explained
+    fake_run(root, "il", seed=2, acc=0.75, metrics={"test/loss_terminal": 0.2, "test/nfe_forward": 14.0})
+    text = render(find_runs([root]), ["model"], None)
+    assert text.splitlines()[0].startswith("| model | n | failed | test/accuracy | test/loss | test/loss_terminal |")
+    assert "test/loss_terminal: the terminal part of test/loss (test/loss adds the integral loss)" in text
 
 
 def test_paper_values_sit_beside_ours_and_experiment_comes_from_the_run(tmp_path):

@@ -1,13 +1,15 @@
 """``nodex report``: a results table from the ``result.json`` files of run and multirun dirs.
 
 Runs are grouped by chosen config keys (``--by model,data``; ``auto`` = the experiment, model,
-data and every swept override), metrics are averaged over the runs of a group (seeds) as
-mean ± sample std, and failed or interrupted runs are counted and listed, never averaged.
+data and every override that differs between runs and can change results: never seeds, output paths, logging,
+progress, checkpointing, threads or resuming, see :data:`NON_RESULT_KEYS`), metrics are averaged over the runs
+of a group (seeds) as mean ± sample std, and failed or interrupted runs are counted and listed, never averaged.
 Where the paper reports a number for the group's experiment (:mod:`nodex.paper.claims`) it
 is printed beside ours.
 
 Group keys: ``experiment`` (the run's ``experiment_name``, else the experiment Hydra chose);
-a config group such as ``model``/``data``/``solver`` (its ``name``, ``method`` or ``kind``);
+a config group such as ``model``/``data``/``solver`` (the preset Hydra chose, e.g. ``model=data_control`` in
+``experiment=annuli_data_control``; for runs without Hydra's record its ``name``, ``method`` or ``kind``);
 any dotted config key (``trainer.optim.lr``). Metric names: a key of ``result["metrics"]``
 (``test/accuracy``), a top-level numeric key of ``result.json`` (``nfe_forward`` and
 ``nfe_backward`` = mean per training step, ``params``, ``wall_time_s``, ``steps``), or a short
@@ -32,6 +34,18 @@ import yaml
 from nodex.paper.claims import PaperValue, paper_value
 
 TOP_LEVEL_METRICS = ("nfe_forward", "nfe_backward", "params", "wall_time_s", "steps")
+# Keys (and prefixes ending in "." or "/") that never change a run's results: seeds (averaged over), output paths,
+# logging cadence, progress display, checkpointing, threads and resuming. Never an automatic group key.
+NON_RESULT_KEYS = ("seed", "hydra.", "hydra/", "logger.", "monitor", "experiment_name", "trainer.progress",
+                   "trainer.resume", "trainer.checkpoint_every", "trainer.num_threads", "trainer.log_every",
+                   "trainer.val_every", "trainer.plots", "trainer.plot_every")
+# What a metric column means where its name alone does not say (printed under the Markdown table).
+COLUMN_NOTES = {
+    "nfe_forward": "mean function evaluations of the forward solve per training step",
+    "nfe_backward": "mean function evaluations of the backward (adjoint) solve per training step",
+    "test/nfe_forward": "mean function evaluations per test batch (one forward solve, no gradients)",
+    "test/loss_terminal": "the terminal part of test/loss (test/loss adds the integral loss)",
+}
 DEFAULT_TAIL = ("nfe_forward", "nfe_backward", "params", "wall_time_s")
 FORMATS = ("markdown", "csv", "json")
 
@@ -138,6 +152,8 @@ def key_value(run: Run, key: str) -> Any:
     if key == "experiment":
         return run.experiment
     value = _select(run.config, key)
+    if isinstance(value, dict) and run.choices.get(key):
+        return run.choices[key]  # a config group: the preset Hydra chose (an experiment renames model.name)
     if isinstance(value, dict):
         for name in ("name", "method", "kind"):
             if name in value:
@@ -168,16 +184,24 @@ def _override_key(line: str) -> str:
     return line.split("=", 1)[0].lstrip("+~")
 
 
+def changes_results(key: str) -> bool:
+    """False for a key in :data:`NON_RESULT_KEYS`, under one of its prefixes, or the group a prefix names."""
+    for k in NON_RESULT_KEYS:
+        if key == k or (k[-1] in "./" and (key.startswith(k) or key == k[:-1])):
+            return False
+    return True
+
+
 def auto_keys(runs: list[Run]) -> list[str]:
-    """``experiment`` (when any run has one), ``model``, ``data``, then every override key
-    whose value differs between runs (seeds and Hydra's own keys excluded)."""
+    """``experiment`` (when any run has one), ``model``, ``data``, then every override key that can change
+    results (:func:`changes_results`) whose value differs between runs."""
     keys = ["experiment"] if any(r.experiment for r in runs) else []
     keys += ["model", "data"]
     seen: dict[str, set[str]] = {}
     for run in runs:
         for line in run.overrides:
             key = _override_key(line)
-            if key == "seed" or key.startswith("hydra") or key in ("experiment", "model", "data"):
+            if not changes_results(key) or key in ("experiment", "model", "data"):
                 continue
             seen.setdefault(key, set()).add(line.split("=", 1)[1] if "=" in line else "")
     for key in seen:
@@ -188,15 +212,23 @@ def auto_keys(runs: list[Run]) -> list[str]:
 
 
 def auto_metrics(runs: list[Run]) -> list[str]:
-    """Every ``test/*`` metric of the completed runs, then NFE, params and wall time."""
+    """Every ``test/*`` metric of the completed runs, then NFE, params and wall time. ``test/loss_terminal`` is
+    left out where it equals ``test/loss`` in every run (no integral loss: the same number twice)."""
     names: list[str] = []
     for run in runs:
         if run.ok:
             for name in run.result.get("metrics") or {}:
                 if name.startswith("test/") and name not in names:
                     names.append(name)
-    tail = [m for m in DEFAULT_TAIL if any(metric_value(r, m) for r in runs if r.ok)]
+    done = [r for r in runs if r.ok]
+    if all(_same(metric_value(r, "test/loss_terminal"), metric_value(r, "test/loss")) for r in done):
+        names = [n for n in names if n != "test/loss_terminal"]
+    tail = [m for m in DEFAULT_TAIL if any(metric_value(r, m) for r in done)]
     return names + tail
+
+
+def _same(a: Optional[float], b: Optional[float]) -> bool:
+    return a is None or (b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,6 +348,9 @@ def render_markdown(groups: list[Group], by: list[str], metrics: list[str], pape
     n_runs = sum(len(g.runs) for g in groups)
     out += (f"\n\n{n_runs} runs; mean ± sample std over the completed runs of each row (n); "
             "failed runs are not averaged.")
+    notes = column_notes(metrics)
+    if notes:
+        out += "\n" + "; ".join(f"{m}: {text}" for m, text in notes.items()) + "."
     if sources:
         out += "\nPaper values: " + "; ".join(sources) + "."
     failed = [r for g in groups for r in g.failed]
@@ -323,6 +358,11 @@ def render_markdown(groups: list[Group], by: list[str], metrics: list[str], pape
         out += f"\n\nFailed or interrupted runs ({len(failed)}):\n"
         out += "\n".join(f"- `{r.path}`: {r.status}: {r.result.get('error') or 'no error recorded'}" for r in failed)
     return out + "\n"
+
+
+def column_notes(metrics: list[str]) -> dict[str, str]:
+    """The :data:`COLUMN_NOTES` of the shown metrics, in their order."""
+    return {m: COLUMN_NOTES[m] for m in metrics if m in COLUMN_NOTES}
 
 
 def render_csv(groups: list[Group], by: list[str], metrics: list[str], paper: bool = True) -> str:
@@ -358,8 +398,9 @@ def render(runs: list[Run], by: list[str] | None = None, metrics: list[str] | No
     if fmt_name == "csv":
         return render_csv(groups, by, metrics, paper)
     if fmt_name == "json":
-        return json.dumps({"by": by, "metrics": metrics, "groups": to_records(groups, by, metrics, paper)}, indent=2,
-                          default=str) + "\n"
+        payload = {"by": by, "metrics": metrics, "notes": column_notes(metrics),
+                   "groups": to_records(groups, by, metrics, paper)}
+        return json.dumps(payload, indent=2, default=str) + "\n"
     raise ValueError(f"--format={fmt_name!r}; choose one of: {', '.join(FORMATS)}")
 
 

@@ -18,6 +18,17 @@ def _step(line: str) -> int:
         return 1 << 62  # a torn last line of a killed run: dropped with the rows after the checkpoint
 
 
+def _hparam_value(value: Any) -> int | float | str:
+    """A value TensorBoard's hparams accept: numbers and strings as they are, booleans and ``None`` as Hydra
+    writes them (``true``/``false``/``null``; torch's writer would store a boolean as the number 0 or 1), anything
+    else (lists, mappings) as JSON text."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    return json.dumps(value, default=str)
+
+
 class RunLogger:
     """Writes every logged scalar to TensorBoard and one JSON object per call to
     ``metrics.jsonl`` in ``run_dir``. ``tensorboard=False`` keeps only the JSON lines."""
@@ -92,13 +103,27 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    def hparams(self, hparams: dict[str, Any], run_values: dict[str, float], step: int) -> None:
+        """The run's row in TensorBoard's HPARAMS tab: ``hparams`` (name -> value, see :func:`_hparam_value`) and
+        ``run_values`` (run-level numbers such as ``params``, logged once as ``run/<name>`` scalars at ``step``).
+
+        Only the session start and end summaries are written, no per-run experiment summary: TensorBoard then
+        takes the hparam columns from the union of every run's keys (a run that overrides a key another run does
+        not still shows it) and the metric columns from the runs' scalars, whose last values are the final ones
+        (``test/*`` are logged once, at the end). ``SummaryWriter.add_hparams`` would instead write an experiment
+        summary per run (TensorBoard shows the columns of one arbitrary run) and copy every metric into a
+        sub-run as ``hparam/*`` scalars (the single points that cluttered the Scalars tab)."""
         if self.writer is None:
             return
-        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        final = {f"hparam/{k}": float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and math.isfinite(v)}
-        self.writer.add_hparams(clean, final, run_name=".")
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        clean = {k: _hparam_value(v) for k, v in hparams.items()}
+        _, start, end = hparams_summaries(clean, {})
+        for name, value in run_values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"run/{name}", float(value), step)
+        self.writer.file_writer.add_summary(start)
+        self.writer.file_writer.add_summary(end)
 
     def close(self) -> None:
         """Close the files; a write that fails here (disk full) was reported by the write that failed first."""

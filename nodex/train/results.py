@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from nodex.train.members import Member
 from nodex.train.setup import versions
@@ -56,13 +57,35 @@ def new_summary(resolved: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The TensorBoard hparams of a run."""
-    return {
-        "model": cfg.model.name, "data": cfg.data.name, "solver": cfg.solver.method,
-        "rtol": cfg.solver.rtol, "atol": cfg.solver.atol, "sensitivity": cfg.solver.sensitivity,
-        "lr": cfg.trainer.optim.lr, "seed": cfg.seed,
-    }
+def hparams(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The TensorBoard hparams of the run in ``run_dir``: its model, data and solver presets (Hydra's choices), seed
+    and experiment, then every key its command line overrides (``run_dir/.hydra/overrides.yaml``: Hydra's task
+    overrides, an ensemble member's own seed included) with the value the run used; ``hydra.*`` (output paths)
+    left out. A config group's value is the chosen preset's name."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
+    choices = (((_read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices")
+    choices = choices or {}
+    out: dict[str, Any] = {"experiment": cfg.get("experiment_name")} if cfg.get("experiment_name") else {}
+    out.update(model=choices.get("model") or cfg.model.name, data=choices.get("data") or cfg.data.name,
+               solver=choices.get("solver") or cfg.solver.method, seed=int(cfg.seed))
+    for line in map(str, overrides):
+        key = line.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        if key in choices:  # a config group (model=..., experiment=...): its preset's name
+            out[key] = choices[key]
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def metadata_markdown(result: dict[str, Any]) -> str:
@@ -85,8 +108,8 @@ def finish_member(m: Member, totals: dict[str, int], wall: float) -> None:
     write_json(m.run_dir / "result.json", result)
     if m.logger is not None:
         if result["status"] == "completed":
-            final = {**result["metrics"], "nfe_forward": result["nfe_forward"] or 0.0, "params": result["params"]}
-            m.logger.hparams(hparams(m.cfg), final)
+            run_values = {k: result[k] for k in ("nfe_forward", "nfe_backward", "params", "wall_time_s")}
+            m.logger.hparams(hparams(m.cfg, m.run_dir), run_values, m.state.step)
         m.logger.close()
 
 

@@ -70,8 +70,10 @@ class _Adjoint(torch.autograd.Function):
                     vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
                 else:
                     vjps = (None,) * (1 + len(sizes))
-            zeros = [torch.zeros(size, dtype=state.dtype, device=state.device) for size in [n, *sizes]]
-            parts = [f.reshape(-1).neg()] + [zero if v is None else v.reshape(-1) for v, zero in zip(vjps, zeros)]
+            parts = [f.reshape(-1).neg()] + [
+                v.reshape(-1) if v is not None else torch.zeros(size, dtype=state.dtype, device=state.device)
+                for v, size in zip(vjps, [n, *sizes])
+            ]  # zeros only for what f does not depend on (allocated per evaluation, so never when not needed)
             return torch.cat(parts)
 
         a = grad_ys[-1]

@@ -32,6 +32,14 @@ class Tableau(NamedTuple):
     a: tuple[tuple[float, ...], ...]  # rows for stages 2..s-1, then the solution weights
     e: tuple[float, ...]  # error weights over all s stages (the last: f at the new state)
     interpolate: Interpolant
+    # True: the step that would reach the last output depth ends exactly on it (the solution there is the pair's
+    # 5th-order value, no interpolation); False: torchdiffeq's way, stepping past it and interpolating (dopri5 keeps
+    # it to take torchdiffeq's steps)
+    land_on_end: bool = False
+    # p of the initial-step rule h1 = (0.01 / max(d1, d2)) ** (1 / (p + 1)): 4 is torchdiffeq's (the error
+    # estimate's order; dopri5 keeps it), 5 DifferentialEquations.jl's for Tsit5 (the method's order: a larger
+    # first step where the field is slow)
+    initial_order: int = 4
 
 
 def combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[float, ...], dt: float) -> torch.Tensor:
@@ -69,9 +77,11 @@ def max_rms_norm(bounds: list[int]) -> Norm:
 
 
 def initial_step(
-    func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm
+    func: Field, t0: float, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, norm: Norm = rms_norm,
+    order: int = 4,
 ) -> float:
-    """torchdiffeq's ``_select_initial_step`` (Hairer, Nørsett & Wanner I, II.4); one evaluation."""
+    """torchdiffeq's ``_select_initial_step`` (Hairer, Nørsett & Wanner I, II.4) with ``p = order``; one
+    evaluation."""
     with torch.no_grad():
         scale = y0.abs().mul(rtol).add_(atol)
         d0, d1 = norm(y0 / scale), norm(f0 / scale)
@@ -81,7 +91,7 @@ def initial_step(
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
-            h1 = (0.01 / max(d1, d2)) ** (1.0 / _ORDER)
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
         return min(100 * h0, h1)
 
 
@@ -156,11 +166,11 @@ def adaptive_rk(
     """
     t0 = t[0]
     k1 = func(time_like(t0, y0), y0)
-    dt = initial_step(func, t0, y0, k1, rtol, atol, norm)
+    dt = initial_step(func, t0, y0, k1, rtol, atol, norm, tab.initial_order)
     y, outputs = y0, [y0]
     step: tuple = ()  # the last accepted step: (t_start, y_start, y_end, stages, dt)
     jumps = sorted(j for j in (jump_t or ()) if j > t0)
-    next_jump = 0
+    land = t[-1] if tab.land_on_end else None
     for t_out in t[1:]:
         n_steps = 0
         while t_out > t0:
@@ -170,11 +180,7 @@ def adaptive_rk(
                 assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
                 dt = 0.0
             assert t0 + dt > t0, f"underflow in dt {dt}"
-            while next_jump < len(jumps) and jumps[next_jump] <= t0:
-                next_jump += 1
-            on_jump = next_jump < len(jumps) and jumps[next_jump] < t0 + dt
-            t1 = jumps[next_jump] if on_jump else t0 + dt
-            dt = t1 - t0 if on_jump else dt
+            t1, dt, on_jump = _step_end(t0, dt, jumps, land)
             t_end = time_beside(t1, y0, -1.0) if jumps else time_like(t1, y0)
             y1, ks, ratio = _attempt(tab, func, y, k1, t0, dt, t_end, rtol, atol, norm)
             if ratio <= 1.0:
@@ -186,3 +192,15 @@ def adaptive_rk(
         t_start, y_start, y_end, ks_step, h = step
         outputs.append(tab.interpolate(y_start, y_end, ks_step, h, (t_out - t_start) / h))
     return torch.stack(outputs)
+
+
+def _step_end(t0: float, dt: float, jumps: list[float], land: float | None) -> tuple[float, float, bool]:
+    """Where the step from ``t0`` of size ``dt`` ends: ``(t1, t1 - t0, on a jump)``. It ends on the first jump it
+    would cross; else, with ``land`` (the last output depth) and no jump before it, on ``land`` when it would
+    reach within 1% of a step of it (Hairer's DOPRI5 code: no sliver of a last step)."""
+    following = next((j for j in jumps if j > t0), None)
+    if following is not None and following < t0 + dt:
+        return following, following - t0, True
+    if land is not None and t0 + 1.01 * dt >= land and (following is None or following >= land):
+        return land, land - t0, False
+    return t0 + dt, dt, False

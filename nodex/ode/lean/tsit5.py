@@ -8,8 +8,14 @@ fewer or equally many steps for a smaller error. Its continuous extension is the
 dense output costs no extra evaluation and reads ``y0 + dt · Σ_i b_i(θ) k_i``.
 
 It runs on the adaptive engine shared with dopri5 (:mod:`nodex.ode.lean.runge_kutta`:
-torchdiffeq's initial step, error norm, step controller and ``jump_t`` restarts), under backprop
-or the adjoint (:mod:`nodex.ode.lean.adjoint`), with tensor or tuple states. There is no
+torchdiffeq's error norm, step controller and ``jump_t`` restarts), under backprop or the adjoint
+(:mod:`nodex.ode.lean.adjoint`), with tensor or tuple states. Having no torchdiffeq steps to
+reproduce, it makes two choices of its own, those of DifferentialEquations.jl's Tsit5 (and
+torchdyn's): its last step ends exactly on the last output depth (the value there is the 5th-order
+solution, not the 4th-order dense output of a step that went past it), and the initial-step rule
+uses the method's order, ``p = 5`` (a larger first step than torchdiffeq's ``p = 4``, which on a
+trained Neural ODE was followed by a rejected second step). Both lower the gradient error per
+evaluation; BENCHMARKS.md, "Work–precision", has the numbers. There is no
 torchdiffeq version to fall back on, so ``solver.engine=torchdiffeq`` with it is a config error.
 """
 
@@ -62,7 +68,7 @@ def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt:
     return combine(y0, ks, dense_weights(x), dt)
 
 
-TSIT5 = Tableau(_C, _A, _E, _interpolate)
+TSIT5 = Tableau(_C, _A, _E, _interpolate, land_on_end=True, initial_order=5)
 
 
 def tsit5(
