@@ -184,8 +184,8 @@ def gradient_makers(
     try:
         import torchdyn  # noqa: F401
 
-        concat = any(isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
-        torchdyn_ok = not args.no_torchdyn and plain_supported(pipe, X) and not concat
+        plain = not args.no_torchdyn and plain_supported(pipe, X)  # before .layers: not every field has them
+        torchdyn_ok = plain and not any(isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
     except ImportError:
         torchdyn_ok = False
     if torchdyn_ok:
