@@ -6,8 +6,8 @@ The public Python surface (everything else is internal and may change):
   ``load(run_dir_or_checkpoint)`` -> ``(trained model, config)``.
 - ``NeuralODE``, ``CNF``, ``ModelOutput``, ``odesolve``, ``SolverSettings``, ``NFECounter``: the core.
 - The slot layers, usable in your own ``nn.Module``: ``MLPField``, ``HigherOrderField``, ``DepthConcatLinear``,
-  ``GalLinear``, ``GalConv2d`` (with ``GalerkinSpec``), ``StackedLinear``, ``StackedConv2d``, ``DataControl``, ``LearnedHorizon``,
-  ``ZeroAugment``, ``PartialAugment``, ``TrackingLoss``, ``NormLoss``.
+  ``GalLinear``, ``GalConv2d`` (with ``GalerkinSpec``), ``StackedLinear``, ``StackedConv2d``, ``DataControl``,
+  ``LearnedHorizon``, ``ZeroAugment``, ``PartialAugment``, ``TrackingLoss``, ``NormLoss``.
 
 Names resolve on first use, so ``import nodex`` (and the CLI's ``--help``) does not import torch.
 """

@@ -330,7 +330,8 @@ def one_line(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         key = cause.full_key
-        return f"unknown config key {key!r}; check the spelling (`nodex train --cfg job` lists the keys) or add it with +{key}=..."
+        return (f"unknown config key {key!r}; check the spelling (`nodex train --cfg job` lists the keys) "
+                f"or add it with +{key}=...")
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
 

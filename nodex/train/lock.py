@@ -81,7 +81,8 @@ class RunLock:
             if holder is not None and not self._stale(holder):
                 started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
                 raise RunLockedError(
-                    f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} (since {started}):"
+                    f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                    f"(since {started}):"
                     " wait for that run to end or choose another hydra.run.dir"
                 )
             self.path.unlink(missing_ok=True)  # stale or unreadable: take it over

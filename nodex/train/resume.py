@@ -82,7 +82,8 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) 
         shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in conflicts[:4])
         more = f" and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
         raise CheckpointError(
-            f"trainer.resume={path}: this config differs from the checkpoint's run in {shown}{more}; resume with the run's "
+            f"trainer.resume={path}: this config differs from the checkpoint's run in {shown}{more}; "
+            "resume with the run's "
             f"own settings (only {', '.join(k.rstrip('.') for k in MAY_CHANGE[:3])}, ... may change) or start a new run"
         )
 

@@ -153,12 +153,14 @@ def validate_cuda_graph(cfg: DictConfig, settings: SolverSettings, device: torch
         and not settings.options
     ):
         raise ConfigError(
-            f"trainer.cuda_graph=true needs a fixed step count: solver.method=euler|midpoint|rk4 with solver.sensitivity=autograd, "
-            f"solver.engine=auto and no solver.options (got {settings.describe()}, {settings.sensitivity}, engine {settings.engine})"
+            "trainer.cuda_graph=true needs a fixed step count: solver.method=euler|midpoint|rk4 with "
+            "solver.sensitivity=autograd, solver.engine=auto and no solver.options "
+            f"(got {settings.describe()}, {settings.sensitivity}, engine {settings.engine})"
         )
     if trainer.scheduler.name != "none":
         raise ConfigError(
-            f"trainer.cuda_graph=true bakes the learning rate into the graph: set trainer.scheduler.name=none (got {trainer.scheduler.name})"
+            "trainer.cuda_graph=true bakes the learning rate into the graph: set trainer.scheduler.name=none "
+            f"(got {trainer.scheduler.name})"
         )
     if device.type != "cuda":
         raise ConfigError(

@@ -49,7 +49,8 @@ class Task:
             total = out.loss_integral if total is None else total + out.loss_integral
         if total is None:
             raise ConfigError(
-                "task.terminal_weight=0 and the model has no integral loss: nothing to train; set model.integral_loss or task.terminal_weight"
+                "task.terminal_weight=0 and the model has no integral loss: nothing to train; "
+                "set model.integral_loss or task.terminal_weight"
             )
         return total, parts
 

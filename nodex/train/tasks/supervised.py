@@ -26,7 +26,8 @@ class Classification(Task):
         super().__init__(cfg, data)
         if data.n_classes is None:
             raise ConfigError(
-                "task.kind=classification needs class labels, but this dataset has real-valued targets: use task=regression"
+                "task.kind=classification needs class labels, but this dataset has real-valued targets: "
+                "use task=regression"
             )
         self.kind = cfg.get("loss", "cross_entropy")
         if self.kind not in self.LOSSES:
