@@ -225,6 +225,7 @@ def test_smoke_budget_end_to_end_on_two_experiments(tmp_path):
         assert result["status"] == "completed" and result["steps"] == 3 and result["params"] == params
         assert result["config"]["data"]["n_train"] == 64 and result["config"]["experiment_name"] == label
     text = report.read_text()
-    assert "| data-controlled params | 257 | 257 | exactly 257 | PASS |" in text
-    assert "| reflection_vanilla | 1/1 | test/mse |" in text
+    assert ("| data-controlled params | 257 | exactly 257 | **1/1** | 0: 257 | median 257, worst 257 (seed 0); mean 257 | "
+            "all seeds (1/1) | PASS |") in text
+    assert "| reflection_vanilla | 1/1 | separate | test/mse | 0: " in text
     assert "Made with `python scripts/reproduce.py --budget smoke --only reflection_vanilla,reflection_data_control" in text
