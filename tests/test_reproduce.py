@@ -9,14 +9,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from nodex.paper.claims import CLAIMS, Check, Rate, rate_of
 from nodex.paper.experiments import discover
 from nodex.paper.figures import WIDTH, FigureSink
+from nodex.paper.probes import circle, outer_leak, predicted_class, probe
 from nodex.paper.reproduce import (
     BUDGETS, Job, _completed_seeds, applicable, collect, commands, judge, plan, render_reproduction, reproduce_main,
     run_order, seed_blocks, seed_values,
@@ -229,3 +232,39 @@ def test_smoke_budget_end_to_end_on_two_experiments(tmp_path):
             "all seeds (1/1) | PASS |") in text
     assert "| reflection_vanilla | 1/1 | separate | test/mse | 0: " in text
     assert "Made with `python scripts/reproduce.py --budget smoke --only reflection_vanilla,reflection_data_control" in text
+
+
+class _Half:
+    """A stand-in classifier: scalar readout y_hat = x_0 (class 1 where x_0 > 0.5)."""
+
+    def __call__(self, x):
+        return SimpleNamespace(y_hat=x[:, :1])
+
+
+def test_leak_probe_classifies_the_noise_free_outer_ring_and_is_cached(tmp_path):
+    points = circle(2.0, 8)
+    assert points.shape == (8, 2) and torch.allclose(points.norm(dim=1), torch.full((8,), 2.0))
+    inner = predicted_class(_Half(), circle(2.0, 20000), batch=3000) == 1
+    assert float(inner.float().mean()) == pytest.approx(math.acos(0.25) / math.pi, abs=1e-4)
+    calls = []
+    assert probe(tmp_path, "outer_leak", lambda d: calls.append(d) or 0.25) == 0.25
+    assert probe(tmp_path, "outer_leak", lambda d: calls.append(d) or 0.5) == 0.25 and calls == [tmp_path]
+    assert json.loads((tmp_path / "probes.json").read_text()) == {"outer_leak": 0.25}
+    (tmp_path / "nowhere").mkdir()
+    assert probe(tmp_path / "nowhere", "outer_leak", outer_leak) is None  # no checkpoint: recorded, not fatal
+    saved = json.loads((tmp_path / "nowhere" / "probes.json").read_text())
+    assert saved["outer_leak"] is None and "nowhere" in saved["outer_leak_error"]
+
+
+def test_annuli_runs_get_the_leak_probe_as_a_metric(tmp_path):
+    out = tmp_path / "runs"
+    run = _fake_result(out, "annuli_vanilla", 0, {"test/accuracy": 1.0}, 1221)
+    (run / "probes.json").write_text(json.dumps({"outer_leak": 0.0031}))
+    _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.33}, 193)
+    groups = collect([Job("annuli_vanilla", "annuli_vanilla"), Job("reflection_vanilla", "reflection_vanilla")], out)
+    assert groups["annuli_vanilla"].runs[0].result["metrics"]["probe/outer_leak"] == 0.0031
+    assert "probe/outer_leak" not in groups["reflection_vanilla"].runs[0].result["metrics"]
+    claim = next(c for c in CLAIMS if c.id == "3.7")
+    check = next(c for c in claim.checks if c.run == "annuli_vanilla")
+    result = judge(claim, check, seed_values(groups, {"annuli_vanilla": "ok"}), {})
+    assert result.verdict == "PASS" and "| **1/1** | 0: 0.0031 |" in result.row and "all seeds (1/1)" in result.row

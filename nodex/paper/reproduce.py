@@ -45,6 +45,7 @@ from nodex.paper.claims import (
 )
 from nodex.paper.experiments import Experiment, discover
 from nodex.paper.figures import FigureSink, clear
+from nodex.paper.probes import PROBES, probe
 from nodex.paper.report import Group, Run, find_runs, fmt, metric_value, stat_cell
 
 # ----------------------------------------------------------------------------------------------
@@ -329,9 +330,21 @@ def collect(jobs: list[Job], out_dir: Path) -> dict[str, Group]:
     for job in jobs:
         label_dir = out_dir / job.label
         runs: list[Run] = find_runs([label_dir]) if label_dir.exists() else []
+        add_probes(job.experiment, runs)
         if runs:
             groups[job.label] = Group((job.label,), runs)
     return groups
+
+
+def add_probes(experiment: str, runs: list[Run]) -> None:
+    """Each completed run of ``experiment`` gets the probes its name matches (:data:`PROBES`) as
+    ``probe/NAME`` metrics (in memory; measured once, then read from the run's ``probes.json``)."""
+    for pattern, (name, fn) in PROBES.items():
+        if not fnmatch.fnmatchcase(experiment, pattern):
+            continue
+        for run in runs:
+            if run.ok and (value := probe(run.path, name, fn)) is not None:
+                run.result.setdefault("metrics", {})[f"probe/{name}"] = value
 
 
 def main_metric(group: Group) -> Optional[str]:
@@ -468,6 +481,8 @@ def _claim_rows(groups: dict[str, Group], status: dict[str, str],
         rows.append(f'\n<a id="claim-{claim.id.replace(".", "-")}"></a>\n\n### {claim.id}. {claim.text}\n')
         rows.append(f"Source: {claim.source}. Criterion: {claim.why_rate}.\n")
         rows += [CHECK_HEADER, *(r.row for r in results)]
+        if claim.note:
+            rows += ["", claim.note]
         if figures is not None:
             rows += figures.section(claim, results, groups)
     return rows, tally, summary
