@@ -385,7 +385,7 @@ CLAIMS: tuple[Claim, ...] = (
           ), why_rate="fitting must hold on most seeds; the failures are topological, so on every seed",
           figures=(("reflection_vanilla", "regression_trajectories"),
                    ("reflection_data_control", "regression_trajectories"),
-                   ("reflection_adaptive_depth", "horizon"))),
+                   ("reflection_adaptive_depth", "regression_trajectories"), ("reflection_adaptive_depth", "horizon"))),
     Claim("3.7", "Concentric annuli are separated by a 229-parameter data-controlled NODE without augmentation; "
           "vanilla, depth-cat and GalNODE leak", "paper.md §3 item 7 [V-code/fig]", (
               Check("data-controlled separates (test accuracy)", "test/accuracy", "ge", "annuli_data_control", 0.99,

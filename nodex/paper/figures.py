@@ -16,6 +16,7 @@ from nodex.paper.claims import Claim
 from nodex.paper.report import Group
 
 WIDTH = 420    # pixels: two figures side by side on a page
+WIDE = 640     # pixels for a multi-panel figure (aspect > 1.8), so its labels stay legible
 COLOURS = 96   # palette size: the figures are flat-coloured plots
 
 
@@ -24,20 +25,24 @@ def figure_name(label: str, name: str, seed: int) -> str:
     return f"{label.replace('@', '-')}_{name}_seed{seed}.png"
 
 
-def shrink(src: Path, dest: Path, width: int = WIDTH, colours: int = COLOURS) -> None:
-    """Write ``src`` (a PNG) as ``dest``: at most ``width`` pixels wide, ``colours`` colours."""
+def shrink(src: Path, dest: Path, colours: int = COLOURS) -> int:
+    """Write ``src`` (a PNG) as ``dest``: at most :data:`WIDTH` pixels wide (:data:`WIDE` for a
+    multi-panel figure), ``colours`` colours; returns the width written."""
     from PIL import Image
 
     with Image.open(src) as img:
         img = img.convert("RGB")
+        width = WIDE if img.width > 1.8 * img.height else WIDTH
         if img.width > width:
             img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
         img.quantize(colours, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
+        return img.width
 
 
-def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int, dest_dir: Path) -> Optional[str]:
-    """Copy ``run_dir/plots/<name>.png`` into ``dest_dir``; its file name, or ``None`` when the run
-    wrote no such figure."""
+def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int,
+                dest_dir: Path) -> Optional[tuple[str, int]]:
+    """Copy ``run_dir/plots/<name>.png`` into ``dest_dir``; ``(file name, width)``, or ``None`` when
+    the run wrote no such figure."""
     if run_dir is None:
         return None
     src = Path(run_dir) / "plots" / f"{name}.png"
@@ -45,8 +50,7 @@ def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int, dest_
         return None
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = figure_name(label, name, seed)
-    shrink(src, dest_dir / out)
-    return out
+    return out, shrink(src, dest_dir / out)
 
 
 def clear(dest_dir: Path) -> None:
@@ -88,10 +92,10 @@ class FigureSink:
             if (label, name, s) in seen:
                 continue
             seen.add((label, name, s))
-            out = copy_figure(run_dir, label, name, s, self.dest_dir)
-            if out:
-                alt = f"{label} {name} seed {s}"
-                shown.append(f'<img src="{self.rel}/{out}" width="{WIDTH * 3 // 4}" alt="{alt}" title="{alt}">')
+            copied = copy_figure(run_dir, label, name, s, self.dest_dir)
+            if copied:
+                (out, width), alt = copied, f"{label} {name} seed {s}"
+                shown.append(f'<img src="{self.rel}/{out}" width="{width * 3 // 4}" alt="{alt}" title="{alt}">')
                 captions.append(f"({len(shown)}) `{label}`, {name.replace('_', ' ')}, seed {s}"
                                 + (" (worst failing seed)" if seed is not None else ""))
             else:
