@@ -43,7 +43,7 @@ from nodex.config import compose
 from nodex.paper.claims import (
     CLAIMS, VARIANTS, Check, Claim, Lookup, Rate, SeedOutcome, Stat, Values, paper_value, rate_of,
 )
-from nodex.paper.experiments import Experiment, discover
+from nodex.paper.experiments import Experiment, audit, discover
 from nodex.paper.figures import FigureSink, clear
 from nodex.paper.probes import PROBES, probe
 from nodex.paper.report import Group, Run, find_runs, fmt, metric_value, stat_cell
@@ -567,6 +567,19 @@ def _compare_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, s
     return lines
 
 
+def _audit_rows(jobs: list[Job]) -> list[str]:
+    """The config audit: each experiment's ``Audit`` header paragraph (settings vs the authors')."""
+    paths = {e.name: e.path for e in discover()}
+    rows = [(name, audit(paths[name])) for name in sorted({j.experiment for j in jobs}) if name in paths]
+    if not rows:
+        return []
+    return ["", "## Settings vs the paper (config audit)", "",
+            "Each experiment's header comment (`configs/experiment/NAME.yaml`) records its audit against the "
+            "authors' settings in `shared/paper.md`: deviations fixed, and deviations kept with the reason.", "",
+            "| experiment | audit |", "|---|---|",
+            *(f"| {name} | {text.removeprefix('Audit').lstrip(' :') or 'not audited'} |" for name, text in rows)]
+
+
 def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
                         seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float],
                         figures: Optional[FigureSink] = None) -> str:
@@ -610,6 +623,7 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *_run_rows(jobs, groups, status),
     ]
+    lines += _audit_rows(jobs)
     failed = [r for g in groups.values() for r in g.failed]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
