@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nodex.paper.claims import CLAIMS, Check, Rate, rate_of
-from nodex.paper.experiments import discover
+from nodex.paper.experiments import audit, discover, header
 from nodex.paper.figures import WIDTH, FigureSink
 from nodex.paper.probes import circle, outer_leak, predicted_class, probe
 from nodex.paper.reproduce import (
@@ -268,3 +268,14 @@ def test_annuli_runs_get_the_leak_probe_as_a_metric(tmp_path):
     check = next(c for c in claim.checks if c.run == "annuli_vanilla")
     result = judge(claim, check, seed_values(groups, {"annuli_vanilla": "ok"}), {})
     assert result.verdict == "PASS" and "| **1/1** | 0: 0.0031 |" in result.row and "all seeds (1/1)" in result.row
+
+
+def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("# @package _global_\n# Paper E2: the description.\n#\n# Audit (paper.md §E2): fixed: a; kept: b\n"
+                    "# because c.\n#\n# Other notes.\ndefaults: []\n")
+    assert audit(path) == "Audit (paper.md §E2): fixed: a; kept: b because c."
+    assert header(path) == "Paper E2: the description."  # nodex list shows the description only
+    jobs = [Job("annuli_data_control", "annuli_data_control", ensemble=True)]
+    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0, 1), [], None)
+    assert "| annuli_data_control | (paper.md §1.9, §E1): fixed: the last layer is NOT zero-initialised" in text
