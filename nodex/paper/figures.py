@@ -16,7 +16,7 @@ from nodex.paper.claims import Claim
 from nodex.paper.report import Group
 
 WIDTH = 420    # pixels: two figures side by side on a page
-WIDE = 640     # pixels for a multi-panel figure (aspect > 1.8), so its labels stay legible
+WIDE = 640     # pixels for a multi-panel figure (aspect > 1.4), so its labels stay legible
 COLOURS = 96   # palette size: the figures are flat-coloured plots
 
 
@@ -32,7 +32,7 @@ def shrink(src: Path, dest: Path, colours: int = COLOURS) -> int:
 
     with Image.open(src) as img:
         img = img.convert("RGB")
-        width = WIDE if img.width > 1.8 * img.height else WIDTH
+        width = WIDE if img.width > 1.4 * img.height else WIDTH
         if img.width > width:
             img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
         img.quantize(colours, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
