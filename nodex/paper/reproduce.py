@@ -302,11 +302,13 @@ def _run_one(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], th
 
 
 def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, ...], n_parallel: int,
-             launcher: Optional[str], resume: bool, timeout: Optional[float]) -> None:
-    """Run every non-skipped job, ``n_parallel`` at a time, printing one line per finished job."""
+             launcher: Optional[str], resume: bool, timeout: Optional[float], threads: Optional[int] = None) -> None:
+    """Run every non-skipped job, ``n_parallel`` at a time, printing one line per finished job;
+    each gets ``threads`` torch threads (default: cores / ``n_parallel`` where the budget sets them)."""
     todo = run_order([j for j in jobs if j.skip is None])
     cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, n_parallel)) if budget.set_threads else None
+    if threads is None and budget.set_threads:
+        threads = max(1, cores // max(1, n_parallel))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads or 1))}
     width = max((len(j.label) for j in todo), default=10)
     counter = {"done": 0}
@@ -671,6 +673,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="experiments run at once (each gets cores/jobs torch threads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per experiment (default: cores / jobs; 1 on a machine shared with others)")
     parser.add_argument("--launcher", default=None,
                         help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
     parser.add_argument("--out", default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")
@@ -743,7 +747,7 @@ def reproduce_main(argv: list[str]) -> int:
         return 0
     started = time.perf_counter()
     if not args.report_only:
-        run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout)
+        run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout, args.threads)
         wall = _add_wall(out_dir, time.perf_counter() - started)
     else:
         wall = _add_wall(out_dir, 0.0)
