@@ -279,3 +279,17 @@ def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
     jobs = [Job("annuli_data_control", "annuli_data_control", ensemble=True)]
     text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0, 1), [], None)
     assert "| annuli_data_control | (paper.md §1.9, §E1): fixed: the last layer is NOT zero-initialised" in text
+
+
+def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_path, monkeypatch, capsys):
+    import nodex.paper.reproduce as rep
+
+    seen = []
+    monkeypatch.setattr(rep, "_run_one", lambda job, budget, out, seeds, threads, *rest: seen.append(threads) or "ok")
+    monkeypatch.setattr(rep.os, "cpu_count", lambda: 8)
+    jobs = [Job("reflection_vanilla", "reflection_vanilla")]
+    rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 2, None, False, None)
+    rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 1, None, False, None, threads=1)
+    rep.run_jobs(jobs, BUDGETS["full"], tmp_path, (0,), 2, None, False, None)  # the GPU budget leaves them alone
+    assert seen == [4, 1, None]
+    assert capsys.readouterr().out.count("reflection_vanilla  ok") == 3
