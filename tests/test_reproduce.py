@@ -293,3 +293,17 @@ def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_pa
     rep.run_jobs(jobs, BUDGETS["full"], tmp_path, (0,), 2, None, False, None)  # the GPU budget leaves them alone
     assert seen == [4, 1, None]
     assert capsys.readouterr().out.count("reflection_vanilla  ok") == 3
+
+
+def test_wall_time_is_the_union_of_the_recorded_spans(tmp_path):
+    from nodex.paper.reproduce import _add_wall, _commands
+
+    assert _add_wall(tmp_path, None) is None
+    assert _add_wall(tmp_path, (100.0, 400.0)) == 300.0
+    assert _add_wall(tmp_path, (200.0, 500.0)) == 400.0  # overlaps: counted once
+    assert _add_wall(tmp_path, (1000.0, 1060.0), "python scripts/reproduce.py --resume") == 460.0  # a later --resume
+    assert _add_wall(tmp_path, None) == 460.0 and len(json.loads((tmp_path / "wall.json").read_text())["spans"]) == 3
+    assert _commands(tmp_path) == ["python scripts/reproduce.py --resume"]
+    jobs = [Job("reflection_vanilla", "reflection_vanilla")]
+    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], 460.0, commands=["A --x", "B --resume"])
+    assert "Made with `A --x`, then `B --resume` on " in text and " in 7.7 min." in text

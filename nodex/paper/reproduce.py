@@ -26,6 +26,7 @@ import argparse
 import datetime as _dt
 import fnmatch
 import json
+import math
 import os
 import platform
 import re
@@ -584,12 +585,14 @@ def _audit_rows(jobs: list[Job]) -> list[str]:
 
 def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
                         seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float],
-                        figures: Optional[FigureSink] = None) -> str:
-    """The text of ``REPRODUCTION.md``."""
+                        figures: Optional[FigureSink] = None, commands: Optional[list[str]] = None) -> str:
+    """The text of ``REPRODUCTION.md`` (``commands``: the invocations that made the runs; default:
+    ``argv``'s)."""
     status = _job_status(jobs, groups)
     rows, tally, summary = _claim_rows(groups, status, figures)
     host, versions = _host_text()
-    cmd = "python scripts/reproduce.py " + shlex.join(argv)
+    commands = commands or ["python scripts/reproduce.py " + shlex.join(argv)]
+    cmd = "`, then `".join(commands)
     lines = [
         "# Reproduction of *Dissecting Neural ODEs* (Massaroli et al., NeurIPS 2020)",
         "",
@@ -699,19 +702,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_wall(out_dir: Path, seconds: float) -> Optional[float]:
-    """The run's wall time so far: ``seconds`` added to ``OUT/wall.json`` (runs resumed with
-    ``--resume`` add up); ``None`` when nothing was ever run there."""
+def _add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = "") -> Optional[float]:
+    """The run's wall time so far: ``span`` (start, end as epoch seconds) added to ``OUT/wall.json``,
+    and the length of the union of every span recorded there (runs resumed with ``--resume``, or
+    run side by side with ``--only``, add up without counting an overlap twice); ``None`` when
+    nothing was ever run there. ``command`` (the invocation) is recorded beside its span."""
     path = out_dir / "wall.json"
     try:
-        total = float(json.loads(path.read_text())["wall_s"])
+        saved = json.loads(path.read_text())
+        spans = [tuple(map(float, s)) for s in saved["spans"]]
+        commands = [str(c) for c in saved.get("commands", [])]
     except (OSError, ValueError, KeyError, TypeError):
-        total = None
-    if seconds > 0 or total is not None:
-        total = (total or 0.0) + seconds
+        spans, commands = [], []
+    if span is not None:
+        spans.append(span)
+        commands.append(command)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"wall_s": total}))
+        path.write_text(json.dumps({"spans": spans, "commands": commands}, indent=1))
+    if not spans:
+        return None
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
     return total
+
+
+def _commands(out_dir: Path) -> list[str]:
+    """The invocations recorded in ``OUT/wall.json`` (each run, resumed or side by side)."""
+    try:
+        return [c for c in json.loads((out_dir / "wall.json").read_text()).get("commands", []) if c]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def reproduce_main(argv: list[str]) -> int:
@@ -745,17 +768,16 @@ def reproduce_main(argv: list[str]) -> int:
             for _, cmd in ([] if job.skip else commands(job, budget, out_dir, seeds, None, args.launcher)):
                 print(shlex.join(cmd))
         return 0
-    started = time.perf_counter()
+    started = time.time()
     if not args.report_only:
         run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout, args.threads)
-        wall = _add_wall(out_dir, time.perf_counter() - started)
-    else:
-        wall = _add_wall(out_dir, 0.0)
+    this = "python scripts/reproduce.py " + shlex.join(argv)
+    wall = _add_wall(out_dir, None if args.report_only else (started, time.time()), this)
     groups = collect(jobs, out_dir)
     fig_dir = Path(args.figures) if args.figures else report_path.parent / "docs" / "reproduction"
     clear(fig_dir)
     sink = FigureSink(fig_dir, os.path.relpath(fig_dir, report_path.parent))
-    text = render_reproduction(jobs, others, groups, budget, seeds, argv, wall, sink)
+    text = render_reproduction(jobs, others, groups, budget, seeds, argv, wall, sink, _commands(out_dir) or [this])
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(text)
     failed = sum(len(g.failed) for g in groups.values())
