@@ -307,3 +307,23 @@ def test_wall_time_is_the_union_of_the_recorded_spans(tmp_path):
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
     text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], 460.0, commands=["A --x", "B --resume"])
     assert "Made with `A --x`, then `B --resume` on " in text and " in 7.7 min." in text
+
+
+def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_path, monkeypatch):
+    import nodex.paper.reproduce as rep
+
+    out = tmp_path / "runs"
+    for k in range(3):
+        _fake_result(out, "annuli_vanilla", k, {}, 1221, status="failed", error="stopped", sub=f"seeds0-2/member-{k}")
+    _fake_result(out, "annuli_vanilla", 3, {"test/accuracy": 1.0}, 1221, sub="seed3")
+    ran = []
+    monkeypatch.setattr(rep.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(returncode=0))
+    job = Job("annuli_vanilla", "annuli_vanilla", ensemble=True)
+    line = rep._run_one(job, BUDGETS["cpu"], out, (0, 1, 2, 3), 1, None, True, None, {})
+    assert [c[c.index("train") + 1:c.index("train") + 4] for c in ran] == [
+        ["experiment=annuli_vanilla", "seed=0", "trainer.ensemble=3"]]
+    assert sorted(p.name for p in (out / "annuli_vanilla").iterdir()) == ["reproduce.log", "seed3"]
+    aside = list((out / ".failed" / "annuli_vanilla").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("seeds0-2-") and (aside[0] / "member-2" / "result.json").exists()
+    assert line.startswith("1/4 completed") and "see " in line  # the stub trained nothing
+    assert rep._run_one(job, BUDGETS["cpu"], out, (3,), 1, None, True, None, {}) == "already done (--resume)"

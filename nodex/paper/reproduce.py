@@ -272,16 +272,32 @@ def _completed_seeds(label_dir: Path) -> set[int]:
     return {int(r.get("seed", -1)) for r in _results(label_dir) if r.get("status") == "completed"}
 
 
+def _set_aside(label_dir: Path, dest: Path) -> None:
+    """Move a label's run folders that hold no completed run (an attempt that failed or was
+    stopped) to ``dest/LABEL/`` before ``--resume`` runs their seeds again: kept, not counted."""
+    if not label_dir.is_dir():
+        return
+    for sub in sorted(p for p in label_dir.iterdir() if p.is_dir()):
+        results = _results(sub)
+        if any(r.get("status") == "completed" for r in results) or not (results or (sub / ".hydra").is_dir()):
+            continue
+        target = dest / label_dir.name / f"{sub.name}-{_dt.datetime.now():%H%M%S}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sub.rename(target)
+
+
 def _run_one(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
              launcher: Optional[str], resume: bool, timeout: Optional[float], env: dict[str, str]) -> str:
     """Run one job's commands (those whose seeds are not all done under ``--resume``); returns the
     progress line's tail."""
     label_dir = out_dir / job.label
     done = _completed_seeds(label_dir) if resume else set()
-    todo = [(block, cmd) for block, cmd in commands(job, budget, out_dir, seeds, threads, launcher)
-            if not set(block) <= done]
-    if not todo:
+    missing = tuple(s for s in seeds if s not in done)
+    if not missing:
         return "already done (--resume)"
+    if resume:
+        _set_aside(label_dir, out_dir / ".failed")
+    todo = commands(job, budget, out_dir, missing, threads, launcher)
     label_dir.mkdir(parents=True, exist_ok=True)
     started, code = time.perf_counter(), 0
     with open(label_dir / "reproduce.log", "a" if resume else "w") as log:
