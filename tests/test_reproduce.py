@@ -211,7 +211,7 @@ def test_ensemble_and_separate_runs_are_compared_per_seed(tmp_path):
     assert ("| reflection_data_control | test/mse | 0: 0.0002, 1: 0.005 | 0: 0.0003, 1: 0.0004 | 20 / 20 |") in text
     assert "| 3.6 | data-controlled fits (test MSE) | 1/2 | 2/2 |" in text
     assert "| 3.6 | data-controlled params | 2/2 | 2/2 |" in text
-    assert "in 1.0 min." in text
+    assert "in 1.0 min of wall time." in text
 
 
 @pytest.mark.slow
@@ -308,7 +308,8 @@ def test_wall_time_is_the_union_of_the_recorded_spans(tmp_path):
     assert _commands(tmp_path) == ["python scripts/reproduce.py --resume"]
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
     text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], 460.0, commands=["A --x", "B --resume"])
-    assert "Made with `A --x`, then `B --resume` on " in text and " in 7.7 min." in text
+    assert "Made with `A --x` and 1 more invocations on the same run folder (listed below) on " in text
+    assert " in 7.7 min of wall time." in text and "1. `A --x`\n2. `B --resume`\n" in text
 
 
 def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_path, monkeypatch):

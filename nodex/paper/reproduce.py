@@ -613,14 +613,15 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
     rows, tally, summary = _claim_rows(groups, status, figures)
     host, versions = _host_text()
     commands = commands or ["python scripts/reproduce.py " + shlex.join(argv)]
-    cmd = "`, then `".join(commands)
+    made = (f"`{commands[0]}`" if len(commands) == 1 else
+            f"`{commands[0]}` and {len(commands) - 1} more invocations on the same run folder (listed below)")
     lines = [
         "# Reproduction of *Dissecting Neural ODEs* (Massaroli et al., NeurIPS 2020)",
         "",
         f"Budget **{budget.name}**: {budget.description}. Seeds: {', '.join(map(str, seeds))}.",
         "",
-        f"Made with `{cmd}` on {_dt.date.today().isoformat()} ({host}; {versions})"
-        + (f" in {wall_s / 60:.1f} min." if wall_s is not None else "."),
+        f"Made with {made} on {_dt.date.today().isoformat()} ({host}; {versions})"
+        + (f" in {wall_s / 60:.1f} min of wall time." if wall_s is not None else "."),
         "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; "
         "budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
         "",
@@ -650,6 +651,9 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
         *_run_rows(jobs, groups, status),
     ]
     lines += _audit_rows(jobs)
+    if len(commands) > 1:
+        lines += ["", f"<details><summary>The {len(commands)} invocations that made the runs</summary>", "",
+                  *(f"{i}. `{c}`" for i, c in enumerate(commands, 1)), "", "</details>"]
     failed = [r for g in groups.values() for r in g.failed]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
