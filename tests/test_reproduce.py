@@ -21,7 +21,7 @@ from nodex.paper.experiments import audit, discover, header
 from nodex.paper.figures import WIDTH, FigureSink
 from nodex.paper.probes import circle, outer_leak, predicted_class, probe
 from nodex.paper.reproduce import (
-    BUDGETS, Job, _completed_seeds, applicable, collect, commands, judge, plan, render_reproduction, reproduce_main,
+    BUDGETS, Job, _completed_seeds, _summary_cell, applicable, collect, commands, judge, plan, render_reproduction, reproduce_main,
     run_order, seed_blocks, seed_values,
 )
 
@@ -271,6 +271,9 @@ def test_annuli_runs_get_the_leak_probe_as_a_metric(tmp_path):
     check = next(c for c in claim.checks if c.run == "annuli_vanilla")
     result = judge(claim, check, seed_values(groups, {"annuli_vanilla": "ok"}), {})
     assert result.verdict == "PASS" and "| **1/1** | 0: 0.0031 |" in result.row and "all seeds (1/1)" in result.row
+    lt = Check("x", "m", "lt_run", "va", "dc")
+    values = _lookup_from({"dc": {0: 1.0, 1: 0.9}, "va": {0: 0.5, 1: 0.85}})
+    assert _summary_cell(lt, lt.judge_seeds(values), values) == "median 0.675, closest seed 1 (0.85 vs 0.9); mean 0.675 ± 0.25"
 
 
 def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):

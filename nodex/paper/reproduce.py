@@ -447,8 +447,9 @@ def _summary_cell(check: Check, outcomes: list[SeedOutcome], values: Values) -> 
         return f"means: {check.evaluate(_mean_lookup(values))[0]}; worst seed {worst.seed}"
     v = [o.value for o in outcomes]
     std = f" ± {statistics.stdev(v):.2g}" if len(v) > 1 else ""
-    return (f"median {fmt(statistics.median(v))}, worst {fmt(worst.value)} (seed {worst.seed}); "
-            f"mean {fmt(statistics.fmean(v))}{std}")
+    worst_text = (f"closest seed {worst.seed} ({worst.text})" if check.op in ("lt_run", "gt_run")
+                  else f"worst {fmt(worst.value)} (seed {worst.seed})")
+    return f"median {fmt(statistics.median(v))}, {worst_text}; mean {fmt(statistics.fmean(v))}{std}"
 
 
 @dataclass
