@@ -17,7 +17,7 @@ from nodex.paper.report import Group
 
 WIDTH = 420    # pixels: two figures side by side on a page
 WIDE = 640     # pixels for a multi-panel figure (aspect > 1.4), so its labels stay legible
-COLOURS = 96   # palette size: the figures are flat-coloured plots
+COLOURS = 64   # palette size: the figures are flat-coloured plots
 
 
 def figure_name(label: str, name: str, seed: int) -> str:
