@@ -4,16 +4,26 @@ the smoke budget end to end on a small subset."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from nodex.paper.experiments import discover
-from nodex.paper.reproduce import BUDGETS, applicable, plan, reproduce_main
+from nodex.paper.claims import CLAIMS, Check, Rate, rate_of
+from nodex.paper.experiments import audit, discover, header
+from nodex.paper.figures import WIDTH, FigureSink
+from nodex.paper.probes import circle, outer_leak, predicted_class, probe
+from nodex.paper.reproduce import (
+    BUDGETS, Job, _completed_seeds, _summary_cell, applicable, collect, commands, judge, plan, render_reproduction, reproduce_main,
+    run_order, seed_blocks, seed_values,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +58,19 @@ def test_every_paper_experiment_is_planned_from_the_files():
     assert extra[0].overrides == ["trainer.device=cpu"]
 
 
-def _fake_result(out: Path, label: str, seed: int, metrics: dict, params: int, status: str = "completed", error=None) -> None:
-    run = out / label / f"seed{seed}"
+def _fake_result(out: Path, label: str, seed: int, metrics: dict, params: int, status: str = "completed",
+                 error=None, sub: str | None = None) -> Path:
+    run = out / label / (sub or f"seed{seed}")
     run.mkdir(parents=True)
     (run / "result.json").write_text(json.dumps({
         "status": status, "error": error, "metrics": metrics, "nfe_forward": 20.0, "nfe_backward": 0.0,
         "params": params, "wall_time_s": 3.0, "seed": seed, "config": {"experiment_name": label.split("@")[0]},
+        **({"ensemble_member": {"index": seed, "parent": str(run.parent)}} if "member-" in run.name else {}),
     }))
+    return run
 
 
-def test_claims_are_judged_from_the_runs(tmp_path, capsys):
+def test_claims_are_judged_per_seed_from_the_runs(tmp_path, capsys):
     out = tmp_path / "runs"
     _fake_result(out, "reflection_data_control", 0, {"test/mse": 2e-4}, 257)
     _fake_result(out, "reflection_data_control", 1, {"test/mse": 4e-4}, 257)
@@ -65,18 +78,141 @@ def test_claims_are_judged_from_the_runs(tmp_path, capsys):
     _fake_result(out, "reflection_depthcat", 0, {"test/mse": 0.05}, 257)  # would be a FAIL of "depth-cat fails"
     _fake_result(out, "reflection_adaptive_depth", 0, {}, 195, status="failed", error="step 7: solver failed")
     report = tmp_path / "R.md"
-    code = reproduce_main(["--budget", "cpu", "--only", "reflection_*", "--out", str(out), "--report-only", "--report", str(report)])
+    code = reproduce_main(["--budget", "cpu", "--only", "reflection_*", "--out", str(out), "--report-only",
+                           "--report", str(report), "--compare", ""])
     assert code == 1  # a failed run
     text = report.read_text()
-    assert "| data-controlled fits (test MSE) | fits | 0.0003 ± 0.00014 (n=2) | ≤ 0.001 | PASS |" in text
-    assert "| data-controlled params | 257 | 257 (n=2) | exactly 257 | PASS |" in text
-    assert "| vanilla fails (test MSE) | fails | 0.33 | ≥ 0.1 | PASS |" in text
-    assert "| depth-concat fails (test MSE) | fails | 0.05 | ≥ 0.1 | FAIL |" in text
-    assert "| adaptive depth fits (test MSE) | fits | not run | ≤ 0.001 | FAIL (every run failed: reflection_adaptive_depth) |" in text
+    assert ("| data-controlled fits (test MSE) | fits | ≤ 0.001 | **2/2** | 0: 0.0002, 1: 0.0004 | "
+            "median 0.0003, worst 0.0004 (seed 1); mean 0.0003 ± 0.00014 | ≥ 80% of seeds (2/2) | PASS |") in text
+    assert ("| data-controlled params | 257 | exactly 257 | **2/2** | 0: 257, 1: 257 | median 257, worst 257 (seed 0); "
+            "mean 257 ± 0 | all seeds (2/2) | PASS |") in text
+    assert "| vanilla fails (test MSE) | fails | ≥ 0.1 | **1/1** | 0: 0.33 |" in text
+    assert "| depth-concat fails (test MSE) | fails | ≥ 0.1 | **0/1** | 0: 0.05 ✗ |" in text
+    assert text.count("| all seeds (1/1) | FAIL |") == 1
+    assert ("| adaptive depth fits (test MSE) | fits | ≤ 0.001 | – | not run | | ≥ 80% of seeds | "
+            "FAIL (every run failed: reflection_adaptive_depth) |") in text
     assert "not run: not selected (--only)" in text  # e.g. the annuli claims
-    assert "| reflection_data_control | 2/2 | test/mse | 0.0003 ± 0.00014 |" in text
+    assert "| reflection_data_control | 2/2 | separate | test/mse | 0: 0.0002, 1: 0.0004 | 0.0003 ± 0.00014 |" in text
+    assert "| [3.6](#claim-3-6) | FAIL | data-controlled fits (test MSE): 2/2; vanilla fails (test MSE): 1/1; " \
+           "depth-concat fails (test MSE): 0/1; data-controlled params: 2/2 |" in text
     assert "step 7: solver failed" in text and "Budget **cpu**" in text
     assert "**3 checks pass, 2 fail," in text
+
+
+def _lookup_from(table: dict) -> Callable:
+    return lambda label, metric: table.get(label)
+
+
+def test_rates_pair_runs_by_seed_and_count_against_the_criterion():
+    values = _lookup_from({"dc": {0: 1.0, 1: 1.0, 2: 0.489, 3: 1.0, 4: 0.782}, "va": {0: 1.0, 1: 0.99, 2: 0.98, 4: 0.7}})
+    out = Check("x", "m", "ge", "dc", 0.99).judge_seeds(values)
+    assert [(o.seed, o.passed) for o in out] == [(0, True), (1, True), (2, False), (3, True), (4, False)]
+    assert min(out, key=lambda o: o.margin).seed == 2
+    rate = rate_of(out, 0.8)
+    assert (rate.k, rate.n, rate.needed, rate.holds) == (3, 5, 4, False)
+    assert rate.criterion() == "≥ 80% of seeds (4/5)"
+    assert rate_of(out, 0.6).holds and Rate(5, 5, 1.0).criterion() == "all seeds (5/5)"
+    assert not Rate(0, 0, 0.5).holds  # no seeds: never holds
+    # lt_run pairs seed s of one run with seed s of the other; seed 3 has no vanilla run and is left out
+    lt = Check("x", "m", "lt_run", "va", "dc").judge_seeds(values)
+    assert [(o.seed, o.passed, o.text) for o in lt] == [(0, False, "1 vs 1"), (1, True, "0.99 vs 1"),
+                                                          (2, False, "0.98 vs 0.489"), (4, True, "0.7 vs 0.782")]
+    assert Check("x", "m", "ge", "zzz", 0.5).judge_seeds(values) is None
+    order = Check("x", "m", "order", runs=(("dc",), ("va",)), tol=0.01).judge_seeds(values)
+    assert [o.passed for o in order] == [True, True, False, True]
+    assert math.isnan(order[0].value) and order[2].margin == pytest.approx(0.489 - 0.98 + 0.01)
+
+
+def test_claim_criteria_are_stated_and_deterministic_checks_need_every_seed():
+    for claim in CLAIMS:
+        assert 0.5 <= claim.min_rate <= 1 and claim.why_rate
+        for check in claim.checks:
+            if check.metric == "params":
+                assert claim.rate_needed(check) == 1.0, (claim.id, check.label)
+
+
+def test_ensemble_members_are_read_as_per_seed_results(tmp_path):
+    out = tmp_path / "runs"
+    label = "annuli_data_control"
+    ens = out / label / "seeds0-2"
+    for k, acc in enumerate((1.0, 0.489, 1.0)):
+        _fake_result(out, label, k, {"test/accuracy": acc}, 229, sub=f"seeds0-2/member-{k}")
+    (ens / "ensemble.json").write_text(json.dumps({"status": "completed", "kind": "ensemble", "size": 3}))
+    jobs, _ = plan(BUDGETS["cpu"], only=[label], compare=())
+    assert [(j.label, j.ensemble) for j in jobs] == [(label, True)]
+    groups = collect(jobs, out)
+    assert len(groups[label].runs) == 3  # the members, not the ensemble's parent
+    values = seed_values(groups, {label: "ok"})
+    assert values(label, "test/accuracy") == {0: 1.0, 1: 0.489, 2: 1.0}
+    assert _completed_seeds(out / label) == {0, 1, 2}
+
+
+def test_seeds_run_as_one_ensemble_per_block_of_consecutive_seeds(tmp_path):
+    assert seed_blocks([4, 0, 1, 2, 7, 8, 1]) == [(0, 1, 2), (4,), (7, 8)]
+    job = Job("annuli_data_control", "annuli_data_control", ["trainer.max_steps=3"], ensemble=True)
+    cmds = commands(job, BUDGETS["cpu"], tmp_path, (0, 1, 2, 4), 1, None)
+    assert [seeds for seeds, _ in cmds] == [(0, 1, 2), (4,)]
+    first, second = (cmd[cmd.index("train") + 1:] for _, cmd in cmds)
+    assert first == ["experiment=annuli_data_control", "seed=0", "trainer.ensemble=3", "trainer.max_steps=3",
+                     "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'annuli_data_control' / 'seeds0-2'}"]
+    assert second[:3] == ["experiment=annuli_data_control", "seed=4", "trainer.max_steps=3"]
+    job.ensemble = False
+    (seeds, cmd), = commands(job, BUDGETS["cpu"], tmp_path, (0, 1, 2, 4), None, None)
+    assert seeds == (0, 1, 2, 4) and "--multirun" in cmd and "seed=0,1,2,4" in cmd
+
+
+@pytest.mark.slow  # composes the CNF and reflection experiments (~0.3 s each)
+def test_cnfs_run_separately_and_compare_adds_separate_runs():
+    jobs, _ = plan(BUDGETS["cpu"], only=["cnf_conditional", "reflection_vanilla"], compare=("reflection_*", "cnf_*"))
+    assert [(j.label, j.ensemble) for j in jobs] == [
+        ("cnf_conditional", False), ("reflection_vanilla", True), ("reflection_vanilla@separate", False)]
+    assert jobs[2].overrides == jobs[1].overrides
+    separate, _ = plan(BUDGETS["cpu"], only=["reflection_vanilla"], separate=True)
+    assert [(j.label, j.ensemble) for j in separate] == [("reflection_vanilla", False)]
+    by_budget, _ = plan(BUDGETS["cpu"], only=["mnist5k_node", "digits_node", "stacked_moons"])  # budget's list
+    assert [(j.label, j.ensemble) for j in by_budget] == [("digits_node", False), ("mnist5k_node", False),
+                                                          ("stacked_moons", True)]
+    order = [j.label for j in run_order([Job(n, n) for n in ("mnist5k_node", "reflection_vanilla", "annuli_vanilla")])]
+    assert order == ["annuli_vanilla", "reflection_vanilla", "mnist5k_node"]
+
+
+def test_figures_are_copied_small_for_the_first_and_the_worst_seed(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "runs"
+    for seed, acc in ((0, 1.0), (1, 0.5)):
+        run = _fake_result(out, "annuli_data_control", seed, {"test/accuracy": acc}, 229)
+        (run / "plots").mkdir()
+        Image.new("RGB", (1000, 800), (255, 255 * seed, 0)).save(run / "plots" / "decision_map.png")
+    groups = collect([Job("annuli_data_control", "annuli_data_control")], out)
+    status = {"annuli_data_control": "ok"}
+    claim = next(c for c in CLAIMS if c.id == "3.7")
+    results = [judge(claim, check, seed_values(groups, status), status) for check in claim.checks[:1]]
+    assert results[0].worst_failing == 1 and results[0].verdict == "FAIL"
+    sink = FigureSink(tmp_path / "page" / "docs" / "reproduction", "docs/reproduction")
+    lines = "\n".join(sink.section(claim, results, groups))
+    names = sorted(p.name for p in (tmp_path / "page" / "docs" / "reproduction").iterdir())
+    assert names == ["annuli_data_control_decision_map_seed0.png", "annuli_data_control_decision_map_seed1.png"]
+    with Image.open(tmp_path / "page" / "docs" / "reproduction" / names[0]) as img:
+        assert img.size == (WIDTH, 336) and img.mode == "P"
+    assert '<img src="docs/reproduction/annuli_data_control_decision_map_seed1.png" width="315"' in lines
+    assert "(2) `annuli_data_control`, decision map, seed 1 (worst failing seed)" in lines
+    assert "`annuli_vanilla` decision map, seed -1: no figure (run not done or no plot)" in lines
+
+
+def test_ensemble_and_separate_runs_are_compared_per_seed(tmp_path):
+    out = tmp_path / "runs"
+    for seed, (ens, sep) in enumerate(((2e-4, 3e-4), (5e-3, 4e-4))):
+        _fake_result(out, "reflection_data_control", seed, {"test/mse": ens}, 257, sub=f"seeds0-1/member-{seed}")
+        _fake_result(out, "reflection_data_control@separate", seed, {"test/mse": sep}, 257)
+    jobs = [Job("reflection_data_control", "reflection_data_control", ensemble=True),
+            Job("reflection_data_control@separate", "reflection_data_control")]
+    groups = collect(jobs, out)
+    text = render_reproduction(jobs, [], groups, BUDGETS["cpu"], (0, 1), [], 60.0)
+    assert ("| reflection_data_control | test/mse | 0: 0.0002, 1: 0.005 | 0: 0.0003, 1: 0.0004 | 20 / 20 |") in text
+    assert "| 3.6 | data-controlled fits (test MSE) | 1/2 | 2/2 |" in text
+    assert "| 3.6 | data-controlled params | 2/2 | 2/2 |" in text
+    assert "in 1.0 min of wall time." in text
 
 
 @pytest.mark.slow
@@ -95,6 +231,106 @@ def test_smoke_budget_end_to_end_on_two_experiments(tmp_path):
         assert result["status"] == "completed" and result["steps"] == 3 and result["params"] == params
         assert result["config"]["data"]["n_train"] == 64 and result["config"]["experiment_name"] == label
     text = report.read_text()
-    assert "| data-controlled params | 257 | 257 | exactly 257 | PASS |" in text
-    assert "| reflection_vanilla | 1/1 | test/mse |" in text
+    assert ("| data-controlled params | 257 | exactly 257 | **1/1** | 0: 257 | median 257, worst 257 (seed 0); mean 257 | "
+            "all seeds (1/1) | PASS |") in text
+    assert "| reflection_vanilla | 1/1 | separate | test/mse | 0: " in text
     assert "Made with `python scripts/reproduce.py --budget smoke --only reflection_vanilla,reflection_data_control" in text
+
+
+class _Half:
+    """A stand-in classifier: scalar readout y_hat = x_0 (class 1 where x_0 > 0.5)."""
+
+    def __call__(self, x):
+        return SimpleNamespace(y_hat=x[:, :1])
+
+
+def test_leak_probe_classifies_the_noise_free_outer_ring_and_is_cached(tmp_path):
+    points = circle(2.0, 8)
+    assert points.shape == (8, 2) and torch.allclose(points.norm(dim=1), torch.full((8,), 2.0))
+    inner = predicted_class(_Half(), circle(2.0, 20000), batch=3000) == 1
+    assert float(inner.float().mean()) == pytest.approx(math.acos(0.25) / math.pi, abs=1e-4)
+    calls = []
+    assert probe(tmp_path, "outer_leak", lambda d: calls.append(d) or 0.25) == 0.25
+    assert probe(tmp_path, "outer_leak", lambda d: calls.append(d) or 0.5) == 0.25 and calls == [tmp_path]
+    assert json.loads((tmp_path / "probes.json").read_text()) == {"outer_leak": 0.25}
+    (tmp_path / "nowhere").mkdir()
+    assert probe(tmp_path / "nowhere", "outer_leak", outer_leak) is None  # no checkpoint: recorded, not fatal
+    saved = json.loads((tmp_path / "nowhere" / "probes.json").read_text())
+    assert saved["outer_leak"] is None and "nowhere" in saved["outer_leak_error"]
+
+
+def test_annuli_runs_get_the_leak_probe_as_a_metric(tmp_path):
+    out = tmp_path / "runs"
+    run = _fake_result(out, "annuli_vanilla", 0, {"test/accuracy": 1.0}, 1221)
+    (run / "probes.json").write_text(json.dumps({"outer_leak": 0.0031}))
+    _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.33}, 193)
+    groups = collect([Job("annuli_vanilla", "annuli_vanilla"), Job("reflection_vanilla", "reflection_vanilla")], out)
+    assert groups["annuli_vanilla"].runs[0].result["metrics"]["probe/outer_leak"] == 0.0031
+    assert "probe/outer_leak" not in groups["reflection_vanilla"].runs[0].result["metrics"]
+    claim = next(c for c in CLAIMS if c.id == "3.7")
+    check = next(c for c in claim.checks if c.run == "annuli_vanilla")
+    result = judge(claim, check, seed_values(groups, {"annuli_vanilla": "ok"}), {})
+    assert result.verdict == "PASS" and "| **1/1** | 0: 0.0031 |" in result.row and "all seeds (1/1)" in result.row
+    lt = Check("x", "m", "lt_run", "va", "dc")
+    values = _lookup_from({"dc": {0: 1.0, 1: 0.9}, "va": {0: 0.5, 1: 0.85}})
+    assert _summary_cell(lt, lt.judge_seeds(values), values) == "median 0.675, closest seed 1 (0.85 vs 0.9); mean 0.675 ± 0.25"
+
+
+def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("# @package _global_\n# Paper E2: the description.\n#\n# Audit (paper.md §E2): fixed: a; kept: b\n"
+                    "# because c.\n#\n# Other notes.\ndefaults: []\n")
+    assert audit(path) == "Audit (paper.md §E2): fixed: a; kept: b because c."
+    assert header(path) == "Paper E2: the description."  # nodex list shows the description only
+    jobs = [Job("annuli_data_control", "annuli_data_control", ensemble=True)]
+    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0, 1), [], None)
+    assert "| annuli_data_control | (paper.md §1.9, §E1): fixed: the last layer is NOT zero-initialised" in text
+
+
+def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_path, monkeypatch, capsys):
+    import nodex.paper.reproduce as rep
+
+    seen = []
+    monkeypatch.setattr(rep, "_run_one", lambda job, budget, out, seeds, threads, *rest: seen.append(threads) or "ok")
+    monkeypatch.setattr(rep.os, "cpu_count", lambda: 8)
+    jobs = [Job("reflection_vanilla", "reflection_vanilla")]
+    rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 2, None, False, None)
+    rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 1, None, False, None, threads=1)
+    rep.run_jobs(jobs, BUDGETS["full"], tmp_path, (0,), 2, None, False, None)  # the GPU budget leaves them alone
+    assert seen == [4, 1, None]
+    assert capsys.readouterr().out.count("reflection_vanilla  ok") == 3
+
+
+def test_wall_time_is_the_union_of_the_recorded_spans(tmp_path):
+    from nodex.paper.reproduce import _add_wall, _commands
+
+    assert _add_wall(tmp_path, None) is None
+    assert _add_wall(tmp_path, (100.0, 400.0)) == 300.0
+    assert _add_wall(tmp_path, (200.0, 500.0)) == 400.0  # overlaps: counted once
+    assert _add_wall(tmp_path, (1000.0, 1060.0), "python scripts/reproduce.py --resume") == 460.0  # a later --resume
+    assert _add_wall(tmp_path, None) == 460.0 and len(json.loads((tmp_path / "wall.json").read_text())["spans"]) == 3
+    assert _commands(tmp_path) == ["python scripts/reproduce.py --resume"]
+    jobs = [Job("reflection_vanilla", "reflection_vanilla")]
+    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], 460.0, commands=["A --x", "B --resume"])
+    assert "Made with `A --x` and 1 more invocations on the same run folder (listed below) on " in text
+    assert " in 7.7 min of wall time." in text and "1. `A --x`\n2. `B --resume`\n" in text
+
+
+def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_path, monkeypatch):
+    import nodex.paper.reproduce as rep
+
+    out = tmp_path / "runs"
+    for k in range(3):
+        _fake_result(out, "annuli_vanilla", k, {}, 1221, status="failed", error="stopped", sub=f"seeds0-2/member-{k}")
+    _fake_result(out, "annuli_vanilla", 3, {"test/accuracy": 1.0}, 1221, sub="seed3")
+    ran = []
+    monkeypatch.setattr(rep.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(returncode=0))
+    job = Job("annuli_vanilla", "annuli_vanilla", ensemble=True)
+    line = rep._run_one(job, BUDGETS["cpu"], out, (0, 1, 2, 3), 1, None, True, None, {})
+    assert [c[c.index("train") + 1:c.index("train") + 4] for c in ran] == [
+        ["experiment=annuli_vanilla", "seed=0", "trainer.ensemble=3"]]
+    assert sorted(p.name for p in (out / "annuli_vanilla").iterdir()) == ["reproduce.log", "seed3"]
+    aside = list((out / ".failed" / "annuli_vanilla").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("seeds0-2-") and (aside[0] / "member-2" / "result.json").exists()
+    assert line.startswith("1/4 completed") and "see " in line  # the stub trained nothing
+    assert rep._run_one(job, BUDGETS["cpu"], out, (3,), 1, None, True, None, {}) == "already done (--resume)"

@@ -138,6 +138,7 @@ class Check:
     paper: str = ""
     runs: tuple[tuple[str, ...], ...] = ()
     direction: str = "max"  # for ``order``: "max" (higher is better) or "min"
+    min_rate: Optional[float] = None  # the fraction of seeds that must hold; None: the claim's
 
     def labels(self) -> list[str]:
         """Every run label this check reads."""
@@ -203,6 +204,88 @@ class Check:
         return ours, passed
 
 
+    def judge_seeds(self, values: Values) -> Optional[list[SeedOutcome]]:
+        """The check on each seed alone: runs are paired by seed (seed s of every run it reads);
+        ``None`` when a run has no value. Seeds missing from any of the runs are left out."""
+        per_label: dict[str, dict[int, float]] = {}
+        for label in self.labels():
+            got = values(label, self.metric)
+            if not got:
+                return None
+            per_label[label] = got
+        seeds = sorted(set.intersection(*(set(v) for v in per_label.values())))
+        out = []
+        for s in seeds:
+            def lookup(label: str, metric: str, s: int = s) -> Optional[Stat]:
+                v = per_label.get(label, {}).get(s)
+                return None if v is None else (v, 0.0, 1)
+
+            text, passed = self.evaluate(lookup)
+            value = math.nan if self.op == "order" else per_label[self.run][s]
+            out.append(SeedOutcome(s, value, bool(passed), text, self._margin({k: v[s] for k, v in per_label.items()})))
+        return out
+
+    def _margin(self, at: dict[str, float]) -> float:
+        """How far one seed's values are on the passing side (< 0: failing); ranks the worst seed."""
+        if self.op == "order":
+            sign = 1.0 if self.direction == "max" else -1.0
+            return min((sign * (at[a] - at[b]) + self.tol for i, upper in enumerate(self.runs)
+                        for lower in self.runs[i + 1:] for a in upper for b in lower), default=0.0)
+        v = at[self.run]
+        if not math.isfinite(v):
+            return -math.inf
+        if self.op in ("lt_run", "gt_run"):
+            other = at[str(self.target)]
+            return other - v if self.op == "lt_run" else v - other
+        t = float(self.target) if self.target is not None else math.nan
+        return {"approx": lambda: self.tol - abs(v - t), "rel": lambda: self.tol * abs(t) - abs(v - t),
+                "eq": lambda: -abs(v - t), "le": lambda: t - v, "ge": lambda: v - t,
+                "finite": lambda: 0.0}[self.op]()
+
+
+Values = Callable[[str, str], Optional[dict[int, float]]]  # (label, metric) -> {seed: value}
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    """One seed's verdict on a check: ``value`` is the checked run's metric (NaN for ``order``),
+    ``text`` what the check reads on that seed, ``margin`` how far on the passing side."""
+
+    seed: int
+    value: float
+    passed: bool
+    text: str
+    margin: float
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A check over seeds: ``k`` of ``n`` seeds hold; it holds when ``k / n >= min_rate``."""
+
+    k: int
+    n: int
+    min_rate: float
+
+    @property
+    def needed(self) -> int:
+        """Seeds that must hold out of ``n``."""
+        return math.ceil(self.min_rate * self.n - 1e-9)
+
+    @property
+    def holds(self) -> bool:
+        return self.n > 0 and self.k >= self.needed
+
+    def criterion(self) -> str:
+        """e.g. ``≥ 80% of seeds (4/5)``."""
+        share = "all seeds" if self.min_rate >= 1 else f"≥ {self.min_rate:.0%} of seeds"
+        return f"{share} ({self.needed}/{self.n})"
+
+
+def rate_of(outcomes: list[SeedOutcome], min_rate: float) -> Rate:
+    """The rate of the seeds that hold."""
+    return Rate(sum(o.passed for o in outcomes), len(outcomes), min_rate)
+
+
 def _short(label: str) -> str:
     for family in ("table1_mnist_", "table1_cifar10_", "mnist5k_", "digits_", "spheres_augmentation_", "annuli_",
                    "reflection_"):
@@ -227,16 +310,24 @@ class Claim:
     text: str
     source: str
     checks: tuple[Check, ...] = field(default_factory=tuple)
+    min_rate: float = 0.8  # the fraction of seeds each check must hold on (a check may set its own)
+    why_rate: str = "a result the paper shows on one run must hold on most seeds, not all"
+    figures: tuple[tuple[str, str], ...] = ()  # (run label, plots/<name>.png) shown beside the table
+    note: str = ""  # what the per-seed numbers show (fragility, causes), printed under the table
+
+    def rate_needed(self, check: Check) -> float:
+        """The fraction of seeds ``check`` must hold on."""
+        return self.min_rate if check.min_rate is None else check.min_rate
 
 
 def _table_checks(data: str, model: str, acc_tol: float) -> tuple[Check, ...]:
     run = f"table1_{data}_{model}"
     v = PAPER_VALUES[run]
     params = v["params"]
-    params_check = (Check("params", "params", "eq", run, params.value,
+    params_check = (Check("params", "params", "eq", run, params.value, min_rate=1.0,
                           paper=params.text()) if params.source == ARITHMETIC
                     else Check("params (paper rounds to 0.1K)", "params", "approx", run, params.value, tol=50,
-                               paper=params.text()))
+                               min_rate=1.0, paper=params.text()))
     return (
         Check("test accuracy", "test/accuracy", "approx", run, v["test/accuracy"].value, tol=acc_tol,
               paper=v["test/accuracy"].text()),
@@ -259,6 +350,8 @@ def _ordering(family: str, note: str) -> tuple[Check, ...]:
     )
 
 
+LEAK = 1 / 20000  # one point of the outer-ring probe (nodex/paper/probes.py)
+
 CLAIMS: tuple[Claim, ...] = (
     Claim("3.1", "IL-NODE on CIFAR-10: 73.4% test accuracy, 36.1K params (36,088), about 65 NFE", POSTER,
           _table_checks("cifar10", "ilnode", 0.02)),
@@ -276,28 +369,68 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("3.5", "Ordering: accuracy IL ≈ 2nd-order > ANODE ≫ NODE; IL and 2nd-order need the fewest NFE "
           "(checked on the paper's table runs and on the CPU stand-ins: 5k-MNIST and 8x8 digits)", POSTER,
           _ordering("table1_mnist", "MNIST ") + _ordering("table1_cifar10", "CIFAR-10 ")
-          + _ordering("mnist5k", "5k-MNIST stand-in ") + _ordering("digits", "digits stand-in ")),
+          + _ordering("mnist5k", "5k-MNIST stand-in ") + _ordering("digits", "digits stand-in "),
+          figures=(("digits_node", "training_curves"), ("digits_ilnode", "training_curves")),
+          note=("**The CPU stand-ins' NFE.** The paper reports the mean forward NFE *at convergence* (20 epochs of "
+                "full MNIST); here the digits models train 10 epochs of 1,257 8x8 images. IL-NODE needs the fewest "
+                "NFE and ANODE the most, as in the paper, but the vanilla NODE, which learns far less in this budget "
+                "(its accuracy in the table above), keeps a simple, cheap flow, and the second-order model needs a "
+                "few NFE more than it: the NFE ordering is a property of trained models that this budget does not "
+                "reach (the `full` budget on a GPU checks the paper's runs). These runs are separate seeds: in a "
+                "seed ensemble with an adaptive solver every member reports the ensemble's shared NFE (an earlier "
+                "ensemble run gave all five digits NODE seeds 38.5), so per-seed NFE needs separate runs. The "
+                "5k-MNIST stand-ins were not run here: a 5-member ensemble was OOM-killed (12 GB) on the shared "
+                "machine and their separate seeds did not fit the session's time.")),
     Claim("3.6", "φ(x) = −x is learned without augmentation by data-controlled and adaptive-depth NODEs; "
           "vanilla and depth-concat fail", "paper.md §3 item 6 [V-poster; code checks data control only]", (
               Check("data-controlled fits (test MSE)", "test/mse", "le", "reflection_data_control", 1e-3, paper="fits"),
               Check("adaptive depth fits (test MSE)", "test/mse", "le", "reflection_adaptive_depth", 1e-3,
                     paper="fits"),
-              Check("vanilla fails (test MSE)", "test/mse", "ge", "reflection_vanilla", 0.1, paper="fails"),
-              Check("depth-concat fails (test MSE)", "test/mse", "ge", "reflection_depthcat", 0.1, paper="fails"),
-              Check("data-controlled params", "params", "eq", "reflection_data_control", 257, paper="257"),
-          )),
+              Check("vanilla fails (test MSE)", "test/mse", "ge", "reflection_vanilla", 0.1, paper="fails",
+                    min_rate=1.0),
+              Check("depth-concat fails (test MSE)", "test/mse", "ge", "reflection_depthcat", 0.1, paper="fails",
+                    min_rate=1.0),
+              Check("data-controlled params", "params", "eq", "reflection_data_control", 257, paper="257",
+                    min_rate=1.0),
+          ), why_rate="fitting must hold on most seeds; the failures are topological, so on every seed",
+          note=("Every seed fits or fails as the paper says, and the same holds when each seed is trained alone "
+                "(see *Seed ensembles vs separate runs* below). The ensemble's shared dopri5 step sizes move the "
+                "data-controlled model's test MSE by under 1% per seed and the adaptive-depth model's by up to a "
+                "third (seed 1: 1.3e-4 in the ensemble, 1.9e-4 alone), far inside the 1e-3 threshold: no rate "
+                "changes."),
+          figures=(("reflection_vanilla", "regression_trajectories"),
+                   ("reflection_data_control", "regression_trajectories"),
+                   ("reflection_adaptive_depth", "regression_trajectories"), ("reflection_adaptive_depth", "horizon"))),
     Claim("3.7", "Concentric annuli are separated by a 229-parameter data-controlled NODE without augmentation; "
           "vanilla, depth-cat and GalNODE leak", "paper.md §3 item 7 [V-code/fig]", (
               Check("data-controlled separates (test accuracy)", "test/accuracy", "ge", "annuli_data_control", 0.99,
                     paper="separates"),
-              Check("data-controlled params", "params", "eq", "annuli_data_control", 229, paper="229"),
-              Check("vanilla leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_vanilla",
-                    "annuli_data_control", paper="leaks"),
-              Check("depth-cat leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_depthcat",
-                    "annuli_data_control", paper="leaks"),
-              Check("GalNODE leaks: accuracy below data control", "test/accuracy", "lt_run", "annuli_galnode",
-                    "annuli_data_control", paper="leaks"),
-          )),
+              Check("data-controlled params", "params", "eq", "annuli_data_control", 229, paper="229", min_rate=1.0),
+              Check("data-controlled: no leak (outer ring classified inner)", "probe/outer_leak", "le",
+                    "annuli_data_control", 0.0, paper="clean boundary"),
+              Check("vanilla leaks (outer ring classified inner)", "probe/outer_leak", "ge", "annuli_vanilla", LEAK,
+                    paper="leaks", min_rate=1.0),
+              Check("depth-cat leaks (outer ring classified inner)", "probe/outer_leak", "ge", "annuli_depthcat", LEAK,
+                    paper="leaks", min_rate=1.0),
+              Check("GalNODE leaks (outer ring classified inner)", "probe/outer_leak", "ge", "annuli_galnode", LEAK,
+                    paper="leaks", min_rate=1.0),
+          ), why_rate="separation must hold on most seeds; a homeomorphic flow leaks on every seed (topology), so "
+                      "the leak checks need all seeds",
+          note=("**How the leak is measured.** A vanilla, depth-concat or Galërkin flow is a homeomorphism of the "
+                "plane, so the region it labels *inner* is the preimage of a half-plane: unbounded, so it must cross "
+                "the outer ring somewhere, the thin channel of the authors' decision maps. The 4,096 noisy test "
+                "points seldom land in that channel (vanilla seeds 0 and 1 score 100% test accuracy with the "
+                "channel plainly visible in their decision maps), so the earlier check, *vanilla's test accuracy "
+                "below data control's*, tied at 1.0 and passed or failed by chance. The checks now classify 20,000 "
+                "points on the noise-free outer circle (`nodex/paper/probes.py`, `probes.json` in each run) and "
+                "report the share labelled inner. **Why some seeds failed before.** `annuli_data_control` inherited "
+                "`zero_init_last: true` from `annuli_vanilla`; the authors' data-controlled field keeps the default "
+                "init. With the zero-initialised last layer seeds 6, 7 and 8 stalled at 48.9%, 78.2% and 75.0% "
+                "test accuracy (issue 15, same with torchdiffeq and autograd); with the authors' init every seed "
+                "here separates, with no leak."),
+          figures=(("annuli_data_control", "decision_map"), ("annuli_data_control", "state_space"),
+                      ("annuli_vanilla", "decision_map"), ("annuli_depthcat", "decision_map"),
+                      ("annuli_galnode", "decision_map"))),
     Claim("3.8", "GalNODE and stacked NODEs train with depth-varying θ(s); with an integral loss GalNODE tracks a "
           "depth-varying target and extrapolates beyond the training depth",
           "paper.md §3 item 8 [V-fig, V-rev, tutorial V-code]", (
@@ -308,12 +441,17 @@ CLAIMS: tuple[Claim, ...] = (
                     "galerkin_tracking", "galerkin_tracking@depth_none", paper="extrapolates"),
               Check("GalNODE extrapolates better than depth-concat", "test/extrapolation_mse", "lt_run",
                     "galerkin_tracking", "galerkin_tracking@depth_concat", paper="extrapolates"),
-          )),
+          ), figures=(("stacked_moons", "decision_map"), ("stacked_moons", "parameters_evolution"),
+                      ("galnode_spirals", "decision_map"), ("galnode_spirals", "parameters_evolution"),
+                      ("galerkin_tracking", "tracking"), ("galerkin_tracking@depth_none", "tracking"))),
     Claim("3.9", "A data-controlled CNF draws conditionally from two distributions using two priors "
           "(qualitative: see the sample plots in the run directory)", "paper.md §3 item 9 [V-poster]", (
               Check("conditional CNF trains to a finite test NLL", "test/nll", "finite", "cnf_conditional",
-                    paper="qualitative"),
-          )),
+                    paper="qualitative", min_rate=1.0),
+          ), figures=(("cnf_conditional", "cnf_samples"),),
+          note=("The check only says training worked; the claim is in the figure: one field, two priors, two "
+                "targets. With this CPU budget (600 steps) the samples drawn from prior 1 follow the two moons and "
+                "those from prior 0 gather at the ring of Gaussians, with visible mass between the modes.")),
     Claim("E6", "Nested spheres (not in §3; tutorial): augmentation (ANODE, IL, partial IL, 2nd order) separates "
           "what the vanilla NODE cannot", CODE_SPHERES, (
               Check("accuracy: augmented > vanilla", "test/accuracy", "order",
@@ -321,8 +459,9 @@ CLAIMS: tuple[Claim, ...] = (
                            "spheres_augmentation_ilnode_partial",
                            "spheres_augmentation_second_order"), ("spheres_augmentation",)),
                            paper="augmented separate"),
-              Check("2nd-order params", "params", "eq", "spheres_augmentation_second_order", 657, paper="657"),
-          )),
+              Check("2nd-order params", "params", "eq", "spheres_augmentation_second_order", 657, paper="657",
+                    min_rate=1.0),
+          ), figures=(("spheres_augmentation", "trajectories"), ("spheres_augmentation_anode", "trajectories"))),
 )
 
 

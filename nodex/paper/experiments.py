@@ -63,6 +63,24 @@ def header(path: Path) -> str:
     return " ".join(lines)
 
 
+def audit(path: Path) -> str:
+    """The header paragraph of a config file that starts with ``Audit`` (its settings checked
+    against the authors', deviations fixed or kept and why), its lines joined; ``""`` if none."""
+    lines: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            break
+        text = stripped.lstrip("#").strip()
+        if text.startswith("Audit"):
+            lines = [text]
+        elif lines and text:
+            lines.append(text)
+        elif lines:
+            break
+    return " ".join(lines)
+
+
 def discover(directory: Path | None = None, only: list[str] | None = None) -> list[Experiment]:
     """Every experiment in ``directory`` (default: the package's), sorted by name; ``only`` keeps
     those matching any of the given names or shell patterns (``table1_*``)."""

@@ -5,10 +5,19 @@ pass/fail against a stated tolerance).
 The experiments are discovered from ``configs/experiment/`` (every file whose description names
 the paper); the claims and the extra variant runs come from :mod:`nodex.paper.claims`; the
 budgets are the :data:`BUDGETS` table below, the one place that says how much each experiment
-is trained under ``smoke``, ``cpu`` and ``full``. Each experiment runs as one
-``nodex train --multirun experiment=NAME seed=...`` subprocess (``--jobs N`` of them at once),
-so a crash in one never stops the others, and every run directory is an ordinary nodex run
-(``nodex report`` reads it).
+is trained under ``smoke``, ``cpu`` and ``full``. Each experiment runs in its own subprocess
+(``--jobs N`` of them at once), so a crash in one never stops the others, and every run
+directory is an ordinary nodex run (``nodex report`` reads it):
+
+- a Neural ODE experiment trains its seeds as one seed ensemble, ``nodex train experiment=NAME
+  seed=S trainer.ensemble=K`` per run of consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``);
+  with fixed-step solvers each member is its separate run bit for bit, with adaptive solvers the
+  members share one step-size sequence (``--compare`` runs some experiments both ways);
+- a model that cannot be stacked (CNFs) runs ``nodex train --multirun seed=...``
+  (``LABEL/seed<S>``), as does every experiment under ``--separate``.
+
+Each claim's check is judged per seed (:meth:`~nodex.paper.claims.Check.judge_seeds`) and holds
+when the fraction of seeds its claim requires holds.
 """
 
 from __future__ import annotations
@@ -17,10 +26,12 @@ import argparse
 import datetime as _dt
 import fnmatch
 import json
+import math
 import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -30,9 +41,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nodex.config import compose
-from nodex.paper.claims import CLAIMS, VARIANTS, Check, paper_value
-from nodex.paper.experiments import Experiment, discover
-from nodex.paper.report import Group, Run, find_runs, stat_cell
+from nodex.paper.claims import (
+    CLAIMS, VARIANTS, Check, Claim, Lookup, Rate, SeedOutcome, Stat, Values, paper_value, rate_of,
+)
+from nodex.paper.experiments import Experiment, audit, discover
+from nodex.paper.figures import FigureSink, clear
+from nodex.paper.probes import PROBES, probe
+from nodex.paper.report import Group, Run, find_runs, fmt, metric_value, stat_cell
 
 # ----------------------------------------------------------------------------------------------
 # Budgets: the one place that sets how much each experiment is trained.
@@ -61,6 +76,8 @@ class Budget:
     rules: tuple[Rule, ...] = ()
     needs_files: bool = False   # run the experiments that read dataset files (data.root)?
     set_threads: bool = True    # pass trainer.num_threads = cores / jobs
+    compare: tuple[str, ...] = ()  # experiments also run as separate seeds (ensemble vs separate)
+    separate: tuple[str, ...] = ()  # experiments whose seeds run separately under this budget (memory)
 
 
 IMAGE_DATA = ("digits", "mnist5k", "mnist", "cifar10")
@@ -80,8 +97,15 @@ BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
         "cpu",
         "every paper experiment that needs no dataset files (the toy tasks and the digits / 5k-MNIST CPU "
-        "stand-ins of the image table) with its own CPU-sized budget as written in its config file, one seed",
-        seeds=(0,),
+        "stand-ins of the image table) with its own CPU-sized budget as written in its config file, five seeds "
+        "(one seed-ensemble job per Neural ODE experiment; CNFs and the image stand-ins as separate seeds)",
+        seeds=(0, 1, 2, 3, 4),
+        compare=("reflection_*", "annuli_data_control"),
+        # A 5-member ensemble of the 28x28 conv models holds every member's solver graph at once
+        # (autograd): it outgrew a 23 GB machine shared with other jobs; separate seeds fit. The image
+        # stand-ins' claims compare forward NFE, which the members of an adaptive-solver ensemble share
+        # (one step-size sequence): per-seed NFE needs separate runs.
+        separate=("mnist5k_*", "digits_*"),
     ),
     "full": Budget(
         "full",
@@ -110,6 +134,7 @@ class Job:
     experiment: str
     overrides: list[str] = field(default_factory=list)
     skip: Optional[str] = None  # reason it is not run under this budget
+    ensemble: bool = False  # seeds as one trainer.ensemble job (model.kind=neural_ode)
 
 
 def _compose(experiment: str, overrides: list[str]):
@@ -149,10 +174,16 @@ def _matches(rule: Rule, name: str, cfg) -> bool:
     return all(OmegaConf.select(cfg, key, default=None) in values for key, values in rule.where)
 
 
-def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[Job],
-                                                                                                 list[Experiment]]:
+SEPARATE = "@separate"  # label suffix: the same experiment run as separate seeds (--compare)
+# Start order: the longest first (for --jobs packing), the 5k-MNIST stand-ins last; others between.
+RUN_ORDER = (("annuli_*", 0), ("mnist5k_*", 2))
+
+
+def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None,
+         compare: tuple[str, ...] | list[str] = (), separate: bool = False) -> tuple[list[Job], list[Experiment]]:
     """The jobs to run (``skip`` set where the budget leaves one out) and the experiments that
-    are not the paper's (their first comment line does not name it)."""
+    are not the paper's (their first comment line does not name it). ``compare``: experiment
+    patterns also run as separate seeds (label ``NAME@separate``); ``separate``: no ensembles."""
     experiments = discover(only=only)
     paper = [e for e in experiments if PAPER_RE.search(e.description)]
     others = [e for e in experiments if e not in paper]
@@ -175,75 +206,141 @@ def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None 
             if _matches(rule, name, cfg):
                 overrides += applicable(cfg, rule.overrides)
         job.overrides = [*overrides, *variant, *applicable(cfg, extra or [])]
+        job.ensemble = (not separate and cfg.model.get("kind", "neural_ode") == "neural_ode"
+                        and not any(fnmatch.fnmatchcase(name, pat) for pat in budget.separate))
         jobs.append(job)
+        if job.ensemble and job.skip is None and any(fnmatch.fnmatchcase(label, pat) for pat in compare):
+            jobs.append(Job(label + SEPARATE, name, list(job.overrides)))
     return jobs, others
+
+
+def run_order(jobs: list[Job]) -> list[Job]:
+    """``jobs`` in the order they are started (:data:`RUN_ORDER`, then by label)."""
+    def rank(job: Job) -> int:
+        return next((r for pat, r in RUN_ORDER if fnmatch.fnmatchcase(job.label, pat)), 1)
+
+    return sorted(jobs, key=lambda j: (rank(j), j.label))
 
 
 # ----------------------------------------------------------------------------------------------
 # Running
 
 
-def command(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
-            launcher: Optional[str]) -> list[str]:
-    """The ``nodex train --multirun`` command line of one job."""
-    cmd = [sys.executable, "-m", "nodex.cli", "train", "--multirun", f"experiment={job.experiment}",
-           "seed=" + ",".join(str(s) for s in seeds), *job.overrides]
-    if threads:
-        cmd.append(f"trainer.num_threads={threads}")
+def seed_blocks(seeds: tuple[int, ...] | list[int]) -> list[tuple[int, ...]]:
+    """``seeds`` (sorted, without repeats) cut into runs of consecutive seeds: one ensemble each
+    (``trainer.ensemble=K`` trains seeds ``S..S+K-1``)."""
+    blocks: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if blocks and s == blocks[-1][-1] + 1:
+            blocks[-1].append(s)
+        else:
+            blocks.append([s])
+    return [tuple(b) for b in blocks]
+
+
+def block_dir(block: tuple[int, ...]) -> str:
+    """An ensemble job's directory name under its label: ``seeds0-4`` (``seed3`` for one seed)."""
+    return f"seed{block[0]}" if len(block) == 1 else f"seeds{block[0]}-{block[-1]}"
+
+
+def commands(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+             launcher: Optional[str]) -> list[tuple[tuple[int, ...], list[str]]]:
+    """``[(seeds, command line)]`` of one job: one ``nodex train ... trainer.ensemble=K`` per block
+    of consecutive seeds, or one ``nodex train --multirun seed=...`` for all seeds."""
+    tail = [f"trainer.num_threads={threads}"] if threads else []
+    base = [sys.executable, "-m", "nodex.cli", "train"]
+    if job.ensemble:
+        out = []
+        for block in seed_blocks(seeds):
+            ens = [f"trainer.ensemble={len(block)}"] if len(block) > 1 else []
+            out.append((block, [*base, f"experiment={job.experiment}", f"seed={block[0]}", *ens, *job.overrides,
+                                *tail, f"hydra.run.dir={out_dir / job.label / block_dir(block)}"]))
+        return out
+    cmd = [*base, "--multirun", f"experiment={job.experiment}", "seed=" + ",".join(str(s) for s in seeds),
+           *job.overrides, *tail]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
     cmd += [f"hydra.sweep.dir={out_dir / job.label}", "hydra.sweep.subdir=seed${seed}"]
-    return cmd
+    return [(tuple(seeds), cmd)]
+
+
+def _results(label_dir: Path) -> list[dict[str, Any]]:
+    """Every ``result.json`` under a label's directory (an ensemble's are its members')."""
+    out = []
+    for path in sorted(label_dir.rglob("result.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
 
 
 def _completed_seeds(label_dir: Path) -> set[int]:
-    done = set()
-    for path in label_dir.glob("*/result.json"):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+    return {int(r.get("seed", -1)) for r in _results(label_dir) if r.get("status") == "completed"}
+
+
+def _set_aside(label_dir: Path, dest: Path) -> None:
+    """Move a label's run folders that hold no completed run (an attempt that failed or was
+    stopped) to ``dest/LABEL/`` before ``--resume`` runs their seeds again: kept, not counted."""
+    if not label_dir.is_dir():
+        return
+    for sub in sorted(p for p in label_dir.iterdir() if p.is_dir()):
+        results = _results(sub)
+        if any(r.get("status") == "completed" for r in results) or not (results or (sub / ".hydra").is_dir()):
             continue
-        if result.get("status") == "completed":
-            done.add(int(result.get("seed", -1)))
-    return done
+        target = dest / label_dir.name / f"{sub.name}-{_dt.datetime.now():%H%M%S}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sub.rename(target)
+
+
+def _run_one(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+             launcher: Optional[str], resume: bool, timeout: Optional[float], env: dict[str, str]) -> str:
+    """Run one job's commands (those whose seeds are not all done under ``--resume``); returns the
+    progress line's tail."""
+    label_dir = out_dir / job.label
+    done = _completed_seeds(label_dir) if resume else set()
+    missing = tuple(s for s in seeds if s not in done)
+    if not missing:
+        return "already done (--resume)"
+    if resume:
+        _set_aside(label_dir, out_dir / ".failed")
+    todo = commands(job, budget, out_dir, missing, threads, launcher)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    started, code = time.perf_counter(), 0
+    with open(label_dir / "reproduce.log", "a" if resume else "w") as log:
+        for _, cmd in todo:
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            try:
+                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+    results = [r for r in _results(label_dir) if int(r.get("seed", -1)) in seeds]
+    ok = len({int(r["seed"]) for r in results if r.get("status") == "completed"})
+    note = ""
+    if ok < len(seeds):
+        errors = [r.get("error") for r in results if r.get("status") != "completed" and r.get("error")]
+        note = f"  exit {code}: {errors[0] if errors else 'see ' + str(label_dir / 'reproduce.log')}"
+    kind = f"ensemble of {len(seeds)}" if job.ensemble and len(seeds) > 1 else "separate seeds"
+    return f"{ok}/{len(seeds)} completed  {time.perf_counter() - started:7.1f} s  ({kind}){note}"
 
 
 def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, ...], n_parallel: int,
-             launcher: Optional[str], resume: bool, timeout: Optional[float]) -> None:
-    """Run every non-skipped job, ``n_parallel`` at a time, printing one line per finished job."""
-    todo = [j for j in jobs if j.skip is None]
+             launcher: Optional[str], resume: bool, timeout: Optional[float], threads: Optional[int] = None) -> None:
+    """Run every non-skipped job, ``n_parallel`` at a time, printing one line per finished job;
+    each gets ``threads`` torch threads (default: cores / ``n_parallel`` where the budget sets them)."""
+    todo = run_order([j for j in jobs if j.skip is None])
     cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, n_parallel)) if budget.set_threads else None
+    if threads is None and budget.set_threads:
+        threads = max(1, cores // max(1, n_parallel))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads or 1))}
     width = max((len(j.label) for j in todo), default=10)
     counter = {"done": 0}
 
     def one(job: Job) -> None:
-        label_dir = out_dir / job.label
-        if resume and set(seeds) <= _completed_seeds(label_dir):
-            counter["done"] += 1
-            print(f"[{counter['done']:>3}/{len(todo)}] {job.label:<{width}}  already done (--resume)", flush=True)
-            return
-        label_dir.mkdir(parents=True, exist_ok=True)
-        cmd = command(job, budget, out_dir, seeds, threads, launcher)
-        started = time.perf_counter()
-        with open(label_dir / "reproduce.log", "w") as log:
-            log.write("$ " + shlex.join(cmd) + "\n")
-            log.flush()
-            try:
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
-        results = [json.loads(p.read_text()) for p in sorted(label_dir.glob("*/result.json"))]
-        ok = sum(r.get("status") == "completed" for r in results)
-        note = ""
-        if ok < len(seeds):
-            errors = [r.get("error") for r in results if r.get("status") != "completed" and r.get("error")]
-            note = f"  exit {code}: {errors[0] if errors else 'see ' + str(label_dir / 'reproduce.log')}"
+        line = _run_one(job, budget, out_dir, seeds, threads, launcher, resume, timeout, env)
         counter["done"] += 1
-        print(f"[{counter['done']:>3}/{len(todo)}] {job.label:<{width}}  {ok}/{len(seeds)} completed  "
-              f"{time.perf_counter() - started:7.1f} s{note}", flush=True)
+        print(f"[{counter['done']:>3}/{len(todo)}] {job.label:<{width}}  {line}", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
         list(pool.map(one, todo))
@@ -259,9 +356,21 @@ def collect(jobs: list[Job], out_dir: Path) -> dict[str, Group]:
     for job in jobs:
         label_dir = out_dir / job.label
         runs: list[Run] = find_runs([label_dir]) if label_dir.exists() else []
+        add_probes(job.experiment, runs)
         if runs:
             groups[job.label] = Group((job.label,), runs)
     return groups
+
+
+def add_probes(experiment: str, runs: list[Run]) -> None:
+    """Each completed run of ``experiment`` gets the probes its name matches (:data:`PROBES`) as
+    ``probe/NAME`` metrics (in memory; measured once, then read from the run's ``probes.json``)."""
+    for pattern, (name, fn) in PROBES.items():
+        if not fnmatch.fnmatchcase(experiment, pattern):
+            continue
+        for run in runs:
+            if run.ok and (value := probe(run.path, name, fn)) is not None:
+                run.result.setdefault("metrics", {})[f"probe/{name}"] = value
 
 
 def main_metric(group: Group) -> Optional[str]:
@@ -293,23 +402,118 @@ def _job_status(jobs: list[Job], groups: dict[str, Group]) -> dict[str, str]:
     return status
 
 
-def _claim_rows(groups: dict[str, Group], status: dict[str, str]) -> tuple[list[str], dict[str, int]]:
-    """One markdown table per claim, and the tally of PASS / FAIL / not run checks."""
+def seed_values(groups: dict[str, Group], status: dict[str, str]) -> Values:
+    """``(label, metric) -> {seed: value}`` over a label's completed runs (``None``: none)."""
 
-    def lookup(label: str, metric: str):
+    def values(label: str, metric: str) -> Optional[dict[int, float]]:
         g = groups.get(label)
-        return g.stat(metric) if g is not None and status.get(label) == "ok" else None
+        if g is None or status.get(label) != "ok":
+            return None
+        out = {}
+        for run in g.completed:
+            v, seed = metric_value(run, metric), run.result.get("seed")
+            if v is not None and isinstance(seed, int):
+                out[seed] = v
+        return out or None
 
-    rows, tally = [], {"PASS": 0, "FAIL": 0, "not run": 0}
+    return values
+
+
+def _mean_lookup(values: Values) -> Lookup:
+    def lookup(label: str, metric: str) -> Optional[Stat]:
+        got = values(label, metric)
+        if not got:
+            return None
+        v = list(got.values())
+        return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)
+
+    return lookup
+
+
+def _per_seed_cell(check: Check, outcomes: list[SeedOutcome]) -> str:
+    """``0: 1, 6: 0.489 ✗`` (the checked run's value per seed; ✗ where the seed fails)."""
+    def one(o: SeedOutcome) -> str:
+        shown = ("✓" if o.passed else "✗") if check.op == "order" else (
+            o.text if check.op in ("lt_run", "gt_run") else fmt(o.value))
+        return f"{o.seed}: {shown}" + ("" if o.passed or check.op == "order" else " ✗")
+
+    return ", ".join(one(o) for o in outcomes)
+
+
+def _summary_cell(check: Check, outcomes: list[SeedOutcome], values: Values) -> str:
+    """Median, worst seed, mean ± std (an ``order`` check: the ranking of the means, worst seed)."""
+    worst = min(outcomes, key=lambda o: o.margin)
+    if check.op == "order":
+        return f"means: {check.evaluate(_mean_lookup(values))[0]}; worst seed {worst.seed}"
+    v = [o.value for o in outcomes]
+    std = f" ± {statistics.stdev(v):.2g}" if len(v) > 1 else ""
+    worst_text = (f"closest seed {worst.seed} ({worst.text})" if check.op in ("lt_run", "gt_run")
+                  else f"worst {fmt(worst.value)} (seed {worst.seed})")
+    return f"median {fmt(statistics.median(v))}, {worst_text}; mean {fmt(statistics.fmean(v))}{std}"
+
+
+@dataclass
+class CheckResult:
+    """One check of a claim judged over seeds (``rate`` None: not run)."""
+
+    check: Check
+    verdict: str
+    row: str
+    rate: Optional[Rate] = None
+    worst_failing: Optional[int] = None  # the worst seed, when some seed fails
+
+
+def judge(claim: Claim, check: Check, values: Values, status: dict[str, str]) -> CheckResult:
+    """``check`` of ``claim`` over the seeds of its runs, with its table row."""
+    outcomes = check.judge_seeds(values)
+    need = claim.rate_needed(check)
+    if not outcomes:
+        verdict = _verdict(check, None, status)
+        crit = Rate(0, 0, need).criterion().split(" (")[0]
+        return CheckResult(check, verdict, f"| {check.label} | {check.paper} | {check.tolerance()} | – | "
+                                           f"not run | | {crit} | {verdict} |")
+    rate = rate_of(outcomes, need)
+    verdict = "PASS" if rate.holds else "FAIL"
+    failing = [o for o in outcomes if not o.passed]
+    # the worst seed's figure is worth showing when the check fails on some seeds only
+    worst = min(failing, key=lambda o: o.margin).seed if 0 < len(failing) < len(outcomes) else None
+    row = (f"| {check.label} | {check.paper} | {check.tolerance()} | **{rate.k}/{rate.n}** | "
+           f"{_per_seed_cell(check, outcomes)} | {_summary_cell(check, outcomes, values)} | {rate.criterion()} | "
+           f"{verdict} |")
+    return CheckResult(check, verdict, row, rate, worst)
+
+
+CHECK_HEADER = ("| check | paper | pass if (per seed) | seeds that hold | per seed | summary | criterion | result |\n"
+                "|---|---|---|---|---|---|---|---|")
+
+
+def _claim_verdict(results: list[CheckResult]) -> str:
+    if any(r.verdict.startswith("FAIL") for r in results):
+        return "FAIL"
+    return "PASS" if results and all(r.verdict == "PASS" for r in results) else "not run"
+
+
+def _claim_rows(groups: dict[str, Group], status: dict[str, str],
+                figures: Optional[FigureSink] = None) -> tuple[list[str], dict[str, int], list[str]]:
+    """One section per claim (its table over seeds, then its figures), the tally of checks, and
+    the summary table's rows."""
+    values = seed_values(groups, status)
+    rows, summary, tally = [], [], {"PASS": 0, "FAIL": 0, "not run": 0}
     for claim in CLAIMS:
-        rows.append(f"\n### {claim.id}. {claim.text}\n\nSource: {claim.source}.\n")
-        rows.append("| check | paper | ours | pass if | result |\n|---|---|---|---|---|")
-        for check in claim.checks:
-            ours, passed = check.evaluate(lookup)
-            verdict = _verdict(check, passed, status)
-            tally["PASS" if verdict == "PASS" else "FAIL" if verdict.startswith("FAIL") else "not run"] += 1
-            rows.append(f"| {check.label} | {check.paper} | {ours} | {check.tolerance()} | {verdict} |")
-    return rows, tally
+        results = [judge(claim, check, values, status) for check in claim.checks]
+        for r in results:
+            tally["PASS" if r.verdict == "PASS" else "FAIL" if r.verdict.startswith("FAIL") else "not run"] += 1
+        rates = "; ".join(f"{r.check.label}: {r.rate.k}/{r.rate.n}" for r in results if r.rate)
+        summary.append(f"| [{claim.id}](#claim-{claim.id.replace('.', '-')}) | {_claim_verdict(results)} | "
+                       f"{rates or 'not run'} |")
+        rows.append(f'\n<a id="claim-{claim.id.replace(".", "-")}"></a>\n\n### {claim.id}. {claim.text}\n')
+        rows.append(f"Source: {claim.source}. Criterion: {claim.why_rate}.\n")
+        rows += [CHECK_HEADER, *(r.row for r in results)]
+        if claim.note:
+            rows += ["", claim.note]
+        if figures is not None:
+            rows += figures.section(claim, results, groups)
+    return rows, tally, summary
 
 
 def _host_text() -> tuple[str, str]:
@@ -326,57 +530,135 @@ def _host_text() -> tuple[str, str]:
     return host, versions
 
 
+def _seed_cell(group: Group, metric: Optional[str]) -> str:
+    """``0: 1, 1: 0.9998, ...``: the metric of each completed seed."""
+    if not metric:
+        return ""
+    pairs = sorted((r.result.get("seed"), metric_value(r, metric)) for r in group.completed
+                   if isinstance(r.result.get("seed"), int))
+    return ", ".join(f"{s}: {fmt(v)}" for s, v in pairs if v is not None)
+
+
 def _run_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, str]) -> list[str]:
     """One row of the runs table per job."""
     lines = []
     for job in jobs:
         g = groups.get(job.label)
         if g is None:
-            lines.append(f"| {job.label} | {status[job.label]} | | | | | | | |")
+            lines.append(f"| {job.label} | {status[job.label]} | | | | | | | | | |")
             continue
         metric = main_metric(g)
         pv = paper_value(job.label, metric) if metric else None
         ppar = paper_value(job.label, "params")
+        how = "ensemble" if any(r.result.get("ensemble_member") for r in g.runs) else "separate"
         lines.append(
-            f"| {job.label} | {len(g.completed)}/{len(g.runs)} | {metric or '–'} | {_stat_text(g, metric)} | "
-            f"{pv.text() if pv else ''} | {_stat_text(g, 'nfe_forward')} | {_stat_text(g, 'params')} | "
-            f"{ppar.text() if ppar else ''} | {_stat_text(g, 'wall_time_s')} |"
+            f"| {job.label} | {len(g.completed)}/{len(g.runs)} | {how} | {metric or '–'} | {_seed_cell(g, metric)} | "
+            f"{_stat_text(g, metric)} | {pv.text() if pv else ''} | {_stat_text(g, 'nfe_forward')} | "
+            f"{_stat_text(g, 'params')} | {ppar.text() if ppar else ''} | {_stat_text(g, 'wall_time_s')} |"
         )
     return lines
 
 
+def _compare_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, str]) -> list[str]:
+    """Ensemble vs separate runs for each ``NAME@separate`` job: per-seed main metric and NFE, and
+    the rate of every check that reads ``NAME`` judged on either."""
+    pairs = [(j.label[: -len(SEPARATE)], j.label) for j in jobs if j.label.endswith(SEPARATE)]
+    pairs = [(a, b) for a, b in pairs if status.get(a) == "ok" and status.get(b) == "ok"]
+    if not pairs:
+        return []
+    values = seed_values(groups, status)
+    lines = ["", "## Seed ensembles vs separate runs", "",
+             "The seeds of a Neural ODE experiment train as one `trainer.ensemble=K` job. With a fixed-step solver "
+             "each member is its separate run bit for bit; with an adaptive solver (dopri5 here) the members share "
+             "one step-size sequence (the error norm is taken over the stacked state), so each member takes the "
+             "steps of the hardest one: its trajectory and gradients differ within the solver tolerance, its NFE "
+             "is the ensemble's. These experiments were also run as separate seeds; the claims' rates on either:",
+             "", "| run | metric | per seed: ensemble | per seed: separate | NFE fwd: ensemble / separate |",
+             "|---|---|---|---|---|"]
+    for base, sep in pairs:
+        metric = main_metric(groups[base])
+        lines.append(f"| {base} | {metric} | {_seed_cell(groups[base], metric)} | {_seed_cell(groups[sep], metric)} | "
+                     f"{_stat_text(groups[base], 'nfe_forward')} / {_stat_text(groups[sep], 'nfe_forward')} |")
+    swapped = {base: sep for base, sep in pairs}
+
+    def separate_values(label: str, metric: str) -> Optional[dict[int, float]]:
+        return values(swapped.get(label, label), metric)
+
+    lines += ["", "| claim | check | seeds that hold: ensemble | separate runs |", "|---|---|---|---|"]
+    for claim in CLAIMS:
+        for check in claim.checks:
+            if not set(check.labels()) & set(swapped):
+                continue
+            got = [check.judge_seeds(v) for v in (values, separate_values)]
+            cells = [f"{sum(o.passed for o in g)}/{len(g)}" if g else "not run" for g in got]
+            lines.append(f"| {claim.id} | {check.label} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def _audit_rows(jobs: list[Job]) -> list[str]:
+    """The config audit: each experiment's ``Audit`` header paragraph (settings vs the authors')."""
+    paths = {e.name: e.path for e in discover()}
+    rows = [(name, audit(paths[name])) for name in sorted({j.experiment for j in jobs}) if name in paths]
+    if not rows:
+        return []
+    return ["", "## Settings vs the paper (config audit)", "",
+            "Each experiment's header comment (`configs/experiment/NAME.yaml`) records its audit against the "
+            "authors' settings in `shared/paper.md`: deviations fixed, and deviations kept with the reason.", "",
+            "| experiment | audit |", "|---|---|",
+            *(f"| {name} | {text.removeprefix('Audit').lstrip(' :') or 'not audited'} |" for name, text in rows)]
+
+
 def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[str, Group], budget: Budget,
-                        seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float]) -> str:
-    """The text of ``REPRODUCTION.md``."""
+                        seeds: tuple[int, ...], argv: list[str], wall_s: Optional[float],
+                        figures: Optional[FigureSink] = None, commands: Optional[list[str]] = None) -> str:
+    """The text of ``REPRODUCTION.md`` (``commands``: the invocations that made the runs; default:
+    ``argv``'s)."""
     status = _job_status(jobs, groups)
-    rows, tally = _claim_rows(groups, status)
+    rows, tally, summary = _claim_rows(groups, status, figures)
     host, versions = _host_text()
-    cmd = "python scripts/reproduce.py " + shlex.join(argv)
+    commands = commands or ["python scripts/reproduce.py " + shlex.join(argv)]
+    first = commands[0].split("  #")[0]  # a recorded command may carry a note after "  #"
+    made = (f"`{first}`" if len(commands) == 1 else
+            f"`{first}` and {len(commands) - 1} more invocations on the same run folder (listed below)")
     lines = [
         "# Reproduction of *Dissecting Neural ODEs* (Massaroli et al., NeurIPS 2020)",
         "",
         f"Budget **{budget.name}**: {budget.description}. Seeds: {', '.join(map(str, seeds))}.",
         "",
-        f"Made with `{cmd}` on {_dt.date.today().isoformat()} ({host}; {versions})"
-        + (f" in {wall_s / 60:.1f} min." if wall_s is not None else "."),
+        f"Made with {made} on {_dt.date.today().isoformat()} ({host}; {versions})"
+        + (f" in {wall_s / 60:.1f} min of wall time." if wall_s is not None else "."),
         "Claims: `shared/paper.md` §3, registry `nodex/paper/claims.py`; "
         "budgets: `nodex/paper/reproduce.py` (`BUDGETS`).",
+        "",
+        "Every check is judged on each seed alone (runs paired by seed) and holds when at least the fraction of "
+        "seeds its claim states holds (*criterion*); *summary* gives the median, the worst seed and mean ± sample "
+        "std over seeds.",
         "",
         f"**{tally['PASS']} checks pass, {tally['FAIL']} fail, {tally['not run']} not run** (a claim's experiment "
         "may not exist yet or may be outside this budget).",
         "",
+        "| claim | result | seeds that hold, per check |",
+        "|---|---|---|",
+        *summary,
+        "",
         "## Claims",
         *rows,
+        *_compare_rows(jobs, groups, status),
         "",
         "## Runs",
         "",
-        "Mean ± sample std over the completed seeds; the paper's value where it reports one. "
+        "Per seed and mean ± sample std over the completed seeds; the paper's value where it reports one. "
         "Full tables: `nodex report DIR` on the run directories.",
         "",
-        "| run | completed | main metric | ours | paper | NFE fwd / step | params | params (paper) | wall s / run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | completed | seeds as | main metric | per seed | ours | paper | NFE fwd / step | params | "
+        "params (paper) | wall s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *_run_rows(jobs, groups, status),
     ]
+    lines += _audit_rows(jobs)
+    if len(commands) > 1:
+        lines += ["", f"<details><summary>The {len(commands)} invocations that made the runs</summary>", "",
+                  *(f"{i}. `{c}`" for i, c in enumerate(commands, 1)), "", "</details>"]
     failed = [r for g in groups.values() for r in g.failed]
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
@@ -424,6 +706,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="experiments run at once (each gets cores/jobs torch threads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per experiment (default: cores / jobs; 1 on a machine shared with others)")
     parser.add_argument("--launcher", default=None,
                         help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
     parser.add_argument("--out", default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")
@@ -434,10 +718,53 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="skip experiments whose seeds all completed under --out")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment before it is stopped")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument("--separate", action="store_true",
+                        help="train every seed as its own run (default: one trainer.ensemble job per experiment "
+                             "where the model allows it)")
+    parser.add_argument("--compare", default=None,
+                        help="comma-separated experiment patterns also run as separate seeds, to compare with "
+                             "their ensemble (default: the budget's; '' for none)")
+    parser.add_argument("--figures", default=None,
+                        help="folder for the page's figures (default: docs/reproduction beside the report)")
     parser.add_argument("overrides", nargs="*",
                         help="extra overrides for every experiment (applied where the key exists), "
                              "e.g. trainer.device=cuda")
     return parser
+
+
+def _add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = "") -> Optional[float]:
+    """The run's wall time so far: ``span`` (start, end as epoch seconds) added to ``OUT/wall.json``,
+    and the length of the union of every span recorded there (runs resumed with ``--resume``, or
+    run side by side with ``--only``, add up without counting an overlap twice); ``None`` when
+    nothing was ever run there. ``command`` (the invocation) is recorded beside its span."""
+    path = out_dir / "wall.json"
+    try:
+        saved = json.loads(path.read_text())
+        spans = [tuple(map(float, s)) for s in saved["spans"]]
+        commands = [str(c) for c in saved.get("commands", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        spans, commands = [], []
+    if span is not None:
+        spans.append(span)
+        commands.append(command)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"spans": spans, "commands": commands}, indent=1))
+    if not spans:
+        return None
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _commands(out_dir: Path) -> list[str]:
+    """The invocations recorded in ``OUT/wall.json`` (each run, resumed or side by side)."""
+    try:
+        return [c for c in json.loads((out_dir / "wall.json").read_text()).get("commands", []) if c]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def reproduce_main(argv: list[str]) -> int:
@@ -454,7 +781,9 @@ def reproduce_main(argv: list[str]) -> int:
     out_dir = Path(args.out or Path("outputs") / "reproduce" / budget.name / stamp)
     report_path = Path(args.report or (out_dir / "REPRODUCTION.md" if budget.name == "smoke" else "REPRODUCTION.md"))
 
-    jobs, others = plan(budget, only, args.overrides)
+    compare = budget.compare if args.compare is None else tuple(s.strip() for s in args.compare.split(",") if s.strip())
+    jobs, others = plan(budget, only, args.overrides, compare=compare if len(seeds) > 1 else (),
+                        separate=args.separate)
     if not jobs:
         print(f"reproduce: no paper experiment matches --only {args.only}", file=sys.stderr)
         return 2
@@ -464,14 +793,21 @@ def reproduce_main(argv: list[str]) -> int:
     if args.dry_run:
         for job in jobs:
             skipped = f"# {job.label}: skipped ({job.skip})"
-            print(skipped if job.skip else shlex.join(command(job, budget, out_dir, seeds, None, args.launcher)))
+            if job.skip:
+                print(skipped)
+            for _, cmd in ([] if job.skip else commands(job, budget, out_dir, seeds, None, args.launcher)):
+                print(shlex.join(cmd))
         return 0
-    started = time.perf_counter()
+    started = time.time()
     if not args.report_only:
-        run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout)
-    wall = None if args.report_only else time.perf_counter() - started
+        run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout, args.threads)
+    this = "python scripts/reproduce.py " + shlex.join(argv)
+    wall = _add_wall(out_dir, None if args.report_only else (started, time.time()), this)
     groups = collect(jobs, out_dir)
-    text = render_reproduction(jobs, others, groups, budget, seeds, argv, wall)
+    fig_dir = Path(args.figures) if args.figures else report_path.parent / "docs" / "reproduction"
+    clear(fig_dir)
+    sink = FigureSink(fig_dir, os.path.relpath(fig_dir, report_path.parent))
+    text = render_reproduction(jobs, others, groups, budget, seeds, argv, wall, sink, _commands(out_dir) or [this])
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(text)
     failed = sum(len(g.failed) for g in groups.values())
