@@ -213,6 +213,7 @@ def check_data_size(data_cfg: DictConfig, members: int = 1) -> None:
     from nodex.errors import ResourceError
 
     counts = {k: data_cfg.get(k) for k in ("n_train", "n_val", "n_test")}
+    # composed configs are typed by the data schema already; a run config read back from a checkpoint is not
     for key, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"data.{key}={value!r} is not an integer: give data.{key} a number of samples")
