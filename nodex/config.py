@@ -43,6 +43,10 @@ class SolverSchema:
     sensitivity: str = "autograd"  # autograd (backprop through the solver) | adjoint (O(1) memory)
     seminorm: bool = True  # adjoint: error control without the parameter channels
     engine: str = "auto"  # auto: nodex's lean solvers where they apply (see README), else torchdiffeq | torchdiffeq
+    # dopri5/tsit5 on nodex's engine: auto (dopri5: torchdiffeq, tsit5: hairer) | torchdiffeq (its first and last
+    # steps) | hairer (Hairer's DOPRI5 code, torchdyn's steps: the first step from the method's order, the last
+    # ending on the last depth)
+    step_rule: str = "auto"
     options: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/work_precision.py [HYDRA OVERRIDES...] [--pretrain 200]
         [--tols 1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5] [--rounds 9] [--steps 3] [--no-torchdyn]
-        [--methods dopri5,tsit5] [--torchdyn-methods dopri5,tsit5] [--nodex-extra-tols auto]
+        [--methods dopri5,dopri5:hairer,tsit5] [--torchdyn-methods dopri5,tsit5] [--nodex-extra-tols auto]
 
 Comparing adaptive solvers at *equal tolerance* (``scripts/bench.py``) compares different
 accuracies: two dopri5 codes with the same ``rtol``/``atol`` take different steps (initial-step
@@ -13,7 +13,7 @@ tolerance it computes the loss gradient with respect to every parameter (input l
 readout) with
 
 - nodex backprop and nodex adjoint (``solver.engine=auto``: nodex's own solvers, ``--methods``:
-  dopri5 by default, tsit5 too), and
+  dopri5 by default, tsit5 too; ``METHOD:RULE`` sets ``solver.step_rule``, e.g. ``dopri5:hairer``), and
 - torchdyn 1.0.6's ``NeuralODE`` (``--torchdyn-methods``: dopri5, tsit5) with
   ``sensitivity=autograd`` and ``adjoint`` (``bash scripts/install_bench_deps.sh``; same weights,
   same loss),
@@ -78,9 +78,11 @@ def label(implementation: str, method: str, sensitivity: str) -> str:
 def nodex_gradient(
     pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5", engine: str = "auto"
 ) -> Gradient:
-    """A gradient function of nodex's solver ``method`` at rtol = atol = ``tol`` (``engine=torchdiffeq``:
-    torchdiffeq's, through the same model)."""
-    replace = dict(rtol=tol, atol=tol, sensitivity=sensitivity, method=method, step_size=None, engine=engine)
+    """A gradient function of nodex's solver ``method`` (``METHOD`` or ``METHOD:STEP_RULE``) at rtol = atol = ``tol``
+    (``engine=torchdiffeq``: torchdiffeq's, through the same model)."""
+    method, _, step_rule = method.partition(":")
+    replace = dict(rtol=tol, atol=tol, sensitivity=sensitivity, method=method, step_size=None, engine=engine,
+                   step_rule=step_rule or "auto")
     model, settings = pipe.model, dataclasses.replace(pipe.model.settings, **replace)
     params = slot_params(model)
 
@@ -158,7 +160,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="gradient evaluations per timing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-torchdyn", action="store_true")
-    parser.add_argument("--methods", default="dopri5", help="nodex's solvers, comma-separated (dopri5, tsit5)")
+    parser.add_argument("--methods", default="dopri5",
+                        help="nodex's solvers, comma-separated (dopri5, tsit5; METHOD:RULE sets solver.step_rule)")
     parser.add_argument("--torchdyn-methods", default="dopri5",
                         help="torchdyn's solvers, comma-separated (dopri5, tsit5)")
     parser.add_argument("--nodex-extra-tols", default="auto",

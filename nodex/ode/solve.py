@@ -22,6 +22,7 @@ from nodex.ode.lean.adjoint import dopri5_adjoint, fixed_grid_adjoint, tsit5_adj
 from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
 from nodex.ode.lean.tsit5 import tsit5
 from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
+from nodex.ode.lean.runge_kutta import STEP_RULES
 from nodex.ode.lean.tuples import FlatDynamics, flatten_state, unflatten_solution
 
 FIXED_STEP_METHODS = frozenset(
@@ -31,6 +32,7 @@ NODEX_METHODS = ("tsit5",)  # nodex's own: no torchdiffeq counterpart
 LEAN_ADAPTIVE_METHODS = ("dopri5", "tsit5")
 SENSITIVITIES = ("autograd", "adjoint")
 ENGINES = ("auto", "torchdiffeq")
+STEP_RULE_CHOICES = ("auto", *STEP_RULES)  # auto: torchdiffeq's for dopri5, hairer for tsit5
 
 
 def available_methods() -> list[str]:
@@ -41,7 +43,10 @@ def available_methods() -> list[str]:
 
 @dataclass(frozen=True)
 class SolverSettings:
-    """How to integrate: method, tolerances, fixed step, sensitivity, engine (the interval is the caller's).
+    """How to integrate: method, tolerances, fixed step, sensitivity, engine, step rule (the interval is the
+    caller's). ``step_rule`` (nodex's dopri5 and tsit5): how the first and last steps are taken, ``torchdiffeq``
+    (dopri5's ``auto``: torchdiffeq's steps) or ``hairer`` (tsit5's ``auto``: torchdyn's steps); see
+    :data:`nodex.ode.lean.runge_kutta.STEP_RULES`.
 
     Raises ``ValueError`` on construction when a value is invalid, naming the argument
     (``rtol=0.0 must be positive ...``); the config builder prefixes the ``solver`` key.
@@ -56,6 +61,7 @@ class SolverSettings:
     seminorm: bool = True
     options: dict = field(default_factory=dict)
     engine: str = "auto"
+    step_rule: str = "auto"
 
     def __post_init__(self) -> None:
         methods = available_methods()
@@ -79,6 +85,18 @@ class SolverSettings:
             raise ValueError(f"engine={self.engine!r}; choose one of: {', '.join(ENGINES)}")
         if self.engine == "torchdiffeq" and self.method in NODEX_METHODS:
             raise ValueError(f"engine=torchdiffeq has no method {self.method} (it is nodex's own): set engine=auto")
+        self._check_step_rule()
+
+    def _check_step_rule(self) -> None:
+        if self.step_rule not in STEP_RULE_CHOICES:
+            raise ValueError(f"step_rule={self.step_rule!r}; choose one of: {', '.join(STEP_RULE_CHOICES)}")
+        if self.step_rule != "auto" and self.method not in LEAN_ADAPTIVE_METHODS:
+            raise ValueError(
+                f"step_rule={self.step_rule} applies to nodex's {' and '.join(LEAN_ADAPTIVE_METHODS)} only, "
+                f"not method={self.method}: set step_rule=auto"
+            )
+        if self.step_rule == "hairer" and self.engine == "torchdiffeq":
+            raise ValueError("step_rule=hairer needs nodex's engine (torchdiffeq takes its own steps): set engine=auto")
 
     @property
     def is_fixed_step(self) -> bool:
@@ -88,7 +106,8 @@ class SolverSettings:
         """Short human description used in error messages."""
         if self.is_fixed_step:
             return f"{self.method} step_size={self.step_size}"
-        return f"{self.method} rtol={self.rtol} atol={self.atol}"
+        rule = "" if self.step_rule == "auto" else f" step_rule={self.step_rule}"
+        return f"{self.method} rtol={self.rtol} atol={self.atol}{rule}"
 
     def solver_options(self, jump_t: torch.Tensor | None = None) -> dict[str, Any]:
         opts: dict[str, Any] = dict(self.options)
@@ -157,9 +176,10 @@ def odesolve(
     params = None if adjoint_params is None else distinct(adjoint_params)
     lean = _lean_kind(settings, z0, s)
     if lean is None:
-        if settings.method in NODEX_METHODS:
+        if settings.method in NODEX_METHODS or settings.step_rule == "hairer":
+            what = f"method={settings.method}" + (" step_rule=hairer" if settings.step_rule == "hairer" else "")
             raise SolverError(
-                f"method={settings.method} runs on nodex's own engine only: it needs increasing constant "
+                f"{what} runs on nodex's own engine only: it needs increasing constant "
                 "depths, a tensor or tuple state and no solver options"
             )
         return _torchdiffeq_solve(func, z0, s, settings, jump_t, params)
@@ -196,11 +216,15 @@ def _lean_adaptive(
 ) -> torch.Tensor:
     """nodex's dopri5 or tsit5 of a flat ``z0`` ``(N...)`` under either sensitivity: ``(T, N...)``."""
     args = (settings.rtol, settings.atol, settings.max_num_steps)
+    rule = settings.step_rule
     if settings.sensitivity == "adjoint":
         adjoint = dopri5_adjoint if settings.method == "dopri5" else tsit5_adjoint
-        return adjoint(func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds)
+        return adjoint(
+            func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds,
+            step_rule=rule,
+        )
     solver = dopri5 if settings.method == "dopri5" else tsit5
-    return solver(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps)
+    return solver(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps, step_rule=rule)
 
 
 def _torchdiffeq_solve(

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from nodex.ode.lean.dopri5 import DOPRI5
-from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, max_rms_norm
+from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, max_rms_norm, with_step_rule
 from nodex.ode.lean.tsit5 import TSIT5
 from nodex.ode.lean.fixed_grid import fixed_grid
 
@@ -139,14 +139,19 @@ def adaptive_adjoint(
     return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds)
 
 
-def dopri5_adjoint(func: Field, y0: torch.Tensor, t: list[float], *args: Any, **kwargs: Any) -> torch.Tensor:
-    """:func:`adaptive_adjoint` with Dormand–Prince 5(4); ``(len(t), B, ...)`` states at ``t``."""
-    return adaptive_adjoint(DOPRI5, func, y0, t, *args, **kwargs)
+def dopri5_adjoint(
+    func: Field, y0: torch.Tensor, t: list[float], *args: Any, step_rule: str = "auto", **kwargs: Any
+) -> torch.Tensor:
+    """:func:`adaptive_adjoint` with Dormand–Prince 5(4), forward and backward solves taking their first and last
+    steps by ``step_rule``; ``(len(t), B, ...)`` states at ``t``."""
+    return adaptive_adjoint(with_step_rule(DOPRI5, step_rule), func, y0, t, *args, **kwargs)
 
 
-def tsit5_adjoint(func: Field, y0: torch.Tensor, t: list[float], *args: Any, **kwargs: Any) -> torch.Tensor:
-    """:func:`adaptive_adjoint` with Tsitouras 5(4); ``(len(t), B, ...)`` states at ``t``."""
-    return adaptive_adjoint(TSIT5, func, y0, t, *args, **kwargs)
+def tsit5_adjoint(
+    func: Field, y0: torch.Tensor, t: list[float], *args: Any, step_rule: str = "auto", **kwargs: Any
+) -> torch.Tensor:
+    """:func:`adaptive_adjoint` with Tsitouras 5(4) (steps as :func:`dopri5_adjoint`'s); ``(len(t), B, ...)``."""
+    return adaptive_adjoint(with_step_rule(TSIT5, step_rule), func, y0, t, *args, **kwargs)
 
 
 def fixed_grid_adjoint(

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, combine, max_rms_norm, rms_norm
+from nodex.ode.lean.runge_kutta import (
+    Field, Norm, Tableau, adaptive_rk, combine, max_rms_norm, rms_norm, with_step_rule,
+)
 
 __all__ = ["DOPRI5", "Field", "Norm", "dopri5", "max_rms_norm", "rms_norm"]
 
@@ -79,10 +81,12 @@ def dopri5(
     max_num_steps: int,
     norm: Norm = rms_norm,
     jump_t: list[float] | None = None,
+    step_rule: str = "auto",
 ) -> torch.Tensor:
     """Integrate ``dy/dt = func(t, y)`` with adaptive Dormand–Prince 5(4); ``y0``: ``(B, ...)``.
 
     Arguments, returns and failures as :func:`nodex.ode.lean.runge_kutta.adaptive_rk`'s:
-    ``(len(t), B, ...)``, the state at every depth of ``t``.
+    ``(len(t), B, ...)``, the state at every depth of ``t``. ``step_rule``: ``auto`` (= ``torchdiffeq``, its
+    steps) or ``hairer`` (:data:`nodex.ode.lean.runge_kutta.STEP_RULES`).
     """
-    return adaptive_rk(DOPRI5, func, y0, t, rtol, atol, max_num_steps, norm, jump_t)
+    return adaptive_rk(with_step_rule(DOPRI5, step_rule), func, y0, t, rtol, atol, max_num_steps, norm, jump_t)

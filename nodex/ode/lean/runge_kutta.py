@@ -42,6 +42,21 @@ class Tableau(NamedTuple):
     initial_order: int = 4
 
 
+# solver.step_rule: how a pair takes its first and last steps, as (land_on_end, initial_order). "torchdiffeq": p = 4
+# (the error estimate's order) and stepping past the last depth; "hairer": Hairer's DOPRI5 code (hinit with the
+# method's order, the last step shortened to end on the last depth), as DifferentialEquations.jl and torchdyn do.
+STEP_RULES = {"torchdiffeq": (False, 4), "hairer": (True, 5)}
+
+
+def with_step_rule(tab: Tableau, step_rule: str = "auto") -> Tableau:
+    """``tab`` taking its first and last steps by ``step_rule`` (a key of :data:`STEP_RULES`; ``"auto"``: the
+    pair's own, torchdiffeq's for dopri5 and Hairer's for tsit5)."""
+    if step_rule == "auto":
+        return tab
+    land_on_end, initial_order = STEP_RULES[step_rule]
+    return tab._replace(land_on_end=land_on_end, initial_order=initial_order)
+
+
 def combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[float, ...], dt: float) -> torch.Tensor:
     """``y0 + dt · Σ_j coeffs[j] · ks[j]`` (``y0=None``: just the sum) as one out-of-place op
     and in-place adds: a few small kernels, not a stacked buffer."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, combine, rms_norm
+from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, combine, rms_norm, with_step_rule
 
 # The published coefficients (20 significant digits; Python rounds them to the nearest double).
 _C = (0.161, 0.327, 0.9, 0.98002554090450968573, 1.0)
@@ -80,10 +80,12 @@ def tsit5(
     max_num_steps: int,
     norm: Norm = rms_norm,
     jump_t: list[float] | None = None,
+    step_rule: str = "auto",
 ) -> torch.Tensor:
     """Integrate ``dy/dt = func(t, y)`` with adaptive Tsit5; ``y0``: ``(B, ...)``.
 
     Arguments, returns and failures as :func:`nodex.ode.lean.runge_kutta.adaptive_rk`'s:
-    ``(len(t), B, ...)``, the state at every depth of ``t``.
+    ``(len(t), B, ...)``, the state at every depth of ``t``. ``step_rule``: ``auto`` (= ``hairer``) or
+    ``torchdiffeq`` (:data:`nodex.ode.lean.runge_kutta.STEP_RULES`).
     """
-    return adaptive_rk(TSIT5, func, y0, t, rtol, atol, max_num_steps, norm, jump_t)
+    return adaptive_rk(with_step_rule(TSIT5, step_rule), func, y0, t, rtol, atol, max_num_steps, norm, jump_t)
