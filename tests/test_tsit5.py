@@ -1,5 +1,6 @@
 """nodex's lean Tsit5: the tableau's orders, its dense output, values against scipy's DOP853,
-its NFE, adjoint = autograd = finite differences, tuple states, ``jump_t``, float32, the config."""
+its NFE, adjoint = autograd = finite differences, tuple states, ``jump_t``, float32, the config (its first and
+last steps: tests/test_step_rule.py)."""
 
 from __future__ import annotations
 
@@ -214,40 +215,3 @@ def test_dispatch_uses_the_lean_tsit5(monkeypatch):
         ys = odesolve(field, Z0, torch.tensor([0.0, 1.0], dtype=F64), SolverSettings(method="tsit5", sensitivity=sens))
         ys[-1].sum().backward()
         assert calls and field.A.grad is not None
-
-
-def _depths(method: str, tol: float, t: list[float]) -> list[float]:
-    """Every depth the field is evaluated at by ``method`` on the time-varying field."""
-    field, depths = TimeVarying(), []
-
-    def spy(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        depths.append(float(s))
-        return field(s, z)
-
-    odesolve(spy, Z0, torch.tensor(t, dtype=F64), SolverSettings(method=method, rtol=tol, atol=tol))
-    return depths
-
-
-def test_steps_land_on_the_last_depth_instead_of_stepping_past_it():
-    """Tsit5's last step ends exactly on the last output depth (its value there is the 5th-order solution, not the
-    dense output); dopri5 keeps torchdiffeq's way of stepping past it and interpolating."""
-    for tol in (1e-3, 1e-6):
-        tsit5_depths, dopri5_depths = _depths("tsit5", tol, [0.0, 0.5, 2.0]), _depths("dopri5", tol, [0.0, 0.5, 2.0])
-        assert max(tsit5_depths) == 2.0 and tsit5_depths[-1] == 2.0  # FSAL: the last evaluation is at the end
-        assert max(dopri5_depths) > 2.0
-
-
-def test_the_first_step_is_hairers_rule_with_the_methods_order():
-    """h1 = (0.01 / max(d1, d2))^(1/(p+1)): p = 5 for Tsit5 (DifferentialEquations.jl's choice), p = 4 for dopri5
-    (torchdiffeq's). The third evaluation is the first step's second stage, at c2 · dt."""
-    tol, field = 1e-6, TimeVarying()
-    with torch.no_grad():
-        f0 = field(torch.tensor(0.0, dtype=F64), Z0)
-        scale = Z0.abs() * tol + tol
-        d0, d1 = float((Z0 / scale).pow(2).mean().sqrt()), float((f0 / scale).pow(2).mean().sqrt())
-        h0 = 0.01 * d0 / d1
-        f1 = field(torch.tensor(h0, dtype=F64), Z0 + h0 * f0)
-        d2 = float(((f1 - f0) / scale).pow(2).mean().sqrt()) / h0
-    for method, p, c2 in (("tsit5", 5, 0.161), ("dopri5", 4, 0.2)):
-        dt = min(100 * h0, (0.01 / max(d1, d2)) ** (1 / (p + 1)))
-        assert _depths(method, tol, [0.0, 1.0])[2] == pytest.approx(c2 * dt, rel=1e-12), method
