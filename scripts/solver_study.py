@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def run_all(args: argparse.Namespace, candidates: list[str]) -> int:
         cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--budget", "cpu", "--seeds", args.seeds,
                "--jobs", "1", "--threads", "1", "--compare", "", "--out", str(out), "--report", str(out / "REPORT.md"),
                *(["--only", args.only] if args.only else []), *solver_overrides(cand), *args.overrides]
-        print("$", " ".join(cmd), flush=True)
+        print("$", shlex.join(cmd), flush=True)
         log = open(out / "study.log", "a")
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
     codes = []
