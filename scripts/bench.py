@@ -211,10 +211,9 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     try:
         import torchdyn  # noqa: F401
 
-        # only a plain MLP field has .layers; check that first (other fields have no torchdyn twin here)
-        have_torchdyn = plain and not args.no_torchdyn
-        if have_torchdyn:
-            have_torchdyn = not any(isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
+        # only a plain MLP field has .layers, so `plain` goes first (other fields have no torchdyn twin here)
+        have_torchdyn = plain and not args.no_torchdyn and not any(
+            isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
     except ImportError:
         have_torchdyn = False
     if have_torchdyn:

@@ -105,8 +105,8 @@ def jump_vs_chained() -> None:
                     z.pow(2).sum().backward()
                     best = min(best, time.perf_counter() - t)
                 err = (z.detach() - ref).abs().max().item()
-                row = (tol, sens, kind, nfe_f, counter.count - nfe_f, f"{err:.1e}", f"{best * 1e3:.0f}")
-                print("| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + " |")
+                print(f"| {tol:g} | {sens} | {kind} | {nfe_f} | {counter.count - nfe_f} | {err:.1e} "
+                      f"| {best * 1e3:.0f} |")
 
 
 def main() -> None:

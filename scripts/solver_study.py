@@ -29,13 +29,12 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodex.paper.report import Run, find_runs, metric_value  # noqa: E402
-from nodex.paper.reproduce import MAIN_METRICS  # noqa: E402
+from nodex.paper.report import Group, Run, find_runs, metric_value, stat_cell  # noqa: E402
+from nodex.paper.reproduce import main_metric  # noqa: E402
 
 HIGHER_IS_BETTER = ("test/accuracy",)
 
@@ -75,68 +74,35 @@ def collect(root: Path) -> dict[tuple[str, int], Run]:
     return {job_and_seed(r, root): r for r in find_runs([root]) if r.ok} if root.exists() else {}
 
 
-def main_metric(runs: list[Run]) -> Optional[str]:
-    return next((m for m in MAIN_METRICS if all(metric_value(r, m) is not None for r in runs)), None)
+def _direction(metric: str) -> int:
+    """+1 where a higher ``metric`` is better, -1 where lower is."""
+    return 1 if metric in HIGHER_IS_BETTER else -1
 
 
 def outcome(metric: str, base: float, cand: float) -> str:
     """``better`` / ``tie`` / ``worse`` of ``cand`` against ``base``."""
-    higher = metric in HIGHER_IS_BETTER
-    tie = 1e-3 if higher else 1e-3 * abs(base)
+    tie = 1e-3 if metric in HIGHER_IS_BETTER else 1e-3 * abs(base)
     if abs(cand - base) <= tie:
         return "tie"
-    return "better" if (cand > base) == higher else "worse"
-
-
-def _stat(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    return f"{mean:.4g}" if len(values) < 2 else f"{mean:.4g} ± {statistics.stdev(values):.2g}"
-
-
-def _mean(runs: list[Run], key: str) -> float:
-    return statistics.fmean(float(r.result.get(key) or 0.0) for r in runs)
+    return "better" if (cand - base) * _direction(metric) > 0 else "worse"
 
 
 def compare(out: Path, candidates: list[str]) -> str:
     """The markdown comparison of the candidates' runs under ``out`` (the first candidate is the baseline)."""
     runs = {c: collect(out / c.replace(":", "-")) for c in candidates}
     base, others = candidates[0], candidates[1:]
-    jobs = sorted({job for job, _ in runs[base]})
     lines = ["| job | metric | seeds | " + " | ".join(candidates) + " | " + " | ".join(f"{c} vs {base} per seed"
                                                                             for c in others)
              + " | NFE fwd/bwd per step | wall s per job | " + " | ".join(f"time {c}/{base}" for c in others) + " |"]
     lines.append("|" + "---|" * (5 + 2 * len(others) + len(candidates)))
     ratios: dict[str, list[float]] = {c: [] for c in others}
     worse: dict[str, list[str]] = {c: [] for c in others}
-    for job in jobs:
+    for job in sorted({job for job, _ in runs[base]}):
         seeds = sorted(s for j, s in runs[base] if j == job and all((j, s) in runs[c] for c in others))
-        if not seeds:
-            continue
-        paired = {c: [runs[c][(job, s)] for s in seeds] for c in candidates}
-        metric = main_metric([r for rs in paired.values() for r in rs])
-        if metric is None:
-            continue
-        values = {c: [metric_value(r, metric) for r in paired[c]] for c in candidates}
-        cells = [_stat(values[c]) for c in candidates]
-        per_seed = []
-        for c in others:
-            counts = [outcome(metric, b, v) for b, v in zip(values[base], values[c])]
-            per_seed.append(" / ".join(f"{counts.count(k)} {k}" for k in ("better", "tie", "worse") if k in counts))
-            spread = max(statistics.stdev(values[c]) if len(seeds) > 1 else 0.0,
-                         statistics.stdev(values[base]) if len(seeds) > 1 else 0.0)
-            gap = statistics.fmean(values[c]) - statistics.fmean(values[base])
-            if outcome(metric, 0.0, gap) == "worse" and abs(gap) > spread:
-                worse[c].append(job)
-        nfe = ", ".join(f"{_mean(paired[c], 'nfe_forward'):.1f}/{_mean(paired[c], 'nfe_backward'):.1f}"
-                        for c in candidates)
-        walls = {c: _job_wall(paired[c]) for c in candidates}
-        for c in others:
-            ratios[c].append(walls[c] / walls[base])
-        lines.append(f"| {job} | {metric} | {len(seeds)} | " + " | ".join(cells) + " | " + " | ".join(per_seed)
-                     + f" | {nfe} | " + ", ".join(f"{walls[c]:.0f}" for c in candidates) + " | "
-                     + " | ".join(f"{walls[c] / walls[base]:.2f}" for c in others) + " |")
+        groups = {c: Group((job, c), [runs[c][(job, s)] for s in seeds]) for c in candidates}
+        metric = main_metric(Group((job,), [r for g in groups.values() for r in g.runs])) if seeds else None
+        if metric is not None:
+            lines.append(_row(job, metric, groups, base, ratios, worse))
     for c in others:
         if ratios[c]:
             geo = math.exp(statistics.fmean(math.log(r) for r in ratios[c]))
@@ -144,6 +110,34 @@ def compare(out: Path, candidates: list[str]) -> str:
                          f"(range {min(ratios[c]):.2f}–{max(ratios[c]):.2f}); mean metric worse by more than the "
                          f"seed std in {len(worse[c])}: {', '.join(worse[c]) or 'none'}")
     return "\n".join(lines)
+
+
+def _row(job: str, metric: str, groups: dict[str, Group], base: str, ratios: dict[str, list[float]],
+         worse: dict[str, list[str]]) -> str:
+    """One job's table row (``groups``: each candidate's runs, in seed order). Adds each other candidate's time
+    ratio to ``ratios`` and the job to ``worse[c]`` where c's mean metric is worse by more than either seed std."""
+    others = [c for c in groups if c != base]
+    base_values = [metric_value(r, metric) for r in groups[base].runs]
+    per_seed = []
+    for c in others:
+        counts = [outcome(metric, b, metric_value(r, metric)) for b, r in zip(base_values, groups[c].runs)]
+        per_seed.append(" / ".join(f"{counts.count(k)} {k}" for k in ("better", "tie", "worse") if k in counts))
+        (mean_c, std_c, _), (mean_b, std_b, _) = groups[c].stat(metric), groups[base].stat(metric)
+        if (mean_c - mean_b) * _direction(metric) < 0 and abs(mean_c - mean_b) > max(std_c, std_b):
+            worse[c].append(job)
+    walls = {c: _job_wall(g.runs) for c, g in groups.items()}
+    for c in others:
+        ratios[c].append(walls[c] / walls[base])
+    nfe = ", ".join(f"{_mean(g, 'nfe_forward'):.1f}/{_mean(g, 'nfe_backward'):.1f}" for g in groups.values())
+    cells = [job, metric, str(len(base_values)), *(stat_cell(g.stat(metric)) for g in groups.values()), *per_seed,
+             nfe, ", ".join(f"{w:.0f}" for w in walls.values()), *(f"{walls[c] / walls[base]:.2f}" for c in others)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _mean(group: Group, key: str) -> float:
+    """The mean of ``key`` (e.g. ``nfe_forward``) over the group's runs; 0 where no run reports it."""
+    stat = group.stat(key)
+    return stat[0] if stat else 0.0
 
 
 def _job_wall(runs: list[Run]) -> float:

@@ -279,7 +279,7 @@ def print_equal_error(points: dict[str, list[tuple[float, float, float]]], rival
     for sens in ("backprop", "adjoint"):
         theirs = best_front(points, rival, sens)
         ours = [(e, t) for e, t, _, _ in best_front(points, "nodex", sens)]
-        ratios, ratios_at = [], []
+        ratios: list[tuple[float, float]] = []  # (nodex / rival, gradient error)
         for e, t, name, tol in sorted(theirs, key=lambda p: p[1]):
             if not math.isclose(front_time([(x, y) for x, y, _, _ in theirs], e) or 0.0, t, rel_tol=1e-9):
                 continue  # off the rival's own front: a faster point of its reaches this error
@@ -287,12 +287,11 @@ def print_equal_error(points: dict[str, list[tuple[float, float, float]]], rival
             cell, ratio = "–", "outside nodex's measured range"
             if mine is not None:
                 cell, ratio = f"{mine:.1f}", f"{mine / t:.2f}"
-                ratios.append(mine / t)
-                ratios_at.append((mine / t, e))
+                ratios.append((mine / t, e))
             print(f"| {sens} | {name} | {tol:g} | {e:.2e} | {t:.1f} | {cell} | {ratio} |")
         if ratios:
-            print(f"| {sens} | worst ratio | | | | | {max(ratios):.2f} |")
-        trained = [r for r, e in ratios_at if e <= 0.1]
+            print(f"| {sens} | worst ratio | | | | | {max(r for r, _ in ratios):.2f} |")
+        trained = [r for r, e in ratios if e <= 0.1]
         if trained:
             print(f"| {sens} | worst ratio at gradient errors <= 10% | | | | | {max(trained):.2f} |")
 

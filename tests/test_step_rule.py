@@ -39,11 +39,11 @@ def _depths(method: str, rule: str, tol: float, t: list[float]) -> list[float]:
 
 def test_the_rules_are_the_tableaus_defaults_and_replace_only_the_first_and_last_step():
     assert with_step_rule(DOPRI5) is DOPRI5 and with_step_rule(TSIT5) is TSIT5
-    assert (DOPRI5.land_on_end, DOPRI5.initial_order) == STEP_RULES["torchdiffeq"]
-    assert (TSIT5.land_on_end, TSIT5.initial_order) == STEP_RULES["hairer"]
+    assert DOPRI5.step_rule == "torchdiffeq" and STEP_RULES["torchdiffeq"] == (False, 4)
+    assert TSIT5.step_rule == "hairer"
     hairer = with_step_rule(DOPRI5, "hairer")
-    assert (hairer.land_on_end, hairer.initial_order) == (True, 5)
-    assert hairer._replace(land_on_end=False, initial_order=4) == DOPRI5  # same coefficients
+    assert STEP_RULES[hairer.step_rule] == (True, 5)
+    assert hairer._replace(step_rule="torchdiffeq") == DOPRI5  # same coefficients
     for method in ("dopri5", "tsit5"):  # auto is each method's own rule, evaluation for evaluation
         own = "torchdiffeq" if method == "dopri5" else "hairer"
         assert _depths(method, "auto", 1e-5, [0.0, 2.0]) == _depths(method, own, 1e-5, [0.0, 2.0])

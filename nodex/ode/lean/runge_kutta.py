@@ -12,6 +12,7 @@ and reading it off the pair's dense output, and restarting at ``jump_t``. Failur
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Callable, NamedTuple
 
@@ -32,29 +33,21 @@ class Tableau(NamedTuple):
     a: tuple[tuple[float, ...], ...]  # rows for stages 2..s-1, then the solution weights
     e: tuple[float, ...]  # error weights over all s stages (the last: f at the new state)
     interpolate: Interpolant
-    # True: the step that would reach the last output depth ends exactly on it (the solution there is the pair's
-    # 5th-order value, no interpolation); False: torchdiffeq's way, stepping past it and interpolating (dopri5 keeps
-    # it to take torchdiffeq's steps)
-    land_on_end: bool = False
-    # p of the initial-step rule h1 = (0.01 / max(d1, d2)) ** (1 / (p + 1)): 4 is torchdiffeq's (the error
-    # estimate's order; dopri5 keeps it), 5 DifferentialEquations.jl's for Tsit5 (the method's order: a larger
-    # first step where the field is slow)
-    initial_order: int = 4
+    step_rule: str = "torchdiffeq"  # how it takes its first and last steps: a key of STEP_RULES
 
 
-# solver.step_rule: how a pair takes its first and last steps, as (land_on_end, initial_order). "torchdiffeq": p = 4
-# (the error estimate's order) and stepping past the last depth; "hairer": Hairer's DOPRI5 code (hinit with the
-# method's order, the last step shortened to end on the last depth), as DifferentialEquations.jl and torchdyn do.
+# solver.step_rule: how a pair takes its first and last steps, as (land on the last depth, p of the initial-step rule
+# h1 = (0.01 / max(d1, d2)) ** (1 / (p + 1))). "torchdiffeq" (dopri5's own): p = 4, the error estimate's order, and
+# stepping past the last output depth, reading it off the dense output. "hairer" (tsit5's own): Hairer's DOPRI5 code,
+# as DifferentialEquations.jl and torchdyn: p = 5, the method's order (a larger first step where the field is slow),
+# and the last step shortened to end on the last depth (the value there is the 5th-order solution).
 STEP_RULES = {"torchdiffeq": (False, 4), "hairer": (True, 5)}
 
 
 def with_step_rule(tab: Tableau, step_rule: str = "auto") -> Tableau:
     """``tab`` taking its first and last steps by ``step_rule`` (a key of :data:`STEP_RULES`; ``"auto"``: the
-    pair's own, torchdiffeq's for dopri5 and Hairer's for tsit5)."""
-    if step_rule == "auto":
-        return tab
-    land_on_end, initial_order = STEP_RULES[step_rule]
-    return tab._replace(land_on_end=land_on_end, initial_order=initial_order)
+    pair's own)."""
+    return tab if step_rule == "auto" else tab._replace(step_rule=step_rule)
 
 
 def combine(y0: torch.Tensor | None, ks: list[torch.Tensor], coeffs: tuple[float, ...], dt: float) -> torch.Tensor:
@@ -180,12 +173,13 @@ def adaptive_rk(
         AssertionError: step-size underflow, too many steps or a non-finite state.
     """
     t0 = t[0]
+    land_on_end, initial_order = STEP_RULES[tab.step_rule]
     k1 = func(time_like(t0, y0), y0)
-    dt = initial_step(func, t0, y0, k1, rtol, atol, norm, tab.initial_order)
+    dt = initial_step(func, t0, y0, k1, rtol, atol, norm, initial_order)
     y, outputs = y0, [y0]
     step: tuple = ()  # the last accepted step: (t_start, y_start, y_end, stages, dt)
     jumps = sorted(j for j in (jump_t or ()) if j > t0)
-    land = t[-1] if tab.land_on_end else None
+    land = t[-1] if land_on_end else None
     for t_out in t[1:]:
         n_steps = 0
         while t_out > t0:
@@ -213,7 +207,8 @@ def _step_end(t0: float, dt: float, jumps: list[float], land: float | None) -> t
     """Where the step from ``t0`` of size ``dt`` ends: ``(t1, t1 - t0, on a jump)``. It ends on the first jump it
     would cross; else, with ``land`` (the last output depth) and no jump before it, on ``land`` when it would
     reach within 1% of a step of it (Hairer's DOPRI5 code: no sliver of a last step)."""
-    following = next((j for j in jumps if j > t0), None)
+    i = bisect.bisect_right(jumps, t0)  # jumps is sorted: the first one after t0
+    following = jumps[i] if i < len(jumps) else None
     if following is not None and following < t0 + dt:
         return following, following - t0, True
     if land is not None and t0 + 1.01 * dt >= land and (following is None or following >= land):

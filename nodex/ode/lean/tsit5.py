@@ -68,7 +68,7 @@ def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt:
     return combine(y0, ks, dense_weights(x), dt)
 
 
-TSIT5 = Tableau(_C, _A, _E, _interpolate, land_on_end=True, initial_order=5)
+TSIT5 = Tableau(_C, _A, _E, _interpolate, step_rule="hairer")
 
 
 def tsit5(
