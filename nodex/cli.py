@@ -26,7 +26,7 @@ if os.path.basename(sys.argv[0]) == "nodex":  # the console script: Ctrl-C while
 
 from omegaconf import DictConfig
 
-from nodex.config import CONFIG_DIR, config_error_line
+from nodex.config import CONFIG_DIR, config_error_line, override_key
 from nodex.sweeps import (
     RunRefused,
     abandon,
@@ -221,7 +221,7 @@ def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
 
     out = {}
     for line in lines:
-        key = line.split("=", 1)[0].lstrip("+~")
+        key = override_key(line)
         if key in skip or "." not in key or key.startswith("hydra."):
             continue
         out[key] = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]

@@ -285,6 +285,30 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
 MOVED_KEYS = {"solver.S": "model.horizon.S"}
 
 
+def override_key(line: str) -> str:
+    """The dotted key of one Hydra command-line override: ``+trainer.lr=0.1`` -> ``trainer.lr``."""
+    return str(line).split("=", 1)[0].lstrip("+~")
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML file at ``path``, or ``None`` when it is missing or unreadable."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def hydra_snapshot(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """A run directory's Hydra snapshot (``RUN_DIR/.hydra``): its command-line overrides and the presets Hydra
+    chose per config group (``[]`` / ``{}`` where a file is missing or unreadable)."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    overrides = read_yaml(hydra_dir / "overrides.yaml") or []
+    choices = (((read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices")
+    return [str(o) for o in overrides], dict(choices or {})
+
+
 def check_moved_overrides(overrides: Sequence[str]) -> None:
     """Raise a one-line :class:`ConfigError` for an override of a moved key (``solver.S=2``)."""
     from nodex.errors import ConfigError

@@ -150,14 +150,14 @@ def test_ensemble_members_are_read_as_per_seed_results(tmp_path):
 def test_seeds_run_as_one_ensemble_per_block_of_consecutive_seeds(tmp_path):
     assert seed_blocks([4, 0, 1, 2, 7, 8, 1]) == [(0, 1, 2), (4,), (7, 8)]
     job = Job("annuli_data_control", "annuli_data_control", ["trainer.max_steps=3"], ensemble=True)
-    cmds = commands(job, BUDGETS["cpu"], tmp_path, (0, 1, 2, 4), 1, None)
+    cmds = commands(job, tmp_path, (0, 1, 2, 4), 1, None)
     assert [seeds for seeds, _ in cmds] == [(0, 1, 2), (4,)]
     first, second = (cmd[cmd.index("train") + 1:] for _, cmd in cmds)
     assert first == ["experiment=annuli_data_control", "seed=0", "trainer.ensemble=3", "trainer.max_steps=3",
                      "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'annuli_data_control' / 'seeds0-2'}"]
     assert second[:3] == ["experiment=annuli_data_control", "seed=4", "trainer.max_steps=3"]
     job.ensemble = False
-    (seeds, cmd), = commands(job, BUDGETS["cpu"], tmp_path, (0, 1, 2, 4), None, None)
+    (seeds, cmd), = commands(job, tmp_path, (0, 1, 2, 4), None, None)
     assert seeds == (0, 1, 2, 4) and "--multirun" in cmd and "seed=0,1,2,4" in cmd
 
 
@@ -291,7 +291,7 @@ def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_pa
     import nodex.paper.reproduce as rep
 
     seen = []
-    monkeypatch.setattr(rep, "_run_one", lambda job, budget, out, seeds, threads, *rest: seen.append(threads) or "ok")
+    monkeypatch.setattr(rep, "_run_one", lambda job, out, seeds, threads, *rest: seen.append(threads) or "ok")
     monkeypatch.setattr(rep.os, "cpu_count", lambda: 8)
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
     rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 2, None, False, None)
@@ -326,11 +326,11 @@ def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_pat
     ran = []
     monkeypatch.setattr(rep.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(returncode=0))
     job = Job("annuli_vanilla", "annuli_vanilla", ensemble=True)
-    line = rep._run_one(job, BUDGETS["cpu"], out, (0, 1, 2, 3), 1, None, True, None, {})
+    line = rep._run_one(job, out, (0, 1, 2, 3), 1, None, True, None, {})
     assert [c[c.index("train") + 1:c.index("train") + 4] for c in ran] == [
         ["experiment=annuli_vanilla", "seed=0", "trainer.ensemble=3"]]
     assert sorted(p.name for p in (out / "annuli_vanilla").iterdir()) == ["reproduce.log", "seed3"]
     aside = list((out / ".failed" / "annuli_vanilla").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("seeds0-2-") and (aside[0] / "member-2" / "result.json").exists()
     assert line.startswith("1/4 completed") and "see " in line  # the stub trained nothing
-    assert rep._run_one(job, BUDGETS["cpu"], out, (3,), 1, None, True, None, {}) == "already done (--resume)"
+    assert rep._run_one(job, out, (3,), 1, None, True, None, {}) == "already done (--resume)"

@@ -275,10 +275,14 @@ class Rate:
     def holds(self) -> bool:
         return self.n > 0 and self.k >= self.needed
 
+    @property
+    def share(self) -> str:
+        """e.g. ``≥ 80% of seeds`` (``all seeds`` at a rate of 1)."""
+        return "all seeds" if self.min_rate >= 1 else f"≥ {self.min_rate:.0%} of seeds"
+
     def criterion(self) -> str:
         """e.g. ``≥ 80% of seeds (4/5)``."""
-        share = "all seeds" if self.min_rate >= 1 else f"≥ {self.min_rate:.0%} of seeds"
-        return f"{share} ({self.needed}/{self.n})"
+        return f"{self.share} ({self.needed}/{self.n})"
 
 
 def rate_of(outcomes: list[SeedOutcome], min_rate: float) -> Rate:

@@ -70,17 +70,17 @@ class FigureSink:
     def _run_dir(self, groups: dict[str, Group], label: str, seed: Optional[int]) -> tuple[Optional[Path], int]:
         """The run directory of ``label`` on ``seed`` (None: its first completed seed) and that seed."""
         g = groups.get(label)
-        runs = sorted((r for r in g.completed if isinstance(r.result.get("seed"), int)),
-                      key=lambda r: r.result["seed"]) if g else []
-        for run in runs:
-            if seed is None or run.result["seed"] == seed:
-                return run.path, int(run.result["seed"])
+        for s, run in g.by_seed() if g else []:
+            if seed is None or s == seed:
+                return run.path, s
         return None, -1 if seed is None else seed
 
     def section(self, claim: Claim, results: list[Any], groups: dict[str, Group]) -> list[str]:
         """The figure lines under a claim's table: each ``(label, plot)`` of ``claim.figures`` on the
         first seed, and on the worst failing seed of a check that reads that label (``results``:
         the claim's judged checks, with ``check`` and ``worst_failing``)."""
+        if not claim.figures:
+            return []
         wanted: list[tuple[str, str, Optional[int]]] = [(label, name, None) for label, name in claim.figures]
         for r in results:
             if r.worst_failing is not None:
@@ -100,6 +100,4 @@ class FigureSink:
                                 + (" (worst failing seed)" if seed is not None else ""))
             else:
                 captions.append(f"`{label}` {name.replace('_', ' ')}, seed {s}: no figure (run not done or no plot)")
-        if not claim.figures:
-            return []
         return ["", "<p>" + "\n".join(shown) + "</p>" if shown else "", "", "Figures: " + "; ".join(captions) + "."]

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import yaml
-
+from nodex.config import hydra_snapshot, override_key, read_yaml
 from nodex.paper.claims import PaperValue, paper_value
 
 TOP_LEVEL_METRICS = ("nfe_forward", "nfe_backward", "params", "wall_time_s", "steps")
@@ -76,20 +75,11 @@ class Run:
         return self.config.get("experiment_name") or self.choices.get("experiment")
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
 def load_run(run_dir: Path) -> Run:
     """Read ``run_dir/result.json`` and the ``.hydra`` snapshot next to it. A run that has a
     ``.hydra`` config but no ``result.json`` (killed, or still running) gets status ``missing``."""
     hydra_dir = run_dir / ".hydra"
-    overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
-    hydra_cfg = _read_yaml(hydra_dir / "hydra.yaml") or {}
-    choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    overrides, choices = hydra_snapshot(run_dir)
     result_path = run_dir / "result.json"
     if result_path.exists():
         try:
@@ -102,15 +92,15 @@ def load_run(run_dir: Path) -> Run:
         except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             print(f"nodex: warning: {result_path}: {str(exc).splitlines()[0]}; reported as unreadable", file=sys.stderr)
             result = {"status": "unreadable", "error": f"result.json unreadable: {exc}",
-                      "config": _read_yaml(hydra_dir / "config.yaml") or {}}
+                      "config": read_yaml(hydra_dir / "config.yaml") or {}}
     else:
         result = {"status": "missing", "error": "no result.json (the job was killed, or is still running)",
-                  "config": _read_yaml(hydra_dir / "config.yaml") or {}}
-    return Run(run_dir, result, [str(o) for o in overrides], dict(choices))
+                  "config": read_yaml(hydra_dir / "config.yaml") or {}}
+    return Run(run_dir, result, overrides, choices)
 
 
 def _job_name(hydra_yaml: Path) -> Optional[str]:
-    cfg = _read_yaml(hydra_yaml) or {}
+    cfg = read_yaml(hydra_yaml) or {}
     return ((cfg.get("hydra") or {}).get("job") or {}).get("name")
 
 
@@ -180,10 +170,6 @@ def metric_value(run: Run, name: str) -> Optional[float]:
     return float(value)
 
 
-def _override_key(line: str) -> str:
-    return line.split("=", 1)[0].lstrip("+~")
-
-
 def changes_results(key: str) -> bool:
     """False for a key in :data:`NON_RESULT_KEYS`, under one of its prefixes, or the group a prefix names."""
     for k in NON_RESULT_KEYS:
@@ -200,7 +186,7 @@ def auto_keys(runs: list[Run]) -> list[str]:
     seen: dict[str, set[str]] = {}
     for run in runs:
         for line in run.overrides:
-            key = _override_key(line)
+            key = override_key(line)
             if not changes_results(key) or key in ("experiment", "model", "data"):
                 continue
             seen.setdefault(key, set()).add(line.split("=", 1)[1] if "=" in line else "")
@@ -249,6 +235,11 @@ class Group:
     @property
     def failed(self) -> list[Run]:
         return [r for r in self.runs if not r.ok]
+
+    def by_seed(self) -> list[tuple[int, Run]]:
+        """``(seed, run)`` of the completed runs that record an integer seed, in seed order."""
+        seeded = [(r.result["seed"], r) for r in self.completed if isinstance(r.result.get("seed"), int)]
+        return sorted(seeded, key=lambda pair: pair[0])
 
     @property
     def experiment(self) -> Optional[str]:

@@ -243,7 +243,7 @@ def block_dir(block: tuple[int, ...]) -> str:
     return f"seed{block[0]}" if len(block) == 1 else f"seeds{block[0]}-{block[-1]}"
 
 
-def commands(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+def commands(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
              launcher: Optional[str]) -> list[tuple[tuple[int, ...], list[str]]]:
     """``[(seeds, command line)]`` of one job: one ``nodex train ... trainer.ensemble=K`` per block
     of consecutive seeds, or one ``nodex train --multirun seed=...`` for all seeds."""
@@ -293,7 +293,7 @@ def _set_aside(label_dir: Path, dest: Path) -> None:
         sub.rename(target)
 
 
-def _run_one(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+def _run_one(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
              launcher: Optional[str], resume: bool, timeout: Optional[float], env: dict[str, str]) -> str:
     """Run one job's commands (those whose seeds are not all done under ``--resume``); returns the
     progress line's tail."""
@@ -304,7 +304,7 @@ def _run_one(job: Job, budget: Budget, out_dir: Path, seeds: tuple[int, ...], th
         return "already done (--resume)"
     if resume:
         _set_aside(label_dir, out_dir / ".failed")
-    todo = commands(job, budget, out_dir, missing, threads, launcher)
+    todo = commands(job, out_dir, missing, threads, launcher)
     label_dir.mkdir(parents=True, exist_ok=True)
     started, code = time.perf_counter(), 0
     with open(label_dir / "reproduce.log", "a" if resume else "w") as log:
@@ -338,7 +338,7 @@ def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, .
     counter = {"done": 0}
 
     def one(job: Job) -> None:
-        line = _run_one(job, budget, out_dir, seeds, threads, launcher, resume, timeout, env)
+        line = _run_one(job, out_dir, seeds, threads, launcher, resume, timeout, env)
         counter["done"] += 1
         print(f"[{counter['done']:>3}/{len(todo)}] {job.label:<{width}}  {line}", flush=True)
 
@@ -409,11 +409,7 @@ def seed_values(groups: dict[str, Group], status: dict[str, str]) -> Values:
         g = groups.get(label)
         if g is None or status.get(label) != "ok":
             return None
-        out = {}
-        for run in g.completed:
-            v, seed = metric_value(run, metric), run.result.get("seed")
-            if v is not None and isinstance(seed, int):
-                out[seed] = v
+        out = {seed: v for seed, run in g.by_seed() if (v := metric_value(run, metric)) is not None}
         return out or None
 
     return values
@@ -468,8 +464,8 @@ def judge(claim: Claim, check: Check, values: Values, status: dict[str, str]) ->
     outcomes = check.judge_seeds(values)
     need = claim.rate_needed(check)
     if not outcomes:
-        verdict = _verdict(check, None, status)
-        crit = Rate(0, 0, need).criterion().split(" (")[0]
+        verdict = _not_run_verdict(check, status)
+        crit = Rate(0, 0, need).share
         return CheckResult(check, verdict, f"| {check.label} | {check.paper} | {check.tolerance()} | – | "
                                            f"not run | | {crit} | {verdict} |")
     rate = rate_of(outcomes, need)
@@ -534,8 +530,7 @@ def _seed_cell(group: Group, metric: Optional[str]) -> str:
     """``0: 1, 1: 0.9998, ...``: the metric of each completed seed."""
     if not metric:
         return ""
-    pairs = sorted((r.result.get("seed"), metric_value(r, metric)) for r in group.completed
-                   if isinstance(r.result.get("seed"), int))
+    pairs = [(seed, metric_value(run, metric)) for seed, run in group.by_seed()]
     return ", ".join(f"{s}: {fmt(v)}" for s, v in pairs if v is not None)
 
 
@@ -668,11 +663,8 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
     return "\n".join(lines) + "\n"
 
 
-def _verdict(check: Check, passed: Optional[bool], status: dict[str, str]) -> str:
-    if passed is True:
-        return "PASS"
-    if passed is False:
-        return "FAIL"
+def _not_run_verdict(check: Check, status: dict[str, str]) -> str:
+    """Why ``check`` has no seed to judge: its runs failed, were not selected, or did not record the metric."""
     labels = check.labels()
     failed = [label for label in labels if status.get(label) == "failed"]
     if failed:
@@ -795,7 +787,7 @@ def reproduce_main(argv: list[str]) -> int:
             skipped = f"# {job.label}: skipped ({job.skip})"
             if job.skip:
                 print(skipped)
-            for _, cmd in ([] if job.skip else commands(job, budget, out_dir, seeds, None, args.launcher)):
+            for _, cmd in ([] if job.skip else commands(job, out_dir, seeds, None, args.launcher)):
                 print(shlex.join(cmd))
         return 0
     started = time.time()

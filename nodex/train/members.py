@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nodex.config import override_key
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
 from nodex.models import ModelOutput
@@ -237,5 +238,5 @@ def hydra_snapshot(run_dir: Path, mdir: Path, mcfg: DictConfig) -> None:
     if (src / "hydra.yaml").is_file():
         shutil.copyfile(src / "hydra.yaml", dest / "hydra.yaml")
     overrides = list(OmegaConf.load(src / "overrides.yaml")) if (src / "overrides.yaml").is_file() else []
-    kept = [str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in ("seed", "trainer.ensemble")]
+    kept = [str(o) for o in overrides if override_key(o) not in ("seed", "trainer.ensemble")]
     OmegaConf.save(OmegaConf.create([*kept, f"seed={int(mcfg.seed)}"]), dest / "overrides.yaml")

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from nodex.config import hydra_snapshot, override_key
 from nodex.train.members import Member
 from nodex.train.setup import versions
 
@@ -62,15 +62,11 @@ def hparams(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     and experiment, then every key its command line overrides (``run_dir/.hydra/overrides.yaml``: Hydra's task
     overrides, an ensemble member's own seed included) with the value the run used; ``hydra.*`` (output paths)
     left out. A config group's value is the chosen preset's name."""
-    hydra_dir = Path(run_dir) / ".hydra"
-    overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
-    choices = (((_read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices")
-    choices = choices or {}
+    overrides, choices = hydra_snapshot(run_dir)
     out: dict[str, Any] = {"experiment": cfg.get("experiment_name")} if cfg.get("experiment_name") else {}
     out.update(model=choices.get("model") or cfg.model.name, data=choices.get("data") or cfg.data.name,
                solver=choices.get("solver") or cfg.solver.method, seed=int(cfg.seed))
-    for line in map(str, overrides):
-        key = line.split("=", 1)[0].lstrip("+~")
+    for key in map(override_key, overrides):
         if key.startswith("hydra.") or key == "hydra":
             continue
         if key in choices:  # a config group (model=..., experiment=...): its preset's name
@@ -79,13 +75,6 @@ def hparams(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         value = OmegaConf.select(cfg, key, default=None)
         out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return out
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
 
 
 def metadata_markdown(result: dict[str, Any]) -> str:

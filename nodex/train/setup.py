@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 import nodex
 from nodex.config import upgrade_run_config
 from nodex.data import DataBundle, build_data
-from nodex.errors import ConfigError, NodexError, config_key
+from nodex.errors import ConfigError, ResourceError, config_key
 from nodex.models import DataSpec, build_model
 from nodex.models.build import horizon_length
 from nodex.ode import SolverSettings
@@ -210,14 +210,12 @@ def check_data_size(data_cfg: DictConfig, members: int = 1) -> None:
         ConfigError: ``data.n_train/n_val/n_test`` is not an integer (or null).
         ResourceError: ``members`` × (``n_train + n_val + n_test``) samples need more than the memory available.
     """
-    from nodex.errors import ResourceError
-
     counts = {k: data_cfg.get(k) for k in ("n_train", "n_val", "n_test")}
     # composed configs are typed by the data schema already; a run config read back from a checkpoint is not
     for key, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"data.{key}={value!r} is not an integer: give data.{key} a number of samples")
-    total = members * sum(v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    total = members * sum(v for v in counts.values() if v is not None and v > 0)  # integers, checked above
     available = _available_memory()
     if available is None or total * MIN_SAMPLE_BYTES <= available:
         return
@@ -226,12 +224,10 @@ def check_data_size(data_cfg: DictConfig, members: int = 1) -> None:
                         f"the {available / 1e9:.1f} GB of memory available; lower data.n_train/n_val/n_test")
 
 
-def out_of_memory(exc: BaseException) -> "NodexError | None":
+def out_of_memory(exc: BaseException) -> ResourceError | None:
     """An allocation failure (torch's CPU or CUDA allocator, ``MemoryError``) as a one-line
     :class:`~nodex.errors.ResourceError` saying what to lower; ``None`` for any other exception."""
     import re
-
-    from nodex.errors import ResourceError
 
     text = str(exc)
     if not (isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
