@@ -122,7 +122,12 @@ def train_job(cfg: DictConfig) -> float | None:
         raise SystemExit(130) from None
     except Exception as exc:  # not raised by nodex: one line here, the traceback in train.log
         _log_traceback(run_dir)
-        _record_failure(run_dir, cfg, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        from omegaconf import OmegaConf
+
+        from nodex.runs import record_failure
+
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        record_failure(run_dir, OmegaConf.to_container(cfg, resolve=False), error, replace=False)
         if _is_multirun():
             return None
         raise SystemExit(_exit_with(f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
@@ -164,26 +169,6 @@ def eval_job(cfg: DictConfig) -> None:
         raise SystemExit(_exit_with(str(error) if error else f"{type(exc).__name__}: {exc}".splitlines()[0])) from None
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
-
-
-def _record_failure(run_dir: str, cfg: DictConfig, error: str) -> None:
-    """A failure that came before the run could record itself still leaves a ``result.json`` (sweeps count them),
-    written by the run's own result writer."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from nodex.train.results import new_result, write_json
-
-    path = Path(run_dir) / "result.json"
-    if path.exists():
-        return
-    try:
-        result = new_result(int(cfg.get("seed", 0)), OmegaConf.to_container(cfg, resolve=False))
-        result["error"] = error
-        write_json(path, result)
-    except (OSError, ValueError):
-        pass
 
 
 def _log_traceback(run_dir: str) -> None:
@@ -235,9 +220,17 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {
 # Non-Hydra commands: "module:function" taking argv and returning the exit code (argparse inside).
 PLAIN_COMMANDS = {
     "list": "nodex.paper.experiments:list_main",
-    "report": "nodex.paper.report:report_main",
+    "report": "nodex.cli:report_command",
     "reproduce": "nodex.paper.reproduce:reproduce_main",
 }
+
+
+def report_command(argv: list[str]) -> int:
+    """``nodex report``, with the paper's numbers beside ours (the paper tooling stays out of :mod:`nodex.report`)."""
+    from nodex.paper.claims import paper_value
+    from nodex.report import report_main
+
+    return report_main(argv, paper=paper_value)
 
 
 def _args_parser() -> argparse.ArgumentParser:

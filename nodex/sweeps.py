@@ -3,7 +3,7 @@
 - :func:`missing_plugin` turns ``hydra/launcher=ray`` (or an Optuna search) without its plugin
   installed into one line naming the extra to install, before Hydra composes anything.
 - :class:`SweepSummary` is a Hydra callback (``configs/common/hydra.yaml``): at the end of a
-  multirun it reads every job's ``result.json`` in the sweep dir, prints one line with the
+  multirun it reads every job's ``result.json`` in the sweep dir (:func:`nodex.runs.load_run`), prints one line with the
   counts, and leaves a :class:`SweepOutcome` (read from those files) that the CLI turns into
   exit 1 with the same message whichever launcher ran the jobs (a job in a joblib/Ray/Slurm
   worker cannot report back any other way). Failed jobs never stop the sweep; their ``result.json`` says why.
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import warnings
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
+
+from nodex.runs import Run, load_run
 
 log = logging.getLogger("nodex")
 
@@ -79,20 +80,12 @@ def result_files(sweep_dir: Path) -> dict[Path, int]:
     return out
 
 
-def sweep_results(sweep_dir: Path, before: dict[Path, int] | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """``(job dir, result.json payload)`` for every job under ``sweep_dir`` whose ``result.json`` is not one of
-    ``before`` (as :func:`result_files` saw them when the sweep started): a sweep rerun into an old sweep dir counts
-    only its own jobs."""
+def sweep_runs(sweep_dir: Path, before: dict[Path, int] | None = None) -> list[Run]:
+    """Every job under ``sweep_dir`` whose ``result.json`` is not one of ``before`` (as :func:`result_files` saw them
+    when the sweep started): a sweep rerun into an old sweep dir counts only its own jobs."""
     before = before or {}
-    out = []
-    for path, mtime in sorted(result_files(sweep_dir).items()):
-        try:
-            if before.get(path) == mtime:
-                continue
-            out.append((path.parent, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError) as exc:
-            out.append((path.parent, {"status": "unreadable", "error": str(exc)}))
-    return out
+    return [load_run(path.parent) for path, mtime in sorted(result_files(sweep_dir).items())
+            if before.get(path) != mtime]
 
 
 # Folder names may hold 255 bytes; the job number and '-' go in front of this part of the name.
@@ -132,9 +125,8 @@ class SweepOutcome:
 
     @classmethod
     def read(cls, sweep_dir: Path, before: dict[Path, int]) -> "SweepOutcome":
-        results = sweep_results(sweep_dir, before)
-        failed = [(d, str(r.get("error") or r.get("status"))) for d, r in results if r.get("status") != "completed"]
-        return cls(sweep_dir, len(results), failed)
+        runs = sweep_runs(sweep_dir, before)
+        return cls(sweep_dir, len(runs), [(r.path, str(r.error or r.status)) for r in runs if not r.ok])
 
     def line(self) -> str:
         return (

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodex.paper.report import Group, Run, find_runs, metric_value, stat_cell  # noqa: E402
+from nodex.report import Group, Run, find_runs, metric_value, stat_cell  # noqa: E402
 from nodex.paper.reproduce import main_metric  # noqa: E402
 
 HIGHER_IS_BETTER = ("test/accuracy",)

@@ -14,8 +14,8 @@ import yaml
 from conftest import FAST
 
 from nodex.paper.experiments import EXPERIMENT_DIR, describe, header, discover
-from nodex.paper.claims import CLAIMS, PAPER_VALUES, Check
-from nodex.paper.report import find_runs, render
+from nodex.paper.claims import CLAIMS, PAPER_VALUES, Check, paper_value
+from nodex.report import find_runs, render
 
 
 def fake_run(root: Path, name: str, *, model="vanilla", data="rings", seed=0, acc=None, status="completed",
@@ -103,7 +103,7 @@ def test_model_column_shows_the_preset_and_duplicate_columns_are_dropped_or_expl
         fake_run(root, f"dc{seed}", model="annuli_data_control", experiment="annuli_data_control", seed=seed, acc=0.75,
                  metrics=same, choices={"model": "data_control"})
     runs = find_runs([root])
-    text = render(runs, None, None, paper=False)
+    text = render(runs, None, None)  # no paper lookup: no paper columns
     assert text.splitlines()[0] == ("| experiment | model | data | n | failed | test/accuracy | test/loss | test/nfe_forward | "
                                     "nfe_forward | params | wall_time_s |")
     assert text.splitlines()[2] == "| annuli_data_control | data_control | rings | 2 | 0 | 0.75 | 0.25 | 14 | 20 | 1224 | 1.5 |"
@@ -127,14 +127,14 @@ def test_paper_values_sit_beside_ours_and_experiment_comes_from_the_run(tmp_path
     fake_run(root, "c", experiment="reflection_vanilla", acc=0.5)
     runs = find_runs([root])
     assert sorted(r.experiment for r in runs) == ["reflection_vanilla", "table1_cifar10_ilnode", "table1_cifar10_ilnode"]
-    text = render(runs, ["experiment"], ["test/accuracy", "params"])
+    text = render(runs, ["experiment"], ["test/accuracy", "params"], paper=paper_value)
     assert text.splitlines()[0] == "| experiment | n | failed | test/accuracy | test/accuracy (paper) | params | params (paper) |"
     assert "| table1_cifar10_ilnode | 2 | 0 | 0.71 ± 0.014 | 73.4% | 36088 | 36.1K |" in text
     assert "| reflection_vanilla | 1 | 0 | 0.5 |  | 1224 |  |" in text
     assert "Paper values: paper's results table" in text
-    record = json.loads(render(runs, ["experiment"], ["test/accuracy"], "json"))["groups"][1]["metrics"]["test/accuracy"]
+    record = json.loads(render(runs, ["experiment"], ["test/accuracy"], "json", paper=paper_value))["groups"][1]["metrics"]["test/accuracy"]
     assert record["paper"] == 0.734 and "poster" in record["paper_source"]
-    assert "(paper)" not in render(runs, ["experiment"], ["test/accuracy"], paper=False)
+    assert "(paper)" not in render(runs, ["experiment"], ["test/accuracy"])
 
 
 def test_a_killed_job_without_result_json_counts_as_failed(tmp_path):

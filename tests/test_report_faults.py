@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nodex.train.results import new_result
+from nodex.runs import new_result
 
 
 def _run(root, name: str, body: str | bytes | None = None, accuracy: float = 0.9):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nodex.paper.claims import Claim
-from nodex.paper.report import Group
+from nodex.report import Group
 
 WIDTH = 420    # pixels: two figures side by side on a page
 WIDE = 640     # pixels for a multi-panel figure (aspect > 1.4), so its labels stay legible

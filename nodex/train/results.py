@@ -1,60 +1,18 @@
 """What a training run writes when it ends: each member's ``result.json`` (and its TensorBoard
 hparams), and for a seed ensemble the ``ensemble.json`` summary beside the member directories.
-
-``result.json`` schema: ``status`` (completed / failed / interrupted), ``error``, ``metrics``
-(``test/...``), ``nfe_forward`` / ``nfe_backward`` (mean per step), ``params``, ``steps``,
-``wall_time_s``, ``device``, ``threads``, ``versions``, ``config`` (resolved), ``seed``, ``command``, and
-``warnings`` (only when there are any: figures that could not be written, the status unaffected);
-an ensemble member adds ``ensemble_member`` (``index``, ``size``, ``parent``).
+The ``result.json`` schema and its writer live in :mod:`nodex.runs`.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nodex.config import hydra_snapshot, override_key
+from nodex.runs import hydra_snapshot, override_key, write_json
 from nodex.train.members import Member
-from nodex.train.setup import versions
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (temp file + rename; a failed write leaves the old file and no temp file).
-
-    Raises:
-        OSError: the file could not be written (disk full, read-only directory).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def new_result(seed: int, resolved: dict[str, Any]) -> dict[str, Any]:
-    """A ``result.json`` payload for a run that has not finished (``status: failed`` until it does)."""
-    return {
-        "status": "failed", "error": None, "metrics": {}, "nfe_forward": None, "nfe_backward": None,
-        "params": None, "steps": 0, "wall_time_s": None, "device": None, "versions": versions(),
-        "config": resolved, "seed": int(seed), "command": " ".join(sys.argv),
-    }
-
-
-def new_summary(resolved: dict[str, Any]) -> dict[str, Any]:
-    """An ``ensemble.json`` payload for an ensemble that has not finished."""
-    return {
-        "status": "failed", "error": None, "kind": "ensemble", "size": None, "seeds": [], "members": [],
-        "metrics": {}, "metrics_std": {}, "member_metrics": [], "steps": 0, "wall_time_s": None,
-        "nfe_forward": None, "nfe_backward": None, "shared_step_sizes": None, "device": None,
-        "versions": versions(), "config": resolved, "command": " ".join(sys.argv),
-    }
 
 
 def hparams(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

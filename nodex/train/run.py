@@ -42,9 +42,8 @@ from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
     Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
 )
-from nodex.train.results import (
-    finish_member, finish_summary, metadata_markdown, new_result, new_summary, write_json,
-)
+from nodex.runs import new_result, new_summary, record_failure, write_json
+from nodex.train.results import finish_member, finish_summary, metadata_markdown
 from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
     versions,
@@ -253,9 +252,7 @@ class TrainRun:
             finish_summary(self.summary, self.members, wall)
             _unless_disk_full(lambda: write_json(self.run_dir / "ensemble.json", self.summary))
         if not self.members:
-            result = new_result(int(self.cfg.seed), self.resolved)
-            result.update(status=self.status, error=self.error, wall_time_s=wall)
-            _unless_disk_full(lambda: write_json(self.run_dir / "result.json", result))
+            record_failure(self.run_dir, self.resolved, self.error, status=self.status, wall_time_s=wall)
 
     def payload(self) -> dict[str, Any]:
         """The run's ``result.json`` (an ensemble's ``ensemble.json``), after logging its metrics."""

@@ -1,0 +1,216 @@
+"""A run's record on disk: writing ``result.json`` (and an ensemble's ``ensemble.json``), finding and reading runs.
+
+``result.json`` (one per run directory, one per ensemble member; written atomically by :func:`write_json`):
+
+- ``status``: ``completed`` | ``failed`` | ``interrupted`` (a run that has not finished says ``failed``)
+- ``error``: one line saying why (``null`` when completed)
+- ``metrics``: ``{"test/accuracy": ..., "test/loss": ..., ...}`` (empty unless completed)
+- ``nfe_forward`` / ``nfe_backward``: mean function evaluations per training step (forward solve / adjoint)
+- ``params``, ``steps``, ``wall_time_s``, ``device``, ``threads``
+- ``versions``: python, torch, torchdiffeq, nodex
+- ``config``: the resolved config; ``seed``; ``command``: the job's own command line
+- ``warnings``: only when there are any (figures that could not be written; the status unaffected)
+- ``ensemble_member``: a member of a seed ensemble only: ``index``, ``size``, ``parent``
+
+A run read back (:func:`load_run`) that has no ``result.json`` (killed, or still running) stands in as status
+``missing``; one whose ``result.json`` cannot be read or has the wrong shape, as ``unreadable``. Its Hydra snapshot
+(``RUN_DIR/.hydra``: the command-line overrides and the preset chosen per config group) comes with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+log = logging.getLogger("nodex")
+
+# The keys a result.json must have, with their types, to be read as one.
+RESULT_SHAPE = {"status": str, "metrics": dict, "config": dict}
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically (temp file + rename; a failed write leaves the old file and no temp file).
+
+    Raises:
+        OSError: the file could not be written (disk full, read-only directory).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _versions() -> dict[str, str]:
+    from nodex.train.setup import versions  # torch: only where a run is recorded, never for reading runs
+
+    return versions()
+
+
+def new_result(seed: int, resolved: dict[str, Any]) -> dict[str, Any]:
+    """A ``result.json`` payload for a run that has not finished (``status: failed`` until it does)."""
+    return {
+        "status": "failed", "error": None, "metrics": {}, "nfe_forward": None, "nfe_backward": None,
+        "params": None, "steps": 0, "wall_time_s": None, "device": None, "versions": _versions(),
+        "config": resolved, "seed": int(seed), "command": " ".join(sys.argv),
+    }
+
+
+def new_summary(resolved: dict[str, Any]) -> dict[str, Any]:
+    """An ``ensemble.json`` payload for an ensemble that has not finished."""
+    return {
+        "status": "failed", "error": None, "kind": "ensemble", "size": None, "seeds": [], "members": [],
+        "metrics": {}, "metrics_std": {}, "member_metrics": [], "steps": 0, "wall_time_s": None,
+        "nfe_forward": None, "nfe_backward": None, "shared_step_sizes": None, "device": None,
+        "versions": _versions(), "config": resolved, "command": " ".join(sys.argv),
+    }
+
+
+def record_failure(run_dir: Path, config: dict[str, Any], error: Optional[str], *, status: str = "failed",
+                   wall_time_s: Optional[float] = None, replace: bool = True) -> None:
+    """The ``result.json`` of a run that ended before it could record itself (before any member existed, or
+    before the trainer was built): ``status`` and ``error`` with ``config`` (seed from ``config["seed"]``).
+
+    ``replace=False`` keeps a ``result.json`` already there (the run's own, fuller record). When even this write
+    fails (disk full), the log says so and the error that ended the run stays what the caller reports.
+    """
+    path = Path(run_dir) / "result.json"
+    if not replace and path.exists():
+        return
+    try:
+        result = new_result(int(config.get("seed") or 0), config)
+        result.update(status=status, error=error, wall_time_s=wall_time_s)
+        write_json(path, result)
+    except (OSError, ValueError) as exc:
+        log.error("could not record the run's outcome (%s)", exc)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML file at ``path``, or ``None`` when it is missing or unreadable."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def override_key(line: str) -> str:
+    """The dotted key of one Hydra command-line override: ``+trainer.lr=0.1`` -> ``trainer.lr``."""
+    return str(line).split("=", 1)[0].lstrip("+~")
+
+
+def hydra_snapshot(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """A run directory's Hydra snapshot (``RUN_DIR/.hydra``): its command-line overrides and the presets Hydra
+    chose per config group (``[]`` / ``{}`` where a file is missing or unreadable)."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    overrides = read_yaml(hydra_dir / "overrides.yaml") or []
+    choices = (((read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices")
+    return [str(o) for o in overrides], dict(choices or {})
+
+
+@dataclass
+class Run:
+    """One run directory: its ``result.json`` (or a stand-in when the run died without one)."""
+
+    path: Path
+    result: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.result.get("status") or "unknown")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def error(self) -> Optional[str]:
+        return self.result.get("error")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.result.get("config") or {}
+
+    @property
+    def experiment(self) -> Optional[str]:
+        return self.config.get("experiment_name") or self.choices.get("experiment")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """The payload of the ``result.json`` at ``path``.
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read.
+        ValueError: not JSON, or not a nodex ``result.json`` (names the keys of :data:`RESULT_SHAPE` it lacks).
+    """
+    result = json.loads(Path(path).read_text())  # JSONDecodeError is a ValueError
+    wrong = ["not a JSON object"] if not isinstance(result, dict) else [
+        f"'{k}' missing or not a {t.__name__}" for k, t in RESULT_SHAPE.items() if not isinstance(result.get(k), t)]
+    if wrong:
+        raise ValueError(f"not a nodex result.json ({', '.join(wrong)})")
+    return result
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read ``run_dir/result.json`` and the ``.hydra`` snapshot next to it. A run that has a ``.hydra`` config but
+    no ``result.json`` (killed, or still running) gets status ``missing``; an unreadable one, ``unreadable`` (with
+    one warning line on stderr naming the file)."""
+    run_dir = Path(run_dir)
+    overrides, choices = hydra_snapshot(run_dir)
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        try:
+            result = read_result(result_path)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"nodex: warning: {result_path}: {str(exc).splitlines()[0]}; reported as unreadable", file=sys.stderr)
+            result = {"status": "unreadable", "error": f"result.json unreadable: {exc}",
+                      "config": read_yaml(run_dir / ".hydra" / "config.yaml") or {}}
+    else:
+        result = {"status": "missing", "error": "no result.json (the job was killed, or is still running)",
+                  "config": read_yaml(run_dir / ".hydra" / "config.yaml") or {}}
+    return Run(run_dir, result, overrides, choices)
+
+
+def _job_name(hydra_yaml: Path) -> Optional[str]:
+    cfg = read_yaml(hydra_yaml) or {}
+    return ((cfg.get("hydra") or {}).get("job") or {}).get("name")
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``paths`` (run dirs, multirun dirs, or any folder above them), in path order.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    dirs: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        if p.is_file():
+            p = p.parent
+        for hit in p.rglob("result.json"):
+            dirs.add(hit.parent)
+        for hit in p.rglob(".hydra/hydra.yaml"):  # a train job that died before writing result.json
+            run_dir = hit.parent.parent
+            if (run_dir / "ensemble.json").exists():  # an ensemble's parent: its members are the runs
+                continue
+            if run_dir not in dirs and _job_name(hit) == "train":
+                dirs.add(run_dir)
+    return [load_run(d) for d in sorted(dirs)]
