@@ -240,33 +240,13 @@ def register_schemas() -> None:
 
 register_schemas()
 
-_TYPE_WORDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
-
-
-def config_error_line(exc: BaseException) -> str | None:
-    """A value of the wrong type (OmegaConf's ``ValidationError``, possibly wrapped by Hydra) as one line naming the
-    key, the value and the expected type; ``None`` for other errors."""
-    from omegaconf.errors import ValidationError
-
-    error = exc if isinstance(exc, ValidationError) else exc.__cause__
-    if not isinstance(error, ValidationError) or not getattr(error, "full_key", None):
-        return None
-    msg = str(error.msg)
-    wanted = next((words for name, words in _TYPE_WORDS.items() if f"converted to {name}" in msg), None)
-    wanted = "true or false" if "is not a valid bool" in msg else wanted
-    wanted = "a list" if "is not a ListConfig, list or tuple" in msg else wanted
-    if wanted is None:
-        return f"{error.full_key}={error.value!r}: {str(error.msg).splitlines()[0]}"
-    return f"{error.full_key}={error.value!r} is not {wanted}: give {error.full_key} {wanted}"
-
-
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """The config ``config_name`` (``train`` or ``eval``) with Hydra ``overrides`` applied.
 
     Raises:
         ConfigError: an override of a key that moved (``solver.S``).
         hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException: an unknown
-            option, key or a value of the wrong type (:func:`config_error_line` makes it one line).
+            option, key or a value of the wrong type (:func:`nodex.cli_errors.one_line` words it).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -283,30 +263,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
 
 # old dotted key -> new dotted key. The horizon S was ``solver.S``; it is the model's ``model.horizon.S``.
 MOVED_KEYS = {"solver.S": "model.horizon.S"}
-
-
-def override_key(line: str) -> str:
-    """The dotted key of one Hydra command-line override: ``+trainer.lr=0.1`` -> ``trainer.lr``."""
-    return str(line).split("=", 1)[0].lstrip("+~")
-
-
-def read_yaml(path: Path) -> Any:
-    """The YAML file at ``path``, or ``None`` when it is missing or unreadable."""
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def hydra_snapshot(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    """A run directory's Hydra snapshot (``RUN_DIR/.hydra``): its command-line overrides and the presets Hydra
-    chose per config group (``[]`` / ``{}`` where a file is missing or unreadable)."""
-    hydra_dir = Path(run_dir) / ".hydra"
-    overrides = read_yaml(hydra_dir / "overrides.yaml") or []
-    choices = (((read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices")
-    return [str(o) for o in overrides], dict(choices or {})
 
 
 def check_moved_overrides(overrides: Sequence[str]) -> None:

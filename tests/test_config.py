@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from nodex.config import compose, config_error_line, upgrade_run_config
+from nodex.cli_errors import config_error_line
+from nodex.config import compose, upgrade_run_config
 from nodex.errors import ConfigError
 from nodex.models.build import DataSpec, build_model, horizon_length
 from nodex.ode import SolverSettings

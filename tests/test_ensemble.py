@@ -239,7 +239,7 @@ def test_ensemble_config_errors(compose_cfg, overrides, message):
 
 
 def test_a_non_integer_ensemble_size_fails_when_the_config_is_composed(compose_cfg):
-    from nodex.config import config_error_line
+    from nodex.cli_errors import config_error_line
 
     with pytest.raises(Exception) as info:
         compose_cfg(["trainer.ensemble=two"])

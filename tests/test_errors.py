@@ -182,7 +182,8 @@ def test_type_errors_are_caught_when_the_config_is_composed(cli, tmp_path, overr
 def test_type_errors_in_python_compose_raise_validation_errors():
     from omegaconf.errors import ValidationError
 
-    from nodex.config import compose, config_error_line
+    from nodex.config import compose
+    from nodex.cli_errors import config_error_line
 
     with pytest.raises(Exception) as info:
         compose(["solver.rtol=abc"])

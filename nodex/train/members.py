@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from nodex.config import override_key
+from nodex.runs import override_key
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
 from nodex.models import ModelOutput

@@ -1,0 +1,174 @@
+"""The Hydra tasks of ``nodex train`` and ``nodex eval``, and the task wrapper that turns every failure of a job
+into one line (a single run's exit code, or a failed job that a sweep counts and goes on from).
+
+Module level on purpose: launchers (joblib, submitit, Ray) pickle a task by reference and import this module in
+their workers before composing the job's config, so importing it registers what composing needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from nodex.cli_errors import report_error
+import nodex.config  # noqa: F401  (registers the config schemas that composing a job needs)
+from nodex.runs import override_key
+from nodex.sweeps import local_workers, quiet_schema_warning, register_resolvers
+
+quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
+register_resolvers()
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]], Callable[[DictConfig], Any]]:
+    """A Hydra task from ``job(cfg, run_dir)`` (lightning-hydra-template's ``task_wrapper``): every failure ends
+    here as one line on stderr, with the traceback of an unexpected one in the job's log file. A single run exits
+    1 (130 after Ctrl-C, the signal's code after a preemption); a sweep's job returns ``None`` and the sweep goes
+    on (its ``result.json`` says why). ``records``: the job keeps a ``result.json`` (train), so a failure that came
+    before the run could record itself is recorded (:func:`nodex.runs.record_failure`)."""
+
+    def wrap(job: Callable[[DictConfig, str], Any]) -> Callable[[DictConfig], Any]:
+        @functools.wraps(job)
+        def task(cfg: DictConfig) -> Any:
+            from hydra.core.hydra_config import HydraConfig
+
+            from nodex.errors import NodexError
+            from nodex.train.preemption import Preempted
+
+            run_dir = HydraConfig.get().runtime.output_dir
+            try:
+                return job(cfg, run_dir)
+            except Preempted as exc:
+                message = f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it"
+                _append_log(run_dir, f"STOPPED: {message}\n")  # train.log shows each attempt of a requeued job
+                report_error(message)
+                getattr(exc, "forward", lambda: None)()  # submitit's handler: requeue the job, then exit
+                raise SystemExit(exc.exit_code) from None
+            except NodexError as exc:
+                _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
+                return _failed(str(exc))
+            except KeyboardInterrupt:
+                if not records:
+                    raise
+                saved = (Path(run_dir) / "checkpoints" / "last.pt").exists()
+                report_error(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt" if saved
+                        else "interrupted before the first checkpoint; nothing to resume")
+                raise SystemExit(130) from None
+            except Exception as exc:  # not raised by nodex: one line here, the traceback in the log
+                from nodex.train.setup import out_of_memory
+
+                _log_traceback(run_dir)
+                error = str(out_of_memory(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0])
+                if records:
+                    from omegaconf import OmegaConf
+
+                    from nodex.runs import record_failure
+
+                    record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), error, replace=False)
+                return _failed(error)
+
+        return task
+
+    return wrap
+
+
+def _failed(message: str) -> None:
+    """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1."""
+    if _is_multirun():
+        return None
+    report_error(message)
+    raise SystemExit(1)
+
+
+@task_wrapper(records=True)
+def train_job(cfg: DictConfig, run_dir: str) -> float | None:
+    """The Hydra task of ``nodex train`` (module level: launchers pickle it by reference); returns the monitored
+    metric (``cfg.monitor``) to a sweeper."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nodex.train.lock import RunLock
+    from nodex.train.run import run_train
+
+    hc = HydraConfig.get()
+    progress = cfg.trainer.get("progress", "auto")
+    progress = (not _is_multirun() and sys.stderr.isatty()) if progress == "auto" else bool(progress)
+    job = {"progress": progress, "workers": local_workers(hc), "command": _job_command(hc)}
+    if _is_multirun():  # a single run's dir is locked by the RunGuard callback, before Hydra writes into it
+        with RunLock(run_dir):
+            result = run_train(cfg, run_dir, **job)
+    else:
+        result = run_train(cfg, run_dir, **job)
+    monitor = cfg.get("monitor")
+    return float(result["metrics"][monitor]) if monitor and monitor in result["metrics"] else None
+
+
+def _job_command(hc: Any) -> str:
+    """This job's own command: ``nodex train`` and its overrides (in a sweep, this job's values only)."""
+    import shlex
+
+    return " ".join(["nodex", str(hc.job.name), *(shlex.quote(str(o)) for o in hc.overrides.task)])
+
+
+@task_wrapper(records=False)
+def eval_job(cfg: DictConfig, run_dir: str) -> None:
+    """The Hydra task of ``nodex eval``: metrics of a checkpoint, printed and written to ``eval.json``."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from nodex.errors import ConfigError
+    from nodex.train.run import run_eval
+
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
+    overrides = _value_overrides(list(HydraConfig.get().overrides.task), cfg, skip={"ckpt", "split", "which", "device"})
+    payload = run_eval(cfg, overrides, run_dir)
+    for key, value in payload["metrics"].items():
+        print(f"{key}: {value:.6g}")
+
+
+def _log_traceback(run_dir: str) -> None:
+    """The current exception's traceback into the job's log file, ``train.log`` / ``eval.log`` (and to stderr when
+    ``NODEX_DEBUG=1``)."""
+    import traceback
+
+    text = traceback.format_exc()
+    _append_log(run_dir, text)
+    if os.environ.get("NODEX_DEBUG") == "1":
+        print(text, file=sys.stderr)
+
+
+def _append_log(run_dir: str, text: str) -> None:
+    """``text`` at the end of the job's log file (``train.log`` / ``eval.log``), not on the console."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        with open(Path(run_dir) / f"{HydraConfig.get().job.name}.log", "a") as fh:
+            fh.write(text)
+    except OSError:
+        pass
+
+
+def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
+    """The ``key=value`` overrides given on the command line, with values as Hydra composed them."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for line in lines:
+        key = override_key(line)
+        if key in skip or "." not in key or key.startswith("hydra."):
+            continue
+        out[key] = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]
+    return out
+
+
