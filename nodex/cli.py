@@ -100,8 +100,8 @@ def train_help() -> str:
 
 @contextmanager
 def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
-    """What ``hydra.main`` reads from the process, set for one sub-command: ``sys.argv`` (its arguments, and the
-    job name ``train``/``eval`` that names the output folder and log file), ``HYDRA_FULL_ERROR=1`` (Hydra raises
+    """What ``hydra.main`` reads from the process, set for one sub-command: ``sys.argv`` (its arguments; the job
+    name, ``train``/``eval``, comes from the config), ``HYDRA_FULL_ERROR=1`` (Hydra raises
     a composition error instead of printing it and exiting 1: the CLI words it as one line, exit 2) and an
     argument parser whose mistakes raise :class:`UsageError` (``hydra.main`` has no hook for either)."""
     saved_argv, saved_env, saved_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), argparse.ArgumentParser.error
@@ -110,7 +110,7 @@ def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
         raise UsageError(f"cannot parse the command line ({message}); write overrides as key=value "
                          "(see nodex train --help)")
 
-    sys.argv = [f"nodex {cmd}", *args, f"hydra.job.name={cmd}"]
+    sys.argv = [f"nodex {cmd}", *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     argparse.ArgumentParser.error = error  # type: ignore[method-assign]
     try:
