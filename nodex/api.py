@@ -14,7 +14,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from nodex.config import upgrade_run_config
 from nodex.errors import CheckpointError
 from nodex.models import DataSpec, build_model
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
@@ -77,7 +76,7 @@ def load(path: str | Path, *, which: str = "last", device: str | torch.device = 
 def _run_config(ckpt: dict[str, Any], file: Path) -> DictConfig:
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(file)!r} holds no run config; load a checkpoint written by nodex train")
-    return OmegaConf.create(upgrade_run_config(ckpt["config"]))
+    return OmegaConf.create(ckpt["config"])  # load_checkpoint brought it to today's layout
 
 
 def _saved_spec(ckpt: dict[str, Any]) -> DataSpec | None:

@@ -33,7 +33,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class SolverSchema:
-    """``solver``: how to integrate (see :class:`nodex.ode.SolverSettings`, which validates the ranges)."""
+    """``solver``: how to integrate (see :class:`nodex.ode.SolverSettings`, which validates the ranges and takes
+    its defaults from here)."""
 
     method: str = "dopri5"  # a torchdiffeq method or tsit5 (nodex's own)
     rtol: float = 1e-4

@@ -51,17 +51,25 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def _versions() -> dict[str, str]:
-    from nodex.train.setup import versions  # torch: only where a run is recorded, never for reading runs
+def versions() -> dict[str, str]:
+    """The versions a run's record names: python, torch, torchdiffeq, nodex (torch is imported here, on first
+    use: reading runs never needs it)."""
+    import platform
 
-    return versions()
+    import torch
+    import torchdiffeq
+
+    import nodex
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchdiffeq": torchdiffeq.__version__, "nodex": nodex.__version__}
 
 
 def new_result(seed: int, resolved: dict[str, Any]) -> dict[str, Any]:
     """A ``result.json`` payload for a run that has not finished (``status: failed`` until it does)."""
     return {
         "status": "failed", "error": None, "metrics": {}, "nfe_forward": None, "nfe_backward": None,
-        "params": None, "steps": 0, "wall_time_s": None, "device": None, "versions": _versions(),
+        "params": None, "steps": 0, "wall_time_s": None, "device": None, "versions": versions(),
         "config": resolved, "seed": int(seed), "command": " ".join(sys.argv),
     }
 
@@ -72,7 +80,7 @@ def new_summary(resolved: dict[str, Any]) -> dict[str, Any]:
         "status": "failed", "error": None, "kind": "ensemble", "size": None, "seeds": [], "members": [],
         "metrics": {}, "metrics_std": {}, "member_metrics": [], "steps": 0, "wall_time_s": None,
         "nfe_forward": None, "nfe_backward": None, "shared_step_sizes": None, "device": None,
-        "versions": _versions(), "config": resolved, "command": " ".join(sys.argv),
+        "versions": versions(), "config": resolved, "command": " ".join(sys.argv),
     }
 
 

@@ -116,3 +116,17 @@ def test_upgrade_run_config_moves_solver_S():
     learned = upgrade_run_config({"solver": {"S": 1.5}, "model": {"horizon": {"kind": "learned", "s_min": 0.0}}})
     assert learned["model"]["horizon"] == {"kind": "learned", "s_min": 0.0, "S": 1.5}
     assert upgrade_run_config(new) == new  # the new layout comes back unchanged
+
+
+def test_an_older_checkpoints_config_is_upgraded_where_checkpoints_are_read(tmp_path):
+    """``load_checkpoint`` is the one place an older run's config is brought to today's layout: resume, eval and
+    ``nodex.load`` all read through it."""
+    import torch
+
+    from nodex.train.checkpoint import FORMAT, load_checkpoint
+
+    old = {"solver": {"method": "rk4", "S": 2.0}, "model": {"name": "vanilla"}, "task": {"S": "${solver.S}"}}
+    torch.save({"format": FORMAT, "config": old, "model": {}}, tmp_path / "last.pt")
+    config = load_checkpoint(tmp_path / "last.pt")["config"]
+    assert config["solver"] == {"method": "rk4"} and config["model"]["horizon"] == {"kind": "fixed", "S": 2.0}
+    assert OmegaConf.create(config).task.S == 2.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nodex.data.bundle import LOADERS, DataBundle, FreshSampler, Split, iterate_batches
+from nodex.data.bundle import LOADERS, DataBundle, FreshSampler, Split, iterate_batches, seeded_generator
 from nodex.data.toy import GENERATORS
 from nodex.errors import ConfigError, DataError
 
@@ -19,7 +19,7 @@ _SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "fresh": 3}
 
 
 def _generator(seed: int, split: str) -> torch.Generator:
-    return torch.Generator().manual_seed(1_000_003 * int(seed) + _SPLIT_OFFSETS[split])
+    return seeded_generator(seed, _SPLIT_OFFSETS[split])
 
 
 def _sizes(cfg: DictConfig) -> dict[str, int]:

@@ -15,6 +15,12 @@ Split = tuple[torch.Tensor, torch.Tensor]
 LOADERS: Registry[Callable[[DictConfig, int], "DataBundle"]] = Registry("data.name")
 
 
+def seeded_generator(seed: int, stream: int) -> torch.Generator:
+    """A random stream of its own from a run's ``seed``: stream ``stream`` (a split, a resampler) of seed ``seed``
+    never shares its draws with another stream or another seed's."""
+    return torch.Generator().manual_seed(1_000_003 * int(seed) + int(stream))
+
+
 class FreshSampler:
     """Draws fresh training batches from a generator function with its own random stream; the stream's state is
     part of a checkpoint (:meth:`get_state` / :meth:`set_state`), so a resumed run draws the batches it would have.

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from nodex.data.bundle import LOADERS, DataBundle, Split
+from nodex.data.bundle import LOADERS, DataBundle, Split, seeded_generator
 from nodex.data.image_files import N_CLASSES, mnist_split, read_cifar_batch
 from nodex.errors import ConfigError
 
@@ -52,7 +52,7 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 def _generator(seed: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1_000_003 * int(seed) + 7919 * salt)
+    return seeded_generator(seed, 7919 * salt)
 
 
 def balanced_order(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
+from nodex.config import SolverSchema
 from nodex.errors import SolverError
 from nodex.ode.lean.adjoint import dopri5_adjoint, fixed_grid_adjoint, tsit5_adjoint
 from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
@@ -52,16 +53,17 @@ class SolverSettings:
     (``rtol=0.0 must be positive ...``); the config builder prefixes the ``solver`` key.
     """
 
-    method: str = "dopri5"
-    rtol: float = 1e-4
-    atol: float = 1e-4
-    step_size: float | None = None
-    max_num_steps: int = 10_000
-    sensitivity: str = "autograd"
-    seminorm: bool = True
+    # The defaults are the config's (one place: nodex.config.SolverSchema).
+    method: str = SolverSchema.method
+    rtol: float = SolverSchema.rtol
+    atol: float = SolverSchema.atol
+    step_size: float | None = SolverSchema.step_size
+    max_num_steps: int = SolverSchema.max_num_steps
+    sensitivity: str = SolverSchema.sensitivity
+    seminorm: bool = SolverSchema.seminorm
     options: dict = field(default_factory=dict)
-    engine: str = "auto"
-    step_rule: str = "auto"
+    engine: str = SolverSchema.engine
+    step_rule: str = SolverSchema.step_rule
 
     def __post_init__(self) -> None:
         methods = available_methods()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nodex.config import upgrade_run_config
 from nodex.errors import CheckpointError
 
 FORMAT = "nodex-checkpoint-v1"
@@ -101,6 +102,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); "
                               "pass a checkpoints/last.pt or best.pt written by nodex")
+    if isinstance(state.get("config"), dict):  # an older run's config, in today's layout (solver.S moved)
+        state["config"] = upgrade_run_config(state["config"])
     return state
 
 

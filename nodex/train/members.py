@@ -213,7 +213,7 @@ def ensemble_size(cfg: DictConfig) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"trainer.ensemble={value!r} must be a positive integer "
                           "(1: one run; K > 1: seeds seed..seed+K-1 in one batched solve)")
-    kind = cfg.model.get("kind", "neural_ode")
+    kind = cfg.get("model", {}).get("kind", "neural_ode")
     if value > 1 and kind != "neural_ode":
         raise ConfigError(f"trainer.ensemble={value} needs model.kind=neural_ode (got {kind}); "
                           "run the seeds separately: nodex train --multirun seed=0,1,2")

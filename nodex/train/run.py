@@ -35,18 +35,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from nodex.errors import CheckpointError, ConfigError, NodexError
 from nodex.models import count_parameters
-from nodex.config import upgrade_run_config
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 from nodex.train.logs import RunLogger
 from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
     Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
 )
-from nodex.runs import new_result, new_summary, record_failure, write_json
+from nodex.runs import new_result, new_summary, record_failure, versions, write_json
 from nodex.train.results import finish_member, finish_summary, metadata_markdown
 from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
-    versions,
 )
 from nodex.train.preemption import Preempted, StopRequest
 from nodex.train.resume import apply_learning_rate, check_resumable, resume_path
@@ -71,9 +69,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
         Preempted: SIGTERM (or submitit's signal) arrived; ``last.pt`` is saved after the last whole step and the
             run is marked ``interrupted`` with the signal as reason.
     """
-    ensemble = cfg.trainer.get("ensemble", 1) != 1
-    if ensemble and cfg.trainer.get("cuda_graph"):
-        raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
+    ensemble = cfg.trainer.get("ensemble", 1) != 1  # validated in start(): a bad value is recorded like any failure
     run = TrainRun(cfg, Path(run_dir), ensemble, workers=workers, command=command)
     try:
         with StopRequest() as stop:
@@ -287,7 +283,7 @@ def _load_resume(path: Path, members: list[Member], device: torch.device) -> lis
         if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("rng"), dict):
             raise CheckpointError(f"trainer.resume={where}: the checkpoint holds no run config or RNG state; "
                                   "resume from a checkpoints/last.pt written by nodex train")
-        check_resumable(upgrade_run_config(ckpt["config"]), m.config, where)
+        check_resumable(ckpt["config"], m.config, where)
         try:
             m.model.load_state_dict(ckpt["model"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -368,7 +364,7 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) ->
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(path)!r} holds no run config; evaluate a checkpoint written by nodex train")
-    run_cfg = OmegaConf.create(upgrade_run_config(ckpt["config"]))
+    run_cfg = OmegaConf.create(ckpt["config"])
     if "trainer.device" in overrides:  # the run's training device; nodex eval has its own key
         raise ConfigError(f"nodex eval picks its device with device=...: use device={overrides['trainer.device']}")
     for key, value in overrides.items():

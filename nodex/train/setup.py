@@ -5,35 +5,22 @@ built from one config)."""
 from __future__ import annotations
 
 import math
-import platform
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import nodex
-from nodex.config import upgrade_run_config
 from nodex.data import DataBundle, build_data
 from nodex.errors import ConfigError, ResourceError, config_key
 from nodex.models import DataSpec, build_model
 from nodex.models.build import horizon_length
 from nodex.ode import SolverSettings
 from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS
+from nodex.train.members import ensemble_size
 from nodex.train.tasks import Task, build_task
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("none", "step", "cosine", "exponential")
-
-
-def versions() -> dict[str, str]:
-    import torchdiffeq
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchdiffeq": torchdiffeq.__version__,
-        "nodex": nodex.__version__,
-    }
 
 
 def select_device(name: str, key: str = "trainer.device") -> torch.device:
@@ -144,7 +131,7 @@ def validate_cuda_graph(cfg: DictConfig, settings: SolverSettings, device: torch
     trainer = cfg.trainer
     if not trainer.get("cuda_graph"):
         return
-    if int(trainer.get("ensemble", 1)) != 1:
+    if ensemble_size(cfg) != 1:
         raise ConfigError("trainer.cuda_graph=true is for single runs: drop it or set trainer.ensemble=1")
     if not (
         settings.method in LEAN_FIXED_METHODS
@@ -172,8 +159,6 @@ class Pipeline:
     """Everything one config builds: device, data, task, model (on the device)."""
 
     def __init__(self, cfg: DictConfig, device: torch.device | None = None) -> None:
-        if "S" in cfg.get("solver", {}):  # a run config from before the horizon moved to model.horizon.S
-            cfg = OmegaConf.create(upgrade_run_config(OmegaConf.to_container(cfg)))
         self.cfg = cfg
         self.device = device or select_device(cfg.trainer.get("device", "auto"))
         set_tf32(bool(cfg.trainer.get("tf32", False)))
