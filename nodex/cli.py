@@ -146,8 +146,8 @@ def _run(cmd: str, args: list[str]) -> int:
         report_error(exc.message)
         return 1
     except Exception as exc:  # a launcher's own failure, e.g. submitit's UncompletedJobError for a killed worker
-        return _stopped(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}",
-                        usage=False)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        return _stopped(f"{type(exc).__name__}: {message}", usage=False)
     return _sweep_exit_code()
 
 

@@ -1,5 +1,6 @@
 """The package layout's rules, read from the source: no import cycles inside nodex, the paper tooling on top
-(nothing outside ``nodex.paper`` imports it), and functions short enough to read."""
+(nothing outside ``nodex.paper`` imports it), functions short enough to read, Hydra's public API only, a thin CLI
+and one reader of ``result.json``."""
 
 from __future__ import annotations
 
@@ -107,3 +108,19 @@ def test_functions_are_short():
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
     assert long == []
+
+
+def test_nodex_uses_only_hydras_public_api():
+    """``hydra.main``, ``hydra.compose``, ``hydra.core.*``, ``hydra.errors``, ... never ``hydra._internal``."""
+    private = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "hydra._internal" in p.read_text()]
+    assert private == []
+
+
+def test_the_cli_stays_thin_and_the_run_record_has_one_reader():
+    """The console script is a dispatcher (at most 300 lines); ``result.json`` is parsed in :mod:`nodex.runs` only
+    (``nodex.paper.reproduce`` is the paper tooling's own, on top)."""
+    assert len((PACKAGE / "cli.py").read_text().splitlines()) <= 300
+    readers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                     if "result.json" in p.read_text() and "json.loads" in p.read_text()
+                     and not p.is_relative_to(PACKAGE / "paper"))
+    assert readers == ["runs.py"]
