@@ -116,6 +116,9 @@ def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()  # as hydra.main leaves it, whatever stopped it: the next call starts clean
         sys.argv, argparse.ArgumentParser.error = saved_argv, saved_error  # type: ignore[method-assign]
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
