@@ -63,7 +63,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                     raise
                 saved = (Path(run_dir) / "checkpoints" / "last.pt").exists()
                 report_error(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt" if saved
-                        else "interrupted before the first checkpoint; nothing to resume")
+                             else "interrupted before the first checkpoint; nothing to resume")
                 raise SystemExit(130) from None
             except Exception as exc:  # not raised by nodex: one line here, the traceback in the log
                 from nodex.train.setup import out_of_memory
