@@ -107,8 +107,7 @@ def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
     saved_argv, saved_env, saved_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), argparse.ArgumentParser.error
 
     def error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-        raise UsageError(f"cannot parse the command line ({message}); write overrides as key=value "
-                         "(see nodex train --help)")
+        raise UsageError("cannot parse the command line; write overrides as key=value (see nodex train --help)")
 
     sys.argv = [f"nodex {cmd}", *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"
