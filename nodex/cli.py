@@ -2,7 +2,7 @@
 
 Thin by design: check what Hydra would not word well (an unparsable override, a moved key, a missing launcher
 plugin), then hand the sub-command's arguments to ``hydra.main`` over nodex's configs, which composes the config
-once and runs (or sweeps) the job of :mod:`nodex.jobs`. Every failure is one line on stderr: exit 2 for a
+and runs (or sweeps) the job of :mod:`nodex.jobs`. Every failure is one line on stderr: exit 2 for a
 command-line mistake, 1 for a failed run, 130 after Ctrl-C. torch is imported lazily: ``--help``/``--cfg`` stay
 fast.
 """
