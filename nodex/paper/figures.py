@@ -53,11 +53,13 @@ def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int,
     return out, shrink(src, dest_dir / out)
 
 
-def clear(dest_dir: Path) -> None:
-    """Remove the PNGs an earlier report left in ``dest_dir`` (only this page writes there)."""
+def clear(dest_dir: Path, keep: frozenset[str] | set[str] = frozenset()) -> None:
+    """Remove the PNGs an earlier report left in ``dest_dir`` (only this page writes there), except
+    the file names in ``keep`` (figures of sections carried from the earlier page)."""
     if dest_dir.is_dir():
         for path in dest_dir.glob("*.png"):
-            path.unlink()
+            if path.name not in keep:
+                path.unlink()
 
 
 class FigureSink:

@@ -1,0 +1,165 @@
+"""Planning a reproduction: which runs a budget makes (:func:`plan`) and the ``nodex train``
+command lines that make them (:func:`commands`).
+
+- a Neural ODE experiment trains its seeds as one seed ensemble, ``nodex train experiment=NAME
+  seed=S trainer.ensemble=K`` per run of consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``);
+  with fixed-step solvers each member is its separate run bit for bit, with adaptive solvers the
+  members share one step-size sequence (``--compare`` runs some experiments both ways);
+- a model that cannot be stacked (CNFs) runs ``nodex train --multirun seed=...``
+  (``LABEL/seed<S>``), as does every experiment under ``--separate``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from nodex.config import compose
+from nodex.paper.budgets import Budget, Rule
+from nodex.paper.claims import VARIANTS
+from nodex.paper.experiments import Experiment, discover
+
+PAPER_RE = re.compile(r"\bpaper\b", re.IGNORECASE)
+SEPARATE = "@separate"  # label suffix: the same experiment run as separate seeds (--compare)
+# Start order: the longest first (for --jobs packing), the 5k-MNIST stand-ins last; others between.
+RUN_ORDER = (("annuli_*", 0), ("mnist5k_*", 2))
+_MISSING = object()
+
+
+@dataclass
+class Job:
+    """One run label: an experiment (or a variant of one) with its overrides."""
+
+    label: str
+    experiment: str
+    overrides: list[str] = field(default_factory=list)
+    skip: Optional[str] = None  # reason it is not run under this budget
+    ensemble: bool = False  # seeds as one trainer.ensemble job (model.kind=neural_ode)
+
+
+def applicable(cfg, overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """The ``key=value`` overrides that apply to the composed ``cfg``: those whose key it has,
+    and every config-group choice (a key without a dot) and ``hydra.`` setting."""
+    from omegaconf import OmegaConf
+
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "." not in key or key.startswith("hydra.") or \
+                OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is not _MISSING:
+            out.append(item)
+    return out
+
+
+def _matches(rule: Rule, cfg) -> bool:
+    from omegaconf import OmegaConf
+
+    return all(OmegaConf.select(cfg, key, default=None) in values for key, values in rule.where)
+
+
+def _job(label: str, name: str, variant: tuple[str, ...], budget: Budget, extra: list[str],
+         separate: bool) -> Job:
+    """The job of one run label under ``budget`` (``skip`` says why it is not run)."""
+    job = Job(label, name)
+    try:
+        cfg = compose([f"experiment={name}", *variant])
+    except Exception as exc:  # a broken experiment file is reported, never fatal
+        job.skip = f"does not compose: {str(exc).splitlines()[0]}"
+        return job
+    if not budget.needs_files and "root" in cfg.data:
+        job.skip = f"reads dataset files (data={cfg.data.name}): full budget"
+    overrides = applicable(cfg, budget.overrides)
+    for rule in budget.rules:
+        if _matches(rule, cfg):
+            overrides += applicable(cfg, rule.overrides)
+    job.overrides = [*overrides, *variant, *applicable(cfg, extra)]
+    job.ensemble = (not separate and cfg.model.get("kind", "neural_ode") == "neural_ode"
+                    and not any(fnmatch.fnmatchcase(name, pat) for pat in budget.separate))
+    return job
+
+
+def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None = None,
+         compare: tuple[str, ...] | list[str] = (), separate: bool = False) -> tuple[list[Job], list[Experiment]]:
+    """The jobs to run (``skip`` set where the budget leaves one out) and the experiments that
+    are not the paper's (their first comment line does not name it). ``compare``: experiment
+    patterns also run as separate seeds (label ``NAME@separate``); ``separate``: no ensembles."""
+    experiments = discover(only=only)
+    paper = [e for e in experiments if PAPER_RE.search(e.description)]
+    others = [e for e in experiments if e not in paper]
+    names = {e.name for e in paper}
+    labels = [(e.name, e.name, ()) for e in paper]
+    labels += [(label, base, tuple(ov)) for label, (base, ov) in VARIANTS.items() if base in names]
+    jobs = []
+    for label, name, variant in sorted(labels):
+        job = _job(label, name, variant, budget, extra or [], separate)
+        jobs.append(job)
+        if job.ensemble and job.skip is None and any(fnmatch.fnmatchcase(label, pat) for pat in compare):
+            jobs.append(Job(label + SEPARATE, name, list(job.overrides)))
+    return jobs, others
+
+
+def run_order(jobs: list[Job]) -> list[Job]:
+    """``jobs`` in the order they are started (:data:`RUN_ORDER`, then by label)."""
+    def rank(job: Job) -> int:
+        return next((r for pat, r in RUN_ORDER if fnmatch.fnmatchcase(job.label, pat)), 1)
+
+    return sorted(jobs, key=lambda j: (rank(j), j.label))
+
+
+def seed_blocks(seeds: tuple[int, ...] | list[int]) -> list[tuple[int, ...]]:
+    """``seeds`` (sorted, without repeats) cut into runs of consecutive seeds: one ensemble each
+    (``trainer.ensemble=K`` trains seeds ``S..S+K-1``)."""
+    blocks: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if blocks and s == blocks[-1][-1] + 1:
+            blocks[-1].append(s)
+        else:
+            blocks.append([s])
+    return [tuple(b) for b in blocks]
+
+
+def block_dir(block: tuple[int, ...]) -> str:
+    """An ensemble job's directory name under its label: ``seeds0-4`` (``seed3`` for one seed)."""
+    return f"seed{block[0]}" if len(block) == 1 else f"seeds{block[0]}-{block[-1]}"
+
+
+def commands(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
+             launcher: Optional[str]) -> list[tuple[tuple[int, ...], list[str]]]:
+    """``[(seeds, command line)]`` of one job: one ``nodex train ... trainer.ensemble=K`` per block
+    of consecutive seeds, or one ``nodex train --multirun seed=...`` for all seeds."""
+    tail = [f"trainer.num_threads={threads}"] if threads else []
+    base = [sys.executable, "-m", "nodex.cli", "train"]
+    if job.ensemble:
+        out = []
+        for block in seed_blocks(seeds):
+            ens = [f"trainer.ensemble={len(block)}"] if len(block) > 1 else []
+            out.append((block, [*base, f"experiment={job.experiment}", f"seed={block[0]}", *ens, *job.overrides,
+                                *tail, f"hydra.run.dir={out_dir / job.label / block_dir(block)}"]))
+        return out
+    cmd = [*base, "--multirun", f"experiment={job.experiment}", "seed=" + ",".join(str(s) for s in seeds),
+           *job.overrides, *tail]
+    if launcher:
+        cmd.append(f"hydra/launcher={launcher}")
+    cmd += [f"hydra.sweep.dir={out_dir / job.label}", "hydra.sweep.subdir=seed${seed}"]
+    return [(tuple(seeds), cmd)]
+
+
+def compare_cost(jobs: list[Job], budget: Budget, n_seeds: int) -> str:
+    """What the ``@separate`` jobs add, for the ``--dry-run`` plan: jobs, runs and the estimated
+    time from the budget's ``seconds_per_seed``; ``""`` when there are none."""
+    extra = [j for j in jobs if j.label.endswith(SEPARATE) and j.skip is None]
+    if not extra:
+        return ""
+    known = dict(budget.seconds_per_seed)
+    timed = [known[j.experiment] * n_seeds for j in extra if j.experiment in known]
+    unknown = [j.label for j in extra if j.experiment not in known]
+    est = (f"about {sum(timed) / 60:.0f} min on one core (configs/budget/{budget.name}.yaml: seconds_per_seed)"
+           if timed else "no time estimate")
+    if unknown and timed:
+        est += f", plus {', '.join(unknown)} (no estimate)"
+    return (f"--compare adds {len(extra)} jobs ({len(extra) * n_seeds} separate runs: "
+            f"{', '.join(j.label for j in extra)}), {est}; --compare '' leaves them out")
