@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from nodex.paper.checks import Check, Rate, SeedOutcome, judge_seeds, rate_of  # noqa: F401 (re-exported)
 from nodex.paper.paper_values import ARITHMETIC, PAPER_VALUES, PaperValue, paper_value  # noqa: F401
 
-POSTER = "paper Table 1 (results table; NeurIPS poster)"
+POSTER = "paper's results table (paper Table 1; NeurIPS poster)"
 
 # Experiments run again with extra overrides for a claim: label -> (experiment, overrides).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
