@@ -1,10 +1,6 @@
-"""The reproduction budgets: ``configs/budget/NAME.yaml``, how much each paper experiment is trained
-under ``nodex reproduce --budget NAME`` (plain ``key=value`` overrides and the seeds).
-
-An override applies to an experiment whose composed config has its key (so data-size keys touch
-only the data sets that have them); a key without a dot (a config group such as ``solver=rk4``)
-always applies. ``rules`` add overrides to the experiments whose config values match.
-"""
+"""The reproduction budgets, ``configs/budget/NAME.yaml``: how much each paper experiment is trained
+under ``nodex reproduce --budget NAME`` (plain ``key=value`` overrides, applied where an experiment's
+config has the key, and the seeds); ``rules`` add overrides where config values match."""
 
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ class Check:
             "gt_run": lambda: f"> {t}",
             "band": lambda: f"{self.band[0]:+g} … {self.band[1]:+g} of {t}",
             "order": lambda: (" > " if self.direction == "max" else " < ").join(
-                "≈".join(short(x) for x in tier) for tier in self.runs) + (f" (slack {self.tol:g})" if self.tol else ""),
+                "≈".join(short(x) for x in tier) for tier in self.runs)
+            + (f" (slack {self.tol:g})" if self.tol else ""),
         }[self.op]()
         return " and ".join([words, *(f"{g.metric} {g.tolerance()}" for g in self.requires)])
 
@@ -119,22 +120,23 @@ class Check:
         if self.op in ("lt_run", "gt_run"):
             v += f" vs {num(at(str(self.target), self.metric))}"
         elif self.op == "band":
-            v += f" ({str(self.target).split('/')[-1]} {at(self.run, self.metric) - at(self.run, str(self.target)):+.2g})"
+            ref = str(self.target)
+            v += f" ({ref.split('/')[-1]} {at(self.run, self.metric) - at(self.run, ref):+.2g})"
         return v + "".join(f"; {g.label} {num(at(g.run, g.metric))}" for g in self.requires)
 
     def evaluate(self, lookup: Lookup) -> tuple[str, Optional[bool]]:
         """``(ours as text, passed)`` on the mean of each run (``lookup``: label, metric -> Stat);
         ``passed`` is ``None`` when a run is missing."""
         stats = {pair: lookup(*pair) for pair in self.reads()}
-        missing = [label for (label, _), s in stats.items() if s is None]
+        missing = [label for (label, _), got in stats.items() if got is None]
+        head = stats.get((self.run, self.metric))
+        ours = "" if head is None else num(head[0]) + (f" ± {head[1]:.2g}" if head[2] > 1 and head[1] > 0 else "") + (
+            f" (n={head[2]})" if head[2] > 1 else "")
         if missing:
-            head = stats.get((self.run, self.metric))
-            return ("not run" if head is None or self.op == "order" else f"{_stat(head)}; {missing[0]}: not run"), None
+            return ("not run" if head is None or self.op == "order" else f"{ours}; {missing[0]}: not run"), None
         at: Reading = lambda label, metric: stats[(label, metric)][0]  # noqa: E731
         text = self.reading(at)
-        if self.op != "order":
-            text = _stat(stats[(self.run, self.metric)]) + text[len(num(at(self.run, self.metric))):]
-        return text, self.holds(at)[0]
+        return (text if self.op == "order" else ours + text[len(num(head[0])):]), self.holds(at)[0]
 
 
 @dataclass(frozen=True)
@@ -216,11 +218,6 @@ def num(x: float) -> str:
     if x == int(x) and abs(x) >= 100:
         return f"{int(x):,}"
     return f"{x:.4g}"
-
-
-def _stat(stat: Stat) -> str:
-    mean, std, n = stat
-    return num(mean) + (f" ± {std:.2g}" if n > 1 and std > 0 else "") + (f" (n={n})" if n > 1 else "")
 
 
 def _finite(margin: float) -> float:

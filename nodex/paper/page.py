@@ -1,10 +1,6 @@
 """The reproduction page (``REPRODUCTION.md``): each claim's checks judged over the seeds of its runs
-(:func:`nodex.paper.checks.judge_seeds`), its figures, the runs table, the ensemble-vs-separate
-comparison and the config audit.
-
-A claim none of whose runs exist here can be carried from an earlier page (``earlier``): its table
-and figures are copied, under a statement that they were judged by that page's checks.
-"""
+(:func:`nodex.paper.checks.judge_seeds`), its figures, the runs, ensembles vs separate runs, the config
+audit. A claim none of whose runs are here can be carried from an earlier page, saying so."""
 
 from __future__ import annotations
 
@@ -27,6 +23,12 @@ from nodex.paper.probes import PROBES, probe
 from nodex.paper.report import Group, Run, find_runs, fmt, metric_value, stat_cell
 
 MAIN_METRICS = ("test/accuracy", "test/mse", "test/nll", "test/extrapolation_mse", "test/tracking_mse")
+ENSEMBLE_NOTE = (
+    "The seeds of a Neural ODE experiment train as one `trainer.ensemble=K` job. With a fixed-step solver each member "
+    "is its separate run bit for bit; with an adaptive solver (dopri5 here) the members share one step-size sequence "
+    "(the error norm is taken over the stacked state), so each member takes the steps of the hardest one: its "
+    "trajectory and gradients differ within the solver tolerance, its NFE is the ensemble's. These experiments were "
+    "also run as separate seeds; the claims' rates on either:")
 
 
 def collect(jobs: list[Job], out_dir) -> dict[str, Group]:
@@ -65,12 +67,8 @@ def main_metric(group: Group) -> Optional[str]:
 
 def job_status(jobs: list[Job], groups: dict[str, Group]) -> dict[str, str]:
     """``label -> ok | failed | not run[: why]`` for every planned job."""
-    status: dict[str, str] = {}
-    for job in jobs:
-        g = groups.get(job.label)
-        status[job.label] = (f"not run: {job.skip}" if job.skip else "not run" if g is None
-                             else "failed" if not g.completed else "ok")
-    return status
+    return {job.label: (f"not run: {job.skip}" if job.skip else "not run" if (g := groups.get(job.label)) is None
+                        else "failed" if not g.completed else "ok") for job in jobs}
 
 
 def seed_values(groups: dict[str, Group], status: dict[str, str]) -> Values:
@@ -233,16 +231,11 @@ def claim_rows(groups: dict[str, Group], status: dict[str, str], figures: Option
 
 def _host_text() -> tuple[str, str]:
     """``(host, versions)``: OS, CPU count and GPU; python and torch versions."""
-    host = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
-    try:
-        import torch
+    import torch
 
-        versions = f"python {platform.python_version()}, torch {torch.__version__}"
-        if torch.cuda.is_available():
-            host += ", GPU " + torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover
-        versions = f"python {platform.python_version()}"
-    return host, versions
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores{gpu}",
+            f"python {platform.python_version()}, torch {torch.__version__}")
 
 
 def _seed_cell(group: Group, metric: Optional[str]) -> str:
@@ -280,13 +273,8 @@ def _compare_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, s
     if not pairs:
         return []
     values = seed_values(groups, status)
-    lines = ["", "## Seed ensembles vs separate runs", "",
-             "The seeds of a Neural ODE experiment train as one `trainer.ensemble=K` job. With a fixed-step solver "
-             "each member is its separate run bit for bit; with an adaptive solver (dopri5 here) the members share "
-             "one step-size sequence (the error norm is taken over the stacked state), so each member takes the "
-             "steps of the hardest one: its trajectory and gradients differ within the solver tolerance, its NFE "
-             "is the ensemble's. These experiments were also run as separate seeds; the claims' rates on either:",
-             "", "| run | metric | per seed: ensemble | per seed: separate | NFE fwd: ensemble / separate |",
+    lines = ["", "## Seed ensembles vs separate runs", "", ENSEMBLE_NOTE, "",
+             "| run | metric | per seed: ensemble | per seed: separate | NFE fwd: ensemble / separate |",
              "|---|---|---|---|---|"]
     for base, sep in pairs:
         metric = main_metric(groups[base])

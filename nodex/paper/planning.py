@@ -1,12 +1,8 @@
-"""Planning a reproduction: which runs a budget makes (:func:`plan`) and the ``nodex train``
-command lines that make them (:func:`commands`).
-
-- a Neural ODE experiment trains its seeds as one seed ensemble, ``nodex train experiment=NAME
-  seed=S trainer.ensemble=K`` per run of consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``);
-  with fixed-step solvers each member is its separate run bit for bit, with adaptive solvers the
-  members share one step-size sequence (``--compare`` runs some experiments both ways);
-- a model that cannot be stacked (CNFs) runs ``nodex train --multirun seed=...``
-  (``LABEL/seed<S>``), as does every experiment under ``--separate``.
+"""Planning a reproduction: which runs a budget makes (:func:`plan`) and their ``nodex train`` command
+lines (:func:`commands`). A Neural ODE experiment trains its seeds as one seed ensemble per run of
+consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``; with adaptive solvers the members share one
+step-size sequence, so ``--compare`` runs some both ways); a CNF, and every experiment under
+``--separate``, runs ``nodex train --multirun seed=...`` (``LABEL/seed<S>``).
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from nodex.config import compose
-from nodex.paper.budgets import Budget, Rule
+from nodex.paper.budgets import Budget
 from nodex.paper.claims import VARIANTS
 from nodex.paper.experiments import Experiment, discover
 
@@ -55,15 +51,11 @@ def applicable(cfg, overrides: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def _matches(rule: Rule, cfg) -> bool:
-    from omegaconf import OmegaConf
-
-    return all(OmegaConf.select(cfg, key, default=None) in values for key, values in rule.where)
-
-
 def _job(label: str, name: str, variant: tuple[str, ...], budget: Budget, extra: list[str],
          separate: bool) -> Job:
     """The job of one run label under ``budget`` (``skip`` says why it is not run)."""
+    from omegaconf import OmegaConf
+
     job = Job(label, name)
     try:
         cfg = compose([f"experiment={name}", *variant])
@@ -74,7 +66,7 @@ def _job(label: str, name: str, variant: tuple[str, ...], budget: Budget, extra:
         job.skip = f"reads dataset files (data={cfg.data.name}): full budget"
     overrides = applicable(cfg, budget.overrides)
     for rule in budget.rules:
-        if _matches(rule, cfg):
+        if all(OmegaConf.select(cfg, key, default=None) in values for key, values in rule.where):
             overrides += applicable(cfg, rule.overrides)
     job.overrides = [*overrides, *variant, *applicable(cfg, extra)]
     job.ensemble = (not separate and cfg.model.get("kind", "neural_ode") == "neural_ode"
@@ -156,10 +148,7 @@ def compare_cost(jobs: list[Job], budget: Budget, n_seeds: int) -> str:
         return ""
     known = dict(budget.seconds_per_seed)
     timed = [known[j.experiment] * n_seeds for j in extra if j.experiment in known]
-    unknown = [j.label for j in extra if j.experiment not in known]
-    est = (f"about {sum(timed) / 60:.0f} min on one core (configs/budget/{budget.name}.yaml: seconds_per_seed)"
-           if timed else "no time estimate")
-    if unknown and timed:
-        est += f", plus {', '.join(unknown)} (no estimate)"
+    unknown = "".join(f", {j.label} not timed" for j in extra if j.experiment not in known)
+    est = f"about {sum(timed) / 60:.0f} min on one core (configs/budget/{budget.name}.yaml: seconds_per_seed){unknown}"
     return (f"--compare adds {len(extra)} jobs ({len(extra) * n_seeds} separate runs: "
             f"{', '.join(j.label for j in extra)}), {est}; --compare '' leaves them out")

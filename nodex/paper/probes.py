@@ -1,12 +1,10 @@
 """Measurements a claim needs that a run's own metrics do not hold, taken from the run's saved model
 (and its test data, rebuilt from the run's config).
 
-- ``outer_leak_200k`` (annuli, paper App. E1): a flow that is a homeomorphism of the plane (vanilla,
-  depth-concat, Galërkin) followed by a linear readout cannot separate the rings: the inner class is
-  the preimage of a half-plane, unbounded, so if it holds the inner ring it crosses the outer ring
-  somewhere, the "thin leak channel" of the authors' decision maps. The noisy test set rarely lands
-  in that channel, so the probe classifies 200,000 points evenly spaced on the noise-free outer
-  circle (radius 2) and returns the share labelled inner: a leaked arc, resolved to 1/200,000.
+- ``outer_leak_200k`` (annuli, paper App. E1): the share of 200,000 points evenly spaced on the
+  noise-free outer circle (radius 2) that the model calls inner. A homeomorphic flow with a linear
+  readout labels an unbounded inner region that must cross the outer ring (the leak channel of the
+  authors' decision maps); the noisy test set rarely lands in it.
 - ``monotone_floor`` (reflection, paper App. E2): the least test MSE any order-preserving map of the
   line can reach on the run's test set (isotonic regression); a 1-D flow is such a map.
 - ``mean_abs_depth`` (adaptive depth): the mean |S(x)| of the learned horizon on the test inputs.
@@ -14,8 +12,7 @@
   condition's samples under its own condition (the worst of the two), and how much worse each
   condition's samples score when the model is told the other condition (the smaller of the two).
 
-Probes are written to ``RUN_DIR/probes.json`` (read back on later reports) and added to the run's
-metrics as ``probe/NAME`` in memory; ``result.json`` is left as the run wrote it.
+Probes are cached in ``RUN_DIR/probes.json`` and added to the run's metrics as ``probe/NAME`` in memory.
 """
 
 from __future__ import annotations

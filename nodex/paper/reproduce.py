@@ -1,12 +1,6 @@
-"""``nodex reproduce``: run the paper's experiments with a budget and write the reproduction page
-(each claim of the paper: its value, ours, pass/fail against a stated criterion).
-
-The experiments are discovered from ``configs/experiment/`` (every file whose description names the
-paper); the budgets are ``configs/budget/*.yaml`` (:mod:`nodex.paper.budgets`); the plan, the runs
-and the page are :mod:`nodex.paper.planning`, :mod:`nodex.paper.running` and :mod:`nodex.paper.page`.
-Everything lands in ``--out`` (runs, ``REPRODUCTION.md``, its figures under ``docs/reproduction/``)
-unless ``--report PATH`` names another page (its figures then go beside it).
-"""
+"""``nodex reproduce``: run the paper's experiments (:mod:`~nodex.paper.planning`, :mod:`~nodex.paper.running`)
+with a budget (``configs/budget/``) and write the reproduction page (:mod:`~nodex.paper.page`). Everything
+lands in ``--out`` (runs, ``REPRODUCTION.md``, ``docs/reproduction/``) unless ``--report PATH`` names the page."""
 
 from __future__ import annotations
 
@@ -26,47 +20,42 @@ from nodex.paper.planning import commands, compare_cost, plan
 from nodex.paper.running import add_wall, recorded_commands, run_jobs
 
 
+OPTIONS: tuple[tuple[str, dict], ...] = (
+    ("--only", dict(default="", help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_*')")),
+    ("--seeds", dict(default="", help="comma-separated seeds (default: the budget's)")),
+    ("--jobs", dict(type=int, default=1, help="experiments run at once (each gets cores/jobs torch threads)")),
+    ("--threads", dict(type=int, default=None,
+                       help="torch threads per experiment (default: cores / jobs; 1 on a machine shared with others)")),
+    ("--launcher", dict(default=None, help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, ...)")),
+    ("--out", dict(default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")),
+    ("--report", dict(default=None, help="where to write the page (default: OUT/REPRODUCTION.md; the committed page: "
+                                         "--report REPRODUCTION.md)")),
+    ("--earlier", dict(default=None, help="an earlier page: the claims none of whose runs are here are copied from "
+                                          "it, marked as not rerun")),
+    ("--report-only", dict(action="store_true", help="do not run; rewrite the page from the runs under --out")),
+    ("--resume", dict(action="store_true", help="skip experiments whose seeds all completed under --out")),
+    ("--timeout", dict(type=float, default=None, help="seconds per experiment before it is stopped")),
+    ("--dry-run", dict(action="store_true", help="print the commands (and what --compare adds) and exit")),
+    ("--separate", dict(action="store_true", help="train every seed as its own run (default: one trainer.ensemble "
+                                                  "job per experiment where the model allows it)")),
+    ("--compare", dict(default=None, help="comma-separated experiment patterns also run as separate seeds, to compare "
+                                          "with their ensemble (default: the budget's; '' for none)")),
+    ("--figures", dict(default=None, help="folder for the page's figures (default: docs/reproduction by the page)")),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     """The ``nodex reproduce`` command line."""
     parser = argparse.ArgumentParser(
         prog="nodex reproduce",
         description="Run every paper experiment in configs/experiment/ with a budget (configs/budget/) and write "
-                    "the reproduction page (each claim of the paper: its value, ours, pass/fail) into --out.",
-    )
+                    "the reproduction page (each claim of the paper: its value, ours, pass/fail) into --out.")
     parser.add_argument("--budget", choices=list(BUDGETS), default="smoke",
                         help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
-    parser.add_argument("--only", default="",
-                        help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_vanilla')")
-    parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the budget's)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="experiments run at once (each gets cores/jobs torch threads)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per experiment (default: cores / jobs; 1 on a machine shared with others)")
-    parser.add_argument("--launcher", default=None,
-                        help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, submitit_local)")
-    parser.add_argument("--out", default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")
-    parser.add_argument("--report", default=None,
-                        help="where to write the page (default: OUT/REPRODUCTION.md; the committed page: "
-                             "--report REPRODUCTION.md)")
-    parser.add_argument("--earlier", default=None,
-                        help="an earlier page: the claims none of whose runs are here are copied from it, marked "
-                             "as judged by its checks")
-    parser.add_argument("--report-only", action="store_true",
-                        help="do not run; rewrite the page from the runs under --out")
-    parser.add_argument("--resume", action="store_true", help="skip experiments whose seeds all completed under --out")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment before it is stopped")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands (and what --compare adds) and exit")
-    parser.add_argument("--separate", action="store_true",
-                        help="train every seed as its own run (default: one trainer.ensemble job per experiment "
-                             "where the model allows it)")
-    parser.add_argument("--compare", default=None,
-                        help="comma-separated experiment patterns also run as separate seeds, to compare with "
-                             "their ensemble (default: the budget's; '' for none)")
-    parser.add_argument("--figures", default=None,
-                        help="folder for the page's figures (default: docs/reproduction beside the page)")
-    parser.add_argument("overrides", nargs="*",
-                        help="extra overrides for every experiment (applied where the key exists), "
-                             "e.g. trainer.device=cuda")
+    for flag, kwargs in OPTIONS:
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every experiment (applied where the key "
+                                                     "exists), e.g. trainer.device=cuda")
     return parser
 
 
@@ -127,7 +116,8 @@ def reproduce_main(argv: list[str]) -> int:
     started = time.time()
     if not args.report_only:
         run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout, args.threads)
-    wall = add_wall(out_dir, None if args.report_only else (started, time.time()), "nodex reproduce " + shlex.join(argv))
+    this = "nodex reproduce " + shlex.join(argv)
+    wall = add_wall(out_dir, None if args.report_only else (started, time.time()), this)
     report_path, failed = _write_page(args, argv, jobs, others, budget, seeds, out_dir, wall)
     print(f"reproduce: wrote {report_path} ({failed} failed runs)")
     return 0 if failed == 0 else 1
