@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 import nodex.paper.running as running
-from nodex.paper.budgets import BUDGETS
+from nodex.paper.planning import BUDGETS
 from nodex.paper.checks import Check, Rate, judge_seeds, rate_of
 from nodex.paper.claims import CLAIMS
 from nodex.paper.experiments import audit, discover, header

@@ -1,12 +1,7 @@
-"""A claim's checks and how they are judged: each pass rule stated once (:meth:`Check.margin`),
-each check judged on every seed alone (:func:`judge_seeds`) and over seeds (:class:`Rate`).
-
-A check names *run labels* (an experiment, or ``NAME@VARIANT``) and the metric it reads. On one
-seed it reads the values of that seed's runs, computes a *margin* (how far on the passing side:
-negative fails) and passes when the margin is ≥ 0, or > 0 for the strict comparisons
-(:data:`STRICT`). A check may *require* other checks on the same seed (a guard: "leaks" only
-counts for a model that still classifies well); the seed passes when all of them pass.
-"""
+"""A claim's checks: each pass rule stated once (:meth:`Check.margin`, :meth:`Check.passes`), each check
+judged on every seed alone (:func:`judge_seeds`) and over seeds (:class:`Rate`). On one seed a check reads
+that seed's runs, computes a *margin* (how far on the passing side) and passes at a margin ≥ 0 (> 0 for
+:data:`STRICT`); a check may *require* guards on the same seed ("leaks" only for a model that classifies)."""
 
 from __future__ import annotations
 
@@ -67,13 +62,9 @@ class Check:
         """The pass criterion in words (with its guards)."""
         t = self.target
         words = {
-            "approx": lambda: f"within ±{self.tol:g} of {t:g}",
-            "rel": lambda: f"within ±{self.tol:.0%} of {t:g}",
-            "eq": lambda: f"exactly {t:g}",
-            "le": lambda: f"≤ {t:g}",
-            "ge": lambda: f"≥ {t:g}",
-            "lt_run": lambda: f"< {t}",
-            "gt_run": lambda: f"> {t}",
+            "approx": lambda: f"within ±{self.tol:g} of {t:g}", "rel": lambda: f"within ±{self.tol:.0%} of {t:g}",
+            "eq": lambda: f"exactly {t:g}", "le": lambda: f"≤ {t:g}", "ge": lambda: f"≥ {t:g}",
+            "lt_run": lambda: f"< {t}", "gt_run": lambda: f"> {t}",
             "band": lambda: f"{self.band[0]:+g} … {self.band[1]:+g} of {t}",
             "order": lambda: (" > " if self.direction == "max" else " < ").join(
                 "≈".join(short(x) for x in tier) for tier in self.runs)

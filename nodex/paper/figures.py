@@ -1,11 +1,6 @@
-"""The reproduction page's pictures: a claim's figures copied from its runs' ``plots/`` into a
-small committed folder (``docs/reproduction/``), downscaled and palette-quantised so the whole
-folder stays a few hundred KB.
-
-Each claim names ``(run label, plot name)`` pairs (:attr:`nodex.paper.claims.Claim.figures`);
-the page shows them for the first seed, and again for the worst seed of a check that fails on
-some seeds (that seed's picture is usually the reason).
-"""
+"""The reproduction page's pictures: a claim's figures (:attr:`nodex.paper.claims.Claim.figures`) copied
+from its runs' ``plots/`` into ``docs/reproduction/``, downscaled and palette-quantised, for the first
+seed and for the worst seed of a check that fails on some seeds (that picture is usually the reason)."""
 
 from __future__ import annotations
 

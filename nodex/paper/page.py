@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from nodex.paper.budgets import Budget
+from nodex.paper.planning import Budget
 from nodex.paper.checks import Check, Rate, SeedOutcome, Values, judge_seeds, rate_of
 from nodex.paper.claims import CLAIMS, Claim, paper_value
 from nodex.paper.experiments import Experiment, audit, discover

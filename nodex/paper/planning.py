@@ -1,23 +1,70 @@
-"""Planning a reproduction: which runs a budget makes (:func:`plan`) and their ``nodex train`` command
-lines (:func:`commands`). A Neural ODE experiment trains its seeds as one seed ensemble per run of
-consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``; with adaptive solvers the members share one
-step-size sequence, so ``--compare`` runs some both ways); a CNF, and every experiment under
-``--separate``, runs ``nodex train --multirun seed=...`` (``LABEL/seed<S>``).
+"""Planning a reproduction: the budgets (``configs/budget/NAME.yaml``: seeds, and plain ``key=value``
+overrides applied where an experiment's config has the key), the runs a budget makes (:func:`plan`)
+and their ``nodex train`` command lines (:func:`commands`). A Neural ODE experiment trains its seeds
+as one seed ensemble per run of consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``; with adaptive
+solvers the members share one step-size sequence, so ``--compare`` runs some both ways); a CNF, and
+every experiment under ``--separate``, runs ``nodex train --multirun seed=...`` (``LABEL/seed<S>``).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from nodex.config import compose
-from nodex.paper.budgets import Budget
+import yaml
+
+from nodex.config import CONFIG_DIR, compose
 from nodex.paper.claims import VARIANTS
 from nodex.paper.experiments import Experiment, discover
+
+BUDGET_DIR = CONFIG_DIR / "budget"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Extra overrides for the experiments whose config values match ``where`` (key -> allowed values)."""
+
+    overrides: tuple[str, ...]
+    where: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget file: its seeds, overrides and how its seeds run."""
+
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    overrides: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    needs_files: bool = False   # run the experiments that read dataset files (data.root)?
+    set_threads: bool = True    # pass trainer.num_threads = cores / jobs
+    compare: tuple[str, ...] = ()  # experiments also run as separate seeds (ensemble vs separate)
+    separate: tuple[str, ...] = ()  # experiments whose seeds run separately under this budget
+    seconds_per_seed: tuple[tuple[str, float], ...] = ()  # measured wall time of a separate run
+
+
+def load_budget(path: Path) -> Budget:
+    """The budget in ``path`` (a ``configs/budget/*.yaml`` file)."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    rules = tuple(Rule(tuple(r.get("overrides", ())), tuple((k, tuple(v)) for k, v in r.get("where", {}).items()))
+                  for r in data.get("rules") or ())
+    return Budget(
+        name=Path(path).stem, description=" ".join(str(data["description"]).split()),
+        seeds=tuple(int(s) for s in data["seeds"]), overrides=tuple(data.get("overrides") or ()), rules=rules,
+        needs_files=bool(data.get("needs_files", False)), set_threads=bool(data.get("set_threads", True)),
+        compare=tuple(data.get("compare") or ()), separate=tuple(data.get("separate") or ()),
+        seconds_per_seed=tuple((str(k), float(v)) for k, v in (data.get("seconds_per_seed") or {}).items()),
+    )
+
+
+BUDGETS: dict[str, Budget] = {p.stem: load_budget(p) for p in sorted(BUDGET_DIR.glob("*.yaml"))}
+
 
 PAPER_RE = re.compile(r"\bpaper\b", re.IGNORECASE)
 SEPARATE = "@separate"  # label suffix: the same experiment run as separate seeds (--compare)
@@ -105,13 +152,8 @@ def run_order(jobs: list[Job]) -> list[Job]:
 def seed_blocks(seeds: tuple[int, ...] | list[int]) -> list[tuple[int, ...]]:
     """``seeds`` (sorted, without repeats) cut into runs of consecutive seeds: one ensemble each
     (``trainer.ensemble=K`` trains seeds ``S..S+K-1``)."""
-    blocks: list[list[int]] = []
-    for s in sorted(set(seeds)):
-        if blocks and s == blocks[-1][-1] + 1:
-            blocks[-1].append(s)
-        else:
-            blocks.append([s])
-    return [tuple(b) for b in blocks]
+    runs = itertools.groupby(enumerate(sorted(set(seeds))), key=lambda pair: pair[1] - pair[0])
+    return [tuple(seed for _, seed in run) for _, run in runs]
 
 
 def block_dir(block: tuple[int, ...]) -> str:

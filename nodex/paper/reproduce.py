@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nodex.paper.budgets import BUDGETS
+from nodex.paper.planning import BUDGETS
 from nodex.paper.figures import FigureSink, clear
 from nodex.paper.page import collect, earlier_sections, render_reproduction
 from nodex.paper.planning import commands, compare_cost, plan

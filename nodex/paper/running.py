@@ -1,7 +1,5 @@
-"""Running a reproduction's jobs: each in its own subprocess (``--jobs N`` at once), so a crash in
-one never stops the others; ``--resume`` reruns only the seeds that did not complete; the wall time
-and the invocations are recorded in ``OUT/wall.json``.
-"""
+"""Running a reproduction's jobs, each in its own subprocess (``--jobs N`` at once; a crash never stops
+the others; ``--resume`` reruns the seeds that did not complete), and the ``OUT/wall.json`` ledger."""
 
 from __future__ import annotations
 
@@ -16,19 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from nodex.paper.budgets import Budget
+from nodex.paper.planning import Budget
 from nodex.paper.planning import Job, commands, run_order
 
 
 def _results(label_dir: Path) -> list[dict[str, Any]]:
     """Every ``result.json`` under a label's directory (an ensemble's are its members')."""
-    out = []
-    for path in sorted(label_dir.rglob("result.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
+    return [r for path in sorted(label_dir.rglob("result.json")) if (r := _read_json(path)) is not None]
+
+
+def _read_json(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def completed_seeds(label_dir: Path) -> set[int]:
@@ -107,12 +106,10 @@ def add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = 
     and the length of the union of every span recorded there (runs resumed with ``--resume``, or
     run side by side with ``--only``, add up without counting an overlap twice); ``None`` when
     nothing was ever run there. ``command`` (the invocation) is recorded beside its span."""
-    path = out_dir / "wall.json"
+    path, saved = out_dir / "wall.json", _read_json(out_dir / "wall.json")
     try:
-        saved = json.loads(path.read_text())
-        spans = [tuple(map(float, s)) for s in saved["spans"]]
-        cmds = [str(c) for c in saved.get("commands", [])]
-    except (OSError, ValueError, KeyError, TypeError):
+        spans, cmds = [tuple(map(float, s)) for s in saved["spans"]], [str(c) for c in saved.get("commands", [])]
+    except (ValueError, KeyError, TypeError):
         spans, cmds = [], []
     if span is not None:
         spans.append(span)
@@ -131,7 +128,5 @@ def add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = 
 
 def recorded_commands(out_dir: Path) -> list[str]:
     """The invocations recorded in ``OUT/wall.json`` (each run, resumed or side by side)."""
-    try:
-        return [c for c in json.loads((out_dir / "wall.json").read_text()).get("commands", []) if c]
-    except (OSError, ValueError, AttributeError):
-        return []
+    saved = _read_json(out_dir / "wall.json")
+    return [c for c in saved.get("commands", []) if c] if isinstance(saved, dict) else []
