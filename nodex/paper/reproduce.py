@@ -71,8 +71,8 @@ def _dry_run(jobs, out_dir: Path, seeds: tuple[int, ...], launcher, cost: str) -
     return 0
 
 
-def _write_page(args, argv: list[str], jobs, others, budget, seeds, out_dir: Path, wall) -> tuple[Path, int]:
-    """Write the page for the runs under ``out_dir``; ``(its path, the number of failed runs)``."""
+def _write_page(args, argv: list[str], jobs, others, budget, seeds, out_dir: Path, wall) -> tuple[Path, int, int]:
+    """Write the page for the runs under ``out_dir``; ``(its path, the number of runs, of failed runs)``."""
     report_path = Path(args.report) if args.report else out_dir / "REPRODUCTION.md"
     earlier = earlier_sections(Path(args.earlier).read_text(encoding="utf-8")) if args.earlier else None
     groups = collect(jobs, out_dir)
@@ -82,11 +82,12 @@ def _write_page(args, argv: list[str], jobs, others, budget, seeds, out_dir: Pat
     clear(fig_dir, carried)
     sink = FigureSink(fig_dir, os.path.relpath(fig_dir, report_path.parent))
     this = "nodex reproduce " + shlex.join(argv)
-    text = render_reproduction(jobs, others, groups, budget, seeds, recorded_commands(out_dir) or [this], wall, sink,
-                               earlier)
+    made = recorded_commands(out_dir)
+    made = made + [this + "  # wrote this page"] if made and args.report_only else made or [this]
+    text = render_reproduction(jobs, others, groups, budget, seeds, made, wall, sink, earlier)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(text)
-    return report_path, sum(len(g.failed) for g in groups.values())
+    return report_path, sum(len(g.runs) for g in groups.values()), sum(len(g.failed) for g in groups.values())
 
 
 def reproduce_main(argv: list[str]) -> int:
@@ -118,6 +119,6 @@ def reproduce_main(argv: list[str]) -> int:
         run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout, args.threads)
     this = "nodex reproduce " + shlex.join(argv)
     wall = add_wall(out_dir, None if args.report_only else (started, time.time()), this)
-    report_path, failed = _write_page(args, argv, jobs, others, budget, seeds, out_dir, wall)
-    print(f"reproduce: wrote {report_path} ({failed} failed runs)")
+    report_path, runs, failed = _write_page(args, argv, jobs, others, budget, seeds, out_dir, wall)
+    print(f"reproduce: wrote {report_path} ({runs} runs, {failed} failed)")
     return 0 if failed == 0 else 1
