@@ -17,13 +17,12 @@ import torch
 from omegaconf import OmegaConf
 
 import nodex.paper.running as running
-from nodex.paper.planning import BUDGETS
 from nodex.paper.checks import Check, Rate, judge_seeds, rate_of
 from nodex.paper.claims import CLAIMS
 from nodex.paper.experiments import audit, discover, header
 from nodex.paper.figures import WIDTH, FigureSink
 from nodex.paper.page import _summary_cell, check_row, collect, earlier_sections, render_reproduction, seed_values
-from nodex.paper.planning import Job, applicable, commands, plan, run_order, seed_blocks
+from nodex.paper.planning import BUDGETS, Job, applicable, commands, plan, run_order, seed_blocks
 from nodex.paper.probes import circle, outer_leak, predicted_class, probe
 from nodex.paper.reproduce import reproduce_main
 from nodex.paper.running import add_wall, completed_seeds, recorded_commands

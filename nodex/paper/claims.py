@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodex.paper.checks import Check, Rate, SeedOutcome, judge_seeds, rate_of  # noqa: F401 (re-exported)
-from nodex.paper.paper_values import ARITHMETIC, PAPER_VALUES, PaperValue, paper_value  # noqa: F401
+from nodex.paper.checks import Check
+from nodex.paper.paper_values import ARITHMETIC, PAPER_VALUES, PaperValue, paper_value  # noqa: F401 (report.py)
 
 POSTER = "paper's results table (paper Table 1; NeurIPS poster)"
 

@@ -13,12 +13,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from nodex.paper.planning import Budget
 from nodex.paper.checks import Check, Rate, SeedOutcome, Values, judge_seeds, rate_of
 from nodex.paper.claims import CLAIMS, Claim, paper_value
 from nodex.paper.experiments import Experiment, audit, discover
 from nodex.paper.figures import FigureSink
-from nodex.paper.planning import SEPARATE, Job
+from nodex.paper.planning import SEPARATE, Budget, Job
 from nodex.paper.probes import PROBES, probe
 from nodex.paper.report import Group, Run, find_runs, fmt, metric_value, stat_cell
 

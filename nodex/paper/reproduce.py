@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from nodex.paper.planning import BUDGETS
 from nodex.paper.figures import FigureSink, clear
 from nodex.paper.page import collect, earlier_sections, render_reproduction
-from nodex.paper.planning import commands, compare_cost, plan
+from nodex.paper.planning import BUDGETS, commands, compare_cost, plan
 from nodex.paper.running import add_wall, recorded_commands, run_jobs
 
 
