@@ -23,11 +23,9 @@ from nodex.paper.report import Group, Run, find_runs, fmt, metric_value, stat_ce
 
 MAIN_METRICS = ("test/accuracy", "test/mse", "test/nll", "test/extrapolation_mse", "test/tracking_mse")
 ENSEMBLE_NOTE = (
-    "The seeds of a Neural ODE experiment train as one `trainer.ensemble=K` job. With a fixed-step solver each member "
-    "is its separate run bit for bit; with an adaptive solver (dopri5 here) the members share one step-size sequence "
-    "(the error norm is taken over the stacked state), so each member takes the steps of the hardest one: its "
-    "trajectory and gradients differ within the solver tolerance, its NFE is the ensemble's. These experiments were "
-    "also run as separate seeds; the claims' rates on either:")
+    "The seeds of a Neural ODE experiment train as one `trainer.ensemble=K` job: with a fixed-step solver each member "
+    "is its separate run bit for bit; with an adaptive solver (dopri5 here) the members share one step-size sequence, "
+    "so trajectories differ within the solver tolerance and the NFE is the ensemble's. Run as separate seeds too:")
 
 
 def collect(jobs: list[Job], out_dir) -> dict[str, Group]:
@@ -163,9 +161,8 @@ CHECK_HEADER = ("| check | paper | pass if (per seed) | seeds that hold | per se
 
 def claim_verdict(results: list[CheckResult]) -> str:
     """``FAIL`` if a check fails, ``PASS`` if every check passes, else ``not run``."""
-    if any(r.verdict.startswith("FAIL") for r in results):
-        return "FAIL"
-    return "PASS" if results and all(r.verdict == "PASS" for r in results) else "not run"
+    failed, passed = (any(r.verdict.startswith("FAIL") for r in results), all(r.verdict == "PASS" for r in results))
+    return "FAIL" if failed else "PASS" if results and passed else "not run"
 
 
 def earlier_sections(text: str) -> dict[str, dict[str, object]]:
@@ -228,12 +225,12 @@ def claim_rows(groups: dict[str, Group], status: dict[str, str], figures: Option
     return rows, tally, summary
 
 
-def _host_text() -> tuple[str, str]:
-    """``(host, versions)``: OS, CPU count and GPU; python and torch versions."""
+def _host_text() -> str:
+    """OS, CPU count and GPU; python and torch versions."""
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores{gpu}",
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores{gpu}; "
             f"python {platform.python_version()}, torch {torch.__version__}")
 
 
@@ -314,7 +311,6 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
     is named in the page's "Made with" line, all of them listed below when there are several)."""
     status = job_status(jobs, groups)
     rows, tally, summary = claim_rows(groups, status, figures, earlier)
-    host, versions = _host_text()
     first = commands[0].split("  #")[0] if commands else "nodex reproduce"  # a note may follow "  #"
     made = (f"`{first}`" if len(commands) <= 1 else
             f"`{first}` and {len(commands) - 1} more invocations on the same run folder (listed below)")
@@ -322,7 +318,7 @@ def render_reproduction(jobs: list[Job], others: list[Experiment], groups: dict[
     lines = [
         "# Reproduction of *Dissecting Neural ODEs* (Massaroli et al., NeurIPS 2020)", "",
         f"Budget **{budget.name}**: {budget.description}. Seeds: {', '.join(map(str, seeds))}.", "",
-        f"Made with {made} on {_dt.date.today().isoformat()} ({host}; {versions})"
+        f"Made with {made} on {_dt.date.today().isoformat()} ({_host_text()})"
         + (f" in {wall_s / 60:.1f} min of wall time." if wall_s is not None else "."),
         "Claims: the paper's headline results, registry `nodex/paper/claims.py` (pass rules: `nodex/paper/checks.py`; "
         "the paper's numbers: `nodex/paper/paper_values.yaml`); budgets: `configs/budget/`.", "",

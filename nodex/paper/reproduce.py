@@ -61,10 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def _dry_run(jobs, out_dir: Path, seeds: tuple[int, ...], launcher, cost: str) -> int:
     """Print every job's command lines (a skipped job: why), then what ``--compare`` adds."""
     for job in jobs:
-        if job.skip:
-            print(f"# {job.label}: skipped ({job.skip})")
-        for _, cmd in ([] if job.skip else commands(job, out_dir, seeds, None, launcher)):
-            print(shlex.join(cmd))
+        print(f"# {job.label}: skipped ({job.skip})" if job.skip else
+              "\n".join(shlex.join(cmd) for _, cmd in commands(job, out_dir, seeds, None, launcher)))
     if cost:
         print("# " + cost)
     return 0
