@@ -102,15 +102,16 @@ def test_claims_are_judged_per_seed_from_the_runs(tmp_path, capsys):
     assert ("| data-controlled params | 257 | exactly 257 | **2/2** | 0: 257, 1: 257 | median 257, worst 257 (seed 0); "
             "mean 257 ± 0 | all seeds (2/2) | PASS |") in text
     floor = "| fails | -0.001 … +0.01 of probe/monotone_floor |"
-    assert f"| vanilla fails at the monotone floor (test MSE) {floor} **1/1** | 0: 0.3343 (monotone_floor +0.0003) |" in text
-    assert f"| depth-concat fails at the monotone floor (test MSE) {floor} **0/1** | 0: 0.05 (monotone_floor -0.28) ✗ |" in text
+    vanilla, depthcat = "vanilla fails at the monotone floor", "depth-concat fails at the monotone floor"
+    assert f"| {vanilla} (test MSE) {floor} **1/1** | 0: 0.3343 (monotone_floor +0.0003) |" in text
+    assert f"| {depthcat} (test MSE) {floor} **0/1** | 0: 0.05 (monotone_floor -0.28) ✗ |" in text
     assert text.count("| all seeds (1/1) | FAIL |") == 1
-    assert ("| adaptive depth fits with a learned depth (test MSE) | fits | ≤ 0.001 and probe/mean_abs_depth ≥ 0.05 | – | "
-            "not run | | ≥ 80% of seeds | FAIL (every run failed: reflection_adaptive_depth) |") in text
+    assert ("| adaptive depth fits with a learned depth (test MSE) | fits | ≤ 0.001 and probe/mean_abs_depth ≥ 0.05 "
+            "| – | not run | | ≥ 80% of seeds | FAIL (every run failed: reflection_adaptive_depth) |") in text
     assert "not run: not selected (--only)" in text  # e.g. the annuli claims
     assert "| reflection_data_control | 2/2 | separate | test/mse | 0: 0.0002, 1: 0.0004 | 0.0003 ± 0.00014 |" in text
-    assert "| [3.6](#claim-3-6) | FAIL | data-controlled fits (test MSE): 2/2; vanilla fails at the monotone floor " \
-           "(test MSE): 1/1; depth-concat fails at the monotone floor (test MSE): 0/1; data-controlled params: 2/2 |" in text
+    assert (f"| [3.6](#claim-3-6) | FAIL | data-controlled fits (test MSE): 2/2; {vanilla} (test MSE): 1/1; "
+            f"{depthcat} (test MSE): 0/1; data-controlled params: 2/2 |") in text
     assert "step 7: solver failed" in text and "Budget **cpu**" in text
     assert "**3 checks pass, 2 fail," in text
 
@@ -235,7 +236,8 @@ def test_ensemble_and_separate_runs_are_compared_per_seed(tmp_path):
 def test_smoke_budget_end_to_end_on_two_experiments(tmp_path):
     out, report = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "nodex.cli", "reproduce", "--budget", "smoke", "--only", "reflection_vanilla,reflection_data_control",
+        [sys.executable, "-m", "nodex.cli", "reproduce", "--budget", "smoke",
+         "--only", "reflection_vanilla,reflection_data_control",
          "--jobs", "2", "--out", str(out), "--report", str(report)],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
@@ -290,7 +292,8 @@ def test_annuli_runs_get_the_leak_probe_as_a_metric(tmp_path):
     assert "all seeds (1/1)" in result.row
     lt = Check("x", "m", "lt_run", "va", "dc")
     values = _lookup_from({"dc": {0: 1.0, 1: 0.9}, "va": {0: 0.5, 1: 0.85}})
-    assert _summary_cell(lt, judge_seeds(lt, values), values) == "median 0.675, closest seed 1 (0.85 vs 0.9); mean 0.675 ± 0.25"
+    assert (_summary_cell(lt, judge_seeds(lt, values), values)
+            == "median 0.675, closest seed 1 (0.85 vs 0.9); mean 0.675 ± 0.25")
 
 
 def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
@@ -301,7 +304,7 @@ def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
     assert header(path) == "Paper E2: the description."  # nodex list shows the description only
     jobs = [Job("annuli_data_control", "annuli_data_control", ensemble=True)]
     text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0, 1), [], None)
-    assert "| annuli_data_control | (paper App. E1 and its data-control section): fixed: the last layer is NOT zero-init" in text
+    assert "| annuli_data_control | (paper App. E1 and its data-control section): fixed: the last layer is NOT" in text
 
 
 def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_path, monkeypatch, capsys):
@@ -358,7 +361,8 @@ def test_the_page_goes_into_out_unless_report_says_otherwise(tmp_path, monkeypat
     text = (out / "REPRODUCTION.md").read_text()
     assert "Made with `nodex reproduce --budget cpu --only reflection_data_control --out " in text
     assert reproduce_main([*args, "--report", str(tmp_path / "page" / "R.md")]) == 0
-    assert "| data-controlled fits (test MSE) | fits | ≤ 0.001 | **1/1** |" in (tmp_path / "page" / "R.md").read_text()
+    page = (tmp_path / "page" / "R.md").read_text()
+    assert "| data-controlled fits (test MSE) | fits | ≤ 0.001 | **1/1** |" in page
 
 
 @pytest.mark.slow  # composes two experiments (~0.3 s each)
@@ -389,7 +393,8 @@ def test_claims_not_rerun_are_carried_from_the_earlier_page_and_say_so(tmp_path)
     assert sections["3.7"]["lines"][-1].startswith('<p><img src="docs/reproduction/annuli_vanilla_decision_map')
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
     text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], None, earlier=sections)
-    assert "| [3.7](#claim-3-7) | not rerun (earlier checks: PASS) | vanilla leaks (outer ring classified inner): 5/5 |" in text
+    assert ("| [3.7](#claim-3-7) | not rerun (earlier checks: PASS) | vanilla leaks (outer ring classified inner): "
+            "5/5 |") in text
     assert ("**Not rerun here.** The table and figures below are the earlier page's (budget cpu, made on 2026-12-06), "
             "with its per-seed values; its runs are not in this run folder. **Judged by the earlier checks**") in text
     assert "| vanilla leaks (outer ring classified inner) | leaks | ≥ 5e-05 | **5/5** |" in text
