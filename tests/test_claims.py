@@ -200,3 +200,8 @@ def test_the_claims_read_the_paper_values_file(tmp_path):
     path.write_text("sources: {s: the source}\nvalues:\n  x: {params: {value: 12, source: s}}\n")
     assert load_values(path) == {"x": {"params": load_values(path)["x"]["params"]}}
     assert load_values(path)["x"]["params"].text() == "12" and load_values(path)["x"]["params"].source == "the source"
+
+
+def test_claim_texts_quote_the_paper_values():
+    assert _check("3.4", "ANODE has the highest").paper == "169 vs 59–93"
+    assert _claim("3.7").text.startswith("Concentric annuli are separated by a 229-parameter data-controlled NODE")

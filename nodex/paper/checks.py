@@ -132,8 +132,7 @@ class Check:
 
 @dataclass(frozen=True)
 class SeedOutcome:
-    """One seed's verdict on a check: ``value`` is the checked run's metric (NaN for ``order``),
-    ``text`` what the check reads on that seed, ``margin`` how far on the passing side."""
+    """One seed's verdict: the checked run's ``value`` (NaN for ``order``), what the check reads, the margin."""
 
     seed: int
     value: float

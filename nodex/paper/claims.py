@@ -1,12 +1,7 @@
-"""The paper's headline claims as checks over seeds, keyed by run label, with their sources.
-
-:data:`CLAIMS` is the checklist ``nodex reproduce`` judges into ``REPRODUCTION.md``; the numbers
-it compares with come from :mod:`nodex.paper.paper_values` (``paper_values.yaml``), and each check's
-pass rule from :mod:`nodex.paper.checks`. Checks name *run labels*: an experiment name, or
-``NAME@VARIANT`` for an experiment run with extra overrides (:data:`VARIANTS`). A check whose runs
-do not exist (not part of the budget, or not selected) is reported as "not run", never as a failure.
-Values named ``probe/...`` are measured from a run's checkpoint (:mod:`nodex.paper.probes`).
-"""
+"""The paper's headline claims (:data:`CLAIMS`) as checks over seeds, with their sources: the numbers come
+from ``paper_values.yaml``, the pass rules from :mod:`nodex.paper.checks`, ``probe/...`` values from a run's
+checkpoint (:mod:`nodex.paper.probes`). Checks name *run labels*: an experiment, or ``NAME@VARIANT`` (an
+experiment with extra overrides, :data:`VARIANTS`); a check whose runs do not exist is "not run", not a failure."""
 
 from __future__ import annotations
 
@@ -70,9 +65,8 @@ _MODELS = ("ilnode", "second_order", "anode", "node")
 
 def _highest_nfe_text() -> str:
     """``169 vs 59–93``: CIFAR-10 ANODE's forward NFE against the other models' (the paper's values)."""
-    nfe = {m: PAPER_VALUES[f"table1_cifar10_{m}"]["nfe_forward"].value for m in _MODELS}
-    rest = [v for m, v in nfe.items() if m != "anode"]
-    return f"{nfe['anode']:g} vs {min(rest):g}–{max(rest):g}"
+    anode, *rest = (PAPER_VALUES[f"table1_cifar10_{m}"]["nfe_forward"].value for m in ("anode", *_MODELS[:2], "node"))
+    return f"{anode:g} vs {min(rest):g}–{max(rest):g}"
 
 
 def _ordering(family: str, note: str) -> tuple[Check, ...]:

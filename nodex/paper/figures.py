@@ -49,8 +49,7 @@ def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int,
 
 
 def clear(dest_dir: Path, keep: frozenset[str] | set[str] = frozenset()) -> None:
-    """Remove the PNGs an earlier report left in ``dest_dir`` (only this page writes there), except
-    the file names in ``keep`` (figures of sections carried from the earlier page)."""
+    """Remove the PNGs an earlier page left in ``dest_dir``, except ``keep`` (carried sections' figures)."""
     if dest_dir.is_dir():
         for path in dest_dir.glob("*.png"):
             if path.name not in keep:
@@ -58,8 +57,7 @@ def clear(dest_dir: Path, keep: frozenset[str] | set[str] = frozenset()) -> None
 
 
 class FigureSink:
-    """Copies a claim's figures into ``dest_dir`` and writes the page's lines that show them
-    (``rel``: ``dest_dir`` as the page links it)."""
+    """Copies a claim's figures into ``dest_dir``; writes the page's lines that show them (linked as ``rel``)."""
 
     def __init__(self, dest_dir: Path, rel: str) -> None:
         self.dest_dir, self.rel = Path(dest_dir), rel.rstrip("/")

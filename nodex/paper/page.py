@@ -32,8 +32,7 @@ def collect(jobs: list[Job], out_dir) -> dict[str, Group]:
     """``{label: Group of its runs}`` for every job with run directories (probes added)."""
     groups = {}
     for job in jobs:
-        label_dir = out_dir / job.label
-        runs: list[Run] = find_runs([label_dir]) if label_dir.exists() else []
+        runs: list[Run] = find_runs([out_dir / job.label]) if (out_dir / job.label).exists() else []
         add_probes(job.experiment, runs)
         if runs:
             groups[job.label] = Group((job.label,), runs)
@@ -41,8 +40,7 @@ def collect(jobs: list[Job], out_dir) -> dict[str, Group]:
 
 
 def add_probes(experiment: str, runs: list[Run]) -> None:
-    """Each completed run of ``experiment`` gets the probes its name matches (:data:`PROBES`) as
-    ``probe/NAME`` metrics (in memory; measured once, then read from the run's ``probes.json``)."""
+    """Each completed run of ``experiment`` gets its probes (:data:`PROBES`) as ``probe/NAME`` metrics, in memory."""
     for pattern, named in PROBES.items():
         if not fnmatch.fnmatchcase(experiment, pattern):
             continue
@@ -140,15 +138,12 @@ def check_row(claim: Claim, check: Check, values: Values, status: dict[str, str]
 
 def _not_run_verdict(check: Check, status: dict[str, str]) -> str:
     """Why ``check`` has no seed to judge: its runs failed, were not selected, or lack the metric."""
-    labels = check.labels()
-    failed = [label for label in labels if status.get(label) == "failed"]
+    failed = [label for label in check.labels() if status.get(label) == "failed"]
     if failed:
         return f"FAIL (every run failed: {', '.join(failed)})"
-    existing = {e.name for e in discover()}
-    for label in labels:
-        state = status.get(label)
+    for label, state in ((label, status.get(label)) for label in check.labels()):
         if state is None:
-            exists = label.split("@", 1)[0] in existing
+            exists = label.split("@", 1)[0] in {e.name for e in discover()}
             return "not run: not selected (--only)" if exists else f"not run: no experiment {label} yet"
         if state != "ok":
             return state
@@ -262,8 +257,7 @@ def _run_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, str])
 
 
 def _compare_rows(jobs: list[Job], groups: dict[str, Group], status: dict[str, str]) -> list[str]:
-    """Ensemble vs separate runs for each ``NAME@separate`` job: per-seed main metric and NFE, and
-    the rate of every check that reads ``NAME`` judged on either."""
+    """Ensemble vs separate runs (``NAME@separate``): per-seed metric and NFE, each check's rate on either."""
     pairs = [(j.label[: -len(SEPARATE)], j.label) for j in jobs if j.label.endswith(SEPARATE)]
     pairs = [(a, b) for a, b in pairs if status.get(a) == "ok" and status.get(b) == "ok"]
     if not pairs:

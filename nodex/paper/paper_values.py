@@ -1,9 +1,6 @@
-"""The paper's numbers, read from ``paper_values.yaml`` (the one place they are written).
-
-:data:`PAPER_VALUES` is ``{experiment: {metric: PaperValue}}`` in nodex's units and metric names;
-the 5k-MNIST stand-ins (``mnist5k_*``) reuse the MNIST table rows: the parameter counts compare
-exactly, accuracy and NFE are the full-MNIST numbers, shown for reference only.
-"""
+"""The paper's numbers, read from ``paper_values.yaml`` (the one place they are written): :data:`PAPER_VALUES`
+is ``{experiment: {metric: PaperValue}}``; the 5k-MNIST stand-ins reuse the MNIST rows (parameter counts
+compare exactly; accuracy and NFE are the full-MNIST numbers, for reference)."""
 
 from __future__ import annotations
 

@@ -143,10 +143,8 @@ def plan(budget: Budget, only: list[str] | None = None, extra: list[str] | None 
 
 def run_order(jobs: list[Job]) -> list[Job]:
     """``jobs`` in the order they are started (:data:`RUN_ORDER`, then by label)."""
-    def rank(job: Job) -> int:
-        return next((r for pat, r in RUN_ORDER if fnmatch.fnmatchcase(job.label, pat)), 1)
-
-    return sorted(jobs, key=lambda j: (rank(j), j.label))
+    return sorted(jobs, key=lambda j: (next((r for pat, r in RUN_ORDER if fnmatch.fnmatchcase(j.label, pat)), 1),
+                                       j.label))
 
 
 def seed_blocks(seeds: tuple[int, ...] | list[int]) -> list[tuple[int, ...]]:
@@ -163,8 +161,8 @@ def block_dir(block: tuple[int, ...]) -> str:
 
 def commands(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
              launcher: Optional[str]) -> list[tuple[tuple[int, ...], list[str]]]:
-    """``[(seeds, command line)]`` of one job: one ``nodex train ... trainer.ensemble=K`` per block
-    of consecutive seeds, or one ``nodex train --multirun seed=...`` for all seeds."""
+    """``[(seeds, command line)]`` of one job: ``nodex train ... trainer.ensemble=K`` per block of
+    consecutive seeds, or one ``nodex train --multirun seed=...``."""
     tail = [f"trainer.num_threads={threads}"] if threads else []
     base = [sys.executable, "-m", "nodex.cli", "train"]
     if job.ensemble:
@@ -183,8 +181,7 @@ def commands(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[
 
 
 def compare_cost(jobs: list[Job], budget: Budget, n_seeds: int) -> str:
-    """What the ``@separate`` jobs add, for the ``--dry-run`` plan: jobs, runs and the estimated
-    time from the budget's ``seconds_per_seed``; ``""`` when there are none."""
+    """What the ``@separate`` jobs add (jobs, runs, time from ``seconds_per_seed``) for ``--dry-run``; or ``""``."""
     extra = [j for j in jobs if j.label.endswith(SEPARATE) and j.skip is None]
     if not extra:
         return ""

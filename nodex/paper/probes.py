@@ -1,19 +1,10 @@
-"""Measurements a claim needs that a run's own metrics do not hold, taken from the run's saved model
-(and its test data, rebuilt from the run's config).
-
-- ``outer_leak_200k`` (annuli, paper App. E1): the share of 200,000 points evenly spaced on the
-  noise-free outer circle (radius 2) that the model calls inner. A homeomorphic flow with a linear
-  readout labels an unbounded inner region that must cross the outer ring (the leak channel of the
-  authors' decision maps); the noisy test set rarely lands in it.
-- ``monotone_floor`` (reflection, paper App. E2): the least test MSE any order-preserving map of the
-  line can reach on the run's test set (isotonic regression); a 1-D flow is such a map.
-- ``mean_abs_depth`` (adaptive depth): the mean |S(x)| of the learned horizon on the test inputs.
-- ``cnf_nll_worst`` / ``cnf_swap_gap`` (conditional CNF, paper App. E7): the test NLL of each
-  condition's samples under its own condition (the worst of the two), and how much worse each
-  condition's samples score when the model is told the other condition (the smaller of the two).
-
-Probes are cached in ``RUN_DIR/probes.json`` and added to the run's metrics as ``probe/NAME`` in memory.
-"""
+"""Measurements a claim needs that a run's metrics do not hold, from the run's saved model and its test data
+(rebuilt from its config), cached in ``RUN_DIR/probes.json`` and read as ``probe/NAME``: ``outer_leak_200k``
+(annuli: the share of 200,000 points on the noise-free outer circle called inner), ``monotone_floor``
+(reflection: the least test MSE of an order-preserving 1-D map, by isotonic regression), ``mean_abs_depth``
+(adaptive depth: mean |S(x)| on the test inputs), ``cnf_nll_worst`` / ``cnf_swap_gap`` (conditional CNF: the
+worse own-condition test NLL; the smaller NLL increase when told the other condition). Why each matters:
+the claims' notes (:mod:`nodex.paper.claims`)."""
 
 from __future__ import annotations
 

@@ -23,22 +23,17 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
     ("--only", dict(default="", help="comma-separated experiment names or patterns (e.g. 'reflection_*,annuli_*')")),
     ("--seeds", dict(default="", help="comma-separated seeds (default: the budget's)")),
     ("--jobs", dict(type=int, default=1, help="experiments run at once (each gets cores/jobs torch threads)")),
-    ("--threads", dict(type=int, default=None,
-                       help="torch threads per experiment (default: cores / jobs; 1 on a machine shared with others)")),
+    ("--threads", dict(type=int, default=None, help="torch threads per experiment (default: cores / jobs)")),
     ("--launcher", dict(default=None, help="Hydra launcher for each experiment's seeds (joblib, slurm, ray, ...)")),
     ("--out", dict(default=None, help="run directory root (default: outputs/reproduce/BUDGET/DATE_TIME)")),
-    ("--report", dict(default=None, help="where to write the page (default: OUT/REPRODUCTION.md; the committed page: "
-                                         "--report REPRODUCTION.md)")),
-    ("--earlier", dict(default=None, help="an earlier page: the claims none of whose runs are here are copied from "
-                                          "it, marked as not rerun")),
+    ("--report", dict(default=None, help="the page to write (default: OUT/REPRODUCTION.md)")),
+    ("--earlier", dict(default=None, help="an earlier page: claims with no run here are copied from it, marked so")),
     ("--report-only", dict(action="store_true", help="do not run; rewrite the page from the runs under --out")),
     ("--resume", dict(action="store_true", help="skip experiments whose seeds all completed under --out")),
     ("--timeout", dict(type=float, default=None, help="seconds per experiment before it is stopped")),
     ("--dry-run", dict(action="store_true", help="print the commands (and what --compare adds) and exit")),
-    ("--separate", dict(action="store_true", help="train every seed as its own run (default: one trainer.ensemble "
-                                                  "job per experiment where the model allows it)")),
-    ("--compare", dict(default=None, help="comma-separated experiment patterns also run as separate seeds, to compare "
-                                          "with their ensemble (default: the budget's; '' for none)")),
+    ("--separate", dict(action="store_true", help="train every seed as its own run (default: one seed ensemble)")),
+    ("--compare", dict(default=None, help="patterns also run as separate seeds (default: the budget's; '' for none)")),
     ("--figures", dict(default=None, help="folder for the page's figures (default: docs/reproduction by the page)")),
 )
 

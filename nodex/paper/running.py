@@ -36,8 +36,7 @@ def completed_seeds(label_dir: Path) -> set[int]:
 
 
 def _set_aside(label_dir: Path, dest: Path) -> None:
-    """Move a label's run folders that hold no completed run (an attempt that failed or was
-    stopped) to ``dest/LABEL/`` before ``--resume`` runs their seeds again: kept, not counted."""
+    """Move a label's run folders with no completed run to ``dest/LABEL/`` before ``--resume`` reruns them."""
     if not label_dir.is_dir():
         return
     for sub in sorted(p for p in label_dir.iterdir() if p.is_dir()):
@@ -51,8 +50,7 @@ def _set_aside(label_dir: Path, dest: Path) -> None:
 
 def run_one(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
             launcher: Optional[str], resume: bool, timeout: Optional[float], env: dict[str, str]) -> str:
-    """Run one job's commands (those whose seeds are not all done under ``--resume``); returns the
-    progress line's tail."""
+    """Run one job's commands (the seeds not done, under ``--resume``); returns the progress line's tail."""
     label_dir = out_dir / job.label
     done = completed_seeds(label_dir) if resume else set()
     missing = tuple(s for s in seeds if s not in done)
@@ -72,10 +70,9 @@ def run_one(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[i
                 code = "timeout"
     results = [r for r in _results(label_dir) if int(r.get("seed", -1)) in seeds]
     ok = len({int(r["seed"]) for r in results if r.get("status") == "completed"})
-    note = ""
-    if ok < len(seeds):
-        errors = [r.get("error") for r in results if r.get("status") != "completed" and r.get("error")]
-        note = f"  exit {code}: {errors[0] if errors else 'see ' + str(label_dir / 'reproduce.log')}"
+    errors = [r["error"] for r in results if r.get("status") != "completed" and r.get("error")] or [
+        f"see {label_dir / 'reproduce.log'}"]
+    note = f"  exit {code}: {errors[0]}" if ok < len(seeds) else ""
     kind = f"ensemble of {len(seeds)}" if job.ensemble and len(seeds) > 1 else "separate seeds"
     return f"{ok}/{len(seeds)} completed  {time.perf_counter() - started:7.1f} s  ({kind}){note}"
 
@@ -102,10 +99,8 @@ def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, .
 
 
 def add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = "") -> Optional[float]:
-    """The run's wall time so far: ``span`` (start, end as epoch seconds) added to ``OUT/wall.json``,
-    and the length of the union of every span recorded there (runs resumed with ``--resume``, or
-    run side by side with ``--only``, add up without counting an overlap twice); ``None`` when
-    nothing was ever run there. ``command`` (the invocation) is recorded beside its span."""
+    """The wall time so far: ``span`` (epoch seconds) and ``command`` added to ``OUT/wall.json``, and the length
+    of the union of its spans (resumed or side-by-side runs, overlaps once); ``None`` when nothing ran there."""
     path, saved = out_dir / "wall.json", _read_json(out_dir / "wall.json")
     try:
         spans, cmds = [tuple(map(float, s)) for s in saved["spans"]], [str(c) for c in saved.get("commands", [])]
