@@ -63,7 +63,7 @@ PLAIN_COMMANDS = {
 
 def report_command(argv: list[str]) -> int:
     """``nodex report``, with the paper's numbers beside ours (the paper tooling stays out of :mod:`nodex.report`)."""
-    from nodex.paper.claims import paper_value
+    from nodex.paper.paper_values import paper_value
     from nodex.report import report_main
 
     return report_main(argv, paper=paper_value)

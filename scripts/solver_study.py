@@ -4,15 +4,15 @@
         [--out outputs/solver_study] [--compare-only] [OVERRIDES...]
 
 For each candidate (``NAME`` sets ``solver.method``; ``NAME:RULE`` also ``solver.step_rule``, e.g.
-``dopri5:hairer``) it runs ``scripts/reproduce.py --budget cpu`` into ``OUT/NAME/``: every experiment
+``dopri5:hairer``) it runs ``nodex reproduce --budget cpu`` into ``OUT/NAME/``: every experiment
 that needs no dataset files, with its own config's budget, tolerances and sensitivity, one seed-ensemble
 job per Neural ODE experiment (CNFs and the image stand-ins as separate seeds). The candidates run at the
 same time, one job and one torch thread each, in the same order, so their wall times share the machine's
-load. ``--only`` narrows the experiments (reproduce.py's patterns); ``OVERRIDES`` go to every run (e.g.
+load. ``--only`` narrows the experiments (``nodex reproduce``'s patterns); ``OVERRIDES`` go to every run (e.g.
 ``trainer.max_steps=500`` for a cheaper pass over the long runs; then use a separate ``--out``).
 
 Then (alone with ``--compare-only``) it pairs the runs by job and seed and prints, per job: the main
-metric (the first of reproduce.py's main metrics the runs report) as mean ± sample std per candidate, the
+metric (the first of the reproduction page's main metrics the runs report) as mean ± sample std per candidate, the
 per-seed outcome of each candidate against the first (better / tie / worse: a tie is within 1e-3 absolute
 for an accuracy, within 1e-3 relative for a loss), forward and backward NFE per training step, wall
 seconds per job and the time ratio to the first candidate. The summary line gives, per candidate, the
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nodex.report import Group, Run, find_runs, metric_value, stat_cell  # noqa: E402
-from nodex.paper.reproduce import main_metric  # noqa: E402
+from nodex.paper.page import main_metric  # noqa: E402
 
 HIGHER_IS_BETTER = ("test/accuracy",)
 
@@ -46,12 +46,12 @@ def solver_overrides(candidate: str) -> list[str]:
 
 
 def run_all(args: argparse.Namespace, candidates: list[str]) -> int:
-    """Start reproduce.py once per candidate, all at once; wait for every one. Returns the worst exit code."""
+    """Start ``nodex reproduce`` once per candidate, all at once; wait for every one. Returns the worst exit code."""
     procs = []
     for cand in candidates:
         out = Path(args.out) / cand.replace(":", "-")
         out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--budget", "cpu", "--seeds", args.seeds,
+        cmd = [sys.executable, "-m", "nodex.cli", "reproduce", "--budget", "cpu", "--seeds", args.seeds,
                "--jobs", "1", "--threads", "1", "--compare", "", "--out", str(out), "--report", str(out / "REPORT.md"),
                *(["--only", args.only] if args.only else []), *solver_overrides(cand), *args.overrides]
         print("$", shlex.join(cmd), flush=True)
@@ -65,7 +65,7 @@ def run_all(args: argparse.Namespace, candidates: list[str]) -> int:
 
 
 def job_and_seed(run: Run, root: Path) -> tuple[str, int]:
-    """``(job label, seed)``: the job folder reproduce.py made under the candidate's folder, the run's seed."""
+    """``(job label, seed)``: the job folder ``nodex reproduce`` made under the candidate's folder, the run's seed."""
     return run.path.relative_to(root).parts[0], int(run.config.get("seed", -1))
 
 
@@ -151,7 +151,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run (e.g. trainer.max_steps=500)")
     parser.add_argument("--solvers", default="dopri5,tsit5", help="candidates, the first is the baseline")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--only", default="", help="reproduce.py's --only patterns")
+    parser.add_argument("--only", default="", help="nodex reproduce's --only patterns")
     parser.add_argument("--out", default="outputs/solver_study")
     parser.add_argument("--compare-only", action="store_true", help="do not run; compare the runs under --out")
     args = parser.parse_args()

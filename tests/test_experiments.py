@@ -57,3 +57,20 @@ def test_experiment_composes_and_trains_two_steps(compose_cfg, tmp_path, name):
     assert result["status"] == "completed", result["error"]
     assert result["steps"] == 2 and result["params"] > 0
     assert all(v == v for v in result["metrics"].values())  # no NaN metrics
+
+
+def test_each_headers_paper_numbers_match_the_paper_values_file():
+    """The numbers an experiment's header quotes from the paper are the ones in nodex/paper/paper_values.yaml."""
+    import yaml
+
+    from nodex.paper.paper_values import VALUES_FILE, load_values
+
+    direct = yaml.safe_load(VALUES_FILE.read_text())["values"]
+    values = load_values()
+    for name, metrics in direct.items():
+        text = " ".join(ln.lstrip("# ") for ln in (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
+                        .splitlines() if ln.startswith("#"))
+        for metric in metrics:
+            shown = values[name][metric].text()
+            token = {"nfe_forward": f"{shown} NFE", "params": f"{shown} params"}.get(metric, shown)
+            assert token in text, f"{name}.yaml's header should quote the paper's {metric} as '{token}'"

@@ -14,7 +14,9 @@ import yaml
 from conftest import FAST
 
 from nodex.paper.experiments import EXPERIMENT_DIR, describe, header, discover
-from nodex.paper.claims import CLAIMS, PAPER_VALUES, Check, paper_value
+from nodex.paper.checks import Check
+from nodex.paper.claims import CLAIMS
+from nodex.paper.paper_values import PAPER_VALUES, paper_value
 from nodex.report import find_runs, render
 
 

@@ -1,5 +1,5 @@
-"""scripts/reproduce.py: budgets applied per experiment, claims judged into REPRODUCTION.md, and
-the smoke budget end to end on a small subset."""
+"""nodex reproduce: budgets applied per experiment, claims judged into the page (written into --out
+unless --report says otherwise), and the smoke budget end to end on a small subset."""
 
 from __future__ import annotations
 
@@ -16,23 +16,36 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nodex.paper.claims import CLAIMS, Check, Rate, rate_of
+import nodex.paper.running as running
+from nodex.paper.checks import Check, Rate, judge_seeds, rate_of
+from nodex.paper.claims import CLAIMS
 from nodex.paper.experiments import audit, discover, header
 from nodex.paper.figures import WIDTH, FigureSink
+from nodex.paper.page import _summary_cell, check_row, collect, earlier_sections, render_reproduction, seed_values
+from nodex.paper.planning import BUDGETS, Job, applicable, commands, plan, run_order, seed_blocks
 from nodex.paper.probes import circle, outer_leak, predicted_class, probe
-from nodex.paper.reproduce import (
-    BUDGETS, Job, _completed_seeds, _summary_cell, applicable, collect, commands, judge, plan, render_reproduction, reproduce_main,
-    run_order, seed_blocks, seed_values,
-)
+from nodex.paper.reproduce import reproduce_main
+from nodex.paper.running import add_wall, completed_seeds, recorded_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_overrides_apply_only_where_the_key_exists_and_caps_only_shrink():
+def test_overrides_apply_only_where_the_key_exists():
     cfg = OmegaConf.create({"data": {"n_train": 1024, "n_val": 10, "n_test": None}, "trainer": {"max_steps": 300}})
-    out = applicable(cfg, ["data.n_train<=64", "data.n_val<=32", "data.n_test<=64", "data.noise=0.2",
+    out = applicable(cfg, ["data.n_train=64", "data.n_test=64", "data.noise=0.2",
                            "trainer.max_steps=3", "solver=rk4", "hydra.sweep.subdir=x"])
     assert out == ["data.n_train=64", "data.n_test=64", "trainer.max_steps=3", "solver=rk4", "hydra.sweep.subdir=x"]
+
+
+def test_budgets_are_the_config_files():
+    assert sorted(BUDGETS) == ["cpu", "full", "smoke"]
+    smoke, cpu, full = BUDGETS["smoke"], BUDGETS["cpu"], BUDGETS["full"]
+    assert smoke.seeds == (0,) and cpu.seeds == (0, 1, 2, 3, 4) and full.seeds == (0, 1, 2)
+    assert "data.n_train=64" in smoke.overrides and not any("<=" in o for o in smoke.overrides)
+    assert smoke.rules[0].where == (("data.name", ("digits", "mnist5k", "mnist", "cifar10")),)
+    assert cpu.compare == ("reflection_*", "annuli_data_control") and cpu.separate == ("mnist5k_*", "digits_*")
+    assert full.needs_files and not full.set_threads and cpu.set_threads and not cpu.needs_files
+    assert dict(cpu.seconds_per_seed)["annuli_data_control"] == 212.0
 
 
 @pytest.mark.slow  # composes every experiment once (~0.3 s each)
@@ -74,8 +87,10 @@ def test_claims_are_judged_per_seed_from_the_runs(tmp_path, capsys):
     out = tmp_path / "runs"
     _fake_result(out, "reflection_data_control", 0, {"test/mse": 2e-4}, 257)
     _fake_result(out, "reflection_data_control", 1, {"test/mse": 4e-4}, 257)
-    _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.33}, 193)
-    _fake_result(out, "reflection_depthcat", 0, {"test/mse": 0.05}, 257)  # would be a FAIL of "depth-cat fails"
+    run = _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.3343}, 193)
+    (run / "probes.json").write_text(json.dumps({"monotone_floor": 0.334}))
+    run = _fake_result(out, "reflection_depthcat", 0, {"test/mse": 0.05}, 257)  # below the floor: a FAIL
+    (run / "probes.json").write_text(json.dumps({"monotone_floor": 0.334}))
     _fake_result(out, "reflection_adaptive_depth", 0, {}, 195, status="failed", error="step 7: solver failed")
     report = tmp_path / "R.md"
     code = reproduce_main(["--budget", "cpu", "--only", "reflection_*", "--out", str(out), "--report-only",
@@ -86,15 +101,17 @@ def test_claims_are_judged_per_seed_from_the_runs(tmp_path, capsys):
             "median 0.0003, worst 0.0004 (seed 1); mean 0.0003 ± 0.00014 | ≥ 80% of seeds (2/2) | PASS |") in text
     assert ("| data-controlled params | 257 | exactly 257 | **2/2** | 0: 257, 1: 257 | median 257, worst 257 (seed 0); "
             "mean 257 ± 0 | all seeds (2/2) | PASS |") in text
-    assert "| vanilla fails (test MSE) | fails | ≥ 0.1 | **1/1** | 0: 0.33 |" in text
-    assert "| depth-concat fails (test MSE) | fails | ≥ 0.1 | **0/1** | 0: 0.05 ✗ |" in text
+    floor = "| fails | -0.001 … +0.01 of probe/monotone_floor |"
+    vanilla, depthcat = "vanilla fails at the monotone floor", "depth-concat fails at the monotone floor"
+    assert f"| {vanilla} (test MSE) {floor} **1/1** | 0: 0.3343 (monotone_floor +0.0003) |" in text
+    assert f"| {depthcat} (test MSE) {floor} **0/1** | 0: 0.05 (monotone_floor -0.28) ✗ |" in text
     assert text.count("| all seeds (1/1) | FAIL |") == 1
-    assert ("| adaptive depth fits (test MSE) | fits | ≤ 0.001 | – | not run | | ≥ 80% of seeds | "
-            "FAIL (every run failed: reflection_adaptive_depth) |") in text
+    assert ("| adaptive depth fits with a learned depth (test MSE) | fits | ≤ 0.001 and probe/mean_abs_depth ≥ 0.05 "
+            "| – | not run | | ≥ 80% of seeds | FAIL (every run failed: reflection_adaptive_depth) |") in text
     assert "not run: not selected (--only)" in text  # e.g. the annuli claims
     assert "| reflection_data_control | 2/2 | separate | test/mse | 0: 0.0002, 1: 0.0004 | 0.0003 ± 0.00014 |" in text
-    assert "| [3.6](#claim-3-6) | FAIL | data-controlled fits (test MSE): 2/2; vanilla fails (test MSE): 1/1; " \
-           "depth-concat fails (test MSE): 0/1; data-controlled params: 2/2 |" in text
+    assert (f"| [3.6](#claim-3-6) | FAIL | data-controlled fits (test MSE): 2/2; {vanilla} (test MSE): 1/1; "
+            f"{depthcat} (test MSE): 0/1; data-controlled params: 2/2 |") in text
     assert "step 7: solver failed" in text and "Budget **cpu**" in text
     assert "**3 checks pass, 2 fail," in text
 
@@ -105,7 +122,7 @@ def _lookup_from(table: dict) -> Callable:
 
 def test_rates_pair_runs_by_seed_and_count_against_the_criterion():
     values = _lookup_from({"dc": {0: 1.0, 1: 1.0, 2: 0.489, 3: 1.0, 4: 0.782}, "va": {0: 1.0, 1: 0.99, 2: 0.98, 4: 0.7}})
-    out = Check("x", "m", "ge", "dc", 0.99).judge_seeds(values)
+    out = judge_seeds(Check("x", "m", "ge", "dc", 0.99), values)
     assert [(o.seed, o.passed) for o in out] == [(0, True), (1, True), (2, False), (3, True), (4, False)]
     assert min(out, key=lambda o: o.margin).seed == 2
     rate = rate_of(out, 0.8)
@@ -114,11 +131,11 @@ def test_rates_pair_runs_by_seed_and_count_against_the_criterion():
     assert rate_of(out, 0.6).holds and Rate(5, 5, 1.0).criterion() == "all seeds (5/5)"
     assert not Rate(0, 0, 0.5).holds  # no seeds: never holds
     # lt_run pairs seed s of one run with seed s of the other; seed 3 has no vanilla run and is left out
-    lt = Check("x", "m", "lt_run", "va", "dc").judge_seeds(values)
+    lt = judge_seeds(Check("x", "m", "lt_run", "va", "dc"), values)
     assert [(o.seed, o.passed, o.text) for o in lt] == [(0, False, "1 vs 1"), (1, True, "0.99 vs 1"),
                                                           (2, False, "0.98 vs 0.489"), (4, True, "0.7 vs 0.782")]
-    assert Check("x", "m", "ge", "zzz", 0.5).judge_seeds(values) is None
-    order = Check("x", "m", "order", runs=(("dc",), ("va",)), tol=0.01).judge_seeds(values)
+    assert judge_seeds(Check("x", "m", "ge", "zzz", 0.5), values) is None
+    order = judge_seeds(Check("x", "m", "order", runs=(("dc",), ("va",)), tol=0.01), values)
     assert [o.passed for o in order] == [True, True, False, True]
     assert math.isnan(order[0].value) and order[2].margin == pytest.approx(0.489 - 0.98 + 0.01)
 
@@ -144,7 +161,7 @@ def test_ensemble_members_are_read_as_per_seed_results(tmp_path):
     assert len(groups[label].runs) == 3  # the members, not the ensemble's parent
     values = seed_values(groups, {label: "ok"})
     assert values(label, "test/accuracy") == {0: 1.0, 1: 0.489, 2: 1.0}
-    assert _completed_seeds(out / label) == {0, 1, 2}
+    assert completed_seeds(out / label) == {0, 1, 2}
 
 
 def test_seeds_run_as_one_ensemble_per_block_of_consecutive_seeds(tmp_path):
@@ -187,7 +204,7 @@ def test_figures_are_copied_small_for_the_first_and_the_worst_seed(tmp_path):
     groups = collect([Job("annuli_data_control", "annuli_data_control")], out)
     status = {"annuli_data_control": "ok"}
     claim = next(c for c in CLAIMS if c.id == "3.7")
-    results = [judge(claim, check, seed_values(groups, status), status) for check in claim.checks[:1]]
+    results = [check_row(claim, check, seed_values(groups, status), status) for check in claim.checks[:1]]
     assert results[0].worst_failing == 1 and results[0].verdict == "FAIL"
     sink = FigureSink(tmp_path / "page" / "docs" / "reproduction", "docs/reproduction")
     lines = "\n".join(sink.section(claim, results, groups))
@@ -219,7 +236,8 @@ def test_ensemble_and_separate_runs_are_compared_per_seed(tmp_path):
 def test_smoke_budget_end_to_end_on_two_experiments(tmp_path):
     out, report = tmp_path / "runs", tmp_path / "REPRODUCTION.md"
     proc = subprocess.run(
-        [sys.executable, "scripts/reproduce.py", "--budget", "smoke", "--only", "reflection_vanilla,reflection_data_control",
+        [sys.executable, "-m", "nodex.cli", "reproduce", "--budget", "smoke",
+         "--only", "reflection_vanilla,reflection_data_control",
          "--jobs", "2", "--out", str(out), "--report", str(report)],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
@@ -234,7 +252,7 @@ def test_smoke_budget_end_to_end_on_two_experiments(tmp_path):
     assert ("| data-controlled params | 257 | exactly 257 | **1/1** | 0: 257 | median 257, worst 257 (seed 0); mean 257 | "
             "all seeds (1/1) | PASS |") in text
     assert "| reflection_vanilla | 1/1 | separate | test/mse | 0: " in text
-    assert "Made with `python scripts/reproduce.py --budget smoke --only reflection_vanilla,reflection_data_control" in text
+    assert "Made with `nodex reproduce --budget smoke --only reflection_vanilla,reflection_data_control" in text
 
 
 class _Half:
@@ -262,75 +280,123 @@ def test_leak_probe_classifies_the_noise_free_outer_ring_and_is_cached(tmp_path)
 def test_annuli_runs_get_the_leak_probe_as_a_metric(tmp_path):
     out = tmp_path / "runs"
     run = _fake_result(out, "annuli_vanilla", 0, {"test/accuracy": 1.0}, 1221)
-    (run / "probes.json").write_text(json.dumps({"outer_leak": 0.0031}))
+    (run / "probes.json").write_text(json.dumps({"outer_leak_200k": 0.0031}))
     _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.33}, 193)
     groups = collect([Job("annuli_vanilla", "annuli_vanilla"), Job("reflection_vanilla", "reflection_vanilla")], out)
-    assert groups["annuli_vanilla"].runs[0].result["metrics"]["probe/outer_leak"] == 0.0031
-    assert "probe/outer_leak" not in groups["reflection_vanilla"].runs[0].result["metrics"]
+    assert groups["annuli_vanilla"].runs[0].result["metrics"]["probe/outer_leak_200k"] == 0.0031
+    assert "probe/outer_leak_200k" not in groups["reflection_vanilla"].runs[0].result["metrics"]
     claim = next(c for c in CLAIMS if c.id == "3.7")
     check = next(c for c in claim.checks if c.run == "annuli_vanilla")
-    result = judge(claim, check, seed_values(groups, {"annuli_vanilla": "ok"}), {})
-    assert result.verdict == "PASS" and "| **1/1** | 0: 0.0031 |" in result.row and "all seeds (1/1)" in result.row
+    result = check_row(claim, check, seed_values(groups, {"annuli_vanilla": "ok"}), {})
+    assert result.verdict == "PASS" and "| **1/1** | 0: 0.0031; classifies 1 |" in result.row
+    assert "all seeds (1/1)" in result.row
     lt = Check("x", "m", "lt_run", "va", "dc")
     values = _lookup_from({"dc": {0: 1.0, 1: 0.9}, "va": {0: 0.5, 1: 0.85}})
-    assert _summary_cell(lt, lt.judge_seeds(values), values) == "median 0.675, closest seed 1 (0.85 vs 0.9); mean 0.675 ± 0.25"
+    assert (_summary_cell(lt, judge_seeds(lt, values), values)
+            == "median 0.675, closest seed 1 (0.85 vs 0.9); mean 0.675 ± 0.25")
 
 
 def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("# @package _global_\n# Paper E2: the description.\n#\n# Audit (paper.md §E2): fixed: a; kept: b\n"
+    path.write_text("# @package _global_\n# Paper E2: the description.\n#\n# Audit (paper App. E2): fixed: a; kept: b\n"
                     "# because c.\n#\n# Other notes.\ndefaults: []\n")
-    assert audit(path) == "Audit (paper.md §E2): fixed: a; kept: b because c."
+    assert audit(path) == "Audit (paper App. E2): fixed: a; kept: b because c."
     assert header(path) == "Paper E2: the description."  # nodex list shows the description only
     jobs = [Job("annuli_data_control", "annuli_data_control", ensemble=True)]
     text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0, 1), [], None)
-    assert "| annuli_data_control | (paper.md §1.9, §E1): fixed: the last layer is NOT zero-initialised" in text
+    assert "| annuli_data_control | (paper App. E1 and its data-control section): fixed: the last layer is NOT" in text
 
 
 def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_path, monkeypatch, capsys):
-    import nodex.paper.reproduce as rep
-
     seen = []
-    monkeypatch.setattr(rep, "_run_one", lambda job, out, seeds, threads, *rest: seen.append(threads) or "ok")
-    monkeypatch.setattr(rep.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(running, "run_one", lambda job, out, seeds, threads, *rest: seen.append(threads) or "ok")
+    monkeypatch.setattr(running.os, "cpu_count", lambda: 8)
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
-    rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 2, None, False, None)
-    rep.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 1, None, False, None, threads=1)
-    rep.run_jobs(jobs, BUDGETS["full"], tmp_path, (0,), 2, None, False, None)  # the GPU budget leaves them alone
+    running.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 2, None, False, None)
+    running.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 1, None, False, None, threads=1)
+    running.run_jobs(jobs, BUDGETS["full"], tmp_path, (0,), 2, None, False, None)  # the GPU budget leaves them alone
     assert seen == [4, 1, None]
     assert capsys.readouterr().out.count("reflection_vanilla  ok") == 3
 
 
 def test_wall_time_is_the_union_of_the_recorded_spans(tmp_path):
-    from nodex.paper.reproduce import _add_wall, _commands
-
-    assert _add_wall(tmp_path, None) is None
-    assert _add_wall(tmp_path, (100.0, 400.0)) == 300.0
-    assert _add_wall(tmp_path, (200.0, 500.0)) == 400.0  # overlaps: counted once
-    assert _add_wall(tmp_path, (1000.0, 1060.0), "python scripts/reproduce.py --resume") == 460.0  # a later --resume
-    assert _add_wall(tmp_path, None) == 460.0 and len(json.loads((tmp_path / "wall.json").read_text())["spans"]) == 3
-    assert _commands(tmp_path) == ["python scripts/reproduce.py --resume"]
+    assert add_wall(tmp_path, None) is None
+    assert add_wall(tmp_path, (100.0, 400.0)) == 300.0
+    assert add_wall(tmp_path, (200.0, 500.0)) == 400.0  # overlaps: counted once
+    assert add_wall(tmp_path, (1000.0, 1060.0), "nodex reproduce --resume") == 460.0  # a later --resume
+    assert add_wall(tmp_path, None) == 460.0 and len(json.loads((tmp_path / "wall.json").read_text())["spans"]) == 3
+    assert recorded_commands(tmp_path) == ["nodex reproduce --resume"]
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
-    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], 460.0, commands=["A --x", "B --resume"])
+    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), ["A --x", "B --resume"], 460.0)
     assert "Made with `A --x` and 1 more invocations on the same run folder (listed below) on " in text
     assert " in 7.7 min of wall time." in text and "1. `A --x`\n2. `B --resume`\n" in text
 
 
 def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_path, monkeypatch):
-    import nodex.paper.reproduce as rep
-
     out = tmp_path / "runs"
     for k in range(3):
         _fake_result(out, "annuli_vanilla", k, {}, 1221, status="failed", error="stopped", sub=f"seeds0-2/member-{k}")
     _fake_result(out, "annuli_vanilla", 3, {"test/accuracy": 1.0}, 1221, sub="seed3")
     ran = []
-    monkeypatch.setattr(rep.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(returncode=0))
+    monkeypatch.setattr(running.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(returncode=0))
     job = Job("annuli_vanilla", "annuli_vanilla", ensemble=True)
-    line = rep._run_one(job, out, (0, 1, 2, 3), 1, None, True, None, {})
+    line = running.run_one(job, out, (0, 1, 2, 3), 1, None, True, None, {})
     assert [c[c.index("train") + 1:c.index("train") + 4] for c in ran] == [
         ["experiment=annuli_vanilla", "seed=0", "trainer.ensemble=3"]]
     assert sorted(p.name for p in (out / "annuli_vanilla").iterdir()) == ["reproduce.log", "seed3"]
     aside = list((out / ".failed" / "annuli_vanilla").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("seeds0-2-") and (aside[0] / "member-2" / "result.json").exists()
     assert line.startswith("1/4 completed") and "see " in line  # the stub trained nothing
-    assert rep._run_one(job, out, (3,), 1, None, True, None, {}) == "already done (--resume)"
+    assert running.run_one(job, out, (3,), 1, None, True, None, {}) == "already done (--resume)"
+
+
+def test_the_page_goes_into_out_unless_report_says_otherwise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "REPRODUCTION.md").write_text("the committed page\n")
+    out = tmp_path / "runs"
+    _fake_result(out, "reflection_data_control", 0, {"test/mse": 2e-4}, 257)
+    args = ["--budget", "cpu", "--only", "reflection_data_control", "--out", str(out), "--report-only", "--compare", ""]
+    assert reproduce_main(args) == 0
+    assert (tmp_path / "REPRODUCTION.md").read_text() == "the committed page\n"  # untouched
+    text = (out / "REPRODUCTION.md").read_text()
+    assert "Made with `nodex reproduce --budget cpu --only reflection_data_control --out " in text
+    assert reproduce_main([*args, "--report", str(tmp_path / "page" / "R.md")]) == 0
+    page = (tmp_path / "page" / "R.md").read_text()
+    assert "| data-controlled fits (test MSE) | fits | ≤ 0.001 | **1/1** |" in page
+
+
+@pytest.mark.slow  # composes two experiments (~0.3 s each)
+def test_the_dry_run_plan_says_what_compare_adds(capsys):
+    assert reproduce_main(["--budget", "cpu", "--only", "reflection_vanilla,reflection_depthcat", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == ("# --compare adds 2 jobs (10 separate runs: reflection_depthcat@separate, "
+                         "reflection_vanilla@separate), about 2 min on one core (configs/budget/cpu.yaml: "
+                         "seconds_per_seed); --compare '' leaves them out")
+    assert sum("hydra.sweep.dir=" in ln and "@separate" in ln for ln in lines) == 2
+    assert reproduce_main(["--budget", "cpu", "--only", "reflection_vanilla", "--dry-run", "--compare", ""]) == 0
+    assert "--compare adds" not in capsys.readouterr().out
+
+
+def test_claims_not_rerun_are_carried_from_the_earlier_page_and_say_so(tmp_path):
+    earlier = "\n".join([
+        "Budget **cpu**: five seeds.", "", "Made with `nodex reproduce --budget cpu` on 2026-12-06 (Linux).", "",
+        "| claim | result | seeds that hold, per check |", "|---|---|---|",
+        "| [3.7](#claim-3-7) | PASS | vanilla leaks (outer ring classified inner): 5/5 |",
+        "| [3.8](#claim-3-8) | not run | not run |", "", "## Claims", "",
+        '<a id="claim-3-7"></a>', "", "### 3.7. Annuli", "", "Source: old.", "",
+        "| check | paper | pass if (per seed) | seeds that hold |", "|---|---|---|---|",
+        "| vanilla leaks (outer ring classified inner) | leaks | ≥ 5e-05 | **5/5** |", "", "An old note.",
+        '<p><img src="docs/reproduction/annuli_vanilla_decision_map_seed0.png" width="315"></p>', "",
+        '<a id="claim-3-8"></a>', "", "### 3.8. Depth", "", "## Runs", ""])
+    sections = earlier_sections(earlier)
+    assert set(sections) == {"3.7", "made"} and sections["made"] == "budget cpu, made on 2026-12-06"
+    assert sections["3.7"]["lines"][-1].startswith('<p><img src="docs/reproduction/annuli_vanilla_decision_map')
+    jobs = [Job("reflection_vanilla", "reflection_vanilla")]
+    text = render_reproduction(jobs, [], {}, BUDGETS["cpu"], (0,), [], None, earlier=sections)
+    assert ("| [3.7](#claim-3-7) | not rerun (earlier checks: PASS) | vanilla leaks (outer ring classified inner): "
+            "5/5 |") in text
+    assert ("**Not rerun here.** The table and figures below are the earlier page's (budget cpu, made on 2026-12-06), "
+            "with its per-seed values; its runs are not in this run folder. **Judged by the earlier checks**") in text
+    assert "| vanilla leaks (outer ring classified inner) | leaks | ≥ 5e-05 | **5/5** |" in text
+    assert "An old note." not in text and "| [3.8](#claim-3-8) | not run | not run |" in text
+    assert ", 6 carried from the earlier page (not rerun)**" in text

@@ -1,4 +1,4 @@
-"""scripts/solver_study.py: candidates run side by side through reproduce.py, paired by job and seed."""
+"""scripts/solver_study.py: candidates run side by side through nodex reproduce, paired by job and seed."""
 
 from __future__ import annotations
 

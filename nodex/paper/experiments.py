@@ -29,56 +29,41 @@ class Experiment:
     path: Path
 
 
-def describe(path: Path) -> str:
-    """The first comment line of a config file that is not a ``# @package`` directive."""
+def _paragraphs(path: Path) -> list[list[str]]:
+    """The paragraphs of a config file's header comment (the ``@package`` line left out)."""
+    paragraphs: list[list[str]] = [[]]
     for line in path.read_text(encoding="utf-8").splitlines():
         stripped = line.strip()
-        if not stripped:
-            continue
-        if not stripped.startswith("#"):
+        if stripped and not stripped.startswith("#"):
             break
         text = stripped.lstrip("#").strip()
         if text and not text.startswith("@package"):
-            return text
-    return ""
+            paragraphs[-1].append(text)
+        elif not text and paragraphs[-1]:
+            paragraphs.append([])
+    return [p for p in paragraphs if p]
+
+
+def describe(path: Path) -> str:
+    """The first comment line of a config file that is not a ``# @package`` directive."""
+    paragraphs = _paragraphs(path)
+    return paragraphs[0][0] if paragraphs else ""
 
 
 def header(path: Path) -> str:
     """The whole first paragraph of a config file's header comment (its lines joined), for ``nodex list``."""
-    lines: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if not stripped and not lines:
-            continue
-        if not stripped.startswith("#"):
-            break
-        text = stripped.lstrip("#").strip()
-        if text.startswith("@package"):
-            continue
-        if not text:
-            if lines:
-                break
-            continue
-        lines.append(text)
-    return " ".join(lines)
+    paragraphs = _paragraphs(path)
+    return " ".join(paragraphs[0]) if paragraphs else ""
 
 
 def audit(path: Path) -> str:
     """The header paragraph of a config file that starts with ``Audit`` (its settings checked
     against the authors', deviations fixed or kept and why), its lines joined; ``""`` if none."""
-    lines: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if not stripped.startswith("#"):
-            break
-        text = stripped.lstrip("#").strip()
-        if text.startswith("Audit"):
-            lines = [text]
-        elif lines and text:
-            lines.append(text)
-        elif lines:
-            break
-    return " ".join(lines)
+    for lines in _paragraphs(path):
+        starts = [i for i, text in enumerate(lines) if text.startswith("Audit")]
+        if starts:
+            return " ".join(lines[starts[-1]:])
+    return ""
 
 
 def discover(directory: Path | None = None, only: list[str] | None = None) -> list[Experiment]:

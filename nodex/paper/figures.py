@@ -1,11 +1,6 @@
-"""The reproduction page's pictures: a claim's figures copied from its runs' ``plots/`` into a
-small committed folder (``docs/reproduction/``), downscaled and palette-quantised so the whole
-folder stays a few hundred KB.
-
-Each claim names ``(run label, plot name)`` pairs (:attr:`nodex.paper.claims.Claim.figures`);
-the page shows them for the first seed, and again for the worst seed of a check that fails on
-some seeds (that seed's picture is usually the reason).
-"""
+"""The reproduction page's pictures: a claim's figures (:attr:`nodex.paper.claims.Claim.figures`) copied
+from its runs' ``plots/`` into ``docs/reproduction/``, downscaled and palette-quantised, for the first
+seed and for the worst seed of a check that fails on some seeds (that picture is usually the reason)."""
 
 from __future__ import annotations
 
@@ -53,16 +48,16 @@ def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int,
     return out, shrink(src, dest_dir / out)
 
 
-def clear(dest_dir: Path) -> None:
-    """Remove the PNGs an earlier report left in ``dest_dir`` (only this page writes there)."""
+def clear(dest_dir: Path, keep: frozenset[str] | set[str] = frozenset()) -> None:
+    """Remove the PNGs an earlier page left in ``dest_dir``, except ``keep`` (carried sections' figures)."""
     if dest_dir.is_dir():
         for path in dest_dir.glob("*.png"):
-            path.unlink()
+            if path.name not in keep:
+                path.unlink()
 
 
 class FigureSink:
-    """Copies a claim's figures into ``dest_dir`` and writes the page's lines that show them
-    (``rel``: ``dest_dir`` as the page links it)."""
+    """Copies a claim's figures into ``dest_dir``; writes the page's lines that show them (linked as ``rel``)."""
 
     def __init__(self, dest_dir: Path, rel: str) -> None:
         self.dest_dir, self.rel = Path(dest_dir), rel.rstrip("/")
