@@ -400,9 +400,9 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
     except (HydraException, OmegaConfBaseException) as exc:
         _report(one_line(exc))
         return 2
-    except RunRefused as exc:  # raised by a callback before the job runs: the run dir is in use
-        _report(exc.message)
-        return 1
+    except RunRefused as exc:  # raised by a callback before the job runs: the run dir is in use, a refused resume
+        print(f"nodex: {exc.message}" if exc.exit_code == 0 else f"nodex: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     return _sweep_exit_code()
 
 
@@ -496,6 +496,9 @@ def _main(argv: list[str]) -> int:
     finally:
         from hydra.core.global_hydra import GlobalHydra
 
+        from nodex.sweeps import release_run_locks
+
+        release_run_locks()
         GlobalHydra.instance().clear()
 
 
