@@ -113,9 +113,10 @@ def train_job(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         from pathlib import Path
 
-        saved = (Path(run_dir) / "checkpoints" / "last.pt").exists()
+        last = "member-*/checkpoints/last.pt" if (Path(run_dir) / "member-0").is_dir() else "checkpoints/last.pt"
+        saved = any(Path(run_dir).glob(last))
         _report(
-            f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt"
+            f"interrupted; last checkpoint saved in {run_dir}/{last}"
             if saved
             else "interrupted before the first checkpoint; nothing to resume"
         )

@@ -123,6 +123,9 @@ def test_a_run_stopped_and_resumed_at_random_steps_is_the_uninterrupted_run(tmp_
         code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])
         expected = 130 if how.startswith("SIGINT") else 128 + getattr(signal, how).value
         assert code == expected, (how, step, err)
+        if how.startswith("SIGINT"):
+            last = "member-*/checkpoints/last.pt" if "ensemble" in case else "checkpoints/last.pt"
+            assert err.strip() == f"nodex: error: interrupted; last checkpoint saved in {cut}/{last}"
         saved = load_checkpoint(_member_dirs(cut)[0] / "checkpoints" / "last.pt")["step"]
         assert saved == (step - 1 if how == "SIGINT" else step), how  # SIGINT in the gradients: that step undone
     stop_at(-1, "SIGINT")  # no more stops
