@@ -29,7 +29,7 @@ from nodex.train.loop import Trainer
 STEPS = 40
 TINY = [f"trainer.max_steps={STEPS}", "data.n_train=64", "data.n_val=32", "data.n_test=64", "trainer.plots=false",
         "logger.tensorboard=false", "trainer.log_every=5", "trainer.val_every=10", "trainer.checkpoint_every=10",
-        "model.field.hidden=[16]", "trainer.resume=auto"]
+        "model.field.hidden=[16]", "trainer.resume=auto", "trainer.num_threads=1"]
 CASES = {
     "rk4-resample-step": ["solver=rk4", "data.resample=true", "trainer.batch_size=32", "trainer.scheduler.name=step",
                           "trainer.scheduler.step_size=7", "trainer.scheduler.gamma=0.7"],
@@ -38,7 +38,7 @@ CASES = {
                                              "trainer.scheduler.gamma=0.95"],
     "tsit5-minibatch-cosine": ["solver=tsit5", "data.resample=false", "trainer.batch_size=16",
                                "trainer.scheduler.name=cosine"],
-    "cnf-hutchinson": ["experiment=cnf_gaussians", "solver=rk4", "model.trace=hutchinson", "trainer.batch_size=32",
+    "cnf-hutchinson": ["experiment=cnf_gaussians", "solver=rk4", "solver.step_size=0.25", "model.trace=hutchinson", "trainer.batch_size=32",
                        "model.field.hidden=[16]"],
     "ensemble-rk4-step": ["trainer.ensemble=2", "solver=rk4", "trainer.scheduler.name=step",
                           "trainer.scheduler.step_size=9", "trainer.scheduler.gamma=0.5"],
