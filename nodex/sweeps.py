@@ -246,7 +246,7 @@ class RunGuard(Callback):
         except (NodexError, AlreadyCompleted) as exc:
             release_run_locks()
             if lock.created_dir:
-                lock.path.parent.rmdir()
+                lock.path.parent.rmdir()  # empty: the lock file was all that this run wrote
             raise RunRefused(str(exc), 0 if isinstance(exc, AlreadyCompleted) else 1) from None
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:

@@ -31,6 +31,23 @@ def test_sigterm_is_recorded_and_the_step_boundary_saves_then_stops():
     assert signal.getsignal(signal.SIGTERM) == before  # restored
 
 
+def test_ctrl_c_stops_at_once_while_abortable_and_waits_for_the_boundary_otherwise():
+    before = signal.getsignal(signal.SIGINT)
+    saved = []
+    with StopRequest() as stop:
+        with pytest.raises(KeyboardInterrupt):  # drawing a batch, computing gradients: nothing to lose
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        stop.abortable = False  # the update is being applied
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.interrupted and stop.signal is None and stop.received == []  # recorded, never forwarded
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_requested(stop, 5, lambda: saved.append(5))
+    assert saved == []  # the loop saves on its way out of a KeyboardInterrupt
+    assert signal.getsignal(signal.SIGINT) == before
+
+
 def test_the_previous_handler_gets_the_signal_forwarded():
     calls = []
     old = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))

@@ -122,6 +122,8 @@ def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_ru
     assert code == 0, err
     assert result["steps"] == 30 and result["config"]["trainer"]["optim"]["lr"] == 0.001
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 0.001
+    assert ("trainer.optim.lr=0.001 replaces the checkpoint run's 0.005: the schedule goes on from its position at "
+            "the new base rate (lr now 0.001)") in (resumed / "train.log").read_text()
 
 
 def test_a_second_live_run_into_the_same_dir_is_refused(tmp_path):
