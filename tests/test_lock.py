@@ -111,3 +111,25 @@ def test_a_refused_lock_leaves_a_dir_it_created_removable(tmp_path):
     assert lock.created_dir and not RunLock(tmp_path).acquire().created_dir
     lock.release()
     assert list((tmp_path / "new" / "run").iterdir()) == []
+
+
+def test_without_flock_the_owner_record_decides(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")  # an NFS mount with nolock
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"pid": int(dead.stdout), "host": os.uname().nodename, "started": 0}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    with RunLock(tmp_path):  # a process gone from this host
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({**record, "host": "other-node", "slurm_job_id": "9"}))
+    with pytest.raises(RunLockedError, match=f"in use by pid {record['pid']} on other-node"):
+        RunLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "9")  # the same job, requeued
+    with RunLock(tmp_path) as lock:
+        assert lock.held

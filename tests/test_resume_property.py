@@ -38,8 +38,8 @@ CASES = {
                                              "trainer.scheduler.gamma=0.95"],
     "tsit5-minibatch-cosine": ["solver=tsit5", "data.resample=false", "trainer.batch_size=16",
                                "trainer.scheduler.name=cosine"],
-    "cnf-hutchinson": ["experiment=cnf_gaussians", "solver=rk4", "solver.step_size=0.25", "model.trace=hutchinson", "trainer.batch_size=32",
-                       "model.field.hidden=[16]"],
+    "cnf-hutchinson": ["experiment=cnf_gaussians", "solver=rk4", "solver.step_size=0.25", "model.trace=hutchinson",
+                       "trainer.batch_size=32", "model.field.hidden=[16]"],
     "ensemble-rk4-step": ["trainer.ensemble=2", "solver=rk4", "trainer.scheduler.name=step",
                           "trainer.scheduler.step_size=9", "trainer.scheduler.gamma=0.5"],
 }
