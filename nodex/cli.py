@@ -117,6 +117,9 @@ def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
     finally:
         from hydra.core.global_hydra import GlobalHydra
 
+        from nodex.sweeps import release_run_locks
+
+        release_run_locks()
         GlobalHydra.instance().clear()  # as hydra.main leaves it, whatever stopped it: the next call starts clean
         sys.argv, argparse.ArgumentParser.error = saved_argv, saved_error  # type: ignore[method-assign]
         if saved_env is None:
@@ -144,9 +147,9 @@ def _run(cmd: str, args: list[str]) -> int:
         return _stopped(one_line(exc), usage=True)
     except UsageError:  # Hydra's argument parser (see _hydra_main_as_a_call)
         raise
-    except RunRefused as exc:  # raised by a callback before the job runs: the run dir is in use
-        report_error(exc.message)
-        return 1
+    except RunRefused as exc:  # raised by a callback before the job runs: the run dir is in use, a refused resume
+        print(f"nodex: {exc.message}" if exc.exit_code == 0 else f"nodex: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:  # a launcher's own failure, e.g. submitit's UncompletedJobError for a killed worker
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
         return _stopped(f"{type(exc).__name__}: {message}", usage=False)

@@ -61,8 +61,9 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
             except KeyboardInterrupt:
                 if not records:
                     raise
-                saved = (Path(run_dir) / "checkpoints" / "last.pt").exists()
-                report_error(f"interrupted; last checkpoint saved in {run_dir}/checkpoints/last.pt" if saved
+                last = "member-*/checkpoints/last.pt" if (Path(run_dir) / "member-0").is_dir() else "checkpoints/last.pt"
+                saved = any(Path(run_dir).glob(last))
+                report_error(f"interrupted; last checkpoint saved in {run_dir}/{last}" if saved
                              else "interrupted before the first checkpoint; nothing to resume")
                 raise SystemExit(130) from None
             except Exception as exc:  # not raised by nodex: one line here, the traceback in the log

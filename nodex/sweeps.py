@@ -199,28 +199,47 @@ class RunRefused(BaseException):
     """A run that must not start (its dir is in use), raised from a Hydra callback: a ``BaseException`` because
     Hydra turns a callback's ``Exception`` into a warning and goes on. The CLI reports ``message`` as one line."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
-        self.message = message
+        self.message, self.exit_code = message, exit_code
+
+
+_held_locks: list[Any] = []  # the run lock a RunGuard took in this process (released however the run ends)
+
+
+def release_run_locks() -> None:
+    """Release the run lock of this process's single run: also after a run that ended in ``SystemExit`` (a failure,
+    SIGTERM, Ctrl-C), where Hydra skips ``on_run_end``. The CLI calls it when its command ends."""
+    while _held_locks:
+        _held_locks.pop().release()
 
 
 class RunGuard(Callback):
     """Hydra callback: one writer per run dir. A single run takes the lock before Hydra writes anything into
     ``hydra.run.dir`` (a refused second run cannot overwrite the first one's ``.hydra/``) and raises
-    :class:`RunRefused` when a live run holds it; sweep jobs take their own dir's lock in the task."""
+    :class:`RunRefused` when a live run holds it; sweep jobs take their own dir's lock in the task.
 
-    def __init__(self) -> None:
-        self._lock: Any = None
+    Holding the lock, it checks ``trainer.resume`` (:func:`nodex.train.resume.plan_resume`) before Hydra writes the
+    run's ``.hydra/`` snapshot and log: a refused resume (and a completed run asked to resume) changes nothing on
+    disk, and a run dir that did not exist before is removed again."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from nodex.errors import NodexError
         from nodex.train.lock import RunLock, RunLockedError
+        from nodex.train.resume import AlreadyCompleted, plan_resume
 
         try:
-            self._lock = RunLock(str(config.hydra.run.dir)).acquire()
+            lock = RunLock(str(config.hydra.run.dir)).acquire()
         except RunLockedError as exc:
             raise RunRefused(str(exc)) from None
+        _held_locks.append(lock)
+        try:
+            plan_resume(config, lock.path.parent)
+        except (NodexError, AlreadyCompleted) as exc:
+            release_run_locks()
+            if lock.created_dir:
+                lock.path.parent.rmdir()  # empty: the lock file was all that this run wrote
+            raise RunRefused(str(exc), 0 if isinstance(exc, AlreadyCompleted) else 1) from None
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        release_run_locks()

@@ -112,10 +112,9 @@ def test_eval_unknown_override_key(cli, tmp_path, good_run):
 
 
 def test_resume_from_a_missing_checkpoint(train_run, tmp_path):
-    _, result, code, err = train_run(f"trainer.resume={tmp_path / 'missing'}")
+    run_dir, result, code, err = train_run(f"trainer.resume={tmp_path / 'missing'}")
     assert code == 1 and "does not exist" in _one_line_error(err)
-    assert result["status"] == "failed"
-    assert result["params"] == 1224 and result["threads"] >= 1  # what was built before the resume failed
+    assert result is None and not run_dir.exists()  # refused before anything was written: no run folder left
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(train_run, monkeypatch):

@@ -122,6 +122,8 @@ def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_ru
     assert code == 0, err
     assert result["steps"] == 30 and result["config"]["trainer"]["optim"]["lr"] == 0.001
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 0.001
+    assert ("trainer.optim.lr=0.001 replaces the checkpoint run's 0.005: the schedule goes on from its position at "
+            "the new base rate (lr now 0.001)") in (resumed / "train.log").read_text()
 
 
 def test_a_second_live_run_into_the_same_dir_is_refused(tmp_path):
@@ -155,3 +157,85 @@ def test_a_run_killed_mid_epoch_resumes_inside_that_epoch(tmp_path):
     assert again.returncode == 0, err
     (a, a_model), (b, b_model) = _final(whole), _final(cut)
     assert b["metrics"] == a["metrics"] and all(torch.equal(a_model[k], b_model[k]) for k in a_model)
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every file under ``run_dir`` with its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("changed", [["seed=5"], ["model=depthcat"]])
+def test_a_refused_resume_changes_nothing_on_disk(train_run, changed):
+    run_dir, _, code, err = train_run(name="done")
+    assert code == 0, err
+    before = _files(run_dir)
+    assert ".hydra/config.yaml" in before and "train.log" in before and "result.json" in before
+    _, _, code, err = train_run("trainer.resume=auto", *changed, name="done")
+    key = changed[0].split("=")[0]
+    assert code == 1 and err.startswith("nodex: error: trainer.resume=") and key in err
+    assert err.strip().splitlines() == [err.strip()]
+    assert _files(run_dir) == before  # result.json, .hydra/, train.log, metrics.jsonl, checkpoints: all as they were
+
+
+def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run):
+    run_dir, _, code, err = train_run(name="done")
+    assert code == 0, err
+    before = _files(run_dir)
+    _, _, code, err = train_run("trainer.resume=auto", name="done")  # a requeued job that had already finished
+    assert code == 0 and err.strip() == f"nodex: {run_dir} already completed its 20 steps; nothing to do (a larger " \
+                                        "trainer.max_steps continues it)"
+    assert _files(run_dir) == before  # no second test row in metrics.jsonl, no new .hydra/
+    resumed, result, code, err = train_run("trainer.resume=auto", "trainer.max_steps=30", name="done")
+    assert code == 0, err and result["steps"] == 30 and result["status"] == "completed"
+
+
+def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(train_run, tmp_path):
+    first, _, code, err = train_run(name="first")
+    assert code == 0, err
+    _, _, code, err = train_run(f"trainer.resume={first}", name="other")
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={first}: that run has no steps left (it ends "
+                                         "at step 20); continue it with a larger trainer.max_steps (above 20)")
+    _, _, code, err = train_run(f"trainer.resume={first}", "trainer.max_steps=10", name="other")
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={first}: the checkpoint is at step 20, beyond "
+                                         "this run's 10 steps; set trainer.max_steps above 20 to continue it")
+    assert not (tmp_path / "other").exists()
+    _, result, code, err = train_run(f"trainer.resume={first}", "trainer.max_steps=25", name="other")
+    assert code == 0 and result["steps"] == 25, err
+
+
+def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run):
+    run_dir, _, code, err = train_run(name="run")
+    assert code == 0, err
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    before = _files(run_dir)
+    _, _, code, err = train_run("trainer.resume=auto", name="run")
+    best = run_dir / "checkpoints" / "best.pt"
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume=auto: {run_dir} holds checkpoints/best.pt but "
+                                         f"no last.pt; continue from the best one with trainer.resume={best}, or "
+                                         "start over with trainer.resume=null in a new hydra.run.dir")
+    assert _files(run_dir) == before
+    _, result, code, err = train_run(f"trainer.resume={best}", "trainer.max_steps=30", name="run")
+    assert code == 0 and result["steps"] == 30, err
+
+
+def test_an_ensemble_resumed_with_another_size_is_refused(train_run, tmp_path):
+    ens, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", name="ens")
+    assert code == 0, err
+    _, _, code, err = train_run("trainer.ensemble=3", "solver=rk4", f"trainer.resume={ens}", "trainer.max_steps=30",
+                                name="three")
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={ens}: that is an ensemble of 2, this run is "
+                                         "trainer.ensemble=3; resume with trainer.ensemble=2")
+    _, _, code, err = train_run("solver=rk4", f"trainer.resume={ens}", "trainer.max_steps=30", name="one")
+    assert code == 1 and "that is an ensemble of 2, this run is trainer.ensemble=1" in err
+    assert not (tmp_path / "three").exists() and not (tmp_path / "one").exists()
+
+
+@pytest.mark.parametrize("bad", ["trainer.optim.lr=-1", "trainer.resume=/no/such/run"])
+def test_a_failed_run_releases_its_lock(train_run, bad):
+    from nodex.train.lock import LOCK_NAME
+
+    run_dir, result, code, err = train_run(bad, name="bad")
+    assert code == 1 and err.strip().splitlines() == [err.strip()]
+    assert not (run_dir / LOCK_NAME).exists()
+    if run_dir.exists():
+        assert result["status"] == "failed"

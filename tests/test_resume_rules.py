@@ -56,8 +56,35 @@ def test_a_new_learning_rate_replaces_the_checkpoints():
     opt2.load_state_dict(state)
     sched2.load_state_dict(sched.state_dict())
     assert opt2.param_groups[0]["lr"] == 0.005  # what torch does: the checkpoint's rate comes back
-    apply_learning_rate(opt2, sched2, 0.001)
+    assert not apply_learning_rate(opt2, sched2, 0.005, 0.005)  # the run's own rate: nothing changes
+    assert apply_learning_rate(opt2, sched2, 0.001, 0.005)
     assert opt2.param_groups[0]["lr"] == 0.001 and sched2.base_lrs == [0.001]
+
+
+@pytest.mark.parametrize("name", ["step", "exponential", "cosine"])
+def test_a_resumed_schedule_continues_where_it_stopped(name):
+    def make():
+        p = torch.nn.Parameter(torch.ones(2))
+        opt = torch.optim.Adam([p], lr=0.005)
+        sched = {"step": lambda: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7),
+                 "exponential": lambda: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9),
+                 "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20)}[name]()
+        return opt, sched
+
+    opt, sched = make()
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    opt2, sched2 = make()
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert not apply_learning_rate(opt2, sched2, 0.005, 0.005)
+    for _ in range(5):
+        opt.step(), sched.step(), opt2.step(), sched2.step()
+        assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] < 0.005
+    assert apply_learning_rate(opt2, sched2, 0.0025, 0.005)  # a new base rate: half, from the same position
+    opt.step(), sched.step(), opt2.step(), sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"] / 2, rel=1e-12)
 
 
 def test_resume_auto_finds_an_ensembles_member_checkpoints(tmp_path):

@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain values: ``model``, ``optimizer``, ``
 (state dicts), ``step``, ``config`` (the resolved run config as a plain dict), ``best``
 (monitored value), ``rng`` (generator states), ``data_spec`` (``{"input_shape": [...],
 "n_outputs": N}``: what the model was built for, so it can be rebuilt without its dataset)
-and ``format`` (:data:`FORMAT`). Checkpoints written before ``data_spec`` existed lack it.
+``progress`` (the loop's sums since its last log point and the run's NFE totals) and ``format`` (:data:`FORMAT`).
+Checkpoints written before ``data_spec`` or ``progress`` existed lack them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ def checkpoint_state(
     config: dict[str, Any] | None,
     data_spec: dict[str, Any] | None,
     sampler: Any = None,
+    progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of one run: ``model``'s state dict, the optimizer state its own
     optimizer has, the scheduler's, and ``state``'s (a :class:`~nodex.train.members.LoopState`)
     step, best value and batch-generator state (with the epoch's start and position), the fresh-batch stream of
-    ``sampler`` (``data.resample``) and the global torch RNG state: everything that decides the rest of the run."""
+    ``sampler`` (``data.resample``) and the global torch RNG state: everything that decides the rest of the run.
+    ``progress``: the loop's running sums since its last log point (``window``) and the run's NFE ``totals``, so that
+    a run stopped between two log points logs the same next row and ``result.json`` as the uninterrupted run."""
     return {
         "model": model.state_dict(), "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -44,6 +48,7 @@ def checkpoint_state(
             "fresh": sampler.get_state() if sampler is not None else None,
         },
         "data_spec": data_spec,
+        "progress": progress,
     }
 
 

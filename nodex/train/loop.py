@@ -42,6 +42,21 @@ class StepStats:
             v = v.detach()
             self.sums[k] = v if k not in self.sums else self.sums[k] + v
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far (a checkpoint between two log points keeps them: the resumed run's next row is the
+        uninterrupted run's)."""
+        return {"steps": self.steps, "samples": self.samples, "nfe_forward": self.nfe_forward,
+                "nfe_backward": self.nfe_backward, "sums": dict(self.sums)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> "StepStats":
+        stats = cls()
+        if state:
+            stats.steps, stats.samples = int(state["steps"]), int(state["samples"])
+            stats.nfe_forward, stats.nfe_backward = int(state["nfe_forward"]), int(state["nfe_backward"])
+            stats.sums = dict(state["sums"])
+        return stats
+
 
 def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int | None = None) -> dict[str, float]:
     """Loss, task metrics and mean forward NFE per batch on ``split`` (no gradients)."""
@@ -104,9 +119,12 @@ class Trainer:
         self.batch_size = cfg.get("batch_size")
         self.clip = float(cfg.grad_clip) if cfg.get("grad_clip") else None
         self.max_steps = self.total_steps(cfg, members.members[0].data)
-        self.totals = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
+        self.totals = dict(members.members[0].state.totals or {"steps": 0, "nfe_forward": 0, "nfe_backward": 0})
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+        self.stats: list[StepStats] = [StepStats.from_state(m.state.window) for m in members.members]
+        self.stop: StopRequest | None = None
+        self.committed = False  # this step's update has begun: a KeyboardInterrupt must not rewind its batch
 
     @staticmethod
     def steps_per_epoch(cfg: DictConfig, data: DataBundle) -> int:
@@ -154,7 +172,36 @@ class Trainer:
 
     def _state(self, m: Member) -> dict[str, Any]:
         opt_state = self.members.optimizer_state(self.optimizer, m.index)
-        return checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec, m.data.sampler)
+        progress = {"window": self.stats[m.index].state_dict(), "totals": dict(self.totals)}
+        return checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec, m.data.sampler,
+                                progress)
+
+    def _stream_marks(self) -> tuple[torch.Tensor, list[tuple[Any, ...]]]:
+        """Where every batch stream (and the global RNG) stands before a step draws from it."""
+        marks = [(m.state.batch_gen.get_state(), m.state.epoch_start, m.state.epoch_pos,
+                  m.data.sampler.get_state() if m.data.sampler is not None else None) for m in self.members.members]
+        return torch.get_rng_state(), marks
+
+    def _rewind(self, marks: tuple[torch.Tensor, list[tuple[Any, ...]]]) -> None:
+        """Put the streams back where :meth:`_stream_marks` saw them: a step stopped before its update took nothing."""
+        rng, per_member = marks
+        torch.set_rng_state(rng)
+        for m, (gen, epoch_start, epoch_pos, fresh) in zip(self.members.members, per_member):
+            m.state.batch_gen.set_state(gen)
+            m.state.epoch_start, m.state.epoch_pos = epoch_start, epoch_pos
+            if fresh is not None:
+                m.data.sampler.set_state(fresh)
+
+    def _commit(self) -> None:
+        """From here to the step boundary a SIGINT waits (the update is applied whole, or not at all)."""
+        if self.stop is not None:
+            self.stop.abortable = False
+        self.committed = True
+
+    def _reopen(self) -> None:
+        self.committed = False
+        if self.stop is not None:
+            self.stop.abortable = True
 
     def _checkpoint(self, m: Member, name: str) -> None:
         if m.run_dir is not None:
@@ -171,32 +218,45 @@ class Trainer:
         Raises:
             SolverError, DivergenceError: with the step, solver and tolerances in the message;
                 ``last.pt`` then holds the last state that was checked finite.
-            KeyboardInterrupt: after saving ``last.pt`` at the current (finite) state.
+            KeyboardInterrupt: after saving ``last.pt`` at the state the next step starts from (a step stopped
+                before its update is rewound: its batch is drawn again on resume).
             Preempted: ``stop`` recorded a signal; ``last.pt`` holds the state after the last whole step.
         """
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer, self.scheduler, self.stop = optimizer, scheduler, stop
         self.log_every, self.val_every = max(1, int(self.cfg.log_every)), int(self.cfg.val_every or 0)
         self.ckpt_every = int(self.cfg.checkpoint_every or 0)
         self.scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
         self.epoch_steps = self.steps_per_epoch(self.cfg, self.members.members[0].data)
-        stats = [StepStats() for _ in self.members.members]
         bar = self._progress_bar(self.step)
         batches = [self._batches(m) for m in self.members.members]
         step = self._step_function(optimizer)
         try:
             while self.step < self.max_steps:
-                X, y = self.members.batch([next(b) for b in batches])
-                result = step(X, y)
+                marks = self._stream_marks()
+                self._reopen()
+                raise_if_requested(stop, self.step, self._save_last)
+                try:
+                    X, y = self.members.batch([next(b) for b in batches])
+                    if self.cfg.get("cuda_graph"):
+                        self._commit()  # a graphed step updates inside one replay
+                    result = step(X, y)
+                except KeyboardInterrupt:
+                    if not self.committed:
+                        self._rewind(marks)
+                    raise
+                self._commit()
                 self._advance()
-                self._record(stats, X, y, result)
+                self._record(self.stats, X, y, result)
                 if self.step % self.log_every == 0 or self.step == self.max_steps:
-                    self._log_point(stats, bar)
-                    stats = [StepStats() for _ in self.members.members]
+                    self._log_point(bar)
                 raise_if_requested(stop, self.step, self._save_last)
         except KeyboardInterrupt:
+            self._commit()  # a second Ctrl-C waits for the save
             self._save_last()
             raise
         finally:
+            self._reopen()
+            self.stop = None
             if bar is not None:
                 bar.close()
 
@@ -239,11 +299,13 @@ class Trainer:
             for key, value in out_k.extras.items():
                 st.add({f"{key}_mean": value.float().mean()})
 
-    def _log_point(self, stats: list[StepStats], bar: Any) -> None:
-        """Log, validate, checkpoint and plot every member (its plain model synced first)."""
-        step, last = self.step, self.step == self.max_steps
+    def _log_point(self, bar: Any) -> None:
+        """Log (starting the next window of running sums), validate, checkpoint and plot every member (its plain
+        model synced first)."""
+        step, last, stats = self.step, self.step == self.max_steps, self.stats
         self.members.sync()
         self._each(lambda m: self._log_train(m, stats[m.index], bar if m.index == 0 else None))
+        self.stats = [StepStats() for _ in self.members.members]
         if (self.val_every and step % self.val_every == 0) or last:
             self._each(self._validate)
         if self.ckpt_every and (step % self.ckpt_every == 0) or last:
@@ -269,6 +331,7 @@ class Trainer:
             loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+        self._commit()
         if self.clip:
             self.members.clip(self.clip)
         optimizer.step()

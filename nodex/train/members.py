@@ -44,6 +44,9 @@ class LoopState:
     # a run resumed mid-epoch redraws that epoch's order and skips what it already trained on
     epoch_start: torch.Tensor | None = None
     epoch_pos: int = 0
+    # a resumed run's loop sums since the last log point and the run's NFE totals (checkpoint "progress")
+    window: dict[str, Any] | None = None
+    totals: dict[str, int] | None = None
 
 
 @dataclass

@@ -1,6 +1,11 @@
 """Preemption: SIGTERM (what Slurm and most schedulers send) and submitit's "USR" signal are recorded, not acted on
 mid-step; the training loop asks :attr:`StopRequest.signal` at each step boundary, saves, and stops.
 
+Ctrl-C (SIGINT) stops at once where that loses nothing: while a step draws its batch and computes its gradients
+(:attr:`StopRequest.abortable`; the loop then rewinds the batch stream, so the saved state is the one that step
+starts from). From the optimizer update to the next step boundary (the update, the step count, logging, validation,
+checkpoints) it is recorded and acted on at the boundary, like SIGTERM, so a step is never half applied.
+
 Handlers chain: :meth:`StopRequest.forward` calls the handler that was installed before for every signal that
 arrived (submitit's: SIGTERM is only logged, SIGUSR2 requeues the job and exits), so nodex never silently breaks a
 launcher's requeue protocol, also when a preemption brings SIGTERM and SIGUSR2 one after the other.
@@ -37,11 +42,19 @@ class StopRequest:
     Only the main thread can install signal handlers; elsewhere (a launcher's worker thread) this is a no-op.
     """
 
-    def __init__(self, signals: tuple[int, ...] = SIGNALS) -> None:
+    def __init__(self, signals: tuple[int, ...] = SIGNALS, *, interrupt: bool = True) -> None:
         self.signals = signals
         self.signal: int | None = None
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
+        self.interrupt = interrupt
+        self.abortable = True  # a SIGINT now raises KeyboardInterrupt at once; False: recorded until the boundary
+        self.interrupted = False  # a SIGINT was recorded while not abortable
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self.abortable:
+            raise KeyboardInterrupt
+        self.interrupted = True
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is None:
@@ -52,7 +65,7 @@ class StopRequest:
     def forward(self) -> None:
         """Hand each recorded signal, in the order it came, to the handler installed before ours, if any (submitit's
         SIGUSR2 handler requeues the job and exits: it raises ``SystemExit``)."""
-        for signum in list(self.received):
+        for signum in list(self.received):  # SIGINT is never forwarded: it ends the run as KeyboardInterrupt
             previous = self._previous.get(signum)
             if callable(previous):
                 previous(signum, None)
@@ -61,6 +74,8 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._record)
+            if self.interrupt:
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -69,7 +84,10 @@ class StopRequest:
 
 
 def raise_if_requested(stop: StopRequest | None, step: int, save: Callable[[], None]) -> None:
-    """At a step boundary: when a stop signal was recorded, ``save()`` the state and raise :class:`Preempted`."""
+    """At a step boundary: when a stop signal was recorded, ``save()`` the state and raise :class:`Preempted`; when a
+    SIGINT was recorded, raise ``KeyboardInterrupt`` (the loop saves on its way out)."""
     if stop is not None and stop.signal is not None:
         save()
         raise Preempted(stop.signal, step)
+    if stop is not None and stop.interrupted:
+        raise KeyboardInterrupt

@@ -1,20 +1,27 @@
 """What resuming may change, and what it may not.
 
 ``trainer.resume=auto`` continues from the run dir's own ``checkpoints/last.pt`` when there is one and starts fresh
-otherwise: what a requeued Slurm job needs, since it runs the same command in the same dir again. A resume whose
+otherwise: what a requeued Slurm job needs, since it runs the same command in the same dir again; a run dir with
+only ``best.pt`` is refused (say which: resume from it, or start over elsewhere), and a completed run is left as it
+is (:class:`AlreadyCompleted`). :func:`plan_resume` decides all of this before anything is written. A resume whose
 config differs from the checkpoint's in a key that decides the run (model, data, task, solver, optimizer name,
 seed, ...) is refused, naming the keys; the keys in :data:`MAY_CHANGE` may differ and are applied after the state is
-loaded (a new learning rate replaces the checkpoint's).
+loaded. The learning-rate schedule continues where it stopped; a ``trainer.optim.lr`` that differs from the checkpoint
+run's is a deliberate new base rate (said in ``train.log``).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nodex.errors import CheckpointError
+from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 
 # Keys (or prefixes ending in ".") that a resumed run may set differently from the checkpoint's run.
 MAY_CHANGE = (
@@ -88,11 +95,114 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) 
         )
 
 
-def apply_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
-    """After loading an optimizer's state: train on at ``lr`` (the config's), not the checkpoint's rate."""
+def apply_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float, saved_lr: float) -> bool:
+    """After loading an optimizer's and scheduler's state: the schedule continues where it stopped. Only a
+    deliberately new rate (``lr``, the config's, differs from ``saved_lr``, the checkpoint run's) changes it: the
+    base rate becomes ``lr`` and the current rate is rescaled by ``lr / saved_lr`` (the schedule's position is kept).
+    Returns whether the rate changed."""
+    if float(lr) == float(saved_lr):
+        return False
+    scale = float(lr) / float(saved_lr)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group["lr"] * scale
         if "initial_lr" in group:
             group["initial_lr"] = lr
     if scheduler is not None and hasattr(scheduler, "base_lrs"):
         scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+        if hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return True
+
+
+class AlreadyCompleted(Exception):
+    """``trainer.resume=auto`` in a run dir whose run completed its steps: nothing to do (a requeued job that had
+    already finished). Not an error: the CLI says so in one line and exits 0."""
+
+
+def _task_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's resolved config as its checkpoints record it (a Hydra config without its ``hydra`` node)."""
+    if "hydra" in cfg:
+        cfg = copy.deepcopy(cfg)
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def planned_steps(trainer: dict[str, Any], data: dict[str, Any]) -> int | None:
+    """The run's step budget from its config (``trainer.epochs`` × batches per epoch when set), ``None`` when only
+    the built data can tell (epochs of a dataset of unknown size)."""
+    if not trainer.get("epochs"):
+        return int(trainer["max_steps"])
+    n, batch = data.get("n_train"), trainer.get("batch_size")
+    if not isinstance(n, int):
+        return None
+    return int(trainer["epochs"]) * (1 if not batch or batch >= n else n // batch)
+
+
+def _saved_size(path: Path) -> int:
+    """How many members the run at ``path`` trained: an ensemble dir holds ``member-k/``, a run dir ``checkpoints/``."""
+    if path.is_dir() and not (path / "checkpoints").is_dir() and (path / "member-0").is_dir():
+        return len(list(path.glob("member-*")))
+    return 1
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """A run dir's own record (``result.json``, an ensemble's ``ensemble.json``), ``{}`` when absent or unreadable."""
+    for name in ("ensemble.json", "result.json"):
+        try:
+            return json.loads((run_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """What ``trainer.resume`` of ``cfg`` (the run's config, with or without Hydra's node) means for a run into
+    ``run_dir``, decided before anything is written: the checkpoint (or ensemble dir) to continue from, or ``None``
+    to start fresh. Bad values of other keys are left to the run (``None``: it reports them).
+
+    Raises:
+        AlreadyCompleted: ``auto`` (or the run's own dir) on a run that completed its steps.
+        CheckpointError: one line: a dir with ``best.pt`` only; a different run (names the keys); another ensemble
+            size; a step budget below the checkpoint's step; another dir resuming a run that has no steps left.
+    """
+    try:
+        current = _task_config(cfg)
+        size = int(current["trainer"].get("ensemble", 1) or 1)
+        setting = current["trainer"].get("resume")
+    except Exception:  # a value the run itself will report (with its result.json)
+        return None
+    run_dir = Path(run_dir)
+    path = resume_path(setting, run_dir, size)
+    if path is None:
+        best = run_dir / ("member-0" if size > 1 else "") / "checkpoints" / "best.pt"
+        if str(setting) == "auto" and best.is_file():
+            raise CheckpointError(
+                f"trainer.resume=auto: {run_dir} holds checkpoints/best.pt but no last.pt; continue from the best "
+                f"one with trainer.resume={best.parent.parent if size > 1 else best}, or start over with "
+                "trainer.resume=null in a new hydra.run.dir")
+        return None
+    source = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else path
+    saved_size = _saved_size(source)
+    if saved_size != size:
+        saved = f"an ensemble of {saved_size}" if saved_size > 1 else "a single run"
+        raise CheckpointError(f"trainer.resume={path}: that is {saved}, this run is trainer.ensemble={size}; resume "
+                              f"with trainer.ensemble={saved_size}")
+    ckpt = load_checkpoint(resolve_checkpoint(path / "member-0" if size > 1 else path, "last"))
+    if not isinstance(ckpt.get("config"), dict):
+        return path  # the run names what is missing
+    member = copy.deepcopy(current)
+    member["trainer"]["ensemble"] = 1  # a member's checkpoint holds the config of its own run
+    check_resumable(ckpt["config"], member, path)  # load_checkpoint upgraded it
+    step, total = int(ckpt["step"]), planned_steps(current["trainer"], current.get("data", {}))
+    if total is not None and total < step:
+        raise CheckpointError(f"trainer.resume={path}: the checkpoint is at step {step}, beyond this run's "
+                              f"{total} steps; set trainer.max_steps above {step} to continue it")
+    if total == step:
+        if source.resolve() != run_dir.resolve():
+            raise CheckpointError(f"trainer.resume={path}: that run has no steps left (it ends at step {step}); "
+                                  f"continue it with a larger trainer.max_steps (above {step})")
+        if run_record(run_dir).get("status") == "completed":
+            raise AlreadyCompleted(f"{run_dir} already completed its {step} steps; nothing to do (a larger "
+                                   "trainer.max_steps continues it)")
+    return path

@@ -47,7 +47,7 @@ from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
 )
 from nodex.train.preemption import Preempted, StopRequest
-from nodex.train.resume import apply_learning_rate, check_resumable, resume_path
+from nodex.train.resume import AlreadyCompleted, run_record, apply_learning_rate, check_resumable, plan_resume
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
@@ -70,10 +70,19 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
             run is marked ``interrupted`` with the signal as reason.
     """
     ensemble = cfg.trainer.get("ensemble", 1) != 1  # validated in start(): a bad value is recorded like any failure
+    try:
+        resume = plan_resume(cfg, Path(run_dir))
+    except AlreadyCompleted as done:
+        log.info("%s", done)
+        return run_record(Path(run_dir))
+    except CheckpointError as exc:  # refused before anything is written: a run's existing record is kept
+        if not run_record(Path(run_dir)):
+            TrainRun(cfg, Path(run_dir), ensemble).failed_before_start(str(exc))
+        raise
     run = TrainRun(cfg, Path(run_dir), ensemble, workers=workers, command=command)
     try:
         with StopRequest() as stop:
-            trainer = run.start(progress)
+            trainer = run.start(progress, resume)
             trainer.fit(run.optimizer, run.scheduler, stop)
         run.test()
     except Preempted as exc:
@@ -112,8 +121,9 @@ class TrainRun:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
 
-    def start(self, progress: bool) -> Trainer:
-        """Validate, build every member, the optimizer (resumed if asked) and the loggers."""
+    def start(self, progress: bool, resume: Path | None = None) -> Trainer:
+        """Validate, build every member, the optimizer (resumed from ``resume``, :func:`plan_resume`'s answer) and the
+        loggers."""
         cfg = self.cfg
         K = ensemble_size(cfg)
         validate_trainer(cfg.trainer)
@@ -129,7 +139,6 @@ class TrainRun:
         steps = Trainer.total_steps(cfg.trainer, data)
         for m in self.members:
             m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
-        resume = resume_path(cfg.trainer.get("resume"), self.run_dir, K)
         ckpts = _load_resume(resume, self.members, device) if resume is not None else None
         members = Members(self.members) if K == 1 else StackedMembers(self.members)  # stacks the resumed weights
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
@@ -230,6 +239,11 @@ class TrainRun:
                                                f"trainer.resume={self.run_dir} (or trainer.resume=auto in this dir)")
         self.error, self.status = f"interrupted at step {step}", "interrupted"
 
+    def failed_before_start(self, message: str) -> None:
+        """Record a run refused before it started (in a dir that holds no run's record yet: a sweep counts it)."""
+        self.failed(message)
+        self.finish()
+
     def failed(self, message: str) -> None:
         self.error = message
         for m in self.members:
@@ -302,8 +316,8 @@ def _load_resume(path: Path, members: list[Member], device: torch.device) -> lis
 
 def _resume_optimizer(path: Path, ckpts: list[dict[str, Any]], members: Members, optimizer: torch.optim.Optimizer,
                       scheduler: Any, lr: float) -> None:
-    """The optimizer (stacked from the members' own states in an ensemble) and scheduler of the checkpoints; keys
-    that may change on resume (:data:`~nodex.train.resume.MAY_CHANGE`) take this config's values (``lr``).
+    """The optimizer (stacked from the members' own states in an ensemble) and scheduler of the checkpoints, the
+    learning-rate schedule continuing where it stopped; a ``lr`` other than the checkpoint run's is a new base rate.
 
     Raises:
         CheckpointError: the optimizer state does not fit this optimizer.
@@ -316,8 +330,11 @@ def _resume_optimizer(path: Path, ckpts: list[dict[str, Any]], members: Members,
                               "resume with the run's own config") from None
     if scheduler is not None and ckpts[0].get("scheduler"):
         scheduler.load_state_dict(ckpts[0]["scheduler"])
-    apply_learning_rate(optimizer, scheduler, lr)
+    saved_lr = float(ckpts[0]["config"]["trainer"]["optim"]["lr"])  # load_checkpoint upgraded it
     log.info("resumed from %s at step %d", path, int(ckpts[0]["step"]))
+    if apply_learning_rate(optimizer, scheduler, lr, saved_lr):
+        log.info("trainer.optim.lr=%g replaces the checkpoint run's %g: the schedule goes on from its position at "
+                 "the new base rate (lr now %g)", lr, saved_lr, optimizer.param_groups[0]["lr"])
 
 
 def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
@@ -329,6 +346,8 @@ def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
     m.state.epoch_start, m.state.epoch_pos = rng.get("epoch_start"), int(rng.get("epoch_pos") or 0)
     if m.data.sampler is not None and rng.get("fresh") is not None:
         m.data.sampler.set_state(rng["fresh"])
+    progress = ckpt.get("progress") or {}
+    m.state.window, m.state.totals = progress.get("window"), progress.get("totals")
 
 
 def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pipeline:

@@ -1,0 +1,164 @@
+"""Resume is the run it continues, as a property: stop a run at random (seeded) steps with SIGINT, SIGTERM, SIGUSR2
+or kill -9, resume it each time with ``trainer.resume=auto``, and the result equals the uninterrupted run bit for
+bit: weights, optimizer and scheduler state, ``result.json`` metrics and NFE, every ``metrics.jsonl`` row (but the
+wall-clock ``time/*`` values).
+
+Signals are sent in-process from inside the step: SIGINT while the step computes its gradients (it stops at once and
+the batch it drew is not consumed) or while its update is applied (it waits for the step boundary); SIGTERM and
+SIGUSR2 anywhere in the step. Each factor is covered at least once: rk4 / dopri5 / tsit5, autograd / adjoint,
+resample on / off, minibatches, the step / exponential / cosine schedulers, a CNF (Hutchinson trace: the global RNG),
+a 2-member seed ensemble; kill -9 runs in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nodex.train.checkpoint import load_checkpoint
+from nodex.train.loop import Trainer
+
+STEPS = 40
+TINY = [f"trainer.max_steps={STEPS}", "data.n_train=64", "data.n_val=32", "data.n_test=64", "trainer.plots=false",
+        "logger.tensorboard=false", "trainer.log_every=5", "trainer.val_every=10", "trainer.checkpoint_every=10",
+        "model.field.hidden=[16]", "trainer.resume=auto", "trainer.num_threads=1"]
+CASES = {
+    "rk4-resample-step": ["solver=rk4", "data.resample=true", "trainer.batch_size=32", "trainer.scheduler.name=step",
+                          "trainer.scheduler.step_size=7", "trainer.scheduler.gamma=0.7"],
+    "dopri5-adjoint-minibatch-exponential": ["solver=dopri5", "solver.sensitivity=adjoint", "data.resample=false",
+                                             "trainer.batch_size=24", "trainer.scheduler.name=exponential",
+                                             "trainer.scheduler.gamma=0.95"],
+    "tsit5-minibatch-cosine": ["solver=tsit5", "data.resample=false", "trainer.batch_size=16",
+                               "trainer.scheduler.name=cosine"],
+    "cnf-hutchinson": ["experiment=cnf_gaussians", "solver=rk4", "solver.step_size=0.25", "model.trace=hutchinson",
+                       "trainer.batch_size=32", "model.field.hidden=[16]"],
+    "ensemble-rk4-step": ["trainer.ensemble=2", "solver=rk4", "trainer.scheduler.name=step",
+                          "trainer.scheduler.step_size=9", "trainer.scheduler.gamma=0.5"],
+}
+# (case, signals in the order they stop the run): each case stopped twice, each signal at least twice overall
+STOPS = [("rk4-resample-step", ["SIGINT", "SIGTERM"]),
+         ("dopri5-adjoint-minibatch-exponential", ["SIGUSR2", "SIGINT@update"]),
+         ("tsit5-minibatch-cosine", ["SIGINT", "SIGINT@update"]),
+         ("cnf-hutchinson", ["SIGINT", "SIGTERM"]),
+         ("ensemble-rk4-step", ["SIGINT", "SIGUSR2"])]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def _member_dirs(run_dir: Path) -> list[Path]:
+    members = sorted(run_dir.glob("member-*"))
+    return members or [run_dir]
+
+
+def _assert_same_run(whole: Path, resumed: Path) -> None:
+    for a_dir, b_dir in zip(_member_dirs(whole), _member_dirs(resumed), strict=True):
+        a, b = load_checkpoint(a_dir / "checkpoints" / "last.pt"), load_checkpoint(b_dir / "checkpoints" / "last.pt")
+        assert a["step"] == b["step"] == STEPS
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        for i, entries in a["optimizer"]["state"].items():
+            assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][k]))
+                       for k, v in entries.items())
+        assert a["scheduler"] == b["scheduler"]
+        ra, rb = (json.loads((d / "result.json").read_text()) for d in (a_dir, b_dir))
+        assert rb["status"] == "completed" and rb["steps"] == STEPS
+        assert (rb["metrics"], rb["nfe_forward"], rb["nfe_backward"]) == (ra["metrics"], ra["nfe_forward"],
+                                                                            ra["nfe_backward"])
+        assert _rows(b_dir) == _rows(a_dir)
+
+
+@pytest.fixture
+def stop_at(monkeypatch):
+    """``stop_at(step, how)``: the next run sends itself ``how`` during step ``step``."""
+    plan: dict = {}
+    real_step, real_commit = Trainer.train_step, Trainer._commit
+
+    def train_step(self, X, y, optimizer, step=0):
+        if plan.get("step") == step and plan.get("when") == "gradients":
+            plan.clear()
+            os.kill(os.getpid(), plan_signal["signum"])
+        return real_step(self, X, y, optimizer, step)
+
+    def commit(self):
+        real_commit(self)
+        if plan.get("step") == self.step + 1 and plan.get("when") == "update":
+            plan.clear()
+            os.kill(os.getpid(), plan_signal["signum"])
+
+    plan_signal: dict = {}
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "_commit", commit)
+
+    def _stop_at(step: int, how: str) -> None:
+        name, _, when = how.partition("@")
+        plan_signal["signum"] = getattr(signal, name)
+        plan.update(step=step, when=when or "gradients")
+
+    return _stop_at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, signals", STOPS, ids=[c for c, _ in STOPS])
+def test_a_run_stopped_and_resumed_at_random_steps_is_the_uninterrupted_run(tmp_path, cli, stop_at, case, signals):
+    overrides = [*TINY, *CASES[case], "seed=3"]
+    code, _, err = cli(["train", *overrides, f"hydra.run.dir={tmp_path / 'whole'}"])
+    assert code == 0, err
+    rng = random.Random(f"{case}-{signals}")
+    steps = sorted(rng.sample(range(2, STEPS), len(signals)))
+    cut = tmp_path / "cut"
+    for step, how in zip(steps, signals):
+        stop_at(step, how)
+        code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])
+        expected = 130 if how.startswith("SIGINT") else 128 + getattr(signal, how).value
+        assert code == expected, (how, step, err)
+        if how.startswith("SIGINT"):
+            last = "member-*/checkpoints/last.pt" if "ensemble" in case else "checkpoints/last.pt"
+            assert err.strip() == f"nodex: error: interrupted; last checkpoint saved in {cut}/{last}"
+        saved = load_checkpoint(_member_dirs(cut)[0] / "checkpoints" / "last.pt")["step"]
+        assert saved == (step - 1 if how == "SIGINT" else step), how  # SIGINT in the gradients: that step undone
+    stop_at(-1, "SIGINT")  # no more stops
+    code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])
+    assert code == 0, err
+    _assert_same_run(tmp_path / "whole", cut)
+
+
+KILL_AT = ("import os, signal, sys; from nodex.train.loop import Trainer; real = Trainer.train_step\n"
+           "kill_at = int(sys.argv[1])  # read now: the CLI sets sys.argv to the sub-command's own while it runs\n"
+           "def train_step(self, X, y, optimizer, step=0):\n"
+           "    if step == kill_at: os.kill(os.getpid(), signal.SIGKILL)\n"
+           "    return real(self, X, y, optimizer, step)\n"
+           "Trainer.train_step = train_step; from nodex.cli import main; sys.exit(main(sys.argv[2:]))")
+
+
+def _nodex(run_dir: Path, overrides: list[str], kill_at: int = -1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", KILL_AT, str(kill_at), "train", *overrides,
+                             f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_bit_for_bit_with_its_schedule(tmp_path, cli):
+    overrides = [*TINY, *CASES["tsit5-minibatch-cosine"], "seed=3"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    code, _, err = cli(["train", *overrides, f"hydra.run.dir={whole}"])
+    assert code == 0, err
+    step = random.Random("kill -9").randrange(11, STEPS)  # after the first checkpoint (step 10)
+    proc = _nodex(cut, overrides, kill_at=step)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["step"] == (step - 1) // 10 * 10
+    code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])  # the requeued job
+    assert code == 0, err
+    _assert_same_run(whole, cut)
