@@ -1,6 +1,6 @@
 """GPU settings checked on a CPU. trainer.cuda_graph: the capture/replay bookkeeping of
 GraphedStep (with a stand-in for the CUDA graph) and the config checks — the CUDA graph itself
-runs in scripts/gpu_check.py on a machine with a GPU; trainer.tf32: the backend flags it sets."""
+runs in scripts/bench/gpu_check.py on a machine with a GPU; trainer.tf32: the backend flags it sets."""
 
 from __future__ import annotations
 

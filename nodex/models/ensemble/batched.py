@@ -7,7 +7,7 @@ with a data control or wrapped in a :class:`HigherOrderField` — this module ev
 members directly on the stacked parameters with batched matmuls (``baddbmm``, each layer's
 batched form from :func:`nodex.models.depth.batched_linear`): the same
 arithmetic per member, without functorch's per-op wrapping, which cost about half of such a
-field's forward + backward (measured in ``scripts/bench_ensemble.py``).
+field's forward + backward (measured in ``scripts/bench/bench_ensemble.py``).
 
 :func:`batched_field` returns ``None`` for anything else (convolutions, per-sample depths,
 learnable Galërkin dilation or shift, unknown layers or activations), and the ensemble keeps

@@ -8,8 +8,8 @@ runs). They take turns round by round (the order rotates every round) in one pro
 over rounds, min-max beside them. Wall time and process CPU time are both reported: on a shared
 machine the CPU time is the steadier measure of the work done (a descheduled process accrues none).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench/bench_ensemble.py                # K=8, batch 64 and 1024, rk4
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench/bench_ensemble.py --batches 64 --rounds 30 model=depthcat
 
 For MLP fields with a batched form (:mod:`nodex.models.ensemble.batched`) the ensemble is also
 timed with every slot under ``vmap`` (the general path), in the same rounds (``--no-vmap``: not).
@@ -22,23 +22,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+
+import common
 import torch
-from hydra import compose, initialize_config_dir
+from common import step_trainer, timed
 from omegaconf import OmegaConf
 
-from nodex.cli import CONFIG_DIR
 from nodex.models import count_parameters
 from nodex.models.ensemble import EnsembleNeuralODE
-from nodex.train.members import Member, Members, StackedMembers
 from nodex.train.loop import Trainer
+from nodex.train.members import Member, StackedMembers
 from nodex.train.setup import Pipeline, build_optimizer
 
 
 def build(overrides: list[str], K: int) -> tuple:
     """The composed config and ``K`` members with seeds ``seed..seed+K-1``."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=["solver=rk4", "trainer.device=cpu", *overrides])
+    cfg = common.compose(["trainer.device=cpu", *overrides], device=None, first=["solver=rk4"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     members = []
     for k in range(K):
@@ -86,9 +85,8 @@ def main() -> None:
         data = batches(members, B)
         separate = []
         for m in members:
-            trainer = Trainer(Members.single(m.model, m.task, m.data), cfg.trainer, settings.describe())
             opt, _ = build_optimizer(cfg.trainer, m.model, 1)
-            separate.append((trainer, opt))
+            separate.append((step_trainer(m, cfg), opt))
         stacked = StackedMembers(members)
         ens = stacked.model
         fit = Trainer(stacked, cfg.trainer, settings.describe())
@@ -112,11 +110,9 @@ def main() -> None:
             fn()
         for r in range(args.rounds):
             for name, fn in runners[r % len(runners):] + runners[: r % len(runners)]:  # the order rotates
-                start, start_cpu = time.perf_counter(), time.process_time()
-                for _ in range(args.steps):
-                    fn()
-                times[name].append(1000 * (time.perf_counter() - start) / args.steps)
-                cpu[name].append(1000 * (time.process_time() - start_cpu) / args.steps)
+                wall_ms, cpu_ms = timed(fn, args.steps)
+                times[name].append(wall_ms)
+                cpu[name].append(cpu_ms)
         med = {k: statistics.median(v) for k, v in times.items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
