@@ -162,6 +162,7 @@ def test_checkpoint_holds_config_and_loads_weights_only(train_run):
     assert isinstance(ckpt["model"]["readout.weight"], torch.Tensor)
 
 
+@pytest.mark.slow
 def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -209,6 +209,7 @@ def test_list_shows_every_experiment_with_its_whole_description_wrapped(cli, tmp
     assert describe(f) == "Paper §9: a thing" and header(f) == "Paper §9: a thing more"
 
 
+@pytest.mark.slow
 def test_every_experiment_records_its_own_name(compose_cfg):
     """result.json["config"]["experiment_name"] names the experiment file a run came from."""
     for exp in discover():

@@ -112,6 +112,7 @@ def test_resume_auto_starts_fresh_without_a_checkpoint(train_run):
     assert code == 0, err and result["steps"] == 20
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_run):
     first, result, code, err = train_run(name="first")
     assert code == 0, err
@@ -124,6 +125,7 @@ def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_ru
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 0.001
 
 
+@pytest.mark.slow
 def test_a_second_live_run_into_the_same_dir_is_refused(tmp_path):
     run_dir = tmp_path / "shared"
     first = _nodex(run_dir, "trainer.max_steps=100000")

@@ -74,6 +74,7 @@ def test_bench_paper_suite_covers_every_variant_with_the_right_baselines():
     assert plain == {"vanilla (annuli, adjoint)", "vanilla (annuli, autograd)", "depth-concat", "zero-augmented (ANODE)", "input-layer augmented (IL-NODE)"}
 
 
+@pytest.mark.slow
 def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
     proc = subprocess.run(
         [sys.executable, "scripts/bench/bench.py", "solver=rk4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--no-torchdyn"],
@@ -89,6 +90,7 @@ def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
 
 
 @pytest.mark.parametrize("model,columns", [("model=vanilla", 7), ("model=node_conv", 5)], ids=["batched", "vmap"])
+@pytest.mark.slow
 def test_bench_ensemble_reports_a_speed_up_row_per_batch(model, columns):
     """A row per batch size; the vmap-only ensemble column only where the field has a batched form."""
     proc = subprocess.run(
@@ -103,6 +105,7 @@ def test_bench_ensemble_reports_a_speed_up_row_per_batch(model, columns):
     assert all(("speed-up vmap only (wall)" in r) == (columns == 7) for r in rows)
 
 
+@pytest.mark.slow
 def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
     proc = subprocess.run([sys.executable, "scripts/bench/adjoint_accuracy.py"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -114,6 +117,7 @@ def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
         assert float(ours["relative gradient error"]) < 10 * float(tol)
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_script_stops_at_the_target():
     proc = subprocess.run(
         [sys.executable, "scripts/bench/bench_time_to_accuracy.py", "--seeds", "0", "--max-steps", "20", "--target", "0.5", "--no-torchdyn"],
@@ -158,6 +162,7 @@ def test_work_precision_compares_each_sides_best_solver_at_equal_error(capsys):
     assert [(r["torchdyn"], r["nodex / torchdyn"]) for r in rows] == expected
 
 
+@pytest.mark.slow
 def test_work_precision_script_errors_fall_with_the_tolerance():
     proc = subprocess.run(
         [sys.executable, "scripts/bench/work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1", "--steps", "1"],
@@ -204,6 +209,7 @@ class _StandInGraph:
             self.out[1][k].copy_(v)
 
 
+@pytest.mark.slow
 def test_gpu_check_plumbing_runs_on_a_cpu_with_a_stand_in_graph(tmp_path, capsys):
     gpu_check = _gpu_check()
     assert gpu_check.check_cuda_graph(8, tmp_path, device="cpu", backend_factory=_StandInGraph)
@@ -213,6 +219,7 @@ def test_gpu_check_plumbing_runs_on_a_cpu_with_a_stand_in_graph(tmp_path, capsys
     assert [len(t) for t in tables] == [2, 2, 1] and all(r["check"] == "ok" for t in tables for r in t), tables
 
 
+@pytest.mark.slow
 def test_bench_threads_times_both_thread_counts_and_reports_auto():
     proc = subprocess.run(
         [sys.executable, "scripts/bench/bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
