@@ -73,7 +73,8 @@ def test_the_readme_repeats_reproduction_md_numbers():
     verdict = re.search(r"\*\*(\d+ checks pass, \d+ fail, \d+ not run)\*\*", page)[1]
     assert verdict in readme
     claims = _claim_rates(page)
-    items = re.findall(r" - ([\d.]+|E\d+) \((PASS|FAIL)\) (.*?)(?= - (?:[\d.]+|E\d+) \(|Each experiment's audit)", readme)
+    item = r" - ([\d.]+|E\d+) \((PASS|FAIL)\) (.*?)(?= - (?:[\d.]+|E\d+) \(|Each experiment's audit)"
+    items = re.findall(item, readme)
     assert [c for c, _, _ in items] == ["3.6", "3.7", "3.8", "3.9", "E6", "3.5"]
     for claim, result, text in items:
         page_result, rates = claims[claim]

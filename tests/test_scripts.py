@@ -37,6 +37,14 @@ def test_markdown_tables_key_cells_by_header_and_skip_text_between_rows():
     assert markdown_tables(text) == [[{"a": "1", "b": "2"}], [{"c": "3"}]]
 
 
+def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``python scripts/bench/NAME ARGS`` from the repository root on one thread; it must exit 0 within 240 s."""
+    command = [sys.executable, f"scripts/bench/{name}", *args]
+    proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def _bench_module(name: str):
     """``scripts/bench/NAME.py`` as a module (its ``import common`` finds the helper beside it)."""
     import importlib.util
@@ -51,19 +59,15 @@ def _bench_module(name: str):
 
 @pytest.mark.slow
 def test_gpu_check_cpu_half_runs_and_counts_40_nfe():
-    proc = subprocess.run([sys.executable, "scripts/bench/gpu_check.py", "--cpu-only", "--steps", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("gpu_check.py", "--cpu-only", "--steps", "1")
     (rows,) = markdown_tables(proc.stdout)
     assert len(rows) == 3 and all(r["NFE fwd/bwd"] == "40/0" and r["check"] == "ok" for r in rows), rows
 
 
 @pytest.mark.slow
 def test_bench_paper_suite_covers_every_variant_with_the_right_baselines():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench/bench.py", "--suite", "paper", "--steps", "1", "--rounds", "1", "--warmup", "0", "--no-torchdyn"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("bench.py", "--suite", "paper", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                       "--no-torchdyn")
     (rows,) = markdown_tables(proc.stdout)
     impls: dict[str, set] = {}
     for row in rows:
@@ -71,16 +75,13 @@ def test_bench_paper_suite_covers_every_variant_with_the_right_baselines():
     assert len(impls) == 10 and all({"nodex", "nodex on torchdiffeq"} <= v for v in impls.values())
     # a plain torchdiffeq model only where the field is a plain first-order MLP
     plain = {k for k, v in impls.items() if "torchdiffeq" in v}
-    assert plain == {"vanilla (annuli, adjoint)", "vanilla (annuli, autograd)", "depth-concat", "zero-augmented (ANODE)", "input-layer augmented (IL-NODE)"}
+    assert plain == {"vanilla (annuli, adjoint)", "vanilla (annuli, autograd)", "depth-concat",
+                     "zero-augmented (ANODE)", "input-layer augmented (IL-NODE)"}
 
 
 @pytest.mark.slow
 def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench/bench.py", "solver=rk4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--no-torchdyn"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("bench.py", "solver=rk4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--no-torchdyn")
     (table,) = markdown_tables(proc.stdout)
     rows = {row["implementation"]: row for row in table}
     assert set(rows) == {"nodex", "nodex on torchdiffeq", "torchdiffeq", "hand-written rk4"}
@@ -93,22 +94,20 @@ def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
 @pytest.mark.slow
 def test_bench_ensemble_reports_a_speed_up_row_per_batch(model, columns):
     """A row per batch size; the vmap-only ensemble column only where the field has a batched form."""
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench/bench_ensemble.py", "--members", "2", "--batches", "8,16", "--rounds", "2", "--steps", "1", model, *(["data=digits"] if "conv" in model else [])],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = ["data=digits"] if "conv" in model else []
+    proc = _run_script("bench_ensemble.py", "--members", "2", "--batches", "8,16", "--rounds", "2", "--steps", "1",
+                       model, *data)
     assert ("batched MLP field" if columns == 7 else "ensemble: vmap") in proc.stdout.splitlines()[0]
     (rows,) = markdown_tables(proc.stdout)
     assert [r["batch"] for r in rows] == ["8", "16"] and all(len(r) == columns for r in rows)
-    assert all(float(r["speed-up (wall)"].strip("*x")) > 0 and float(r["speed-up (CPU time)"].strip("x")) > 0 for r in rows)
+    assert all(float(r["speed-up (wall)"].strip("*x")) > 0 for r in rows)
+    assert all(float(r["speed-up (CPU time)"].strip("x")) > 0 for r in rows)
     assert all(("speed-up vmap only (wall)" in r) == (columns == 7) for r in rows)
 
 
 @pytest.mark.slow
 def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
-    proc = subprocess.run([sys.executable, "scripts/bench/adjoint_accuracy.py"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("adjoint_accuracy.py")
     (table,) = markdown_tables(proc.stdout)
     rows = {(r["implementation"], r["tol"]): r for r in table}
     for tol in ("0.0001", "1e-05"):
@@ -119,11 +118,8 @@ def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
 
 @pytest.mark.slow
 def test_time_to_accuracy_script_stops_at_the_target():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench/bench_time_to_accuracy.py", "--seeds", "0", "--max-steps", "20", "--target", "0.5", "--no-torchdyn"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("bench_time_to_accuracy.py", "--seeds", "0", "--max-steps", "20", "--target", "0.5",
+                       "--no-torchdyn")
     (table,) = markdown_tables(proc.stdout)
     rows = {r["recipe"]: r for r in table}
     assert rows["nodex"]["steps"] in {"10", "20"}  # checked every 10 steps; 50% is reached at once
@@ -164,11 +160,8 @@ def test_work_precision_compares_each_sides_best_solver_at_equal_error(capsys):
 
 @pytest.mark.slow
 def test_work_precision_script_errors_fall_with_the_tolerance():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench/work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1", "--steps", "1"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1",
+                       "--steps", "1")
     (table,) = markdown_tables(proc.stdout)  # --no-torchdyn: no equal-error table
     rows = {(r["implementation"], r["tol"]): r for r in table}
     # nodex's own extra tolerance, 3x below the tightest: its front reaches the errors its rival reaches
@@ -214,17 +207,14 @@ def test_gpu_check_plumbing_runs_on_a_cpu_with_a_stand_in_graph(tmp_path, capsys
     gpu_check = _gpu_check()
     assert gpu_check.check_cuda_graph(8, tmp_path, device="cpu", backend_factory=_StandInGraph)
     assert gpu_check.check_adaptive(1, tmp_path, devices=("cpu", "cpu"))
-    assert gpu_check.check_ensemble(3, tmp_path, devices=("cpu", "cpu"), cases={"Galërkin": ["model=galnode", "data=rings"]})
+    cases = {"Galërkin": ["model=galnode", "data=rings"]}
+    assert gpu_check.check_ensemble(3, tmp_path, devices=("cpu", "cpu"), cases=cases)
     tables = markdown_tables(capsys.readouterr().out)  # cuda graph, dopri5, ensemble
     assert [len(t) for t in tables] == [2, 2, 1] and all(r["check"] == "ok" for t in tables for r in t), tables
 
 
 @pytest.mark.slow
 def test_bench_threads_times_both_thread_counts_and_reports_auto():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench/bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
-         "model.field.hidden=[8]", "data.n_train=64"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
+                       "model.field.hidden=[8]", "data.n_train=64")
     assert "threads=1:" in proc.stdout and "auto chose 1 thread(s)" in proc.stdout  # a small field: one thread
