@@ -112,6 +112,30 @@ class TorchdynStep(PlainStep):
         return nfe_f, int(self.node.vf.nfe) - nfe_f
 
 
+def interleave(names: list[str], fresh, X: torch.Tensor, y: torch.Tensor, args) -> tuple[dict, dict, dict]:
+    """``args.warmup`` steps of each implementation, then ``args.rounds`` rounds of ``args.steps`` steps of each
+    in turn, each round from ``fresh(name)``; -> (wall ms per step, CPU ms per step: name -> one value per round;
+    name -> (forward, backward) NFE of the last step)."""
+    times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    nfe = {k: (0, 0) for k in names}
+    for name in names:
+        fn = fresh(name)
+        for _ in range(args.warmup):
+            fn(X, y)
+    for _ in range(args.rounds):
+        for name in names:
+            fn = fresh(name)
+
+            def step(fn=fn, name=name) -> None:
+                nfe[name] = fn(X, y)
+
+            wall_ms, cpu_ms = timed(step, args.steps)
+            times[name].append(wall_ms)
+            cpu[name].append(cpu_ms)
+    return times, cpu, nfe
+
+
 def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     """Time every applicable implementation of one training step; -> (header, rows)."""
     cfg = common.compose(overrides)
@@ -151,23 +175,7 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
         pipe.model.load_state_dict(reference)
         return factories[name]()
 
-    times = {k: [] for k in factories}
-    cpu = {k: [] for k in factories}
-    nfe = {k: (0, 0) for k in factories}
-    for name in factories:
-        fn = fresh(name)
-        for _ in range(args.warmup):
-            fn(X, y)
-    for _ in range(args.rounds):
-        for name in factories:
-            fn = fresh(name)
-
-            def step(fn=fn, name=name) -> None:
-                nfe[name] = fn(X, y)
-
-            wall_ms, cpu_ms = timed(step, args.steps)
-            times[name].append(wall_ms)
-            cpu[name].append(cpu_ms)
+    times, cpu, nfe = interleave(list(factories), fresh, X, y, args)
     pipe.model.settings = own
     base_name = "torchdiffeq" if "torchdiffeq" in factories else "nodex on torchdiffeq"
     base, base_cpu = statistics.median(times[base_name]), statistics.median(cpu[base_name])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Callable
 
 import common
 import torch
@@ -57,6 +58,61 @@ def batches(members: list[Member], B: int) -> list[tuple[torch.Tensor, torch.Ten
     return out
 
 
+def step_runners(cfg, members: list[Member], B: int, vmap: bool) -> list[tuple[str, Callable[[], None]]]:
+    """(name, one training step) of the K separate runs, of the ensemble and, with ``vmap``, of the ensemble
+    with every slot under vmap; each on its own batch of ``B`` samples per member."""
+    settings = members[0].model.settings
+    data = batches(members, B)
+    separate = []
+    for m in members:
+        opt, _ = build_optimizer(cfg.trainer, m.model, 1)
+        separate.append((step_trainer(m, cfg), opt))
+    stacked = StackedMembers(members)
+    ens = stacked.model
+    fit = Trainer(stacked, cfg.trainer, settings.describe())
+    ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
+    X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+
+    def run_separate() -> None:
+        for (trainer, opt), (x, y) in zip(separate, data):
+            trainer.train_step(x, y, opt)
+
+    def run_ensemble(batched: bool = True) -> None:
+        ens.use_batched_field = batched
+        fit.train_step(X, Y, ens_opt, 0)
+
+    runners = [("separate", run_separate), ("ensemble", run_ensemble)]
+    if vmap:
+        runners.append(("vmap", lambda: run_ensemble(False)))
+    return runners
+
+
+def rotate(runners: list[tuple[str, Callable[[], None]]], rounds: int, steps: int) -> tuple[dict, dict]:
+    """One warm-up step each, then ``rounds`` rounds of ``steps`` steps each, the order rotating every round;
+    -> (wall ms per step, CPU ms per step): name -> one value per round."""
+    times: dict[str, list[float]] = {name: [] for name, _ in runners}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in runners}
+    for name, fn in runners:  # warm-up
+        fn()
+    for r in range(rounds):
+        for name, fn in runners[r % len(runners):] + runners[: r % len(runners)]:  # the order rotates
+            wall_ms, cpu_ms = timed(fn, steps)
+            times[name].append(wall_ms)
+            cpu[name].append(cpu_ms)
+    return times, cpu
+
+
+def row(B: int, times: dict[str, list[float]], cpu: dict[str, list[float]], vmap: bool) -> str:
+    """The table row of batch ``B``: medians (min-max) and speed-ups of the ensemble over the separate runs."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
+    vmap_cells = f" {med['vmap']:.1f} ({span['vmap']}) | {med['separate'] / med['vmap']:.2f}x |" if vmap else ""
+    speed_up, cpu_speed_up = med["separate"] / med["ensemble"], med_cpu["separate"] / med_cpu["ensemble"]
+    return (f"| {B} | {med['separate']:.1f} ({span['separate']}) | {med['ensemble']:.1f} ({span['ensemble']}) | "
+            f"**{speed_up:.2f}x** | {cpu_speed_up:.2f}x |{vmap_cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=8)
@@ -82,45 +138,9 @@ def main() -> None:
           f"| speed-up (wall) | speed-up (CPU time) |{extra}")
     print("|---|---|---|---|---|" + ("---|---|" if both else ""))
     for B in [int(b) for b in args.batches.split(",")]:
-        data = batches(members, B)
-        separate = []
-        for m in members:
-            opt, _ = build_optimizer(cfg.trainer, m.model, 1)
-            separate.append((step_trainer(m, cfg), opt))
-        stacked = StackedMembers(members)
-        ens = stacked.model
-        fit = Trainer(stacked, cfg.trainer, settings.describe())
-        ens_opt, _ = build_optimizer(cfg.trainer, ens, 1)
-        X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
-
-        def run_separate() -> None:
-            for (trainer, opt), (x, y) in zip(separate, data):
-                trainer.train_step(x, y, opt)
-
-        def run_ensemble(batched: bool = True) -> None:
-            ens.use_batched_field = batched
-            fit.train_step(X, Y, ens_opt, 0)
-
-        runners = [("separate", run_separate), ("ensemble", run_ensemble)]
-        if both:
-            runners.append(("vmap", lambda: run_ensemble(False)))
-        times: dict[str, list[float]] = {name: [] for name, _ in runners}
-        cpu: dict[str, list[float]] = {name: [] for name, _ in runners}
-        for name, fn in runners:  # warm-up
-            fn()
-        for r in range(args.rounds):
-            for name, fn in runners[r % len(runners):] + runners[: r % len(runners)]:  # the order rotates
-                wall_ms, cpu_ms = timed(fn, args.steps)
-                times[name].append(wall_ms)
-                cpu[name].append(cpu_ms)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-        span = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
-        vmap = f" {med['vmap']:.1f} ({span['vmap']}) | {med['separate'] / med['vmap']:.2f}x |" if both else ""
-        speed_up, cpu_speed_up = med["separate"] / med["ensemble"], med_cpu["separate"] / med_cpu["ensemble"]
-        print(f"| {B} | {med['separate']:.1f} ({span['separate']}) | {med['ensemble']:.1f} ({span['ensemble']}) | "
-              f"**{speed_up:.2f}x** | {cpu_speed_up:.2f}x |{vmap}", flush=True)
-
+        runners = step_runners(cfg, members, B, both)
+        times, cpu = rotate(runners, args.rounds, args.steps)
+        print(row(B, times, cpu, both), flush=True)
 
 if __name__ == "__main__":
     main()

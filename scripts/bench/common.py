@@ -9,7 +9,6 @@ without an install, e.g. ``scripts/gpu_check.sh`` with the machine's own python)
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -68,11 +67,6 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     for _ in range(repeats):
         fn()
     return 1000 * (time.perf_counter() - start) / repeats, 1000 * (time.process_time() - start_cpu) / repeats
-
-
-def median_span(values: list[float], digits: int = 1) -> tuple[float, str]:
-    """The median of ``values`` and their ``min–max`` range written with ``digits`` decimals."""
-    return statistics.median(values), f"{min(values):.{digits}f}–{max(values):.{digits}f}"
 
 
 class PlainField(nn.Module):
