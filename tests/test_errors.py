@@ -118,6 +118,7 @@ def test_resume_from_a_missing_checkpoint(train_run, tmp_path):
     assert result["params"] == 1224 and result["threads"] >= 1  # what was built before the resume failed
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(train_run, monkeypatch):
     calls = {"n": 0}
     original = tasks.Classification.terminal_loss
@@ -137,6 +138,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(train_run, mo
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+@pytest.mark.slow
 def test_a_diverging_run_reports_the_solver_and_step(train_run):
     run_dir, result, code, err = train_run("trainer.optim.lr=1e5", "solver.rtol=1e-3", "solver.atol=1e-3", "solver.max_num_steps=200")
     line = _one_line_error(err)
@@ -217,6 +219,7 @@ def _leftovers(run_dir) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_disk_full_while_plotting_is_a_warning_and_the_run_still_completes(train_run, monkeypatch):
     from matplotlib.figure import Figure
 
@@ -258,6 +261,7 @@ def _assert_failed_keeping_step_10(run_dir, result, code, err, needle):
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 10 and _leftovers(run_dir) == []
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_metrics_fails_the_run_in_one_line(train_run, monkeypatch):
     from nodex.train import logs
 
@@ -273,6 +277,7 @@ def test_disk_full_while_writing_metrics_fails_the_run_in_one_line(train_run, mo
                                    f"could not write {run_dir}/metrics.jsonl at step 15 ([Errno 28] No space left")
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_tensorboard_fails_the_run_in_one_line(train_run, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -341,6 +346,7 @@ def test_an_impossible_data_size_is_one_line_and_a_failed_result(train_run):
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_run, monkeypatch):
     calls = {"n": 0}
     original = tasks.Classification.terminal_loss
@@ -424,6 +430,7 @@ def test_ctrl_c_before_the_run_starts_is_one_line(cli, tmp_path, monkeypatch):
     assert code == 130 and _one_line_error(err) == "nodex: error: interrupted before the run started; nothing to resume"
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(train_run, monkeypatch):
     from nodex.train import loop
 

@@ -241,6 +241,7 @@ def test_a_broken_cifar_batch_fails_the_run_with_one_line(tmp_path, cli):
     assert "data_batch_3 has 4 images but 1 labels" in err
 
 
+@pytest.mark.slow
 def test_non_finite_inputs_are_a_data_error_not_a_solver_failure(tmp_path, cli, monkeypatch):
     import nodex.data.images
 

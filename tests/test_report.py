@@ -236,6 +236,7 @@ def test_paper_registry_names_existing_experiments_and_checks_evaluate():
     assert Check("x", "m", "ge", "zzz", 0.5).evaluate(lookup) == ("not run", None)
 
 
+@pytest.mark.slow
 def test_an_ensemble_reports_as_its_members(cli, tmp_path):
     run_dir = tmp_path / "ens"
     code, _, err = cli(["train", *FAST, "trainer.max_steps=4", "solver=rk4", "trainer.ensemble=2", f"hydra.run.dir={run_dir}"])

@@ -107,6 +107,7 @@ def test_a_stopped_ensemble_resumes_bit_for_bit(tmp_path, signum):
         assert logged == sorted(logged) and logged[-1] == 120
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_fresh_without_a_checkpoint(train_run):
     run_dir, result, code, err = train_run("trainer.resume=auto")
     assert code == 0, err and result["steps"] == 20

@@ -49,6 +49,7 @@ def test_job_dirs_name_the_seed_and_stay_inside_the_sweep_dir(cli, tmp_path):
     assert "%2F" in jobs[0].name
 
 
+@pytest.mark.slow
 def test_an_unexpected_exception_is_one_line_with_the_traceback_in_train_log(cli, tmp_path, monkeypatch):
     import nodex.train.run
 
@@ -86,6 +87,7 @@ def test_an_unexpected_exception_in_a_sweep_job_is_counted_and_the_sweep_goes_on
     assert [(r["status"], r["error"], r["seed"]) for r in failed] == [("failed", "RuntimeError: flaky node", 1)]
 
 
+@pytest.mark.slow
 def test_a_launcher_failure_still_prints_the_summary_and_exits_1(cli, tmp_path, monkeypatch):
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
