@@ -5,7 +5,10 @@ the stacked preset's advice on fixed-step solvers is true."""
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,39 @@ def test_fixed_step_solvers_need_no_perturb_option_on_a_stacked_model():
     assert errors[True, 0.05] / errors[True, 0.025] < 8  # a step straddles each jump: far below order 4
     assert errors[True, 0.025] > 1000 * errors[False, 0.025]
     assert "set no solver.options (perturb=true" in (ROOT / "configs" / "model" / "stacked.yaml").read_text()
+
+
+def _pytest_settings() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+
+
+def test_the_readme_test_command_runs_every_test_under_a_timeout():
+    settings = _pytest_settings()
+    assert "bash scripts/setup.sh && .venv/bin/python -m pytest -q\n" in README  # what .ci/run runs: no -m filter
+    assert "-m" not in settings["addopts"].split() and settings["timeout"] == 300
+    assert "pytest-timeout==" in (ROOT / "constraints.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_hanging_test_fails_alone_and_its_subprocess_is_killed(tmp_path):
+    """The configured timeout method on a test stuck in a subprocess: that test fails with "Timeout", the child
+    is killed, and the next test still runs."""
+    child_pid = tmp_path / "child.pid"
+    (tmp_path / "child.py").write_text(f"import os, time\nopen({str(child_pid)!r}, 'w').write(str(os.getpid()))\n"
+                                       "time.sleep(60)\n")
+    (tmp_path / "test_hang.py").write_text(
+        "import subprocess, sys\n"
+        "def test_hangs():\n"
+        "    subprocess.run([sys.executable, 'child.py'], timeout=600)\n"
+        "def test_after():\n"
+        "    pass\n"
+    )
+    method = _pytest_settings()["timeout_method"]
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\ntimeout = 2\ntimeout_method = {method}\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hang.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "Timeout" in proc.stdout and "1 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(child_pid.read_text()), 0)
