@@ -22,4 +22,4 @@ else
 fi
 echo "python: $py ($("$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'))"
 export PYTHONUNBUFFERED=1
-"$py" scripts/gpu_check.py "$@"
+"$py" scripts/bench/gpu_check.py "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Bench-only dependency: torchdyn 1.0.6 for side-by-side timings in scripts/bench.py.
+# Bench-only dependency: torchdyn 1.0.6 for side-by-side timings in scripts/bench/bench.py.
 # Installed with --no-deps into .bench-site/ (git-ignored) so it can never change torch or
-# drag in torchvision (which fails to import beside the CPU torch here); bench.py adds the
+# drag in torchvision (which fails to import beside the CPU torch here); scripts/bench/common.py adds the
 # folder to sys.path when it exists. These are the modules torchdyn's import actually needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -43,6 +43,7 @@ def test_compose_and_build_give_the_preset_model():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_load_scores_what_nodex_eval_scores(train_run, cli, tmp_path):
     run_dir, result, code, err = train_run()
     assert code == 0, err
@@ -60,6 +61,7 @@ def test_load_scores_what_nodex_eval_scores(train_run, cli, tmp_path):
     assert metrics["loss"] == pytest.approx(expected["test/loss"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_load_refuses_a_checkpoint_that_does_not_fit(train_run):
     from nodex.errors import CheckpointError
     from nodex.train.checkpoint import load_checkpoint, save_checkpoint
@@ -73,6 +75,7 @@ def test_load_refuses_a_checkpoint_that_does_not_fit(train_run):
         nodex.load(run_dir)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(cli, tmp_path, monkeypatch):
     example = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)

@@ -15,6 +15,7 @@ from nodex.train.checkpoint import load_checkpoint
 RESULT_KEYS = {"status", "error", "metrics", "nfe_forward", "nfe_backward", "params", "steps", "wall_time_s", "device", "versions", "config", "seed"}
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_directory_contract(train_run):
     run_dir, result, code, err = train_run("trainer.plots=true")
     assert code == 0, err
@@ -58,6 +59,7 @@ def _hparams_tab(logdir):
     return sessions, columns, {m.name.tag for m in experiment.metric_infos}
 
 
+@pytest.mark.slow
 def test_tensorboard_hparams_carry_every_override_without_scalar_clutter(train_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -86,6 +88,7 @@ def test_tensorboard_hparams_carry_every_override_without_scalar_clutter(train_r
     assert f"`{result['command']}`" in text
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_test_metric_from_the_checkpoint(train_run, cli, tmp_path):
     run_dir, result, code, _ = train_run()
     code, out, err = cli(["eval", f"ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -96,6 +99,7 @@ def test_eval_reproduces_the_test_metric_from_the_checkpoint(train_run, cli, tmp
     assert "test/accuracy:" in out
 
 
+@pytest.mark.slow
 def test_eval_on_a_larger_fresh_sample(train_run, cli, tmp_path):
     run_dir, result, code, _ = train_run()
     code, out, err = cli(["eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "data.n_test=5000", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -105,6 +109,7 @@ def test_eval_on_a_larger_fresh_sample(train_run, cli, tmp_path):
     assert 0.0 <= payload["metrics"]["test/accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_continues(train_run):
     a_dir, a, *_ = train_run("seed=3", name="a")
     b_dir, b, *_ = train_run("seed=3", name="b")
@@ -115,6 +120,7 @@ def test_same_seed_same_metrics_and_resume_continues(train_run):
     assert load_checkpoint(c_dir / "checkpoints" / "last.pt")["step"] == 30
 
 
+@pytest.mark.slow
 def test_multirun_runs_one_directory_per_job(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "--multirun", *FAST, "trainer.max_steps=5", "model=vanilla,depthcat", f"hydra.sweep.dir={sweep}"])
@@ -125,6 +131,7 @@ def test_multirun_runs_one_directory_per_job(cli, tmp_path):
     assert models == ["depthcat", "vanilla"]
 
 
+@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "--multirun", *FAST, "trainer.max_steps=5", "solver.rtol=1e-4,-1", f"hydra.sweep.dir={sweep}"])
@@ -155,6 +162,7 @@ def test_console_script_runs_as_a_subprocess(tmp_path):
     assert "unknown model 'nope'; choose one of:" in proc.stderr and "vanilla" in proc.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_config_and_loads_weights_only(train_run):
     run_dir, *_ = train_run()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -162,6 +170,7 @@ def test_checkpoint_holds_config_and_loads_weights_only(train_run):
     assert isinstance(ckpt["model"]["readout.weight"], torch.Tensor)
 
 
+@pytest.mark.slow
 def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -173,6 +182,7 @@ def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     assert (run_dir / "plots" / "parameters_evolution.png").exists()
 
 
+@pytest.mark.slow
 def test_train_log_has_a_progress_line_every_log_point_and_each_validation(train_run):
     run_dir, result, code, err = train_run()
     assert code == 0, err

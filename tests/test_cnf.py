@@ -252,6 +252,7 @@ def test_cnf_training_lowers_the_test_nll(train_run):
     assert 1.4 < res["metrics"]["test/nll"] < 2.3  # measured 1.64
 
 
+@pytest.mark.slow
 def test_cnf_plots_one_figure_per_condition(compose_cfg, tmp_path):
     from nodex.train.logs import RunLogger
     from nodex.viz import diagnostics

@@ -1,10 +1,11 @@
 """GPU settings checked on a CPU. trainer.cuda_graph: the capture/replay bookkeeping of
 GraphedStep (with a stand-in for the CUDA graph) and the config checks — the CUDA graph itself
-runs in scripts/gpu_check.py on a machine with a GPU; trainer.tf32: the backend flags it sets."""
+runs in scripts/bench/gpu_check.py on a machine with a GPU; trainer.tf32: the backend flags it sets."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -90,9 +91,16 @@ def _cfg(**trainer):
     return OmegaConf.create({"trainer": {**base, **trainer}})
 
 
-def test_a_capturable_config_on_a_cuda_device_is_accepted():
-    validate_cuda_graph(_cfg(), SolverSettings(method="rk4", step_size=0.1), torch.device("cuda"))
-    validate_cuda_graph(_cfg(cuda_graph=False), SolverSettings(), torch.device("cpu"))  # off: nothing to check
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_a_capturable_config_on_a_cuda_device_is_accepted(method):
+    settings = SolverSettings(method=method, step_size=0.1)
+    assert validate_cuda_graph(_cfg(), settings, torch.device("cuda")) is None
+    # every check ran: the same config is refused at the last one, the device, on a CPU
+    refusal = "trainer.cuda_graph=true needs a CUDA device, this run is on cpu: drop it or use trainer.device=cuda"
+    with pytest.raises(ConfigError, match=f"^{re.escape(refusal)}$"):
+        validate_cuda_graph(_cfg(), settings, torch.device("cpu"))
+    # off: nothing to check, not even a solver no graph could capture
+    assert validate_cuda_graph(_cfg(cuda_graph=False), SolverSettings(), torch.device("cpu")) is None
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,7 @@ def test_ensemble_reproduces_separate_runs_and_writes_member_run_dirs(train_run,
     assert evaluated["metrics"]["test/accuracy"] == pytest.approx(accs[1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ensemble_under_adjoint_matches_separate_runs(compose_cfg, tmp_path):
     """The stacked parameters are the adjoint's parameters: gradients, hence the trained
     weights, equal the separate runs' (rk4, 2 members, a few steps)."""
@@ -106,6 +107,7 @@ def test_ensemble_under_adjoint_matches_separate_runs(compose_cfg, tmp_path):
         assert member["nfe_backward"] == sep["nfe_backward"]
 
 
+@pytest.mark.slow
 def test_adaptive_solver_members_share_steps(compose_cfg, tmp_path):
     cfg = compose_cfg([*FAST, "solver=dopri5", "trainer.max_steps=3", "trainer.log_every=3", "trainer.checkpoint_every=3",
                        "trainer.device=cpu", "logger.tensorboard=false", "trainer.ensemble=2"])
@@ -267,6 +269,7 @@ def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
     assert fast.loss_integral.shape == (2,)
 
 
+@pytest.mark.slow
 def test_divergence_names_the_member_and_fails_every_member(train_run):
     run_dir, _, code, err = train_run("solver=rk4", "trainer.ensemble=2", "trainer.optim.lr=1e30", "data.n_train=64",
                                       name="div")
@@ -279,6 +282,7 @@ def test_divergence_names_the_member_and_fails_every_member(train_run):
     assert json.loads((run_dir / "ensemble.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_minibatches_schedule_and_clipping_match_separate_runs(compose_cfg, tmp_path):
     """Shuffled mini-batches (each member's own batch generator), an LR schedule and
     per-member gradient clipping: still the separate runs' weights."""
@@ -299,6 +303,7 @@ def test_minibatches_schedule_and_clipping_match_separate_runs(compose_cfg, tmp_
         assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])
 
 
+@pytest.mark.slow
 def test_checkpoints_store_the_data_spec_that_rebuilds_the_model(compose_cfg, tmp_path):
     """A single run's and an ensemble member's checkpoints name the model's input shape and
     readout width: enough to rebuild the model (no dataset) and load the weights."""

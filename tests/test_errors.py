@@ -106,6 +106,7 @@ def test_eval_run_directory_without_checkpoints_or_config(cli, tmp_path):
     assert code == 1 and "has no checkpoints/last.pt" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_unknown_override_key(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_tst=5", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 2 and "unknown config key 'data.n_tst'" in _one_line_error(err)
@@ -117,6 +118,7 @@ def test_resume_from_a_missing_checkpoint(train_run, tmp_path):
     assert result is None and not run_dir.exists()  # refused before anything was written: no run folder left
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(train_run, monkeypatch):
     calls = {"n": 0}
     original = tasks.Classification.terminal_loss
@@ -136,6 +138,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(train_run, mo
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+@pytest.mark.slow
 def test_a_diverging_run_reports_the_solver_and_step(train_run):
     run_dir, result, code, err = train_run("trainer.optim.lr=1e5", "solver.rtol=1e-3", "solver.atol=1e-3", "solver.max_num_steps=200")
     line = _one_line_error(err)
@@ -217,6 +220,7 @@ def _leftovers(run_dir) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_disk_full_while_plotting_is_a_warning_and_the_run_still_completes(train_run, monkeypatch):
     from matplotlib.figure import Figure
 
@@ -258,6 +262,7 @@ def _assert_failed_keeping_step_10(run_dir, result, code, err, needle):
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 10 and _leftovers(run_dir) == []
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_metrics_fails_the_run_in_one_line(train_run, monkeypatch):
     from nodex.train import logs
 
@@ -273,6 +278,7 @@ def test_disk_full_while_writing_metrics_fails_the_run_in_one_line(train_run, mo
                                    f"could not write {run_dir}/metrics.jsonl at step 15 ([Errno 28] No space left")
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_tensorboard_fails_the_run_in_one_line(train_run, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -341,6 +347,7 @@ def test_an_impossible_data_size_is_one_line_and_a_failed_result(train_run):
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_run, monkeypatch):
     calls = {"n": 0}
     original = tasks.Classification.terminal_loss
@@ -370,11 +377,13 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
     ("trainer.device=cuda", "nodex eval picks its device with device=...: use device=cuda"),
     ("split=bogus", "split='bogus'; choose one of: train, val, test"),
 ])
+@pytest.mark.slow
 def test_eval_bad_values_are_one_line(cli, tmp_path, good_run, override, expected):
     code, _, err = cli(["eval", f"ckpt={good_run}", override, f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and _one_line_error(err) == f"nodex: error: {expected}"
 
 
+@pytest.mark.slow
 def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=abc", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 2 and _one_line_error(err) == ("nodex: error: data.n_test='abc' is not an integer: give "
@@ -382,6 +391,7 @@ def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_
     assert not (tmp_path / "ev").exists()
 
 
+@pytest.mark.slow
 def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where CI has a GPU
     code, _, err = cli(["eval", f"ckpt={good_run}", "device=cuda", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -389,12 +399,14 @@ def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
                                                   "device=auto or cpu")
 
 
+@pytest.mark.slow
 def test_eval_of_an_impossible_test_split_is_one_line(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=1000000000000", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and "data.n_test=1000000000000 is 1,000,000,000,256 samples: at least 8000.0 GB" in \
         _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_whose_config_is_broken_is_one_line(cli, tmp_path, good_run):
     from nodex.train.checkpoint import save_checkpoint
 
@@ -424,6 +436,7 @@ def test_ctrl_c_before_the_run_starts_is_one_line(cli, tmp_path, monkeypatch):
     assert code == 130 and _one_line_error(err) == "nodex: error: interrupted before the run started; nothing to resume"
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(train_run, monkeypatch):
     from nodex.train import loop
 

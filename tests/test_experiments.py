@@ -46,6 +46,7 @@ def shrink(cfg, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.slow
 def test_experiment_composes_and_trains_two_steps(compose_cfg, tmp_path, name):
     cfg = compose_cfg([f"experiment={name}"])
     comments = [ln for ln in (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text().splitlines() if ln.startswith("#")]

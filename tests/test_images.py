@@ -49,6 +49,7 @@ def test_digits_shapes_range_and_class_balance(digits):
     assert all(120 <= c <= 129 for c in _counts(digits.train[1]))
 
 
+@pytest.mark.slow
 def test_mnist5k_shapes_and_exact_class_balance(mnist5k):
     assert mnist5k.input_shape == (1, 28, 28)
     assert _counts(mnist5k.test[1]) == [100] * 10
@@ -232,6 +233,7 @@ def test_broken_cifar_batches_are_one_line_naming_the_file(tmp_path, entry, mess
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_broken_cifar_batch_fails_the_run_with_one_line(tmp_path, cli):
     folder = write_fake_cifar10(tmp_path / "data", n_per_batch=4, n_test=4)
     (folder / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [1]}, protocol=2))
@@ -241,6 +243,7 @@ def test_a_broken_cifar_batch_fails_the_run_with_one_line(tmp_path, cli):
     assert "data_batch_3 has 4 images but 1 labels" in err
 
 
+@pytest.mark.slow
 def test_non_finite_inputs_are_a_data_error_not_a_solver_failure(tmp_path, cli, monkeypatch):
     import nodex.data.images
 

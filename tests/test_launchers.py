@@ -131,6 +131,7 @@ def slurm():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the slurm fixture may install Slurm first (up to 600 s, then a skip)
 def test_submitit_runs_two_jobs_on_a_real_slurm(cli, tmp_path, slurm):
     sweep = tmp_path / "slurm"
     code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
@@ -193,6 +194,7 @@ def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: li
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the slurm fixture may install Slurm first (up to 600 s, then a skip)
 def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_run(cli, tmp_path, slurm):
     code, _, err = cli(["train", *REQUEUED_RUN, f"hydra.run.dir={tmp_path / 'whole'}"])
     assert code == 0, err

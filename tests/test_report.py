@@ -211,6 +211,7 @@ def test_list_shows_every_experiment_with_its_whole_description_wrapped(cli, tmp
     assert describe(f) == "Paper §9: a thing" and header(f) == "Paper §9: a thing more"
 
 
+@pytest.mark.slow
 def test_every_experiment_records_its_own_name(compose_cfg):
     """result.json["config"]["experiment_name"] names the experiment file a run came from."""
     for exp in discover():
@@ -237,6 +238,7 @@ def test_paper_registry_names_existing_experiments_and_checks_evaluate():
     assert Check("x", "m", "ge", "zzz", 0.5).evaluate(lookup) == ("not run", None)
 
 
+@pytest.mark.slow
 def test_an_ensemble_reports_as_its_members(cli, tmp_path):
     run_dir = tmp_path / "ens"
     code, _, err = cli(["train", *FAST, "trainer.max_steps=4", "solver=rk4", "trainer.ensemble=2", f"hydra.run.dir={run_dir}"])

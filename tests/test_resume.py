@@ -107,11 +107,13 @@ def test_a_stopped_ensemble_resumes_bit_for_bit(tmp_path, signum):
         assert logged == sorted(logged) and logged[-1] == 120
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_fresh_without_a_checkpoint(train_run):
     run_dir, result, code, err = train_run("trainer.resume=auto")
     assert code == 0, err and result["steps"] == 20
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_run):
     first, result, code, err = train_run(name="first")
     assert code == 0, err
@@ -126,6 +128,7 @@ def test_resume_refuses_a_different_run_and_applies_a_new_learning_rate(train_ru
             "the new base rate (lr now 0.001)") in (resumed / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_live_run_into_the_same_dir_is_refused(tmp_path):
     run_dir = tmp_path / "shared"
     first = _nodex(run_dir, "trainer.max_steps=100000")

@@ -113,6 +113,7 @@ def test_member_optimizer_states_stack_back_into_the_trained_optimizers_state():
         assert all(torch.equal(back["state"][i][key], v) for key, v in entries.items())  # step shared, moments stacked
 
 
+@pytest.mark.slow
 def test_an_ensemble_whose_members_saved_different_steps_is_refused_with_one_line(train_run):
     from nodex.train.checkpoint import load_checkpoint, save_checkpoint
 

@@ -10,87 +10,124 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "scripts" / "bench"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of one Markdown table line (text after its last ``|`` is not a cell)."""
+    return [c.strip() for c in line.strip()[: line.strip().rindex("|")].split("|")[1:]]
+
+
+def markdown_tables(text: str) -> list[list[dict[str, str]]]:
+    """Every Markdown table in ``text`` as rows keyed by their header cells. A table is a ``|`` line followed by
+    a ``|---`` line; its rows are the later ``|`` lines up to the next table (other lines between are skipped)."""
+    lines = text.splitlines()
+    starts = [i for i in range(len(lines) - 1) if lines[i].startswith("|") and lines[i + 1].startswith("|---")]
+    tables = []
+    for start, end in zip(starts, [*starts[1:], len(lines)]):
+        header = _cells(lines[start])
+        rows = [ln for ln in lines[start + 2 : end] if ln.startswith("|")]
+        tables.append([dict(zip(header, _cells(row))) for row in rows])
+    return tables
+
+
+def test_markdown_tables_key_cells_by_header_and_skip_text_between_rows():
+    text = "title\n| a | b |  note\n|---|---|\nsome text\n| 1 | 2 |\n\n| c |\n|---|\n| 3 |\n"
+    assert markdown_tables(text) == [[{"a": "1", "b": "2"}], [{"c": "3"}]]
+
+
+def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``python scripts/bench/NAME ARGS`` from the repository root on one thread; it must exit 0 within 240 s."""
+    command = [sys.executable, f"scripts/bench/{name}", *args]
+    proc = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _bench_module(name: str):
+    """``scripts/bench/NAME.py`` as a module (its ``import common`` finds the helper beside it)."""
+    import importlib.util
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
 def test_gpu_check_cpu_half_runs_and_counts_40_nfe():
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu-only", "--steps", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and "ms/step" not in ln]
-    assert len(rows) == 3 and all("| 40/0 |" in r and r.endswith("| ok |") for r in rows)
+    proc = _run_script("gpu_check.py", "--cpu-only", "--steps", "1")
+    (rows,) = markdown_tables(proc.stdout)
+    assert len(rows) == 3 and all(r["NFE fwd/bwd"] == "40/0" and r["check"] == "ok" for r in rows), rows
 
 
 @pytest.mark.slow
 def test_bench_paper_suite_covers_every_variant_with_the_right_baselines():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench.py", "--suite", "paper", "--steps", "1", "--rounds", "1", "--warmup", "0", "--no-torchdyn"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| ") and "variant" not in ln]
+    proc = _run_script("bench.py", "--suite", "paper", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                       "--no-torchdyn")
+    (rows,) = markdown_tables(proc.stdout)
     impls: dict[str, set] = {}
-    for variant, _, impl, *_, vs in rows:
-        impls.setdefault(variant, set()).add(impl)
+    for row in rows:
+        impls.setdefault(row["variant"], set()).add(row["implementation"])
     assert len(impls) == 10 and all({"nodex", "nodex on torchdiffeq"} <= v for v in impls.values())
     # a plain torchdiffeq model only where the field is a plain first-order MLP
     plain = {k for k, v in impls.items() if "torchdiffeq" in v}
-    assert plain == {"vanilla (annuli, adjoint)", "vanilla (annuli, autograd)", "depth-concat", "zero-augmented (ANODE)", "input-layer augmented (IL-NODE)"}
+    assert plain == {"vanilla (annuli, adjoint)", "vanilla (annuli, autograd)", "depth-concat",
+                     "zero-augmented (ANODE)", "input-layer augmented (IL-NODE)"}
 
 
+@pytest.mark.slow
 def test_bench_compares_nodex_with_plain_torchdiffeq_at_equal_nfe():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench.py", "solver=rk4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--no-torchdyn"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {ln.split("|")[1].strip(): ln.split("|") for ln in proc.stdout.splitlines() if ln.startswith("| ") and "implementation" not in ln}
+    proc = _run_script("bench.py", "solver=rk4", "--steps", "1", "--rounds", "1", "--warmup", "1", "--no-torchdyn")
+    (table,) = markdown_tables(proc.stdout)
+    rows = {row["implementation"]: row for row in table}
     assert set(rows) == {"nodex", "nodex on torchdiffeq", "torchdiffeq", "hand-written rk4"}
-    assert all(r[5].strip() == "40" for r in rows.values())  # same forward NFE everywhere
-    assert rows["torchdiffeq"][8].strip() == "1.000" and rows["torchdiffeq"][9].strip() == "1.000"
+    assert all(r["NFE fwd"] == "40" for r in rows.values())  # same forward NFE everywhere
+    assert rows["torchdiffeq"]["ratio vs baseline (wall)"] == "1.000" and rows["torchdiffeq"]["(CPU time)"] == "1.000"
+    assert all(r["baseline"] == "torchdiffeq" for r in rows.values())
 
 
 @pytest.mark.parametrize("model,columns", [("model=vanilla", 7), ("model=node_conv", 5)], ids=["batched", "vmap"])
+@pytest.mark.slow
 def test_bench_ensemble_reports_a_speed_up_row_per_batch(model, columns):
     """A row per batch size; the vmap-only ensemble column only where the field has a batched form."""
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench_ensemble.py", "--members", "2", "--batches", "8,16", "--rounds", "2", "--steps", "1", model, *(["data=digits"] if "conv" in model else [])],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = ["data=digits"] if "conv" in model else []
+    proc = _run_script("bench_ensemble.py", "--members", "2", "--batches", "8,16", "--rounds", "2", "--steps", "1",
+                       model, *data)
     assert ("batched MLP field" if columns == 7 else "ensemble: vmap") in proc.stdout.splitlines()[0]
-    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| ") and "batch" not in ln and "---" not in ln]
-    assert [r[0] for r in rows] == ["8", "16"] and all(len(r) == columns and float(r[3].strip("*x")) > 0 for r in rows)
+    (rows,) = markdown_tables(proc.stdout)
+    assert [r["batch"] for r in rows] == ["8", "16"] and all(len(r) == columns for r in rows)
+    assert all(float(r["speed-up (wall)"].strip("*x")) > 0 for r in rows)
+    assert all(float(r["speed-up (CPU time)"].strip("x")) > 0 for r in rows)
+    assert all(("speed-up vmap only (wall)" in r) == (columns == 7) for r in rows)
 
 
+@pytest.mark.slow
 def test_adjoint_accuracy_script_reports_nodex_equal_to_torchdiffeq():
-    proc = subprocess.run([sys.executable, "scripts/adjoint_accuracy.py"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {(c[0], c[1]): c for c in ([x.strip() for x in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| ") and "tol" not in ln and "---" not in ln)}
+    proc = _run_script("adjoint_accuracy.py")
+    (table,) = markdown_tables(proc.stdout)
+    rows = {(r["implementation"], r["tol"]): r for r in table}
     for tol in ("0.0001", "1e-05"):
         ours, ref = rows[("nodex adjoint", tol)], rows[("torchdiffeq adjoint", tol)]
-        assert ours[2] == ref[2] and ours[3] == ref[3]  # same gradient error and NFE
-        assert float(ours[2]) < 10 * float(tol)
+        assert ours == {**ref, "implementation": "nodex adjoint"}  # same gradient error and NFE
+        assert float(ours["relative gradient error"]) < 10 * float(tol)
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_script_stops_at_the_target():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench_time_to_accuracy.py", "--seeds", "0", "--max-steps", "20", "--target", "0.5", "--no-torchdyn"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| nodex |"))
-    steps = row.split("|")[3].strip()
-    assert steps in {"10", "20"}  # checked every 10 steps; 50% is reached at once
+    proc = _run_script("bench_time_to_accuracy.py", "--seeds", "0", "--max-steps", "20", "--target", "0.5",
+                       "--no-torchdyn")
+    (table,) = markdown_tables(proc.stdout)
+    rows = {r["recipe"]: r for r in table}
+    assert rows["nodex"]["steps"] in {"10", "20"}  # checked every 10 steps; 50% is reached at once
+    assert rows["torchdyn"]["steps"] == "—"  # --no-torchdyn: not run
 
 
 def _work_precision():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("work_precision", ROOT / "scripts" / "work_precision.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_module("work_precision")
 
 
 def test_work_precision_front_interpolates_log_log_and_refuses_to_extrapolate():
@@ -114,37 +151,32 @@ def test_work_precision_compares_each_sides_best_solver_at_equal_error(capsys):
         "torchdyn tsit5 backprop": [(1e-3, 1e-3, 30.0), (1e-4, 1e-2, 50.0)],
     }
     _work_precision().print_equal_error(points)
-    lines = capsys.readouterr().out.splitlines()
-    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in lines if ln.startswith("| backprop")]
+    (table,) = markdown_tables(capsys.readouterr().out)
+    rows = [r for r in table if r["sensitivity"] == "backprop"]
     expected = [("torchdyn backprop", "2.00"), ("torchdyn backprop", "0.50"), ("torchdyn tsit5 backprop", "0.40"),
                 ("worst ratio", "2.00"), ("worst ratio at gradient errors <= 10%", "0.50")]
-    assert [(r[1], r[-1]) for r in rows] == expected
+    assert [(r["torchdyn"], r["nodex / torchdyn"]) for r in rows] == expected
 
 
+@pytest.mark.slow
 def test_work_precision_script_errors_fall_with_the_tolerance():
-    proc = subprocess.run(
-        [sys.executable, "scripts/work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1", "--steps", "1"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {(c[0], c[1]): c for c in ([x.strip() for x in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines()) if c and c[0].startswith("nodex")}
+    proc = _run_script("work_precision.py", "--no-torchdyn", "--pretrain", "20", "--tols", "1e-3,1e-5", "--rounds", "1",
+                       "--steps", "1")
+    (table,) = markdown_tables(proc.stdout)  # --no-torchdyn: no equal-error table
+    rows = {(r["implementation"], r["tol"]): r for r in table}
     # nodex's own extra tolerance, 3x below the tightest: its front reaches the errors its rival reaches
     tols = ("0.001", "1e-05", "3.33333e-06")
     assert set(rows) == {(f"nodex {s}", t) for s in ("backprop", "adjoint") for t in tols}
     for sens in ("backprop", "adjoint"):
-        loose, tight = float(rows[(f"nodex {sens}", "0.001")][3]), float(rows[(f"nodex {sens}", "1e-05")][3])
+        error = {t: float(rows[(f"nodex {sens}", t)]["relative gradient error"]) for t in tols}
+        loose, tight = error["0.001"], error["1e-05"]
         assert tight < loose / 30 and tight < 1e-3  # two decades of tolerance buy well over one of gradient accuracy
-        nfe = {t: int(rows[(f"nodex {sens}", t)][2].split("/")[0]) for t in tols}
+        nfe = {t: int(rows[(f"nodex {sens}", t)]["NFE fwd/bwd"].split("/")[0]) for t in tols}
         assert nfe["3.33333e-06"] > nfe["1e-05"] > nfe["0.001"]
 
 
 def _gpu_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_module("gpu_check")
 
 
 class _StandInGraph:
@@ -170,20 +202,19 @@ class _StandInGraph:
             self.out[1][k].copy_(v)
 
 
+@pytest.mark.slow
 def test_gpu_check_plumbing_runs_on_a_cpu_with_a_stand_in_graph(tmp_path, capsys):
     gpu_check = _gpu_check()
     assert gpu_check.check_cuda_graph(8, tmp_path, device="cpu", backend_factory=_StandInGraph)
     assert gpu_check.check_adaptive(1, tmp_path, devices=("cpu", "cpu"))
-    assert gpu_check.check_ensemble(3, tmp_path, devices=("cpu", "cpu"), cases={"Galërkin": ["model=galnode", "data=rings"]})
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "ms/step" not in ln and "NFE fwd (cpu" not in ln]
-    assert len(rows) == 5 and all(r.endswith("| ok |") for r in rows), rows
+    cases = {"Galërkin": ["model=galnode", "data=rings"]}
+    assert gpu_check.check_ensemble(3, tmp_path, devices=("cpu", "cpu"), cases=cases)
+    tables = markdown_tables(capsys.readouterr().out)  # cuda graph, dopri5, ensemble
+    assert [len(t) for t in tables] == [2, 2, 1] and all(r["check"] == "ok" for t in tables for r in t), tables
 
 
+@pytest.mark.slow
 def test_bench_threads_times_both_thread_counts_and_reports_auto():
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
-         "model.field.hidden=[8]", "data.n_train=64"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_script("bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
+                       "model.field.hidden=[8]", "data.n_train=64")
     assert "threads=1:" in proc.stdout and "auto chose 1 thread(s)" in proc.stdout  # a small field: one thread

@@ -27,6 +27,7 @@ def test_dirname_safe_cuts_a_long_override_list_to_a_unique_folder_name():
     assert dirname_safe("é" * 150).encode().decode() == dirname_safe("é" * 150)  # never cut inside a character
 
 
+@pytest.mark.slow
 def test_a_rerun_into_an_old_sweep_dir_counts_only_its_own_jobs(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])
@@ -37,6 +38,7 @@ def test_a_rerun_into_an_old_sweep_dir_counts_only_its_own_jobs(cli, tmp_path):
     assert len(list(sweep.glob("*/result.json"))) == 3  # the first sweep's two jobs are still there, not counted
 
 
+@pytest.mark.slow
 def test_job_dirs_name_the_seed_and_stay_inside_the_sweep_dir(cli, tmp_path):
     sweep = tmp_path / "deep" / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", "+data.note=../../escape", f"hydra.sweep.dir={sweep}"])
@@ -47,6 +49,7 @@ def test_job_dirs_name_the_seed_and_stay_inside_the_sweep_dir(cli, tmp_path):
     assert "%2F" in jobs[0].name
 
 
+@pytest.mark.slow
 def test_an_unexpected_exception_is_one_line_with_the_traceback_in_train_log(cli, tmp_path, monkeypatch):
     import nodex.train.run
 
@@ -64,6 +67,7 @@ def test_an_unexpected_exception_is_one_line_with_the_traceback_in_train_log(cli
     assert code == 1 and "Traceback (most recent call last)" in err and "in broken" in err
 
 
+@pytest.mark.slow
 def test_an_unexpected_exception_in_a_sweep_job_is_counted_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
     import nodex.train.run
 
@@ -83,6 +87,7 @@ def test_an_unexpected_exception_in_a_sweep_job_is_counted_and_the_sweep_goes_on
     assert [(r["status"], r["error"], r["seed"]) for r in failed] == [("failed", "RuntimeError: flaky node", 1)]
 
 
+@pytest.mark.slow
 def test_a_launcher_failure_still_prints_the_summary_and_exits_1(cli, tmp_path, monkeypatch):
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 

@@ -24,6 +24,7 @@ def test_flop_count_of_the_default_field(compose_cfg):
     assert flops == pytest.approx(2304 * 1024, rel=0.05)
 
 
+@pytest.mark.slow
 def test_auto_threads(compose_cfg, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
@@ -56,6 +57,7 @@ def test_usable_cpus_counts_affinity_quota_load_and_sweep_workers(monkeypatch):
     assert usable_cpus(16, load=7.9, quota=None) == 1  # never below one thread
 
 
+@pytest.mark.slow
 def test_a_wide_field_on_a_loaded_two_core_machine_gets_one_thread(compose_cfg, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)

@@ -108,7 +108,7 @@ def test_nfe_is_two_plus_six_per_attempted_step_and_one_per_jump(monkeypatch):
 def test_as_accurate_as_dopri5_at_the_same_tolerance():
     """Both pairs under the same controller: at each tolerance Tsit5's error is within 1.5x of
     dopri5's (on this field it is mostly smaller, at up to ~1.4x the evaluations: which is cheaper
-    at equal error depends on the problem, see scripts/work_precision.py)."""
+    at equal error depends on the problem, see scripts/bench/work_precision.py)."""
     field, t = TimeVarying(), [0.0, 2.0]
     exact = _scipy_solution(field.numpy_rhs, Z0, t)[-1]
     for tol in (1e-4, 1e-6, 1e-8, 1e-10):

@@ -77,12 +77,14 @@ def test_decision_map_and_trajectories_draw_every_class():
     ],
     ids=["vanilla", "data_control", "galnode", "stacked", "adaptive_depth", "tracking", "cnf"],
 )
+@pytest.mark.slow
 def test_each_model_family_writes_its_figures(tmp_path, overrides, traits, files):
     pipe = _pipe(*overrides)
     assert traits_of(pipe.model) == traits
     assert _plots(tmp_path, pipe) == [f"{name}.png" for name in files]
 
 
+@pytest.mark.slow
 def test_adaptive_depth_classifier_draws_the_state_space_per_input(tmp_path):
     pipe = _pipe("model=adaptive_depth", "data=rings", "task=classification")
     assert traits_of(pipe.model) == {"learned_horizon"}

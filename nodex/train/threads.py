@@ -1,8 +1,9 @@
 """Torch intra-op thread count per job: ``trainer.num_threads = auto | N``.
 
-Measured on the 2-core development machine (CPU, torch 2.13): a second thread only pays off
-when one field evaluation is large (MLP width >= 256 or batch >= 4096, i.e. roughly 8 MFLOP
-per evaluation); below that it adds synchronisation and takes a core from parallel jobs.
+A second thread pays off only when one field evaluation is large enough to split
+(:data:`FLOPS_PER_EVAL_FOR_MORE_THREADS`, 8 MFLOP: an MLP of width 256 or a batch of 4096);
+below that it adds synchronisation and takes a core from parallel jobs. The threshold depends on
+the CPU: ``scripts/bench/bench_threads.py`` times both thread counts on yours.
 ``auto`` therefore counts the FLOPs of one forward solve on a small batch and picks 1 thread
 below the threshold; above it, the CPUs this job may use: those its affinity mask and cgroup quota allow, shared
 with the other workers of a local sweep, less those other processes keep busy (the load average) — never more

@@ -6,8 +6,8 @@ depth-concatenated, Galërkin or stacked linear layers with elementwise activati
 with a data control or wrapped in a :class:`HigherOrderField` — this module evaluates the ``K``
 members directly on the stacked parameters with batched matmuls (``baddbmm``, each layer's
 batched form from :func:`nodex.models.depth.batched_linear`): the same
-arithmetic per member, without functorch's per-op wrapping, which cost about half of such a
-field's forward + backward (measured in ``scripts/bench_ensemble.py``).
+arithmetic per member, without functorch's per-op wrapping (``scripts/bench/bench_ensemble.py``
+times both paths; BENCHMARKS.md has the numbers).
 
 :func:`batched_field` returns ``None`` for anything else (convolutions, per-sample depths,
 learnable Galërkin dilation or shift, unknown layers or activations), and the ensemble keeps

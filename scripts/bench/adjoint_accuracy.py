@@ -1,6 +1,6 @@
 """Gradient accuracy at equal tolerance: nodex (backprop, adjoint), torchdiffeq's adjoint and torchdyn.
 
-    OMP_NUM_THREADS=1 python scripts/adjoint_accuracy.py
+    OMP_NUM_THREADS=1 python scripts/bench/adjoint_accuracy.py
 
 A 2-32-32-2 tanh field (float64, weights scaled ×2 so the flow is not trivial), 256 points,
 loss mean |z(1)|²; the reference gradient is nodex's backprop at rtol = atol = 1e-11. Prints the
@@ -10,18 +10,11 @@ torchdyn rows need ``bash scripts/install_bench_deps.sh``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import common  # noqa: F401  (the import path and .bench-site)
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-if (ROOT / ".bench-site").is_dir():
-    sys.path.append(str(ROOT / ".bench-site"))
-
-from nodex.ode import NFECounter, SolverSettings, odesolve  # noqa: E402
+from nodex import NFECounter, SolverSettings, odesolve
 
 
 class Field(nn.Module):

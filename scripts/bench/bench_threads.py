@@ -4,8 +4,8 @@ A busy-looping process takes one core for the whole measurement (``--competitors
 counts take turns round by round in one process (order rotating), medians over rounds. It also prints what
 ``trainer.num_threads=auto`` chooses at the end (after the competitors have raised the load average).
 
-    .venv/bin/python scripts/bench_threads.py                         # a wide field: hidden [256,256], batch 1024
-    .venv/bin/python scripts/bench_threads.py --competitors 0         # the same on an otherwise idle machine
+    .venv/bin/python scripts/bench/bench_threads.py                         # a wide field: hidden [256,256], batch 1024
+    .venv/bin/python scripts/bench/bench_threads.py --competitors 0         # the same on an otherwise idle machine
 
 Trailing ``key=value`` arguments are config overrides.
 """
@@ -19,9 +19,9 @@ import subprocess
 import sys
 import time
 
+import common
 import torch
 
-from nodex.config import compose
 from nodex.train.setup import Pipeline, build_optimizer
 from nodex.train.threads import choose_threads, usable_cpus
 
@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     args, overrides = parser.parse_known_args()
-    cfg = compose([*DEFAULT, *overrides])
-    pipe = Pipeline(cfg)
+    cfg = common.compose([*DEFAULT, *overrides], device=None)
+    pipe = common.pipeline(cfg)
     optimizer, _ = build_optimizer(cfg.trainer, pipe.model, 1)
     X, y = pipe.data.train
     most = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -6,7 +6,8 @@ product as in a backward pass) and divides by the floor ``conv FLOPs / peak FLOP
 The field is built from an experiment config (no data needed: the input shape comes from
 ``data.name``).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/conv_floor.py [--experiment digits_ilnode ...] [--batch 64] [--threads 1]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench/conv_floor.py [--experiment digits_ilnode ...] [--batch 64]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import argparse
 import statistics
 import time
 
+import common
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from nodex.cli import CONFIG_DIR
-from nodex.models import DataSpec, build_model
-from nodex.ode import SolverSettings
+import nodex
+from nodex.models import DataSpec
 
 SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -69,10 +69,9 @@ def conv_flops(field: nn.Module, z: torch.Tensor, s: torch.Tensor) -> int:
 
 
 def measure(experiment: str, batch: int, repeats: int, peak: float) -> None:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", [f"experiment={experiment}"])
+    cfg = common.compose([f"experiment={experiment}"], device=None)
     shape = SHAPES[cfg.data.name]
-    model = build_model(cfg.model, DataSpec(shape, 10), SolverSettings())
+    model = nodex.build(cfg, spec=DataSpec(shape, 10))
     with torch.no_grad():
         z = model.input_layer(torch.rand(batch, *shape))
     s = torch.tensor(0.5)

@@ -1,6 +1,6 @@
 """Time to 100% train accuracy on the default annuli experiment: nodex's recipe vs torchdyn's.
 
-    python scripts/bench_time_to_accuracy.py [--seeds 0,1,2] [--max-steps 600] [--target 1.0] [NODEX OVERRIDES]
+    python scripts/bench/bench_time_to_accuracy.py [--seeds 0,1,2] [--max-steps 600] [--target 1.0] [NODEX OVERRIDES]
 
 Both train the default model (``nodex train``: vanilla NODE, field 2-32-32-2 tanh with the last
 layer zero-initialised, linear readout, cross-entropy) from the *same initial weights* on the
@@ -22,24 +22,14 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
+import common
 import torch
+from common import PlainField, step_trainer
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-if (ROOT / ".bench-site").is_dir():
-    sys.path.append(str(ROOT / ".bench-site"))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.train.loop import Trainer  # noqa: E402
-from nodex.train.members import Members  # noqa: E402
-from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
+from nodex.train.setup import Pipeline, build_optimizer
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -47,7 +37,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run_nodex(pipe: Pipeline, cfg, batches, X_fix, y_fix, target: float) -> tuple[float | None, int | None]:
-    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, "")
+    trainer = step_trainer(pipe, cfg)
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
     spent = 0.0
     for step, (X, y) in enumerate(batches, 1):
@@ -66,14 +56,7 @@ def run_nodex(pipe: Pipeline, cfg, batches, X_fix, y_fix, target: float) -> tupl
 def run_torchdyn(pipe: Pipeline, batches, X_fix, y_fix, target: float) -> tuple[float | None, int | None]:
     from torchdyn.core import NeuralODE
 
-    field = pipe.model.field
-    net = nn.Sequential()
-    for i, layer in enumerate(field.layers):
-        lin = nn.Linear(layer.in_features, layer.out_features)
-        lin.load_state_dict(layer.state_dict())
-        net.append(lin)
-        if i < len(field.layers) - 1:
-            net.append(nn.Tanh())
+    net = PlainField(pipe.model.field).sequential()  # the default field: Linear layers and tanh
     node = NeuralODE(net)  # torchdyn's defaults: tsit5, atol = rtol = 1e-3, autograd
     readout = copy.deepcopy(pipe.model.readout)
     opt = torch.optim.Adam([*node.parameters(), *readout.parameters()], lr=0.01)
@@ -108,10 +91,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results: dict[str, list] = {"nodex": [], "torchdyn": []}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("train", overrides=[*args.overrides, f"seed={seed}", "trainer.device=cpu"])
-        torch.manual_seed(seed)
-        pipe = Pipeline(cfg)
+        cfg = common.compose([*args.overrides, f"seed={seed}"])
+        pipe = common.pipeline(cfg)
         gen_state = torch.get_rng_state()
         batches = [pipe.data.sampler(1024) for _ in range(args.max_steps)]
         torch.set_rng_state(gen_state)

@@ -1,7 +1,7 @@
 """Benchmark nodex's training step against the same step written by hand, in one process.
 
-    python scripts/bench.py [HYDRA OVERRIDES...] [--steps 20] [--rounds 7] [--threads 1]
-    python scripts/bench.py --suite paper [--pretrain N] ...
+    python scripts/bench/bench.py [HYDRA OVERRIDES...] [--steps 20] [--rounds 7] [--threads 1]
+    python scripts/bench/bench.py --suite paper [--pretrain N] ...
 
 Runs nodex's real ``Trainer.train_step`` for the composed config and, interleaved round-robin
 on the same batch from the same initial weights, (a) the same nodex model on torchdiffeq's
@@ -22,55 +22,15 @@ import argparse
 import copy
 import dataclasses
 import statistics
-import sys
-import time
-from pathlib import Path
 
+import common
 import torch
+from common import PlainField, one_batch, pipeline, plain_supported, step_trainer, timed, torchdyn_twin
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-if (ROOT / ".bench-site").is_dir():  # torchdyn, from scripts/install_bench_deps.sh
-    sys.path.append(str(ROOT / ".bench-site"))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.models.fields import MLPField  # noqa: E402
-from nodex.models.layers import DepthConcatLinear  # noqa: E402
-from nodex.train.loop import Trainer  # noqa: E402
-from nodex.train.members import Members  # noqa: E402
-from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
-
-
-class PlainField(nn.Module):
-    """The MLP field as a bare ``f(t, z)``: Linear layers, depth concatenated by ``torch.cat``."""
-
-    def __init__(self, field: MLPField) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList()
-        self.concat = []
-        for layer in field.layers:
-            lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            lin.load_state_dict(layer.state_dict())
-            self.layers.append(lin)
-            self.concat.append(isinstance(layer, DepthConcatLinear))
-        self.act = type(field.acts[0]) if len(field.acts) else nn.Identity
-        self.acts = nn.ModuleList(self.act() for _ in range(len(self.layers) - 1))
-        self.nfe = 0
-
-    def forward(self, t, z):
-        self.nfe += 1
-        h = z
-        for i, lin in enumerate(self.layers):
-            if self.concat[i]:
-                h = torch.cat([h, t.expand(h.shape[0], 1)], 1)
-            h = lin(h)
-            if i < len(self.acts):
-                h = self.acts[i](h)
-        return h
+from nodex.models import ModelOutput
+from nodex.train.setup import Pipeline, build_optimizer
 
 
 def rk4(func, z, t0: float, t1: float, h: float):
@@ -115,8 +75,6 @@ class PlainStep:
             else:
                 z = odeint(self.field, X, self.t, rtol=s.rtol, atol=s.atol, method=s.method, options=opts)[-1]
         nfe_f = self.field.nfe
-        from nodex.models import ModelOutput
-
         loss, _ = self.task.loss(ModelOutput(self.readout(z), z), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,18 +92,15 @@ class TorchdynStep(PlainStep):
         s = pipe.settings
         if not (all(not c for c in self.field.concat)):
             raise SystemExit("torchdyn comparison supports depth: none fields only")
-        pairs = zip(self.field.layers, [*self.field.acts, None])
-        net = nn.Sequential(*[m for pair in pairs for m in pair if m is not None])
-        self.node = NeuralODE(net, solver=s.method, sensitivity="adjoint" if s.sensitivity == "adjoint" else "autograd",
-                              atol=s.atol, rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
+        sensitivity = "adjoint" if s.sensitivity == "adjoint" else "autograd"
+        self.node = NeuralODE(self.field.sequential(), solver=s.method, sensitivity=sensitivity, atol=s.atol,
+                              rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
         params = [*self.input_layer.parameters(), *self.node.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]
         points = round(self.S / s.step_size) + 1 if s.is_fixed_step else 2
         self.t_span = torch.linspace(0, self.S, points)
 
     def __call__(self, X, y):
-        from nodex.models import ModelOutput
-
         self.node.vf.nfe = 0
         _, sol = self.node(self.input_layer(X), self.t_span)
         z = sol[-1]
@@ -157,33 +112,36 @@ class TorchdynStep(PlainStep):
         return nfe_f, int(self.node.vf.nfe) - nfe_f
 
 
-def plain_supported(pipe: Pipeline, X: torch.Tensor) -> bool:
-    """True when :class:`PlainField` reproduces the model's field exactly (a first-order MLP
-    field with ``depth: none | concat``, no control, horizon or integral loss)."""
-    model = pipe.model
-    slots = ("control", "horizon", "integral_loss")
-    if not isinstance(model.field, MLPField) or any(getattr(model, k, None) is not None for k in slots):
-        return False
-    try:
-        plain = PlainField(model.field)
-        with torch.no_grad():
-            z = model.input_layer(X[:8])
-            t = torch.tensor(0.3)
-            return bool(torch.allclose(plain(t, z), model.field(t, z, None)))
-    except (RuntimeError, TypeError, AttributeError):
-        return False
+def interleave(names: list[str], fresh, X: torch.Tensor, y: torch.Tensor, args) -> tuple[dict, dict, dict]:
+    """``args.warmup`` steps of each implementation, then ``args.rounds`` rounds of ``args.steps`` steps of each
+    in turn, each round from ``fresh(name)``; -> (wall ms per step, CPU ms per step: name -> one value per round;
+    name -> (forward, backward) NFE of the last step)."""
+    times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    nfe = {k: (0, 0) for k in names}
+    for name in names:
+        fn = fresh(name)
+        for _ in range(args.warmup):
+            fn(X, y)
+    for _ in range(args.rounds):
+        for name in names:
+            fn = fresh(name)
+
+            def step(fn=fn, name=name) -> None:
+                nfe[name] = fn(X, y)
+
+            wall_ms, cpu_ms = timed(step, args.steps)
+            times[name].append(wall_ms)
+            cpu[name].append(cpu_ms)
+    return times, cpu, nfe
 
 
 def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
     """Time every applicable implementation of one training step; -> (header, rows)."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*overrides, "trainer.device=cpu"])
-    torch.manual_seed(cfg.seed)
-    pipe = Pipeline(cfg)
-    X, y = pipe.data.sampler(cfg.trainer.batch_size or cfg.data.n_train) if pipe.data.sampler else pipe.data.train
-    if cfg.trainer.batch_size and X.shape[0] > cfg.trainer.batch_size:
-        X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
-    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
+    cfg = common.compose(overrides)
+    pipe = pipeline(cfg)
+    X, y = one_batch(pipe, cfg)
+    trainer = step_trainer(pipe, cfg)
     own = pipe.model.settings
 
     def make_nodex(engine: str = own.engine):
@@ -208,15 +166,7 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
         factories["torchdiffeq"] = lambda: PlainStep(pipe, cfg, "plain")
         if pipe.settings.method == "rk4":
             factories["hand-written rk4"] = lambda: PlainStep(pipe, cfg, "hand")
-    try:
-        import torchdyn  # noqa: F401
-
-        # only a plain MLP field has .layers, so `plain` goes first (other fields have no torchdyn twin here)
-        have_torchdyn = plain and not args.no_torchdyn and not any(
-            isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
-    except ImportError:
-        have_torchdyn = False
-    if have_torchdyn:
+    if torchdyn_twin(pipe, X, disabled=args.no_torchdyn):
         factories["torchdyn 1.0.6"] = lambda: TorchdynStep(pipe, cfg)
 
     def fresh(name):
@@ -225,21 +175,7 @@ def bench(overrides: list[str], args) -> tuple[str, list[tuple]]:
         pipe.model.load_state_dict(reference)
         return factories[name]()
 
-    times = {k: [] for k in factories}
-    cpu = {k: [] for k in factories}
-    nfe = {k: (0, 0) for k in factories}
-    for name in factories:
-        fn = fresh(name)
-        for _ in range(args.warmup):
-            fn(X, y)
-    for _ in range(args.rounds):
-        for name in factories:
-            fn = fresh(name)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                nfe[name] = fn(X, y)
-            times[name].append(1000 * (time.perf_counter() - start) / args.steps)
-            cpu[name].append(1000 * (time.process_time() - start_cpu) / args.steps)
+    times, cpu, nfe = interleave(list(factories), fresh, X, y, args)
     pipe.model.settings = own
     base_name = "torchdiffeq" if "torchdiffeq" in factories else "nodex on torchdiffeq"
     base, base_cpu = statistics.median(times[base_name]), statistics.median(cpu[base_name])

@@ -1,10 +1,10 @@
 """Work–precision: gradient error vs CPU time for nodex and torchdyn, and the time ratio at equal error.
 
-    OMP_NUM_THREADS=1 python scripts/work_precision.py [HYDRA OVERRIDES...] [--pretrain 200]
+    OMP_NUM_THREADS=1 python scripts/bench/work_precision.py [HYDRA OVERRIDES...] [--pretrain 200]
         [--tols 1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5] [--rounds 9] [--steps 3] [--no-torchdyn]
         [--methods dopri5,dopri5:hairer,tsit5] [--torchdyn-methods dopri5,tsit5] [--nodex-extra-tols auto]
 
-Comparing adaptive solvers at *equal tolerance* (``scripts/bench.py``) compares different
+Comparing adaptive solvers at *equal tolerance* (``scripts/bench/bench.py``) compares different
 accuracies: two dopri5 codes with the same ``rtol``/``atol`` take different steps (initial-step
 rule, norm, controller) and so deliver different gradients. This script measures what the
 tolerance buys. For the composed config's model (default: the annuli experiment; trained for
@@ -40,27 +40,15 @@ import copy
 import dataclasses
 import math
 import statistics
-import sys
-import time
-from pathlib import Path
 from typing import Callable
 
+import common
 import torch
+from common import PlainField, timed, torchdyn_twin
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-if (ROOT / ".bench-site").is_dir():
-    sys.path.append(str(ROOT / ".bench-site"))
-
-from bench import PlainField, plain_supported  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.models import ModelOutput  # noqa: E402
-from nodex.models.layers import DepthConcatLinear  # noqa: E402
-from nodex.train.setup import Pipeline, build_optimizer  # noqa: E402
+from nodex.models import ModelOutput
+from nodex.train.setup import Pipeline, build_optimizer
 
 Gradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int, int]]
 
@@ -102,8 +90,7 @@ def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str 
     """A gradient function of torchdyn 1.0.6's ``NeuralODE`` with its solver ``method`` at ``tol``."""
     from torchdyn.core import NeuralODE
 
-    field = PlainField(pipe.model.field)
-    net = nn.Sequential(*[m for pair in zip(field.layers, [*field.acts, None]) for m in pair if m is not None])
+    net = PlainField(pipe.model.field).sequential()
     tols = dict(atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol)
     node = NeuralODE(net, solver=method, sensitivity=sensitivity, seminorm=pipe.model.settings.seminorm, **tols)
     input_layer, readout = copy.deepcopy(pipe.model.input_layer), copy.deepcopy(pipe.model.readout)
@@ -184,14 +171,7 @@ def gradient_makers(
                 makers[label("torchdiffeq", method, sens)] = (
                     lambda tol, s=sensitivity: nodex_gradient(pipe, tol, s, "dopri5", "torchdiffeq")
                 )
-    try:
-        import torchdyn  # noqa: F401
-
-        plain = not args.no_torchdyn and plain_supported(pipe, X)  # before .layers: not every field has them
-        torchdyn_ok = plain and not any(isinstance(layer, DepthConcatLinear) for layer in pipe.model.field.layers)
-    except ImportError:
-        torchdyn_ok = False
-    if torchdyn_ok:
+    if torchdyn_twin(pipe, X, disabled=args.no_torchdyn):
         for method in args.torchdyn_methods.split(","):
             for sens, sensitivity in (("backprop", "autograd"), ("adjoint", "adjoint")):
                 makers[label("torchdyn", method, sens)] = (
@@ -216,10 +196,7 @@ def measure(makers: dict[str, Callable[[float], Gradient]], X: torch.Tensor, y: 
             errors[name], nfes[name] = float((g - exact).norm() / exact.norm()), (nf, nb)
         for _ in range(args.rounds):
             for name, fn in fns.items():
-                start = time.process_time()
-                for _ in range(args.steps):
-                    fn(X, y)
-                cpu[name].append(1000 * (time.process_time() - start) / args.steps)
+                cpu[name].append(timed(lambda fn=fn: fn(X, y), args.steps)[1])
         for name in fns:
             med = statistics.median(cpu[name])
             points[name].append((tol, errors[name], med))
@@ -234,10 +211,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tols = [float(t) for t in args.tols.split(",")]
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*args.overrides, "trainer.device=cpu"])
-    torch.manual_seed(cfg.seed)
-    pipe = Pipeline(cfg)
+    cfg = common.compose(args.overrides)
+    pipe = common.pipeline(cfg)
     batch = cfg.trainer.batch_size or cfg.data.n_train
     sample = (lambda: pipe.data.sampler(batch)) if pipe.data.sampler else (lambda: pipe.data.train)
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]

@@ -1,6 +1,6 @@
 """Cost of depth-variant fields, side by side (issue: Galërkin and stacked Neural ODEs).
 
-    python scripts/bench_depth.py [--threads 1] [--rounds 30]
+    python scripts/bench/bench_depth.py [--threads 1] [--rounds 30]
 
 1. Per-evaluation time of one field call (forward, and forward+backward) for a plain MLP field,
    Galërkin fields (Fourier m=5 in layers 0,1 or in all layers) and stacked fields (p = 10 and
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import common  # noqa: F401  (the import path)
 import torch
 from torch import nn
 
-from nodex.models.fields import MLPField
+from nodex import MLPField, NFECounter, SolverSettings, odesolve
 from nodex.models.neural_ode import BoundDynamics
-from nodex.ode import NFECounter, SolverSettings, odesolve
 
 
 def field_costs(rounds: int) -> None:

@@ -5,7 +5,7 @@ end on both devices; then ``trainer.cuda_graph``:
 the same training run eagerly and replayed from a CUDA graph, which must give the same losses.
 
     bash scripts/gpu_check.sh            # on a machine with a GPU (prints a Markdown table)
-    python scripts/gpu_check.py --cpu-only --steps 2   # the same code path on the CPU alone
+    python scripts/bench/gpu_check.py --cpu-only --steps 2   # the same code path on the CPU alone
 
 Fixed-step rk4 makes the NFE deterministic, so equal NFE and close losses show that the CUDA
 path computes the same training step. Exits 1 when a check fails or CUDA is missing (unless
@@ -20,18 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import torch
+from common import one_batch, step_trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from nodex.cli import CONFIG_DIR  # noqa: E402
-from nodex.train.loop import Trainer  # noqa: E402
-from nodex.train.cuda_graph import GraphedStep  # noqa: E402
-from nodex.train.members import Members  # noqa: E402
-from nodex.train.run import run_train  # noqa: E402
-from nodex.train.setup import Pipeline, build_optimizer, validate_cuda_graph  # noqa: E402
+from nodex.train.cuda_graph import GraphedStep
+from nodex.train.run import run_train
+from nodex.train.setup import Pipeline, build_optimizer, validate_cuda_graph
 
 CASES = {
     "vanilla MLP (rings, batch 1024)": ["model=vanilla", "data=rings"],
@@ -57,14 +52,11 @@ def time_steps(
     overrides: list[str], device: str, steps: int, tmp: Path, solver: list[str] = FIXED
 ) -> tuple[float, int, int, float]:
     """Median ms/step, forward NFE, backward NFE and the loss of the last step on ``device``."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=[*overrides, *solver, f"trainer.device={device}"])
+    cfg = common.compose([*overrides, *solver], device=device)
     pipe = Pipeline(cfg)
-    X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
-    if cfg.trainer.batch_size:
-        X, y = X[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size]
+    X, y = one_batch(pipe, cfg, default=1024)
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
+    trainer = step_trainer(pipe, cfg)
     times = []
     for i in range(steps + 2):  # two warm-up steps (CUDA context, kernels)
         if device == "cuda":
@@ -94,16 +86,14 @@ def graph_run(
     """Train ``steps`` steps from seed 0 on one fixed batch, eagerly or through
     :class:`GraphedStep`; -> (median ms/step after 5 steps, the losses, forward NFE).
     ``device``/``backend``: a CPU and a stand-in graph run the same plumbing in the tests."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        graphed = str(graph and device.startswith("cuda")).lower()
-        cfg = compose("train", overrides=[*overrides, *FIXED, f"trainer.device={device}",
-                                          f"trainer.cuda_graph={graphed}"])
+    graphed = str(graph and device.startswith("cuda")).lower()
+    cfg = common.compose([*overrides, *FIXED, f"trainer.cuda_graph={graphed}"], device=device)
     torch.manual_seed(0)
     pipe = Pipeline(cfg)
     validate_cuda_graph(cfg, pipe.settings, pipe.device)
-    X, y = pipe.data.sampler(cfg.trainer.batch_size or 1024) if pipe.data.sampler else pipe.data.train
+    X, y = one_batch(pipe, cfg, default=1024)
     opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    trainer = Trainer(Members.single(pipe.model, pipe.task, pipe.data), cfg.trainer, pipe.settings.describe())
+    trainer = step_trainer(pipe, cfg)
     plain = lambda Xb, yb: trainer.train_step(Xb, yb, opt)  # noqa: E731
     step = GraphedStep(plain, backend=backend) if graph else plain
     times, losses, nfe_f = [], [], 0
@@ -159,10 +149,9 @@ def check_ensemble(
         try:
             rows = []
             for i, device in enumerate(devices):
-                with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-                    cfg = compose("train", overrides=[
-                        *overrides, *FIXED, "trainer.ensemble=4", f"trainer.max_steps={steps}", "trainer.batch_size=64",
-                        "trainer.plots=false", "logger.tensorboard=false", f"trainer.device={device}"])
+                cfg = common.compose([*overrides, *FIXED, "trainer.ensemble=4", f"trainer.max_steps={steps}",
+                                      "trainer.batch_size=64", "trainer.plots=false", "logger.tensorboard=false"],
+                                     device=device)
                 summary = run_train(cfg, tmp / f"ensemble-{n}-{i}")
                 if summary["status"] != "completed":
                     raise RuntimeError(summary["error"])
