@@ -241,8 +241,8 @@ def _torchdiffeq_solve(
     try:
         if settings.sensitivity == "adjoint":
             # jump_t too: the backward solve then also restarts at the jumps (torchdiffeq negates
-            # them for the reversed time); without it a stacked model's adjoint took ~15x the
-            # backward NFE for a 100x less accurate gradient.
+            # them for the reversed time); without it a stacked model's backward solve steps across
+            # the discontinuities: many more evaluations for a less accurate gradient.
             adjoint_options = dict(kwargs["options"])
             if settings.seminorm:
                 adjoint_options["norm"] = "seminorm"
