@@ -105,6 +105,9 @@ class Trainer:
         self.clip = float(cfg.grad_clip) if cfg.get("grad_clip") else None
         self.max_steps = self.total_steps(cfg, members.members[0].data)
         self.totals = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
+        # each member's (the run's where members take the batched solve's steps): finish_member's totals
+        self.member_totals = [dict(self.totals) for _ in members.members]
+        self.member_nfe: tuple[list[int], list[int]] | None = None  # the last step's per-member (forward, backward)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
 
@@ -231,10 +234,14 @@ class Trainer:
         samples = self.members.samples(X)
         for m, st in zip(self.members.members, stats):
             loss_k, parts_k, out_k, y_k = self.members.view(m.index, loss, parts, out, y)
+            f_k, b_k = (nfe_f, nfe_b) if self.member_nfe is None else (nfe[m.index] for nfe in self.member_nfe)
+            totals = self.member_totals[m.index]
+            totals["steps"], totals["nfe_forward"], totals["nfe_backward"] = (
+                totals["steps"] + 1, totals["nfe_forward"] + f_k, totals["nfe_backward"] + b_k)
             st.steps += 1
             st.samples += samples
-            st.nfe_forward += nfe_f
-            st.nfe_backward += nfe_b
+            st.nfe_forward += f_k
+            st.nfe_backward += b_k
             st.add({"loss": loss_k, **parts_k, **m.task.metrics(out_k, y_k)})
             for key, value in out_k.extras.items():
                 st.add({f"{key}_mean": value.float().mean()})
@@ -256,7 +263,8 @@ class Trainer:
     def train_step(self, X: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, step: int = 0):
         """One optimisation step of all members on ``(X, y)`` (``(B, ...)``, or ``(K, B, ...)`` for
         ``K > 1``); returns ``(loss, parts, out, nfe_forward, nfe_backward)``: loss and parts
-        scalars (``(K,)`` for ``K > 1``), ``out`` the model's output.
+        scalars (``(K,)`` for ``K > 1``), ``out`` the model's output, the NFE the model's (batched) solve's;
+        each member's own, where members take their own steps, in ``member_nfe``.
 
         Raises:
             SolverError: the forward or the adjoint's backward solve failed (names ``step``).
@@ -266,12 +274,15 @@ class Trainer:
         with solver_failures(step, self.solver):
             out = model(X)
             nfe_f = model.nfe.count
+            members_f = getattr(model.nfe, "members", None) and list(model.nfe.members)
             loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
         if self.clip:
             self.members.clip(self.clip)
         optimizer.step()
+        self.member_nfe = None if not members_f else (
+            members_f, [b - f for b, f in zip(model.nfe.members, members_f)])
         return loss, parts, out, nfe_f, model.nfe.count - nfe_f
 
     def _check_finite_params(self, m: Member) -> None:

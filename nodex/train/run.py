@@ -143,7 +143,7 @@ class TrainRun:
         for m in self.members:
             self._open_logs(m)
         if self.summary is not None:
-            self.summary["shared_step_sizes"] = not settings.is_fixed_step
+            self.summary["shared_step_sizes"] = not settings.is_fixed_step and not settings.per_member_steps
         self._log_start(settings, device)
         self.trainer = Trainer(members, cfg.trainer, settings.describe(), progress)
         return self.trainer
@@ -246,11 +246,11 @@ class TrainRun:
         """Write every member's ``result.json`` (closing its logger), then ``ensemble.json``;
         a run that failed before any member existed records it in ``run_dir/result.json``."""
         wall = time.perf_counter() - self.started
-        totals = self.trainer.totals if self.trainer is not None else {"steps": 0}
+        totals = self.trainer.member_totals if self.trainer is not None else [{"steps": 0}] * len(self.members)
         for m in self.members:
-            _unless_disk_full(lambda: finish_member(m, totals, wall))
+            _unless_disk_full(lambda: finish_member(m, totals[m.index], wall))
         if self.summary is not None:
-            finish_summary(self.summary, self.members, wall)
+            finish_summary(self.summary, self.members, wall, self.trainer.totals if self.trainer else {"steps": 0})
             _unless_disk_full(lambda: write_json(self.run_dir / "ensemble.json", self.summary))
         if not self.members:
             result = new_result(int(self.cfg.seed), self.resolved)

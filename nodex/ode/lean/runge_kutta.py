@@ -171,7 +171,7 @@ def time_beside(t: float, like: torch.Tensor, direction: float) -> torch.Tensor:
     return torch.nextafter(value, value + direction)
 
 
-def _step_factor(ratio: float) -> float:
+def step_factor(ratio: float) -> float:
     """torchdiffeq's ``_optimal_step_size``: the next step over this one from the error ratio."""
     if ratio == 0.0:
         return _IFACTOR
@@ -244,7 +244,7 @@ def adaptive_rk(
                 assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
                 dt = 0.0
             assert t0 + dt > t0, f"underflow in dt {dt}"
-            t1, dt, on_jump = _step_end(t0, dt, jumps, land)
+            t1, dt, on_jump = step_end(t0, dt, jumps, land)
             t_end = time_beside(t1, y0, -1.0) if jumps else time_like(t1, y0)
             y1, ks, ratio = _attempt(tab, func, y, k1, t0, dt, t_end, rtol, atol, norm)
             if ratio <= 1.0:
@@ -252,13 +252,13 @@ def adaptive_rk(
                 t0, y, k1 = t1, y1, ks[-1]
                 if on_jump:  # restart on the far side of the discontinuity
                     k1 = func(time_beside(t1, y0, 1.0), y1)
-            dt = dt * _step_factor(ratio)
+            dt = dt * step_factor(ratio)
         t_start, y_start, y_end, ks_step, h = step
         outputs.append(tab.interpolate(y_start, y_end, ks_step, h, (t_out - t_start) / h))
     return torch.stack(outputs)
 
 
-def _step_end(t0: float, dt: float, jumps: list[float], land: float | None) -> tuple[float, float, bool]:
+def step_end(t0: float, dt: float, jumps: list[float], land: float | None) -> tuple[float, float, bool]:
     """Where the step from ``t0`` of size ``dt`` ends: ``(t1, t1 - t0, on a jump)``. It ends on the first jump it
     would cross; else, with ``land`` (the last output depth) and no jump before it, on ``land`` when it would
     reach within 1% of a step of it (Hairer's DOPRI5 code: no sliver of a last step)."""
