@@ -99,7 +99,7 @@ def test_per_member_adjoint_gradient_equals_autograd_and_finite_differences(meth
 
     grads = {s: solve(s) for s in ("autograd", "adjoint")}
     eps = 1e-6
-    fd = (solve("autograd", lambdas + eps) - solve("autograd", lambdas - eps)) / (2 * eps)  # member k: ∂loss_k/∂λ_k
+    fd = (solve("autograd", lambdas + eps) - solve("autograd", lambdas - eps)) / (2 * eps)  # ∂loss_k/∂λ_k
     assert torch.allclose(grads["adjoint"], grads["autograd"], rtol=1e-6, atol=0)
     assert torch.allclose(grads["autograd"], fd, rtol=1e-5, atol=0)  # FD: the steps move with λ (measured 2e-6)
 

@@ -189,12 +189,9 @@ def odesolve(
             fixed grids (euler / midpoint / rk4) put nodes there; ``(J,)``.
         adjoint_params: tensors to differentiate under the adjoint (default: ``dynamics``'
             parameters); pass extra tensors the field closes over (e.g. a control signal).
-        per_member: ``z0``'s (every part's) leading dimension indexes ``K`` independent problems (a seed
-            ensemble's members, each ``dynamics`` row depending only on its own): where
-            :attr:`SolverSettings.per_member_steps`, each gets its own error norm, step sizes and accept/reject,
-            ``dynamics`` is called with per-member depths ``s`` ``(K,)``, ``counter.members`` gets each member's
-            evaluations, and under the adjoint every ``adjoint_params`` tensor must lead with ``K``
-            (:mod:`nodex.ode.lean.member_steps`). Otherwise one solve of the whole state.
+        per_member: ``z0``'s leading dimension indexes ``K`` independent problems (a seed ensemble's members):
+            where :attr:`SolverSettings.per_member_steps`, each takes its own steps at depths ``s`` ``(K,)``,
+            with its own count in ``counter.members`` (:mod:`nodex.ode.lean.member_steps`).
 
     Returns:
         The states at ``s``: ``(T, B, ...)`` (a tuple of such for a tuple ``z0``).
@@ -216,6 +213,20 @@ def odesolve(
     jumps = None if jump_t is None else [float(j) for j in host_depths(jump_t)]
     if per_member and lean == "adaptive":
         return _member_adaptive(func, z0, host_depths(s), settings, jumps, params, counter)
+    return _lean_solve(func, z0, s, settings, lean, jumps, params)
+
+
+def _lean_solve(
+    func: nn.Module,
+    z0: torch.Tensor | tuple[torch.Tensor, ...],
+    s: torch.Tensor,
+    settings: SolverSettings,
+    lean: str,
+    jumps: list[float] | None,
+    params: tuple[torch.Tensor, ...] | None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """One solve of the whole state on nodex's ``lean`` engine (``"fixed"`` or ``"adaptive"``):
+    ``(T, B, ...)`` (a tuple of such for a tuple ``z0``)."""
     shapes, bounds = None, None
     if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
         func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func

@@ -52,6 +52,7 @@ class _Layout(NamedTuple):
     error: Terms
     mid: Terms
     coeffs: torch.Tensor  # float64 (n,)
+    c: torch.Tensor  # float64: the stage depths' fractions
 
 
 _LAYOUTS: dict[Tableau, _Layout] = {}
@@ -71,7 +72,8 @@ def _layout(tab: Tableau) -> _Layout:
             return tuple(out)
 
         rows = tuple(terms(row) for row in tab.a)
-        layout = _Layout(rows, terms(tab.e), terms(tab.mid), torch.tensor(values, dtype=torch.float64))
+        layout = _Layout(rows, terms(tab.e), terms(tab.mid), torch.tensor(values, dtype=torch.float64),
+                         torch.tensor(tab.c, dtype=torch.float64))
         _LAYOUTS[tab] = layout
     return layout
 
@@ -139,15 +141,31 @@ class _Rows:
         assert t0 + dt > t0, f"underflow in dt {dt}"
         return step_end(t0, dt, jumps, land)
 
-    def crossed(self, k: int, t_start: float, h: float) -> list[tuple[int, float]]:
-        """After row ``k`` accepted the step ``[t_start, t_start + h]``: the outputs it now has passed, as
-        ``(output index, fraction of the step)``; its attempt count restarts with each."""
-        out = []
-        while self.next_out[k] < len(self.t) and self.t[self.next_out[k]] <= self.t0[k]:
-            out.append((self.next_out[k], (self.t[self.next_out[k]] - t_start) / h))
-            self.next_out[k] += 1
-            self.n_steps[k] = 0
-        return out
+    def judge(self, active: list[bool], ratios: list[float], dts: list[float], y: torch.Tensor,
+              stages: int) -> list[bool]:
+        """Which active rows accept their trial step (error ratio ≤ 1); every active row's next step size."""
+        accepted = [False] * len(active)
+        for k in (k for k, a in enumerate(active) if a):
+            self.counts[k] += stages
+            ratio = ratios[k]
+            if not math.isfinite(ratio):  # a stage blew up: retry smaller
+                assert bool(torch.isfinite(y[k]).all()), "non-finite values in state `y`"
+                ratio = math.inf
+            accepted[k] = ratio <= 1.0
+            self.dt[k] = dts[k] * step_factor(ratio)
+        return accepted
+
+    def advance(self, accepted: list[bool], t1s: list[float], dts: list[float]) -> dict[int, dict[int, float]]:
+        """Move the accepting rows to their step's end: the outputs each has now passed, as ``{output index:
+        {row: fraction of its step}}``; a row's attempt count restarts with each output."""
+        crossings: dict[int, dict[int, float]] = {}
+        for k in (k for k, a in enumerate(accepted) if a):
+            t_start, self.t0[k] = self.t0[k], t1s[k]
+            while self.next_out[k] < len(self.t) and self.t[self.next_out[k]] <= self.t0[k]:
+                crossings.setdefault(self.next_out[k], {})[k] = (self.t[self.next_out[k]] - t_start) / dts[k]
+                self.next_out[k] += 1
+                self.n_steps[k] = 0
+        return crossings
 
 
 def adaptive_rk_members(
@@ -170,17 +188,13 @@ def adaptive_rk_members(
         norm: per row of the scaled error (:func:`member_rms_norm`); a row accepts at ≤ 1.
         nfe: ``K`` counts, each increased by the evaluations in which its row was integrating.
 
-    Returns:
-        ``(len(t), K, M)``: every row's state at every depth of ``t``.
-
-    Raises:
-        AssertionError: a row's step-size underflow, too many steps or non-finite state (the scalar messages).
+    Returns ``(len(t), K, M)``, every row's state at every depth of ``t``. Raises ``AssertionError`` (the scalar
+    driver's messages) on a row's step-size underflow, too many steps or non-finite state.
     """
     K = y0.shape[0]
     counts = nfe if nfe is not None else [0] * K
     land_on_end, order = STEP_RULES[tab.step_rule]
     layout = _layout(tab)
-    c = torch.tensor(tab.c, dtype=torch.float64)
     k1 = func(_as_state([t[0]] * K, y0), y0)
     rows = _Rows(K, t, _initial_steps(func, t[0], y0, k1, rtol, atol, norm, order), counts)
     for k in range(K):
@@ -192,22 +206,13 @@ def adaptive_rk_members(
         plans = [rows.plan(k, y, max_num_steps, jumps, land) if a else (rows.t0[k], 0.0, False)
                  for k, a in enumerate(active)]
         t1s, dts = [p[0] for p in plans], [p[1] for p in plans]
-        host = torch.tensor([rows.t0, dts, t1s], dtype=torch.float64)
-        table = _as_state(torch.cat([host[0] + c[:, None] * host[1], host[2:], layout.coeffs[:, None] * host[1]]), y)
+        table = _step_table(tab, layout, rows.t0, dts, t1s, y)
         t_end = table[len(tab.c)]
         if jumps:  # stages on the step's end see the piece before it
             t_end = torch.nextafter(t_end, t_end - 1)
         alphas = table[len(tab.c) + 1:].unsqueeze(-1)
         y1, ks, ratios = _attempt(tab, layout, func, y, k1, table, t_end, alphas, rtol, atol, norm)
-        accepted = [False] * K
-        for k in (k for k, a in enumerate(active) if a):
-            counts[k] += len(tab.c) + 1
-            ratio = ratios[k]
-            if not math.isfinite(ratio):  # a stage blew up: retry smaller
-                assert bool(torch.isfinite(y[k]).all()), "non-finite values in state `y`"
-                ratio = math.inf
-            accepted[k] = ratio <= 1.0
-            rows.dt[k] = dts[k] * step_factor(ratio)
+        accepted = rows.judge(active, ratios, dts, y, len(tab.c) + 1)
         if not any(accepted):
             continue
         y_prev, y, k1 = y, _select(accepted, y1, y), _select(accepted, ks[-1], k1)
@@ -217,15 +222,20 @@ def adaptive_rk_members(
             k1 = _select(jumped, func(torch.nextafter(after, after + 1), y), k1)
             for k in (k for k, j in enumerate(jumped) if j):
                 counts[k] += 1
-        crossings: dict[int, dict[int, float]] = {}
-        for k in (k for k, a in enumerate(accepted) if a):
-            t_start, rows.t0[k] = rows.t0[k], t1s[k]
-            for j, x in rows.crossed(k, t_start, dts[k]):
-                crossings.setdefault(j, {})[k] = x
-        for j, xs in crossings.items():
+        for j, xs in rows.advance(accepted, t1s, dts).items():
             value = _dense(tab, layout, y_prev, y1, ks, alphas, dts, [xs.get(k, 1.0) for k in range(K)])
             outputs[j] = value if outputs[j] is None else _select([k in xs for k in range(K)], value, outputs[j])
     return torch.stack(outputs)
+
+
+def _step_table(tab: Tableau, layout: _Layout, t0s: list[float], dts: list[float], t1s: list[float],
+                like: torch.Tensor) -> torch.Tensor:
+    """``(n_c + 1 + n_coeffs, K)`` in the state's dtype: each row's stage depths ``t0 + c·dt``, its step's end
+    ``t1``, then every tableau coefficient times its ``dt`` — computed in double, rounded once, as the scalar
+    driver's Python floats are."""
+    host = torch.tensor([t0s, dts, t1s], dtype=torch.float64)
+    depths = host[0] + layout.c[:, None] * host[1]
+    return _as_state(torch.cat([depths, host[2:], layout.coeffs[:, None] * host[1]]), like)
 
 
 def _attempt(tab: Tableau, layout: _Layout, func: MemberField, y: torch.Tensor, k1: torch.Tensor,
