@@ -160,10 +160,11 @@ class CountedDynamics(nn.Module):
         super().__init__()
         self.dynamics = dynamics
         self.counter = counter
+        self.takes_member_rows = bool(getattr(dynamics, "takes_member_rows", False))
 
-    def forward(self, s: torch.Tensor, z: Any) -> Any:
+    def forward(self, s: torch.Tensor, z: Any, *rows: torch.Tensor) -> Any:
         self.counter.count += 1
-        return self.dynamics(s, z)
+        return self.dynamics(s, z, *rows)
 
 
 def odesolve(
@@ -191,7 +192,8 @@ def odesolve(
             parameters); pass extra tensors the field closes over (e.g. a control signal).
         per_member: ``z0``'s leading dimension indexes ``K`` independent problems (a seed ensemble's members):
             where :attr:`SolverSettings.per_member_steps`, each takes its own steps at depths ``s`` ``(K,)``,
-            with its own count in ``counter.members`` (:mod:`nodex.ode.lean.member_steps`).
+            with its own count in ``counter.members`` (:mod:`nodex.ode.lean.member_steps`). A ``dynamics``
+            with ``takes_member_rows`` is also called ``dynamics(s, z, rows)`` on the unfinished members only.
 
     Returns:
         The states at ``s``: ``(T, B, ...)`` (a tuple of such for a tuple ``z0``).
@@ -287,13 +289,14 @@ def _member_adaptive(
     nfe = counter._members_to_count(flat.shape[0]) if counter is not None else [0] * flat.shape[0]
     tableau = with_step_rule(PAIRS[settings.method], settings.step_rule)
     args = (settings.rtol, settings.atol, settings.max_num_steps)
+    subsets = rows.takes_member_rows
     try:
         if settings.sensitivity == "adjoint":
             params = tuple(rows.parameters()) if params is None else params
             ys = adaptive_adjoint(tableau, rows, flat, t, *args, params=params, seminorm=settings.seminorm,
-                                  jump_t=jumps, state_bounds=bounds, member_nfe=nfe)
+                                  jump_t=jumps, state_bounds=bounds, member_nfe=nfe, member_subsets=subsets)
         else:
-            ys = adaptive_rk_members(tableau, rows, flat, t, *args, member_rms_norm(bounds), jumps, nfe)
+            ys = adaptive_rk_members(tableau, rows, flat, t, *args, member_rms_norm(bounds), jumps, nfe, subsets)
     except AssertionError as exc:
         raise SolverError(_solver_message(str(exc), settings)) from None
     return unflatten_members(ys, shapes, is_tuple)

@@ -98,7 +98,10 @@ class _Swap:
 
 
 class _EnsembleDynamics(nn.Module):
-    """``dZ/ds`` for the stacked state: the member dynamics vmapped over ``K``."""
+    """``dZ/ds`` for the stacked state: the member dynamics vmapped over ``K``; ``rows``: only those members
+    (the per-member solve evaluates its unfinished members alone)."""
+
+    takes_member_rows = True
 
     def __init__(
         self, ensemble: "EnsembleNeuralODE", control: torch.Tensor | None, horizon: torch.Tensor | None
@@ -108,8 +111,8 @@ class _EnsembleDynamics(nn.Module):
         self.control = control
         self.horizon = horizon
 
-    def forward(self, s: torch.Tensor, state: Any) -> Any:
-        return self._ensemble[0].dynamics(s, state, self.control, self.horizon)
+    def forward(self, s: torch.Tensor, state: Any, rows: torch.Tensor | None = None) -> Any:
+        return self._ensemble[0].dynamics(s, state, self.control, self.horizon, rows)
 
 
 class EnsembleNeuralODE(nn.Module):
@@ -216,12 +219,19 @@ class EnsembleNeuralODE(nn.Module):
 
         return member_map(one, self.size, self._slot_tensors((slot,)), *args)
 
-    def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None) -> Any:
+    def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None,
+                 rows: torch.Tensor | None = None) -> Any:
         """The member dynamics (field bound to its control, integral channel, horizon scaling)
         vmapped over members (or batched directly, see :mod:`nodex.models.ensemble.batched`);
-        ``s``: 0-d, or ``(K,)`` each member's depth; ``state``: ``(K, B, ...)`` or a tuple of such."""
+        ``s``: 0-d, or each member's depth; ``state``: ``(K, B, ...)`` or a tuple of such; ``rows``: the
+        members ``s`` and ``state`` hold (their indices, ``(K',)``), ``None``: all ``K``."""
+        tensors, size = self._slot_tensors(_DYNAMICS_SLOTS), self.size
+        if rows is not None:
+            tensors = [t.index_select(0, rows) for t in tensors]
+            control, horizon = (None if x is None else x.index_select(0, rows) for x in (control, horizon))
+            size = len(rows)
         if self._batched_field is not None and self.use_batched_field and horizon is None:
-            return self._batched_field(self._slot_tensors(_DYNAMICS_SLOTS), s, state, control)
+            return self._batched_field(tensors, s, state, control)
         bound = self._bounds[0]
         swap = self._swapper(_DYNAMICS_SLOTS)
 
@@ -234,7 +244,7 @@ class EnsembleNeuralODE(nn.Module):
                 bound.control = bound.horizon = None
 
         per_member = s if s.dim() == 1 else None
-        return member_map(one, self.size, self._slot_tensors(_DYNAMICS_SLOTS), state, control, horizon, per_member)
+        return member_map(one, size, tensors, state, control, horizon, per_member)
 
     def forward(self, X: torch.Tensor) -> ModelOutput:
         """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""

@@ -56,29 +56,35 @@ class _Adjoint(torch.autograd.Function):
         func, t, solve, (seminorm, jump_t, state_bounds, per_member) = ctx.func, ctx.t, ctx.solve, ctx.opts
         reversed_jumps = None if jump_t is None else sorted(-j for j in jump_t)
         lead = tuple(ys.shape[1:2]) if per_member else ()  # (K,): one augmented state per row
-        rows = lead[0] if lead else 1
-        shape, n = ys.shape[1:], ys[0].numel() // rows
-        sizes = [p.numel() // rows for p in params]
+        n_rows = lead[0] if lead else 1
+        shape, n = ys.shape[1:], ys[0].numel() // n_rows
+        sizes = [p.numel() // n_rows for p in params]
         # z's components, then a's (the same split), then each parameter's a_θ (unless seminorm)
         bounds = list(state_bounds) + [n + b for b in state_bounds[1:]]
         if not seminorm:
             bounds += [2 * n + sum(sizes[: i + 1]) for i in range(len(sizes))]
         norm = _norm(bounds, per_member)
 
-        def reversed_augmented(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-            """d[z, a, a_θ]/dτ at τ = -s (so the backward solve runs forward in τ)."""
-            z = state[..., :n].reshape(shape).detach().requires_grad_(True)
-            a = state[..., n : 2 * n].reshape(shape)
+        def reversed_augmented(tau: torch.Tensor, state: torch.Tensor, rows: torch.Tensor | None = None
+                               ) -> torch.Tensor:
+            """d[z, a, a_θ]/dτ at τ = -s (so the backward solve runs forward in τ); ``rows``: the members
+            ``state`` holds (per member, where ``func`` takes them)."""
+            held = state.shape[:1] if per_member else ()  # the members this evaluation holds
+            part_shape = (*held, *shape[1:]) if per_member else shape
+            z = state[..., :n].reshape(part_shape).detach().requires_grad_(True)
+            a = state[..., n : 2 * n].reshape(part_shape)
             with torch.enable_grad():
-                f = func(-tau, z)
+                f = func(-tau, z) if rows is None else func(-tau, z, rows)
                 # a field that depends on neither z nor a parameter (torchdiffeq's "exp" problem)
                 # has no graph to differentiate: every vector-Jacobian product is zero
                 if f.requires_grad:
                     vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
                 else:
                     vjps = (None,) * (1 + len(sizes))
-            parts = [f.reshape(*lead, -1).neg()] + [
-                v.reshape(*lead, -1) if v is not None else torch.zeros((*lead, size), dtype=state.dtype,
+            if rows is not None:  # the parameters' gradients are (K, ...): these members' rows
+                vjps = (vjps[0], *(None if v is None else v.index_select(0, rows) for v in vjps[1:]))
+            parts = [f.reshape(*held, -1).neg()] + [
+                v.reshape(*held, -1) if v is not None else torch.zeros((*held, size), dtype=state.dtype,
                                                                        device=state.device)
                 for v, size in zip(vjps, [n, *sizes])
             ]  # zeros only for what f does not depend on (allocated per evaluation, so never when not needed)
@@ -133,6 +139,7 @@ def adaptive_adjoint(
     jump_t: list[float] | None = None,
     state_bounds: list[int] | None = None,
     member_nfe: list[int] | None = None,
+    member_subsets: bool = False,
 ) -> torch.Tensor:
     """Integrate with the adaptive pair ``tableau`` (:func:`nodex.ode.lean.runge_kutta.adaptive_rk`);
     gradients by the adjoint method, the backward solve with the same pair and tolerances.
@@ -149,7 +156,8 @@ def adaptive_adjoint(
         member_nfe: ``K`` counts: ``y0`` is ``(K, M)``, ``K`` independent rows solved forward and backward with
             their own steps (:func:`nodex.ode.lean.member_steps.adaptive_rk_members`, ``s`` ``(K,)``; every
             parameter leads with ``K``; ``state_bounds`` are offsets in a row), each count increased by its row's
-            evaluations. ``None``: one solve of the whole state.
+            evaluations. ``None``: one solve of the whole state. ``member_subsets``: ``func`` takes ``f(s, z, rows)``
+            for the unfinished members only (:func:`~nodex.ode.lean.member_steps.adaptive_rk_members`' ``subsets``).
 
     Returns:
         ``(len(t), B, ...)`` states at ``t`` (``(len(t), K, M)`` per member).
@@ -157,7 +165,8 @@ def adaptive_adjoint(
 
     def solve(f: Field, y: torch.Tensor, ts: list[float], norm: Norm, jumps: list[float] | None) -> torch.Tensor:
         if member_nfe is not None:
-            return adaptive_rk_members(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps, member_nfe)
+            return adaptive_rk_members(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps, member_nfe,
+                                       member_subsets)
         return adaptive_rk(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps)
 
     return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds, member_nfe is not None)

@@ -141,31 +141,53 @@ class _Rows:
         assert t0 + dt > t0, f"underflow in dt {dt}"
         return step_end(t0, dt, jumps, land)
 
-    def judge(self, active: list[bool], ratios: list[float], dts: list[float], y: torch.Tensor,
-              stages: int) -> list[bool]:
-        """Which active rows accept their trial step (error ratio ≤ 1); every active row's next step size."""
-        accepted = [False] * len(active)
-        for k in (k for k, a in enumerate(active) if a):
+    def judge(self, part: list[int], ratios: list[float], dts: list[float], y: torch.Tensor, stages: int
+              ) -> list[bool]:
+        """Which rows of ``part`` (by position) accept their trial step (error ratio ≤ 1); every active one's next
+        step size and count."""
+        accepted = [False] * len(part)
+        for i, k in enumerate(part):
+            if self.next_out[k] >= len(self.t):  # finished: not integrating
+                continue
             self.counts[k] += stages
-            ratio = ratios[k]
+            ratio = ratios[i]
             if not math.isfinite(ratio):  # a stage blew up: retry smaller
                 assert bool(torch.isfinite(y[k]).all()), "non-finite values in state `y`"
                 ratio = math.inf
-            accepted[k] = ratio <= 1.0
-            self.dt[k] = dts[k] * step_factor(ratio)
+            accepted[i] = ratio <= 1.0
+            self.dt[k] = dts[i] * step_factor(ratio)
         return accepted
 
-    def advance(self, accepted: list[bool], t1s: list[float], dts: list[float]) -> dict[int, dict[int, float]]:
-        """Move the accepting rows to their step's end: the outputs each has now passed, as ``{output index:
-        {row: fraction of its step}}``; a row's attempt count restarts with each output."""
+    def advance(self, part: list[int], accepted: list[bool], t1s: list[float], dts: list[float]
+                ) -> dict[int, dict[int, float]]:
+        """Move the accepting rows of ``part`` to their step's end: the outputs each has now passed, as ``{output
+        index: {position in part: fraction of its step}}``; a row's attempt count restarts with each output."""
         crossings: dict[int, dict[int, float]] = {}
-        for k in (k for k, a in enumerate(accepted) if a):
-            t_start, self.t0[k] = self.t0[k], t1s[k]
+        for i, k in ((i, k) for i, k in enumerate(part) if accepted[i]):
+            t_start, self.t0[k] = self.t0[k], t1s[i]
             while self.next_out[k] < len(self.t) and self.t[self.next_out[k]] <= self.t0[k]:
-                crossings.setdefault(self.next_out[k], {})[k] = (self.t[self.next_out[k]] - t_start) / dts[k]
+                crossings.setdefault(self.next_out[k], {})[i] = (self.t[self.next_out[k]] - t_start) / dts[i]
                 self.next_out[k] += 1
                 self.n_steps[k] = 0
         return crossings
+
+
+class _Part:
+    """The rows one attempt computes: all ``K`` (``index`` ``None``), or — once some have finished, for a field that
+    takes them — only the active ones, ``index`` their row numbers: ``take`` reads them, ``put`` writes them back."""
+
+    def __init__(self, rows: list[int], K: int, device: torch.device) -> None:
+        self.rows = rows
+        self.index = None if len(rows) == K else torch.tensor(rows, device=device)
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.index is None else x.index_select(0, self.index)
+
+    def put(self, full: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        return part if self.index is None else full.index_copy(0, self.index, part)
+
+    def field(self, func: Callable[..., torch.Tensor]) -> MemberField:
+        return func if self.index is None else (lambda s, y: func(s, y, self.index))
 
 
 def adaptive_rk_members(
@@ -179,6 +201,7 @@ def adaptive_rk_members(
     norm: MemberNorm,
     jump_t: list[float] | None = None,
     nfe: list[int] | None = None,
+    subsets: bool = False,
 ) -> torch.Tensor:
     """Integrate the ``K`` rows of ``y0`` ``(K, M)`` with the pair ``tab``, each row with its own steps.
 
@@ -187,6 +210,8 @@ def adaptive_rk_members(
         t, rtol, atol, max_num_steps, jump_t: as for :func:`nodex.ode.lean.runge_kutta.adaptive_rk`, per row.
         norm: per row of the scaled error (:func:`member_rms_norm`); a row accepts at ≤ 1.
         nfe: ``K`` counts, each increased by the evaluations in which its row was integrating.
+        subsets: ``func`` also takes ``f(s, y, rows)``: ``y`` and ``s`` hold only the rows numbered by the index
+            tensor ``rows``. Once some rows have finished, the others are then evaluated alone.
 
     Returns ``(len(t), K, M)``, every row's state at every depth of ``t``. Raises ``AssertionError`` (the scalar
     driver's messages) on a row's step-size underflow, too many steps or non-finite state.
@@ -203,32 +228,36 @@ def adaptive_rk_members(
     land = t[-1] if land_on_end else None
     y, outputs = y0, [y0] + [None] * (len(t) - 1)
     while any(active := rows.active()):
-        plans = [rows.plan(k, y, max_num_steps, jumps, land) if a else (rows.t0[k], 0.0, False)
-                 for k, a in enumerate(active)]
+        part = _Part([k for k in range(K) if active[k]] if subsets else list(range(K)), K, y.device)
+        plans = [rows.plan(k, y, max_num_steps, jumps, land) if active[k] else (rows.t0[k], 0.0, False)
+                 for k in part.rows]
         t1s, dts = [p[0] for p in plans], [p[1] for p in plans]
-        table = _step_table(tab, layout, rows.t0, dts, t1s, y)
+        table = _step_table(layout, [rows.t0[k] for k in part.rows], dts, t1s, y)
         t_end = table[len(tab.c)]
         if jumps:  # stages on the step's end see the piece before it
             t_end = torch.nextafter(t_end, t_end - 1)
-        alphas = table[len(tab.c) + 1:].unsqueeze(-1)
-        y1, ks, ratios = _attempt(tab, layout, func, y, k1, table, t_end, alphas, rtol, atol, norm)
-        accepted = rows.judge(active, ratios, dts, y, len(tab.c) + 1)
+        alphas, f, y_part = table[len(tab.c) + 1:].unsqueeze(-1), part.field(func), part.take(y)
+        y1, ks, ratios = _attempt(tab, layout, f, y_part, part.take(k1), table, t_end, alphas, rtol, atol, norm)
+        accepted = rows.judge(part.rows, ratios, dts, y, len(tab.c) + 1)
         if not any(accepted):
             continue
-        y_prev, y, k1 = y, _select(accepted, y1, y), _select(accepted, ks[-1], k1)
+        y_new, k1_new = _select(accepted, y1, y_part), _select(accepted, ks[-1], part.take(k1))
         jumped = [a and p[2] for a, p in zip(accepted, plans)]
         if any(jumped):  # restart on the far side of the discontinuity
             after = table[len(tab.c)]
-            k1 = _select(jumped, func(torch.nextafter(after, after + 1), y), k1)
-            for k in (k for k, j in enumerate(jumped) if j):
+            k1_new = _select(jumped, f(torch.nextafter(after, after + 1), y_new), k1_new)
+            for k in (k for k, j in zip(part.rows, jumped) if j):
                 counts[k] += 1
-        for j, xs in rows.advance(accepted, t1s, dts).items():
-            value = _dense(tab, layout, y_prev, y1, ks, alphas, dts, [xs.get(k, 1.0) for k in range(K)])
-            outputs[j] = value if outputs[j] is None else _select([k in xs for k in range(K)], value, outputs[j])
+        y, k1 = part.put(y, y_new), part.put(k1, k1_new)
+        for j, xs in rows.advance(part.rows, accepted, t1s, dts).items():
+            value = _dense(tab, layout, y_part, y1, ks, alphas, dts, [xs.get(i, 1.0) for i in range(len(dts))])
+            old = value if outputs[j] is None else part.take(outputs[j])
+            value = _select([i in xs for i in range(len(dts))], value, old)
+            outputs[j] = part.put(torch.zeros_like(y) if outputs[j] is None else outputs[j], value)
     return torch.stack(outputs)
 
 
-def _step_table(tab: Tableau, layout: _Layout, t0s: list[float], dts: list[float], t1s: list[float],
+def _step_table(layout: _Layout, t0s: list[float], dts: list[float], t1s: list[float],
                 like: torch.Tensor) -> torch.Tensor:
     """``(n_c + 1 + n_coeffs, K)`` in the state's dtype: each row's stage depths ``t0 + c·dt``, its step's end
     ``t1``, then every tableau coefficient times its ``dt`` — computed in double, rounded once, as the scalar

@@ -54,10 +54,15 @@ class MemberFlatDynamics(nn.Module):
         self.dynamics = dynamics
         self.shapes, self.is_tuple = shapes, is_tuple
         self.sizes = [math.prod(shape[1:]) for shape in shapes]
+        self.takes_member_rows = bool(getattr(dynamics, "takes_member_rows", False))
 
-    def forward(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        parts = tuple(p.reshape(shape) for p, shape in zip(y.split(self.sizes, dim=1), self.shapes))
-        out = self.dynamics(s, parts if self.is_tuple else parts[0])
+    def forward(self, s: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``rows`` (where ``dynamics`` takes them): the members ``y`` holds, passed on."""
+        if self.is_tuple:
+            state = tuple(p.reshape(y.shape[0], *shape[1:]) for p, shape in zip(y.split(self.sizes, dim=1), self.shapes))
+        else:
+            state = y.reshape(y.shape[0], *self.shapes[0][1:])
+        out = self.dynamics(s, state) if rows is None else self.dynamics(s, state, rows)
         if not self.is_tuple:
             return out.reshape(y.shape)
         return torch.cat([f.reshape(y.shape[0], -1) for f in out], dim=1)
