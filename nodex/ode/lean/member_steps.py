@@ -125,6 +125,11 @@ class _Rows:
     def __init__(self, K: int, t: list[float], dt: list[float], counts: list[int]) -> None:
         self.t, self.t0, self.dt, self.counts = t, [t[0]] * K, dt, counts
         self.n_steps, self.next_out = [0] * K, [1] * K
+        self.count(list(range(K)), [True] * K, 2)  # the first slope and the initial-step probe
+
+    def count(self, part: list[int], which: list[bool], evaluations: int = 1) -> None:
+        for k, w in zip(part, which):
+            self.counts[k] += evaluations * w
 
     def active(self) -> list[bool]:
         return [j < len(self.t) for j in self.next_out]
@@ -140,6 +145,14 @@ class _Rows:
             dt = 0.0
         assert t0 + dt > t0, f"underflow in dt {dt}"
         return step_end(t0, dt, jumps, land)
+
+    def plans(self, part: list[int], y: torch.Tensor, max_num_steps: int, jumps: list[float], land: float | None
+              ) -> tuple[list[float], list[float], list[bool]]:
+        """The next trial step of every row of ``part``: ends, sizes and whether each ends on a jump (a finished
+        row: a step of 0)."""
+        plans = [self.plan(k, y, max_num_steps, jumps, land) if self.next_out[k] < len(self.t)
+                 else (self.t0[k], 0.0, False) for k in part]
+        return [p[0] for p in plans], [p[1] for p in plans], [p[2] for p in plans]
 
     def judge(self, part: list[int], ratios: list[float], dts: list[float], y: torch.Tensor, stages: int
               ) -> list[bool]:
@@ -177,7 +190,7 @@ class _Part:
     takes them — only the active ones, ``index`` their row numbers: ``take`` reads them, ``put`` writes them back."""
 
     def __init__(self, rows: list[int], K: int, device: torch.device) -> None:
-        self.rows = rows
+        self.rows, self.size = rows, K
         self.index = None if len(rows) == K else torch.tensor(rows, device=device)
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +198,12 @@ class _Part:
 
     def put(self, full: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
         return part if self.index is None else full.index_copy(0, self.index, part)
+
+    def merge(self, full: torch.Tensor | None, chosen: list[bool], part: torch.Tensor) -> torch.Tensor:
+        """``full`` (``None``: not yet written) with the rows of this part where ``chosen`` replaced by ``part``'s."""
+        if full is None:
+            return self.put(part.new_zeros((self.size, *part.shape[1:])), part)
+        return self.put(full, _select(chosen, part, self.take(full)))
 
     def field(self, func: Callable[..., torch.Tensor]) -> MemberField:
         return func if self.index is None else (lambda s, y: func(s, y, self.index))
@@ -217,21 +236,17 @@ def adaptive_rk_members(
     driver's messages) on a row's step-size underflow, too many steps or non-finite state.
     """
     K = y0.shape[0]
-    counts = nfe if nfe is not None else [0] * K
     land_on_end, order = STEP_RULES[tab.step_rule]
     layout = _layout(tab)
     k1 = func(_as_state([t[0]] * K, y0), y0)
-    rows = _Rows(K, t, _initial_steps(func, t[0], y0, k1, rtol, atol, norm, order), counts)
-    for k in range(K):
-        counts[k] += 2
+    rows = _Rows(K, t, _initial_steps(func, t[0], y0, k1, rtol, atol, norm, order),
+                 nfe if nfe is not None else [0] * K)  # 2 evaluations each
     jumps = sorted(j for j in (jump_t or ()) if j > t[0])
     land = t[-1] if land_on_end else None
     y, outputs = y0, [y0] + [None] * (len(t) - 1)
     while any(active := rows.active()):
         part = _Part([k for k in range(K) if active[k]] if subsets else list(range(K)), K, y.device)
-        plans = [rows.plan(k, y, max_num_steps, jumps, land) if active[k] else (rows.t0[k], 0.0, False)
-                 for k in part.rows]
-        t1s, dts = [p[0] for p in plans], [p[1] for p in plans]
+        t1s, dts, on_jump = rows.plans(part.rows, y, max_num_steps, jumps, land)
         table = _step_table(layout, [rows.t0[k] for k in part.rows], dts, t1s, y)
         t_end = table[len(tab.c)]
         if jumps:  # stages on the step's end see the piece before it
@@ -242,18 +257,15 @@ def adaptive_rk_members(
         if not any(accepted):
             continue
         y_new, k1_new = _select(accepted, y1, y_part), _select(accepted, ks[-1], part.take(k1))
-        jumped = [a and p[2] for a, p in zip(accepted, plans)]
-        if any(jumped):  # restart on the far side of the discontinuity
+        jumped = [a and j for a, j in zip(accepted, on_jump)]
+        if any(jumped):  # restart on the far side of the discontinuity: one more evaluation each
             after = table[len(tab.c)]
             k1_new = _select(jumped, f(torch.nextafter(after, after + 1), y_new), k1_new)
-            for k in (k for k, j in zip(part.rows, jumped) if j):
-                counts[k] += 1
+            rows.count(part.rows, jumped)
         y, k1 = part.put(y, y_new), part.put(k1, k1_new)
         for j, xs in rows.advance(part.rows, accepted, t1s, dts).items():
             value = _dense(tab, layout, y_part, y1, ks, alphas, dts, [xs.get(i, 1.0) for i in range(len(dts))])
-            old = value if outputs[j] is None else part.take(outputs[j])
-            value = _select([i in xs for i in range(len(dts))], value, old)
-            outputs[j] = part.put(torch.zeros_like(y) if outputs[j] is None else outputs[j], value)
+            outputs[j] = part.merge(outputs[j], [i in xs for i in range(len(dts))], value)
     return torch.stack(outputs)
 
 
