@@ -235,9 +235,8 @@ class Trainer:
         for m, st in zip(self.members.members, stats):
             loss_k, parts_k, out_k, y_k = self.members.view(m.index, loss, parts, out, y)
             f_k, b_k = (nfe_f, nfe_b) if self.member_nfe is None else (nfe[m.index] for nfe in self.member_nfe)
-            totals = self.member_totals[m.index]
-            totals["steps"], totals["nfe_forward"], totals["nfe_backward"] = (
-                totals["steps"] + 1, totals["nfe_forward"] + f_k, totals["nfe_backward"] + b_k)
+            for key, value in (("steps", 1), ("nfe_forward", f_k), ("nfe_backward", b_k)):
+                self.member_totals[m.index][key] += value
             st.steps += 1
             st.samples += samples
             st.nfe_forward += f_k
@@ -274,7 +273,7 @@ class Trainer:
         with solver_failures(step, self.solver):
             out = model(X)
             nfe_f = model.nfe.count
-            members_f = getattr(model.nfe, "members", None) and list(model.nfe.members)
+            members_f = list(model.nfe.members) if getattr(model.nfe, "members", None) else None
             loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
