@@ -1,5 +1,6 @@
 """Seed ensembles (``trainer.ensemble=K``): K members in one batched solve reproduce K separate
-runs (fixed-step solvers), write one standard run directory each, and evaluate unchanged."""
+runs (fixed-step solvers here; nodex's adaptive pairs in tests/test_member_steps.py), write one standard run
+directory each, and evaluate unchanged."""
 
 from __future__ import annotations
 
@@ -108,9 +109,12 @@ def test_ensemble_under_adjoint_matches_separate_runs(compose_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_adaptive_solver_members_share_steps(compose_cfg, tmp_path):
-    cfg = compose_cfg([*FAST, "solver=dopri5", "trainer.max_steps=3", "trainer.log_every=3", "trainer.checkpoint_every=3",
-                       "trainer.device=cpu", "logger.tensorboard=false", "trainer.ensemble=2"])
+def test_torchdiffeqs_adaptive_solver_members_share_steps(compose_cfg, tmp_path):
+    """On torchdiffeq's engine an adaptive solve takes one step sequence for all members: every member reports the
+    batched solve's NFE (nodex's dopri5/tsit5 give each member its own: tests/test_member_steps.py)."""
+    cfg = compose_cfg([*FAST, "solver=dopri5", "solver.engine=torchdiffeq", "trainer.max_steps=3",
+                       "trainer.log_every=3", "trainer.checkpoint_every=3", "trainer.device=cpu", "logger.tensorboard=false",
+                       "trainer.ensemble=2"])
     summary = run_train(cfg, tmp_path / "ens")
     assert summary["status"] == "completed" and summary["shared_step_sizes"] is True
     results = [json.loads((tmp_path / "ens" / f"member-{k}" / "result.json").read_text()) for k in range(2)]

@@ -89,7 +89,8 @@ def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> Batc
         prefix: its name in the member model, with a trailing dot (``"field.layers.0."``).
         index: member tensor name -> position in the ``tensors`` the returned function receives.
 
-    The returned ``layer(tensors, s, h)`` takes ``h`` ``(K, B, in)`` and a 0-d ``s`` -> ``(K, B, out)``:
+    The returned ``layer(tensors, s, h)`` takes ``h`` ``(K, B, in)`` and ``s`` 0-d or ``(K,)`` (each member's
+    depth) -> ``(K, B, out)``:
     the same arithmetic as each member's own layer.
     """
     kind = type(layer)
@@ -101,7 +102,7 @@ def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> Batc
         def concat(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             W = t[w]  # [W_h, w_s]: the depth enters as one extra input feature
             out = batched_affine(h, W[:, :, :-1], None if b is None else t[b])
-            depth = s.to(h).reshape(1, 1, 1).expand(*h.shape[:2], 1)  # as depth_column: a (B, 1) column per member
+            depth = s.to(h).reshape(-1, 1, 1).expand(*h.shape[:2], 1)  # as depth_column: a (B, 1) column per member
             return out + depth * W[:, :, -1].unsqueeze(1)
 
         return concat
@@ -110,7 +111,9 @@ def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> Batc
 
         def galerkin(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             alpha = t[a]  # (K, m, n_params); ψ(s) has no member parameters (buffers are constants)
-            return batched_linear_from_flat(torch.matmul(basis(s.to(alpha.dtype)), alpha), h, *shape)
+            psi = basis(s.to(alpha.dtype))  # (m,), or (K, m) for per-member depths
+            theta = torch.matmul(psi, alpha) if psi.dim() == 1 else torch.matmul(psi.unsqueeze(1), alpha).squeeze(1)
+            return batched_linear_from_flat(theta, h, *shape)
 
         return galerkin
     if kind is StackedLinear:
@@ -118,7 +121,9 @@ def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> Batc
 
         def stacked(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             # every member's piece at depth s (the breakpoints are the members' common config)
-            return batched_linear_from_flat(t[c][:, piece(s)], h, *shape)
+            p = piece(s)
+            coeffs = t[c][:, p] if p.dim() == 0 else t[c][torch.arange(len(p), device=p.device), p]
+            return batched_linear_from_flat(coeffs, h, *shape)
 
         return stacked
     return None

@@ -19,18 +19,22 @@ from torchdiffeq._impl.odeint import SOLVERS
 
 from nodex.config import SolverSchema
 from nodex.errors import SolverError
-from nodex.ode.lean.adjoint import dopri5_adjoint, fixed_grid_adjoint, tsit5_adjoint
-from nodex.ode.lean.dopri5 import dopri5, max_rms_norm
-from nodex.ode.lean.tsit5 import tsit5
+from nodex.ode.lean.adjoint import adaptive_adjoint, dopri5_adjoint, fixed_grid_adjoint, tsit5_adjoint
+from nodex.ode.lean.dopri5 import DOPRI5, dopri5, max_rms_norm
 from nodex.ode.lean.fixed_grid import LEAN_FIXED_METHODS, fixed_grid
-from nodex.ode.lean.runge_kutta import STEP_RULES
-from nodex.ode.lean.tuples import FlatDynamics, flatten_state, unflatten_solution
+from nodex.ode.lean.member_steps import adaptive_rk_members, member_rms_norm
+from nodex.ode.lean.runge_kutta import STEP_RULES, with_step_rule
+from nodex.ode.lean.tsit5 import TSIT5, tsit5
+from nodex.ode.lean.tuples import (
+    FlatDynamics, MemberFlatDynamics, flatten_members, flatten_state, unflatten_members, unflatten_solution,
+)
 
 FIXED_STEP_METHODS = frozenset(
     {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"}
 )
 NODEX_METHODS = ("tsit5",)  # nodex's own: no torchdiffeq counterpart
 LEAN_ADAPTIVE_METHODS = ("dopri5", "tsit5")
+PAIRS = {"dopri5": DOPRI5, "tsit5": TSIT5}  # their coefficient tables
 SENSITIVITIES = ("autograd", "adjoint")
 ENGINES = ("auto", "torchdiffeq")
 STEP_RULE_CHOICES = ("auto", *STEP_RULES)  # auto: torchdiffeq's for dopri5, hairer for tsit5
@@ -104,6 +108,13 @@ class SolverSettings:
     def is_fixed_step(self) -> bool:
         return self.method in FIXED_STEP_METHODS
 
+    @property
+    def per_member_steps(self) -> bool:
+        """Whether :func:`odesolve` with ``per_member=True`` (a seed ensemble) gives each member its own adaptive
+        steps: nodex's dopri5 and tsit5 on its engine, no extra options. Other adaptive methods share one step
+        sequence; fixed grids need none (each member's computation is its own run's)."""
+        return self.method in LEAN_ADAPTIVE_METHODS and self.engine == "auto" and not self.options
+
     def describe(self) -> str:
         """Short human description used in error messages."""
         if self.is_fixed_step:
@@ -123,13 +134,25 @@ class SolverSettings:
 
 
 class NFECounter:
-    """A mutable count of dynamics evaluations (a plain int: no device sync)."""
+    """A mutable count of dynamics evaluations (a plain int: no device sync). ``members``: each member's own count
+    where a per-member solve (:func:`odesolve` with ``per_member=True``) recorded them, else ``None``."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.members: list[int] | None = None
 
     def reset(self) -> None:
         self.count = 0
+        self.members = None
+
+    def member_counts(self, size: int) -> list[int]:
+        """The ``size`` members' counts: their own where recorded, else each the shared count."""
+        return list(self.members) if self.members is not None else [self.count] * size
+
+    def _members_to_count(self, size: int) -> list[int]:
+        if self.members is None:
+            self.members = [0] * size
+        return self.members
 
 
 class CountedDynamics(nn.Module):
@@ -139,10 +162,11 @@ class CountedDynamics(nn.Module):
         super().__init__()
         self.dynamics = dynamics
         self.counter = counter
+        self.takes_member_rows = bool(getattr(dynamics, "takes_member_rows", False))
 
-    def forward(self, s: torch.Tensor, z: Any) -> Any:
+    def forward(self, s: torch.Tensor, z: Any, *rows: torch.Tensor) -> Any:
         self.counter.count += 1
-        return self.dynamics(s, z)
+        return self.dynamics(s, z, *rows)
 
 
 def odesolve(
@@ -154,6 +178,7 @@ def odesolve(
     counter: NFECounter | None = None,
     jump_t: torch.Tensor | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
+    per_member: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Integrate ``dz/ds = dynamics(s, z)`` from ``z0`` over the depths ``s``.
 
@@ -167,6 +192,10 @@ def odesolve(
             fixed grids (euler / midpoint / rk4) put nodes there; ``(J,)``.
         adjoint_params: tensors to differentiate under the adjoint (default: ``dynamics``'
             parameters); pass extra tensors the field closes over (e.g. a control signal).
+        per_member: ``z0``'s leading dimension indexes ``K`` independent problems (a seed ensemble's members):
+            where :attr:`SolverSettings.per_member_steps`, each takes its own steps at depths ``s`` ``(K,)``,
+            with its own count in ``counter.members`` (:mod:`nodex.ode.lean.member_steps`). A ``dynamics``
+            with ``takes_member_rows`` is also called ``dynamics(s, z, rows)`` on the unfinished members only.
 
     Returns:
         The states at ``s``: ``(T, B, ...)`` (a tuple of such for a tuple ``z0``).
@@ -186,6 +215,22 @@ def odesolve(
             )
         return _torchdiffeq_solve(func, z0, s, settings, jump_t, params)
     jumps = None if jump_t is None else [float(j) for j in host_depths(jump_t)]
+    if per_member and lean == "adaptive":
+        return _member_adaptive(func, z0, host_depths(s), settings, jumps, params, counter)
+    return _lean_solve(func, z0, s, settings, lean, jumps, params)
+
+
+def _lean_solve(
+    func: nn.Module,
+    z0: torch.Tensor | tuple[torch.Tensor, ...],
+    s: torch.Tensor,
+    settings: SolverSettings,
+    lean: str,
+    jumps: list[float] | None,
+    params: tuple[torch.Tensor, ...] | None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """One solve of the whole state on nodex's ``lean`` engine (``"fixed"`` or ``"adaptive"``):
+    ``(T, B, ...)`` (a tuple of such for a tuple ``z0``)."""
     shapes, bounds = None, None
     if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
         func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func
@@ -229,6 +274,36 @@ def _lean_adaptive(
     return solver(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps, step_rule=rule)
 
 
+def _member_adaptive(
+    func: nn.Module,
+    z0: torch.Tensor | tuple[torch.Tensor, ...],
+    t: list[float],
+    settings: SolverSettings,
+    jumps: list[float] | None,
+    params: tuple[torch.Tensor, ...] | None,
+    counter: NFECounter | None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """nodex's dopri5 or tsit5 of ``K`` members, each with its own steps, under either sensitivity:
+    ``(T, K, ...)`` (a tuple of such for a tuple ``z0``)."""
+    flat, shapes, bounds = flatten_members(z0)
+    is_tuple = isinstance(z0, tuple)
+    rows = MemberFlatDynamics(func, shapes, is_tuple)  # same parameters as func
+    nfe = counter._members_to_count(flat.shape[0]) if counter is not None else [0] * flat.shape[0]
+    tableau = with_step_rule(PAIRS[settings.method], settings.step_rule)
+    args = (settings.rtol, settings.atol, settings.max_num_steps)
+    subsets = rows.takes_member_rows
+    try:
+        if settings.sensitivity == "adjoint":
+            params = tuple(rows.parameters()) if params is None else params
+            ys = adaptive_adjoint(tableau, rows, flat, t, *args, params=params, seminorm=settings.seminorm,
+                                  jump_t=jumps, state_bounds=bounds, member_nfe=nfe, member_subsets=subsets)
+        else:
+            ys = adaptive_rk_members(tableau, rows, flat, t, *args, member_rms_norm(bounds), jumps, nfe, subsets)
+    except AssertionError as exc:
+        raise SolverError(_solver_message(str(exc), settings)) from None
+    return unflatten_members(ys, shapes, is_tuple)
+
+
 def _torchdiffeq_solve(
     func: nn.Module,
     z0: torch.Tensor | tuple[torch.Tensor, ...],
@@ -243,8 +318,8 @@ def _torchdiffeq_solve(
     try:
         if settings.sensitivity == "adjoint":
             # jump_t too: the backward solve then also restarts at the jumps (torchdiffeq negates
-            # them for the reversed time); without it a stacked model's adjoint took ~15x the
-            # backward NFE for a 100x less accurate gradient.
+            # them for the reversed time); without it a stacked model's backward solve steps across
+            # the discontinuities: many more evaluations for a less accurate gradient.
             adjoint_options = dict(kwargs["options"])
             if settings.seminorm:
                 adjoint_options["norm"] = "seminorm"

@@ -36,7 +36,8 @@ def checkpoint_state(
     optimizer has, the scheduler's, and ``state``'s (a :class:`~nodex.train.members.LoopState`)
     step, best value and batch-generator state (with the epoch's start and position), the fresh-batch stream of
     ``sampler`` (``data.resample``) and the global torch RNG state: everything that decides the rest of the run.
-    ``progress``: the loop's running sums since its last log point (``window``) and the run's NFE ``totals``, so that
+    ``progress``: the loop's running sums since its last log point (``window``), the run's NFE ``totals`` and the
+    member's own (``member_totals``), so that
     a run stopped between two log points logs the same next row and ``result.json`` as the uninterrupted run."""
     return {
         "model": model.state_dict(), "optimizer": optimizer_state,

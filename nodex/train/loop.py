@@ -119,7 +119,11 @@ class Trainer:
         self.batch_size = cfg.get("batch_size")
         self.clip = float(cfg.grad_clip) if cfg.get("grad_clip") else None
         self.max_steps = self.total_steps(cfg, members.members[0].data)
-        self.totals = dict(members.members[0].state.totals or {"steps": 0, "nfe_forward": 0, "nfe_backward": 0})
+        zero = {"steps": 0, "nfe_forward": 0, "nfe_backward": 0}
+        self.totals = dict(members.members[0].state.totals or zero)  # the batched solve's (a resumed run's so far)
+        # each member's own (the run's where members take the batched solve's steps): finish_member's totals
+        self.member_totals = [dict(m.state.member_totals or m.state.totals or zero) for m in members.members]
+        self.member_nfe: tuple[list[int], list[int]] | None = None  # the last step's per-member (forward, backward)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.stats: list[StepStats] = [StepStats.from_state(m.state.window) for m in members.members]
@@ -172,7 +176,8 @@ class Trainer:
 
     def _state(self, m: Member) -> dict[str, Any]:
         opt_state = self.members.optimizer_state(self.optimizer, m.index)
-        progress = {"window": self.stats[m.index].state_dict(), "totals": dict(self.totals)}
+        progress = {"window": self.stats[m.index].state_dict(), "totals": dict(self.totals),
+                    "member_totals": dict(self.member_totals[m.index])}
         return checkpoint_state(m.model, opt_state, self.scheduler, m.state, m.config, m.data_spec, m.data.sampler,
                                 progress)
 
@@ -291,10 +296,13 @@ class Trainer:
         samples = self.members.samples(X)
         for m, st in zip(self.members.members, stats):
             loss_k, parts_k, out_k, y_k = self.members.view(m.index, loss, parts, out, y)
+            f_k, b_k = (nfe_f, nfe_b) if self.member_nfe is None else (nfe[m.index] for nfe in self.member_nfe)
+            for key, value in (("steps", 1), ("nfe_forward", f_k), ("nfe_backward", b_k)):
+                self.member_totals[m.index][key] += value
             st.steps += 1
             st.samples += samples
-            st.nfe_forward += nfe_f
-            st.nfe_backward += nfe_b
+            st.nfe_forward += f_k
+            st.nfe_backward += b_k
             st.add({"loss": loss_k, **parts_k, **m.task.metrics(out_k, y_k)})
             for key, value in out_k.extras.items():
                 st.add({f"{key}_mean": value.float().mean()})
@@ -318,7 +326,8 @@ class Trainer:
     def train_step(self, X: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, step: int = 0):
         """One optimisation step of all members on ``(X, y)`` (``(B, ...)``, or ``(K, B, ...)`` for
         ``K > 1``); returns ``(loss, parts, out, nfe_forward, nfe_backward)``: loss and parts
-        scalars (``(K,)`` for ``K > 1``), ``out`` the model's output.
+        scalars (``(K,)`` for ``K > 1``), ``out`` the model's output, the NFE the model's (batched) solve's;
+        each member's own, where members take their own steps, in ``member_nfe``.
 
         Raises:
             SolverError: the forward or the adjoint's backward solve failed (names ``step``).
@@ -328,6 +337,7 @@ class Trainer:
         with solver_failures(step, self.solver):
             out = model(X)
             nfe_f = model.nfe.count
+            members_f = list(model.nfe.members) if getattr(model.nfe, "members", None) else None
             loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -335,6 +345,8 @@ class Trainer:
         if self.clip:
             self.members.clip(self.clip)
         optimizer.step()
+        self.member_nfe = None if not members_f else (
+            members_f, [b - f for b, f in zip(model.nfe.members, members_f)])
         return loss, parts, out, nfe_f, model.nfe.count - nfe_f
 
     def _check_finite_params(self, m: Member) -> None:

@@ -5,8 +5,10 @@ A plain run is one member whose model trains itself (:class:`Members`). A seed e
 one :class:`~nodex.models.ensemble.EnsembleNeuralODE` (one solve of the ``(K, B, ...)`` state).
 The loss is the sum of the members' losses, so each member's gradient, and its Adam/SGD update
 (elementwise), is the one its own run computes; ``trainer.grad_clip`` clips each member by its
-own norm. With fixed-step solvers each member reproduces its separate run; adaptive solvers
-share one step-size sequence (the error norm is over the stacked state).
+own norm. With fixed-step solvers each member reproduces its separate run; with nodex's dopri5 and
+tsit5 each member takes its own steps (and reports its own NFE), its separate run's to solver
+tolerance; torchdiffeq's adaptive solvers share one step-size sequence (the error norm over the
+stacked state).
 
 Each :class:`Member` keeps its own plain model (synced from the stack at log points), task, data
 splits, batch stream, best value, logger and run directory, so validation, checkpoints and
@@ -47,6 +49,7 @@ class LoopState:
     # a resumed run's loop sums since the last log point and the run's NFE totals (checkpoint "progress")
     window: dict[str, Any] | None = None
     totals: dict[str, int] | None = None
+    member_totals: dict[str, int] | None = None  # this member's own NFE totals (per-member steps)
 
 
 @dataclass

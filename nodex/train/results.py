@@ -60,8 +60,9 @@ def finish_member(m: Member, totals: dict[str, int], wall: float) -> None:
         m.logger.close()
 
 
-def finish_summary(summary: dict[str, Any], members: list[Member], wall: float) -> None:
-    """Fill ``ensemble.json``'s members' means, standard deviations, steps and NFE from their results."""
+def finish_summary(summary: dict[str, Any], members: list[Member], wall: float, totals: dict[str, int]) -> None:
+    """Fill ``ensemble.json``'s members' means, standard deviations and steps from their results, and its NFE
+    (mean per step) from the batched solve's ``totals`` (each member's own NFE is in its ``result.json``)."""
     done = [m.result["metrics"] for m in members if m.result["status"] == "completed"]
     keys = [k for k in (done[0] if done else {}) if all(k in d for d in done)]
     summary["metrics"] = {k: statistics.fmean(d[k] for d in done) for k in keys}
@@ -72,6 +73,6 @@ def finish_summary(summary: dict[str, Any], members: list[Member], wall: float) 
         summary["warnings"] = warnings
     summary["steps"] = members[0].state.step if members else 0
     summary["wall_time_s"] = wall
-    if members:
-        summary["nfe_forward"] = members[0].result["nfe_forward"]
-        summary["nfe_backward"] = members[0].result["nfe_backward"]
+    if totals["steps"]:
+        summary["nfe_forward"] = totals["nfe_forward"] / totals["steps"]
+        summary["nfe_backward"] = totals["nfe_backward"] / totals["steps"]

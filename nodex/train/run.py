@@ -147,7 +147,7 @@ class TrainRun:
         for m in self.members:
             self._open_logs(m)
         if self.summary is not None:
-            self.summary["shared_step_sizes"] = not settings.is_fixed_step
+            self.summary["shared_step_sizes"] = not settings.is_fixed_step and not settings.per_member_steps
         self._log_start(settings, device)
         self.trainer = Trainer(members, cfg.trainer, settings.describe(), progress)
         return self.trainer
@@ -255,11 +255,11 @@ class TrainRun:
         """Write every member's ``result.json`` (closing its logger), then ``ensemble.json``;
         a run that failed before any member existed records it in ``run_dir/result.json``."""
         wall = time.perf_counter() - self.started
-        totals = self.trainer.totals if self.trainer is not None else {"steps": 0}
+        totals = self.trainer.member_totals if self.trainer is not None else [{"steps": 0}] * len(self.members)
         for m in self.members:
-            _unless_disk_full(lambda: finish_member(m, totals, wall))
+            _unless_disk_full(lambda: finish_member(m, totals[m.index], wall))
         if self.summary is not None:
-            finish_summary(self.summary, self.members, wall)
+            finish_summary(self.summary, self.members, wall, self.trainer.totals if self.trainer else {"steps": 0})
             _unless_disk_full(lambda: write_json(self.run_dir / "ensemble.json", self.summary))
         if not self.members:
             record_failure(self.run_dir, self.resolved, self.error, status=self.status, wall_time_s=wall)
@@ -348,6 +348,7 @@ def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
         m.data.sampler.set_state(rng["fresh"])
     progress = ckpt.get("progress") or {}
     m.state.window, m.state.totals = progress.get("window"), progress.get("totals")
+    m.state.member_totals = progress.get("member_totals")
 
 
 def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pipeline:

@@ -15,7 +15,7 @@ its general ``vmap`` path for it.
 
 Shapes: stacked weights ``(K, out, in)``, biases ``(K, out)``, Galërkin coefficients
 ``(K, m, n_params)``, stacked pieces ``(K, p, n_params)``; states ``(K, B, n)``, controls
-``(K, B, ...)``; the depth ``s`` is 0-d.
+``(K, B, ...)``; the depth ``s`` is 0-d, or ``(K,)`` when each member has its own steps.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def batched_field(field: nn.Module, prefix: str, names: Sequence[str]) -> Batche
 
     Returns:
         ``f(tensors, s, Z, U) -> (K, B, n_out)`` with ``tensors`` in ``names`` order, ``s``
-        0-d, ``Z`` ``(K, B, n)`` and ``U`` the stacked control (or ``None``).
+        0-d or ``(K,)``, ``Z`` ``(K, B, n)`` and ``U`` the stacked control (or ``None``).
     """
     order = 1
     if type(field) is HigherOrderField:

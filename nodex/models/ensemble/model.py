@@ -10,9 +10,14 @@ MLP fields of the toy models take a faster path, batched matmuls on the stacked 
 (:mod:`nodex.models.ensemble.batched`), with the same per-member arithmetic.
 
 One solve integrates the stacked state ``(K, B, *state_shape)``: with fixed-step solvers each
-member follows exactly the computation of its own run; adaptive solvers take one step-size
-sequence for all members (the error norm is over the whole stacked state), and the NFE is
-that of the batched solve. Buffers are constants (no running statistics are written back).
+member follows exactly the computation of its own run. With nodex's adaptive pairs (dopri5,
+tsit5) each member has its own error norm, step sizes and accept/reject
+(:mod:`nodex.ode.lean.member_steps`): the dynamics are evaluated for all members at once at
+per-member depths ``s`` ``(K,)``, a member that has reached the end waits for the others, and
+``nfe.members`` counts each member's own evaluations (forward and adjoint backward), so a
+member takes its separate run's steps and reports its NFE. Other adaptive methods (torchdiffeq's)
+share one step sequence (the error norm over the whole stacked state). Buffers are constants
+(no running statistics are written back).
 """
 
 from __future__ import annotations
@@ -93,7 +98,10 @@ class _Swap:
 
 
 class _EnsembleDynamics(nn.Module):
-    """``dZ/ds`` for the stacked state: the member dynamics vmapped over ``K``."""
+    """``dZ/ds`` for the stacked state: the member dynamics vmapped over ``K``; ``rows``: only those members
+    (the per-member solve evaluates its unfinished members alone)."""
+
+    takes_member_rows = True
 
     def __init__(
         self, ensemble: "EnsembleNeuralODE", control: torch.Tensor | None, horizon: torch.Tensor | None
@@ -103,8 +111,8 @@ class _EnsembleDynamics(nn.Module):
         self.control = control
         self.horizon = horizon
 
-    def forward(self, s: torch.Tensor, state: Any) -> Any:
-        return self._ensemble[0].dynamics(s, state, self.control, self.horizon)
+    def forward(self, s: torch.Tensor, state: Any, rows: torch.Tensor | None = None) -> Any:
+        return self._ensemble[0].dynamics(s, state, self.control, self.horizon, rows)
 
 
 class EnsembleNeuralODE(nn.Module):
@@ -117,7 +125,9 @@ class EnsembleNeuralODE(nn.Module):
     ``forward(X)``: ``X`` ``(K, B, *input_shape)`` -> :class:`ModelOutput` with a leading
     member dimension on every tensor (``y_hat`` ``(K, B, n_out)``, ``z_S`` ``(K, B, ...)``,
     ``loss_integral`` ``(K,)``); :func:`member_output` takes member ``k``'s slice.
-    ``nfe`` counts evaluations of the batched dynamics (one per solver stage for all members).
+    ``nfe.count`` counts evaluations of the batched dynamics (one per call, for all members);
+    ``nfe.members`` each member's own, where its steps are its own (``None`` otherwise: then every
+    member's is ``nfe.count``).
     """
 
     def __init__(self, members: Sequence[NeuralODE]) -> None:
@@ -209,23 +219,32 @@ class EnsembleNeuralODE(nn.Module):
 
         return member_map(one, self.size, self._slot_tensors((slot,)), *args)
 
-    def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None) -> Any:
+    def dynamics(self, s: torch.Tensor, state: Any, control: torch.Tensor | None, horizon: torch.Tensor | None,
+                 rows: torch.Tensor | None = None) -> Any:
         """The member dynamics (field bound to its control, integral channel, horizon scaling)
         vmapped over members (or batched directly, see :mod:`nodex.models.ensemble.batched`);
-        ``state``: ``(K, B, ...)`` or a tuple of such."""
+        ``s``: 0-d, or each member's depth; ``state``: ``(K, B, ...)`` or a tuple of such; ``rows``: the
+        members ``s`` and ``state`` hold (their indices, ``(K',)``), ``None``: all ``K``."""
+        tensors, size = self._slot_tensors(_DYNAMICS_SLOTS), self.size
+        if rows is not None:
+            tensors = [t.index_select(0, rows) for t in tensors]
+            control, horizon = (None if x is None else x.index_select(0, rows) for x in (control, horizon))
+            size = len(rows)
         if self._batched_field is not None and self.use_batched_field and horizon is None:
-            return self._batched_field(self._slot_tensors(_DYNAMICS_SLOTS), s, state, control)
+            return self._batched_field(tensors, s, state, control)
         bound = self._bounds[0]
         swap = self._swapper(_DYNAMICS_SLOTS)
 
-        def one(tensors: list[torch.Tensor], z: Any, u: torch.Tensor | None, h: torch.Tensor | None) -> Any:
+        def one(tensors: list[torch.Tensor], z: Any, u: torch.Tensor | None, h: torch.Tensor | None,
+                s_k: torch.Tensor | None) -> Any:
             bound.control, bound.horizon = u, h
             try:
-                return swap.call(tensors, bound, s, z)
+                return swap.call(tensors, bound, s if s_k is None else s_k, z)
             finally:
                 bound.control = bound.horizon = None
 
-        return member_map(one, self.size, self._slot_tensors(_DYNAMICS_SLOTS), state, control, horizon)
+        per_member = s if s.dim() == 1 else None
+        return member_map(one, size, tensors, state, control, horizon, per_member)
 
     def forward(self, X: torch.Tensor) -> ModelOutput:
         """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""
@@ -244,12 +263,13 @@ class EnsembleNeuralODE(nn.Module):
         jump_t = t.jump_t if H is None else None
         span = t.span.to(Z0.dtype) if H is None else torch.tensor([0.0, 1.0], dtype=Z0.dtype, device=Z0.device)
         if t.integral_loss is None:
-            Z_S = odesolve(dyn, Z0, span, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params)[-1]
+            Z_S = odesolve(dyn, Z0, span, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params,
+                           per_member=True)[-1]
             loss_integral = None
         else:
             Q0 = torch.zeros(Z0.shape[:2], dtype=Z0.dtype, device=Z0.device)
             zs, qs = odesolve(dyn, (Z0, Q0), span, self.settings, counter=self.nfe, jump_t=jump_t,
-                              adjoint_params=params)
+                              adjoint_params=params, per_member=True)
             Z_S, loss_integral = zs[-1], qs[-1].mean(dim=1)
         extras = {} if H is None else {"horizon": H.detach()}
         return ModelOutput(self._vmap_slot("readout", Z_S), Z_S, loss_integral, extras)

@@ -24,23 +24,28 @@ import torch
 
 from nodex.ode.lean.dopri5 import DOPRI5
 from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, max_rms_norm, with_step_rule
-from nodex.ode.lean.tsit5 import TSIT5
 from nodex.ode.lean.fixed_grid import fixed_grid
+from nodex.ode.lean.member_steps import adaptive_rk_members, member_rms_norm
+from nodex.ode.lean.tsit5 import TSIT5
 
 
 Solve = Callable[[Field, torch.Tensor, list[float], Norm, "list[float] | None"], torch.Tensor]
 
 
 class _Adjoint(torch.autograd.Function):
-    """``solve`` forward without a graph; backward: ``solve`` of the augmented system, per output interval."""
+    """``solve`` forward without a graph; backward: ``solve`` of the augmented system, per output interval.
+
+    ``opts``: ``(seminorm, jump_t, state_bounds, per_member)``. ``per_member``: the state is ``(K, M)``, ``K``
+    independent rows (:mod:`nodex.ode.lean.member_steps`), every parameter has a leading ``K`` (row ``k``'s slice is
+    row ``k``'s), and the augmented state is ``(K, ·)``: each row's ``[z, a, a_θ]``, solved with its own steps."""
 
     @staticmethod
     def forward(
         ctx: Any, func: Field, t: list[float], solve: Solve, opts: tuple, y0: torch.Tensor, *params: torch.Tensor
     ) -> torch.Tensor:
-        _, jump_t, state_bounds = opts
+        _, jump_t, state_bounds, per_member = opts
         with torch.no_grad():
-            ys = solve(func, y0, t, max_rms_norm(state_bounds), jump_t)
+            ys = solve(func, y0, t, _norm(state_bounds, per_member), jump_t)
         ctx.func, ctx.t, ctx.solve, ctx.opts = func, t, solve, opts
         ctx.save_for_backward(ys, *params)
         return ys
@@ -48,44 +53,58 @@ class _Adjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple:
         ys, *params = ctx.saved_tensors
-        func, t, solve, (seminorm, jump_t, state_bounds) = ctx.func, ctx.t, ctx.solve, ctx.opts
+        func, t, solve, (seminorm, jump_t, state_bounds, per_member) = ctx.func, ctx.t, ctx.solve, ctx.opts
         reversed_jumps = None if jump_t is None else sorted(-j for j in jump_t)
-        shape, n = ys.shape[1:], ys[0].numel()
-        sizes = [p.numel() for p in params]
+        lead = tuple(ys.shape[1:2]) if per_member else ()  # (K,): one augmented state per row
+        n_rows = lead[0] if lead else 1
+        shape, n = ys.shape[1:], ys[0].numel() // n_rows
+        sizes = [p.numel() // n_rows for p in params]
         # z's components, then a's (the same split), then each parameter's a_θ (unless seminorm)
         bounds = list(state_bounds) + [n + b for b in state_bounds[1:]]
         if not seminorm:
             bounds += [2 * n + sum(sizes[: i + 1]) for i in range(len(sizes))]
-        norm = max_rms_norm(bounds)
+        norm = _norm(bounds, per_member)
 
-        def reversed_augmented(tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-            """d[z, a, a_θ]/dτ at τ = -s (so the backward solve runs forward in τ)."""
-            z = state[:n].view(shape).detach().requires_grad_(True)
-            a = state[n : 2 * n].view(shape)
+        def reversed_augmented(tau: torch.Tensor, state: torch.Tensor, rows: torch.Tensor | None = None
+                               ) -> torch.Tensor:
+            """d[z, a, a_θ]/dτ at τ = -s (so the backward solve runs forward in τ); ``rows``: the members
+            ``state`` holds (per member, where ``func`` takes them)."""
+            held = state.shape[:1] if per_member else ()  # the members this evaluation holds
+            part_shape = (*held, *shape[1:]) if per_member else shape
+            z = state[..., :n].reshape(part_shape).detach().requires_grad_(True)
+            a = state[..., n : 2 * n].reshape(part_shape)
             with torch.enable_grad():
-                f = func(-tau, z)
+                f = func(-tau, z) if rows is None else func(-tau, z, rows)
                 # a field that depends on neither z nor a parameter (torchdiffeq's "exp" problem)
                 # has no graph to differentiate: every vector-Jacobian product is zero
                 if f.requires_grad:
                     vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
                 else:
                     vjps = (None,) * (1 + len(sizes))
-            parts = [f.reshape(-1).neg()] + [
-                v.reshape(-1) if v is not None else torch.zeros(size, dtype=state.dtype, device=state.device)
+            if rows is not None:  # the parameters' gradients are (K, ...): these members' rows
+                vjps = (vjps[0], *(None if v is None else v.index_select(0, rows) for v in vjps[1:]))
+            parts = [f.reshape(*held, -1).neg()] + [
+                v.reshape(*held, -1) if v is not None else torch.zeros((*held, size), dtype=state.dtype,
+                                                                       device=state.device)
                 for v, size in zip(vjps, [n, *sizes])
             ]  # zeros only for what f does not depend on (allocated per evaluation, so never when not needed)
-            return torch.cat(parts)
+            return torch.cat(parts, dim=-1)
 
         a = grad_ys[-1]
-        a_params = torch.zeros(sum(sizes), dtype=ys.dtype, device=ys.device)
+        a_params = torch.zeros((*lead, sum(sizes)), dtype=ys.dtype, device=ys.device)
         with torch.no_grad():
             for i in range(len(t) - 1, 0, -1):
-                state = torch.cat([ys[i].reshape(-1), a.reshape(-1), a_params])
+                state = torch.cat([ys[i].reshape(*lead, -1), a.reshape(*lead, -1), a_params], dim=-1)
                 state = solve(reversed_augmented, state, [-t[i], -t[i - 1]], norm, reversed_jumps)[-1]
-                a = state[n : 2 * n].view(shape) + grad_ys[i - 1]
-                a_params = state[2 * n :]
-        grads = [g.view_as(p) for g, p in zip(a_params.split(sizes), params)]
+                a = state[..., n : 2 * n].reshape(shape) + grad_ys[i - 1]
+                a_params = state[..., 2 * n :]
+        grads = [g.reshape(p.shape) for g, p in zip(a_params.split(sizes, dim=-1), params)]
         return (None, None, None, None, a, *grads)
+
+
+def _norm(bounds: list[int], per_member: bool) -> Callable:
+    """The error norm over the components at ``bounds``: a float, or each row's ``(K,)`` when ``per_member``."""
+    return member_rms_norm(bounds) if per_member else max_rms_norm(bounds)
 
 
 def _apply(
@@ -97,10 +116,14 @@ def _apply(
     seminorm: bool,
     jump_t: list[float] | None,
     state_bounds: list[int] | None,
+    per_member: bool = False,
 ) -> torch.Tensor:
     params = tuple(p for p in params if p.requires_grad)
-    bounds = [0, y0.numel()] if state_bounds is None else list(state_bounds)
-    return _Adjoint.apply(func, t, solve, (seminorm, jump_t, bounds), y0, *params)
+    width = y0.shape[1] if per_member else y0.numel()
+    if per_member and any(p.shape[:1] != y0.shape[:1] for p in params):
+        raise ValueError(f"a per-member adjoint needs every parameter to lead with the {y0.shape[0]} members")
+    bounds = [0, width] if state_bounds is None else list(state_bounds)
+    return _Adjoint.apply(func, t, solve, (seminorm, jump_t, bounds, per_member), y0, *params)
 
 
 def adaptive_adjoint(
@@ -115,6 +138,8 @@ def adaptive_adjoint(
     seminorm: bool = True,
     jump_t: list[float] | None = None,
     state_bounds: list[int] | None = None,
+    member_nfe: list[int] | None = None,
+    member_subsets: bool = False,
 ) -> torch.Tensor:
     """Integrate with the adaptive pair ``tableau`` (:func:`nodex.ode.lean.runge_kutta.adaptive_rk`);
     gradients by the adjoint method, the backward solve with the same pair and tolerances.
@@ -128,15 +153,23 @@ def adaptive_adjoint(
         jump_t: discontinuities of ``f`` in depth; the backward solve restarts there too.
         state_bounds: offsets of the components of a flattened tuple state in ``y0``'s
             flattening (the error norm is the largest RMS over them); ``None``: one component.
+        member_nfe: ``K`` counts: ``y0`` is ``(K, M)``, ``K`` independent rows solved forward and backward with
+            their own steps (:func:`nodex.ode.lean.member_steps.adaptive_rk_members`, ``s`` ``(K,)``; every
+            parameter leads with ``K``; ``state_bounds`` are offsets in a row), each count increased by its row's
+            evaluations. ``None``: one solve of the whole state. ``member_subsets``: ``func`` takes ``f(s, z, rows)``
+            for the unfinished members only (:func:`~nodex.ode.lean.member_steps.adaptive_rk_members`' ``subsets``).
 
     Returns:
-        ``(len(t), B, ...)`` states at ``t``.
+        ``(len(t), B, ...)`` states at ``t`` (``(len(t), K, M)`` per member).
     """
 
     def solve(f: Field, y: torch.Tensor, ts: list[float], norm: Norm, jumps: list[float] | None) -> torch.Tensor:
+        if member_nfe is not None:
+            return adaptive_rk_members(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps, member_nfe,
+                                       member_subsets)
         return adaptive_rk(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps)
 
-    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds)
+    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds, member_nfe is not None)
 
 
 def dopri5_adjoint(

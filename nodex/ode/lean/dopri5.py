@@ -1,21 +1,21 @@
-"""A lean Dormand–Prince 5(4): nodex's solver for ``method=dopri5``.
+"""Dormand–Prince 5(4), nodex's solver for ``method=dopri5``: its coefficient table.
 
 It is torchdiffeq's ``dopri5`` algorithm — the same tableau, initial-step rule (Hairer I.4),
 RMS error norm, step controller (safety 0.9, growth ≤ 10, shrink ≥ 0.2 on a reject), stepping
 past each output depth and reading it off the 4th-order dense output — so it takes the same
-steps and the same number of evaluations. What it leaves out is the bookkeeping that costs
-15–30% of a small model's training step there: a ``(…, 7)`` stage buffer written through a
-custom autograd function and summed per stage, a dense-output fit after *every* accepted step
-(here only for steps that contain an output depth), scalar tensors for every time and step size,
-and autograd through the error estimate and the initial step size (here under ``no_grad``; the
-gradient is that of the solution at the chosen steps, as for every fixed-step method).
+steps and the same number of evaluations. What it leaves out is bookkeeping: a ``(…, 7)`` stage
+buffer written through a custom autograd function and summed per stage, a dense-output fit after
+*every* accepted step (here only for steps that contain an output depth), scalar tensors for every
+time and step size, and autograd through the error estimate and the initial step size (here under
+``no_grad``; the gradient is that of the solution at the chosen steps, as for every fixed-step
+method).
 
-The adaptive loop is shared with tsit5 (:mod:`nodex.ode.lean.runge_kutta`); this module is the
-pair's coefficients and its continuous extension. Used by :func:`nodex.ode.odesolve` for
-``method=dopri5`` with a tensor state (tuples are flattened by :mod:`nodex.ode.lean.tuples`),
-increasing depths and no extra torchdiffeq options, under backprop or the adjoint
-(:mod:`nodex.ode.lean.adjoint`), with or without ``jump_t`` (``solver.engine=torchdiffeq``
-turns it off).
+The adaptive loop, forward and adjoint, is shared with tsit5 (:mod:`nodex.ode.lean.runge_kutta`,
+:mod:`nodex.ode.lean.adjoint`); this module is the pair's coefficients and those of its dense
+output (torchdiffeq's midpoint weights for the quartic fit). Used by :func:`nodex.ode.odesolve`
+for ``method=dopri5`` with a tensor state (tuples are flattened by :mod:`nodex.ode.lean.tuples`),
+increasing depths and no extra torchdiffeq options, with or without ``jump_t``
+(``solver.engine=torchdiffeq`` turns it off).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from nodex.ode.lean.runge_kutta import (
-    Field, Norm, Tableau, adaptive_rk, combine, max_rms_norm, rms_norm, with_step_rule,
+    Field, Norm, Tableau, adaptive_rk, max_rms_norm, rms_norm, with_step_rule,
 )
 
 __all__ = ["DOPRI5", "Field", "Norm", "dopri5", "max_rms_norm", "rms_norm"]
@@ -47,7 +47,7 @@ _E = (
     11 / 84 - 649 / 6300,
     -1.0 / 60.0,
 )
-_MID = tuple(
+_MID = tuple(  # torchdiffeq's DPS_C_MID: the weights of the state at the step's midpoint
     c / 2
     for c in (
         6025192743 / 30085553152, 0.0, 51252292925 / 65400821598, -2691868925 / 45128329728,
@@ -56,20 +56,7 @@ _MID = tuple(
 )
 
 
-def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt: float, x: float) -> torch.Tensor:
-    """The 4th-order dense output of the step ``y0 -> y1`` at the fraction ``x`` of it: torchdiffeq's
-    quartic through ``y0``, ``y1``, the midpoint value and the end slopes."""
-    if x == 1.0:
-        return y1
-    f0, f1 = ks[0], ks[-1]
-    y_mid = combine(y0, ks, _MID, dt)
-    a = 2 * dt * (f1 - f0) - 8 * (y1 + y0) + 16 * y_mid
-    b = dt * (5 * f0 - 3 * f1) + 18 * y0 + 14 * y1 - 32 * y_mid
-    c = dt * (f1 - 4 * f0) - 11 * y0 - 5 * y1 + 16 * y_mid
-    return y0 + x * (dt * f0 + x * (c + x * (b + x * a)))
-
-
-DOPRI5 = Tableau(_C, _A, _E, _interpolate)
+DOPRI5 = Tableau(_C, _A, _E, mid=_MID)  # steps by the "torchdiffeq" rule
 
 
 def dopri5(

@@ -1,4 +1,5 @@
-"""Lean fixed-step solvers: nodex's ``euler``, ``midpoint`` and ``rk4`` under backprop.
+"""Lean fixed-step solvers: nodex's ``euler``, ``midpoint`` and ``rk4``, under backprop and (as the forward and
+the backward solve of :func:`nodex.ode.lean.adjoint.fixed_grid_adjoint`) the adjoint.
 
 They take exactly torchdiffeq's steps and do exactly its arithmetic — the same grid
 (``ceil((S_end - S_start) / step_size + 1)`` points in the depths' dtype, the last one moved onto
@@ -12,7 +13,7 @@ indexed copies. Here the grid, every stage depth and every step size are compute
 already on the state's device; the loop then issues only the field's kernels and the stage sums,
 with no host sync — which is what lets ``trainer.cuda_graph`` capture it.
 
-Used by :func:`nodex.ode.odesolve` for these methods with ``sensitivity=autograd``, no extra
+Used by :func:`nodex.ode.odesolve` for these methods under either sensitivity, with no extra
 torchdiffeq options and increasing depths (``solver.engine=torchdiffeq`` turns it off).
 """
 

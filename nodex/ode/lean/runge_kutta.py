@@ -1,8 +1,12 @@
 """The shared adaptive engine of nodex's embedded Runge–Kutta pairs (dopri5, tsit5).
 
-A pair is a :class:`Tableau` — stage depths, stage weights (the last row: the 5th-order
+A pair is a :class:`Tableau`, data only — stage depths, stage weights (the last row: the 5th-order
 solution, evaluated again as the first stage of the next step: first-same-as-last), error
-weights and its continuous extension. :func:`adaptive_rk` integrates with any of them using
+weights and the coefficients of its continuous extension (dense output), one of two kinds
+evaluated here: torchdiffeq's quartic fit through a midpoint value (``mid``: dopri5) or weights
+``b_i(θ)`` that are polynomials in the step fraction (``dense``: tsit5). As torchdiffeq's
+``_impl/dopri5.py`` is a coefficient table on its shared ``RKAdaptiveStepsizeODESolver``, adding
+a pair is adding a table. :func:`adaptive_rk` integrates with any of them using
 torchdiffeq's adaptive algorithm: its initial-step rule (Hairer I.4), RMS error norm, step
 controller (safety 0.9, growth ≤ 10, shrink ≥ 0.2 on a reject), stepping past each output depth
 and reading it off the pair's dense output, and restarting at ``jump_t``. Failures raise
@@ -22,18 +26,69 @@ _SAFETY, _IFACTOR, _DFACTOR, _ORDER = 0.9, 10.0, 0.2, 5
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Norm = Callable[[torch.Tensor], float]
-# (y0, y1, stages, dt, x) -> the state at the fraction x of the step y0 -> y1
-Interpolant = Callable[[torch.Tensor, torch.Tensor, "list[torch.Tensor]", float, float], torch.Tensor]
+# A polynomial in x, coefficients from the highest power down: (1.0, -r) is x - r, (1.0, 0.0) is x.
+Polynomial = tuple[float, ...]
+# A dense-output weight b_i(x) = scale * p_1(x) * p_2(x) * ..., multiplied in that order.
+FactoredWeight = tuple[float, tuple[Polynomial, ...]]
 
 
 class Tableau(NamedTuple):
-    """An explicit first-same-as-last pair with ``s`` stages (``s = 7`` for both pairs here)."""
+    """An explicit first-same-as-last pair with ``s`` stages (``s = 7`` for both pairs here), and its dense output:
+    exactly one of ``mid`` and ``dense``."""
 
     c: tuple[float, ...]  # depths of stages 2..s-1 as fractions of the step (1.0: the step's end)
     a: tuple[tuple[float, ...], ...]  # rows for stages 2..s-1, then the solution weights
     e: tuple[float, ...]  # error weights over all s stages (the last: f at the new state)
-    interpolate: Interpolant
+    mid: tuple[float, ...] | None = None  # weights of y(θ = 1/2) over the s stages: the quartic fit (dopri5)
+    dense: tuple[FactoredWeight, ...] | None = None  # b_i(θ) over the s stages, factored (tsit5)
     step_rule: str = "torchdiffeq"  # how it takes its first and last steps: a key of STEP_RULES
+
+    def interpolate(self, y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt: float, x: float
+                    ) -> torch.Tensor:
+        """The state at the fraction ``x`` of the step ``y0 -> y1`` of size ``dt`` (``ks``: its ``s`` stages), from
+        the pair's dense output; ``y1`` itself at ``x = 1``."""
+        if x == 1.0:
+            return y1
+        if self.mid is not None:
+            return quartic_fit(y0, y1, ks, dt, x, combine(y0, ks, self.mid, dt))
+        assert self.dense is not None, "a Tableau needs its dense output: mid or dense"
+        return combine(y0, ks, factored_weights(self.dense, x), dt)
+
+
+def quartic_fit(
+    y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt: float | torch.Tensor, x: float | torch.Tensor,
+    y_mid: torch.Tensor,
+) -> torch.Tensor:
+    """torchdiffeq's dense output (``_interp_fit`` then ``_interp_evaluate``): the quartic through ``y0``, ``y1``,
+    the midpoint value ``y_mid`` and the end slopes ``ks[0]``, ``ks[-1]``, at the fraction ``x`` of the step.
+    ``dt``, ``x``: floats, or tensors that broadcast against the state (one per member)."""
+    f0, f1 = ks[0], ks[-1]
+    a = 2 * dt * (f1 - f0) - 8 * (y1 + y0) + 16 * y_mid
+    b = dt * (5 * f0 - 3 * f1) + 18 * y0 + 14 * y1 - 32 * y_mid
+    c = dt * (f1 - 4 * f0) - 11 * y0 - 5 * y1 + 16 * y_mid
+    return y0 + x * (dt * f0 + x * (c + x * (b + x * a)))
+
+
+def _polynomial(coeffs: Polynomial, powers: tuple) -> float:
+    """``Σ_k coeffs[k] · x^(d-k)`` summed from the highest power, ``powers[j] = x^j`` (``x·x`` for ``j = 2``)."""
+    degree = len(coeffs) - 1
+    value = coeffs[0] * powers[degree]
+    for k in range(1, degree + 1):
+        value = value + coeffs[k] * powers[degree - k]
+    return value
+
+
+def factored_weights(weights: tuple[FactoredWeight, ...], x: float) -> tuple[float, ...]:
+    """The weights ``b_i(x)`` from their factored form (factors of degree ≤ 2), each multiplied out left to right,
+    so a published factored formula keeps its rounding."""
+    powers = (1.0, x, x * x)
+    values = []
+    for scale, factors in weights:
+        value = scale
+        for coeffs in factors:
+            value = value * _polynomial(coeffs, powers)
+        values.append(value)
+    return tuple(values)
 
 
 # solver.step_rule: how a pair takes its first and last steps, as (land on the last depth, p of the initial-step rule
@@ -116,7 +171,7 @@ def time_beside(t: float, like: torch.Tensor, direction: float) -> torch.Tensor:
     return torch.nextafter(value, value + direction)
 
 
-def _step_factor(ratio: float) -> float:
+def step_factor(ratio: float) -> float:
     """torchdiffeq's ``_optimal_step_size``: the next step over this one from the error ratio."""
     if ratio == 0.0:
         return _IFACTOR
@@ -189,7 +244,7 @@ def adaptive_rk(
                 assert bool(torch.isfinite(y).all()), "non-finite values in state `y`"
                 dt = 0.0
             assert t0 + dt > t0, f"underflow in dt {dt}"
-            t1, dt, on_jump = _step_end(t0, dt, jumps, land)
+            t1, dt, on_jump = step_end(t0, dt, jumps, land)
             t_end = time_beside(t1, y0, -1.0) if jumps else time_like(t1, y0)
             y1, ks, ratio = _attempt(tab, func, y, k1, t0, dt, t_end, rtol, atol, norm)
             if ratio <= 1.0:
@@ -197,13 +252,13 @@ def adaptive_rk(
                 t0, y, k1 = t1, y1, ks[-1]
                 if on_jump:  # restart on the far side of the discontinuity
                     k1 = func(time_beside(t1, y0, 1.0), y1)
-            dt = dt * _step_factor(ratio)
+            dt = dt * step_factor(ratio)
         t_start, y_start, y_end, ks_step, h = step
         outputs.append(tab.interpolate(y_start, y_end, ks_step, h, (t_out - t_start) / h))
     return torch.stack(outputs)
 
 
-def _step_end(t0: float, dt: float, jumps: list[float], land: float | None) -> tuple[float, float, bool]:
+def step_end(t0: float, dt: float, jumps: list[float], land: float | None) -> tuple[float, float, bool]:
     """Where the step from ``t0`` of size ``dt`` ends: ``(t1, t1 - t0, on a jump)``. It ends on the first jump it
     would cross; else, with ``land`` (the last output depth) and no jump before it, on ``land`` when it would
     reach within 1% of a step of it (Hairer's DOPRI5 code: no sliver of a last step)."""

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from nodex.ode.lean.runge_kutta import Field, Norm, Tableau, adaptive_rk, combine, rms_norm, with_step_rule
+from nodex.ode.lean.runge_kutta import (
+    Field, Norm, Tableau, adaptive_rk, factored_weights, rms_norm, with_step_rule,
+)
 
 # The published coefficients (20 significant digits; Python rounds them to the nearest double).
 _C = (0.161, 0.327, 0.9, 0.98002554090450968573, 1.0)
@@ -47,28 +49,26 @@ _B_HAT = (  # the embedded 4th-order solution (its last weight multiplies f at t
 _E = tuple(b - bh for b, bh in zip((*_B, 0.0), _B_HAT))
 
 
+# The continuous extension's weights b_i(x), i = 1..7, in the paper's factored form: (scale, factors), each factor a
+# polynomial in x from its highest power (runge_kutta.factored_weights multiplies them out in this order).
+_X, _X2 = (1.0, 0.0), (1.0, 0.0, 0.0)
+_DENSE = (
+    (-1.0530884977290216, (_X, (1.0, -1.3299890189751412), (1.0, -1.4364028541716351, 0.7139816917074209))),
+    (0.1017, (_X2, (1.0, -2.1966568338249754, 1.2949852507374631))),
+    (2.490627285651252793, (_X2, (1.0, -2.38535645472061657, 1.57803468208092486))),
+    (-16.54810288924490272, ((1.0, -1.21712927295533244), (1.0, -0.61620406037800089), _X2)),
+    (47.37952196281928122, ((1.0, -1.203071208372362603), (1.0, -0.658047292653547382), _X2)),
+    (-34.87065786149660974, ((1.0, -1.2), (1.0, -0.666666666666666667), _X2)),
+    (2.5, ((1.0, -1.0), (1.0, -0.6), _X2)),
+)
+
+
 def dense_weights(x: float) -> tuple[float, ...]:
     """The continuous extension's weights ``b_i(x)``, ``i = 1..7``, at the step fraction ``x``."""
-    x2 = x * x
-    return (
-        -1.0530884977290216 * x * (x - 1.3299890189751412) * (x2 - 1.4364028541716351 * x + 0.7139816917074209),
-        0.1017 * x2 * (x2 - 2.1966568338249754 * x + 1.2949852507374631),
-        2.490627285651252793 * x2 * (x2 - 2.38535645472061657 * x + 1.57803468208092486),
-        -16.54810288924490272 * (x - 1.21712927295533244) * (x - 0.61620406037800089) * x2,
-        47.37952196281928122 * (x - 1.203071208372362603) * (x - 0.658047292653547382) * x2,
-        -34.87065786149660974 * (x - 1.2) * (x - 0.666666666666666667) * x2,
-        2.5 * (x - 1) * (x - 0.6) * x2,
-    )
+    return factored_weights(_DENSE, x)
 
 
-def _interpolate(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt: float, x: float) -> torch.Tensor:
-    """The state at the fraction ``x`` of the step ``y0 -> y1`` (``ks``: its 7 stages)."""
-    if x == 1.0:
-        return y1
-    return combine(y0, ks, dense_weights(x), dt)
-
-
-TSIT5 = Tableau(_C, _A, _E, _interpolate, step_rule="hairer")
+TSIT5 = Tableau(_C, _A, _E, dense=_DENSE, step_rule="hairer")
 
 
 def tsit5(
