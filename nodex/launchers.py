@@ -32,7 +32,7 @@ log = logging.getLogger("nodex")
 def placeholder_return(overrides: Sequence[str]) -> JobReturn:
     """What a launcher hands the sweeper for a job whose state the ledger holds (lost, not run): a return the basic
     sweeper accepts, so that the sweep goes on and ends with its summary."""
-    return JobReturn(overrides=list(overrides), return_value=None, status=JobStatus.COMPLETED)
+    return JobReturn(overrides=list(overrides), _return_value=None, status=JobStatus.COMPLETED)
 
 
 class _SweepSignals:
@@ -179,8 +179,11 @@ def wait_for_jobs(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], f
             limit = lost_after_s if states is not None else 10 * lost_after_s
             if now - missing_since.setdefault(i, now) < limit:
                 continue
-            gone = f"left Slurm's queue ({state[0].lower()})" if state else "not seen (squeue did not answer)"
-            reason = f"Slurm job {job.job_id} {gone} without a result for {limit:.0f} s"
+            if state is None:
+                gone = "was not seen (squeue did not answer)"
+            else:
+                gone = "left Slurm's queue" if state[0] == "GONE" else f"is {state[0]} ({state[1]}) in Slurm's queue"
+            reason = f"Slurm job {job.job_id} {gone} and wrote no result within {limit:g} s"
             _record_lost(sweep_dir, first_num + i, reason)
             returns[i] = placeholder_return(job_overrides[i])
         if len(returns) < len(jobs):
@@ -191,7 +194,6 @@ def wait_for_jobs(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], f
 def _record_lost(sweep_dir: Path, num: int, reason: str) -> None:
     entry = read_entries(sweep_dir).get(num) or {}
     record(sweep_dir, num, "lost", entry.get("dir", ""), reason, restarts=entry.get("restarts", 0))
-    log.error("nodex: job %d lost: %s", num, reason)
 
 
 def _collect(job: Any, overrides: Sequence[str], sweep_dir: Path, num: int) -> JobReturn:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nodex.sweeps import SweepOutcome, SweepSummary, _current
+from nodex.sweeps import RunRefused, SweepOutcome, SweepSummary, _current
 
 LEDGER_DIR = ".nodex"
 STATES = ("completed", "failed", "refused", "stopped", "lost", "not run")
@@ -33,13 +33,9 @@ ENDED = set(STATES)  # "started" (and "planned") are the only states a job may s
 MAX_SUFFIX = 1000
 
 
-class SweepRefused(BaseException):
-    """The sweep must not start (dir in use, subdir escaping it, dir not writable): one line in ``message``.
-    A ``BaseException`` so that Hydra's callback runner does not turn it into a warning (like ``RunRefused``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class SweepRefused(RunRefused):
+    """The sweep must not start (dir in use, subdir escaping it, dir not writable): one line in ``message``, which
+    the CLI prints as it does for a refused run (exit 1)."""
 
 
 def _alive(pid: int) -> bool:

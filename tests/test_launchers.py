@@ -5,6 +5,7 @@ a metric from result.json; failed jobs reported whichever launcher ran them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ from nodex.train.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TWO_JOBS = [*FAST, "trainer.max_steps=5", "trainer.num_threads=1", "logger.tensorboard=false", "model=vanilla,depthcat"]
 TARGETS = {
-    "joblib": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "slurm": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "basic": "hydra_plugins.nodex_launchers.BasicLauncher",
+    "joblib": "hydra_plugins.nodex_launchers.JoblibLauncher",
+    "slurm": "hydra_plugins.nodex_launchers.SlurmLauncher",
     "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "ray": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
 }
@@ -168,9 +170,33 @@ def _squeue(job: str, fmt: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", fmt], capture_output=True, text=True).stdout.strip()
 
 
+def _old_step_gone(job: str, job_dir: Path) -> bool:
+    """Whether nothing of ``job``'s last run is left: no step of it in squeue, no slurmstepd of it on this (the only)
+    node, and the training process that held the run dir's lock has exited."""
+    raw = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    raw_id = raw.split("JobId=")[1].split()[0] if "JobId=" in raw else job
+    steps = subprocess.run(["squeue", "-h", "-s", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    if any(s.startswith((f"{job}.", f"{raw_id}.")) for s in steps):
+        return False
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(f"slurmstepd: [{raw_id}.".encode()):
+                return False
+        except OSError:
+            continue
+    try:
+        pid = json.loads((job_dir / ".nodex.lock").read_text())["pid"]
+        os.kill(int(pid), 0)
+        return False  # the old run still holds its dir
+    except (OSError, ValueError, KeyError):
+        return True
+
+
 def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: list) -> None:
     """For each job of the sweep: once it logged ``min_step``, interrupt it as its experiment_name says, wait until
-    Slurm holds it requeued (pending), and let it start again now (a requeued job is held back 2 minutes)."""
+    Slurm holds it requeued (pending) and its old step has ended, and let it start again now (a requeued job is held
+    back 2 minutes). Released while the old step is still being killed, Slurm may start it again at once and kill
+    that start as "non-startable batch job: Job credential revoked"."""
     try:
         deadline = time.time() + 150
         while len(seen) < len(INTERRUPTS) and time.time() < deadline:
@@ -183,6 +209,8 @@ def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: li
                 subprocess.run(INTERRUPTS[how](job), check=True, capture_output=True, timeout=30)
                 seen[how] = {"job": job, "dir": job_dir, "at": _last_step(job_dir)}
                 while not _squeue(job, "%t").startswith("PD") and time.time() < deadline:
+                    time.sleep(0.2)
+                while not _old_step_gone(job, job_dir) and time.time() < deadline:
                     time.sleep(0.2)
                 seen[how]["restarts"] = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
                                                        text=True).stdout.split("Restarts=")[1].split()[0]
