@@ -300,6 +300,10 @@ def _job_state(config: Any, job_return: Any) -> tuple[str, str]:
     return "failed", f"it wrote no result.json (see {job_dir / 'train.log'})"
 
 
+def _in_sweep(config: Any) -> bool:
+    return str(config.hydra.get("mode")) == "RunMode.MULTIRUN"
+
+
 class SweepLedger(SweepSummary):
     """Hydra callback (``configs/common/hydra.yaml``, in place of :class:`~nodex.sweeps.SweepSummary`): claims the
     sweep dir, records the plan and each job's start and end in the ledger, and at the end prints the summary from
@@ -320,12 +324,16 @@ class SweepLedger(SweepSummary):
         super().on_multirun_start(config, **kwargs)
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        if not _in_sweep(config):
+            return
         sweep_dir, num = config.hydra.sweep.dir, int(config.hydra.job.num)
         earlier = _read_json(ledger_path(sweep_dir, num)) or {}
         restarts = int(earlier.get("restarts", -1)) + 1 if earlier.get("state") == "started" else 0
         record(sweep_dir, num, "started", str(config.hydra.runtime.output_dir), restarts=restarts)
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        if not _in_sweep(config):
+            return
         state, reason = _job_state(config, job_return)
         sweep_dir, num = config.hydra.sweep.dir, int(config.hydra.job.num)
         restarts = (_read_json(ledger_path(sweep_dir, num)) or {}).get("restarts", 0)

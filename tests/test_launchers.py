@@ -276,3 +276,36 @@ def test_optuna_search_optimises_the_monitored_metric(cli, tmp_path):
     assert 0.001 <= winner["trainer"]["optim"]["lr"] <= 0.05
     assert json.loads(best["best_params"]["model.field.hidden"]) == winner["model"]["field"]["hidden"]
     assert winner["monitor"] == "test/accuracy"
+
+
+def _cancel_one_job_once_running(sweep: Path, cancelled: list, errors: list) -> None:
+    """Cancel job 1 of the sweep with scancel once it has written its first metrics."""
+    try:
+        deadline = time.time() + 150
+        while not cancelled and time.time() < deadline:
+            for job_dir in sweep.glob("1-*/metrics.jsonl"):
+                job = yaml.safe_load((job_dir.parent / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"]
+                subprocess.run(["scancel", job], check=True, capture_output=True, timeout=30)
+                cancelled.append(job)
+                break
+            time.sleep(0.1)
+    except Exception as exc:  # reported by the test
+        errors.append(exc)
+
+
+@pytest.mark.slow
+def test_a_cancelled_slurm_job_ends_the_sweep_as_lost_within_the_bound(cli, tmp_path, slurm):
+    """With accounting off (no sacct), submitit alone would wait for the cancelled job forever."""
+    sweep, cancelled, errors = tmp_path / "cancelled", [], []
+    watcher = threading.Thread(target=_cancel_one_job_once_running, args=(sweep, cancelled, errors), daemon=True)
+    watcher.start()
+    start = time.time()
+    code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
+                          "hydra.launcher.lost_after_s=5", *REQUEUED_RUN, "trainer.max_steps=300", "seed=0,1",
+                          f"hydra.sweep.dir={sweep}"])
+    watcher.join(timeout=30)
+    assert not errors and cancelled, errors
+    assert code == 1 and time.time() - start < 240, (out, err)
+    assert f"nodex: sweep finished: 1/2 jobs completed (1 lost) in {sweep}" in out
+    assert f"nodex: job 1 lost: Slurm job {cancelled[0]} left Slurm's queue and wrote no result within 5 s" in out
