@@ -56,6 +56,14 @@ class _SweepSignals:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _hydra_basic_launch(launcher: Any, job_overrides: Sequence[Sequence[str]], first: int) -> Sequence[JobReturn]:
+    """Hydra's own basic ``launch``, looked up when called: Hydra's plugin scan executes its module again, so the class
+    bound at import may no longer be the one in the module."""
+    from hydra._internal.core_plugins import basic_launcher
+
+    return basic_launcher.BasicLauncher.launch(launcher, job_overrides, first)
+
+
 class BasicLauncher(HydraBasicLauncher):
     """Hydra's basic launcher (jobs one after the other in this process), stopped cleanly by SIGTERM."""
 
@@ -69,7 +77,7 @@ class BasicLauncher(HydraBasicLauncher):
                 if sig.signum is not None:
                     break
                 try:
-                    runs.extend(super().launch([overrides], initial_job_idx + i))
+                    runs.extend(_hydra_basic_launch(self, [overrides], initial_job_idx + i))
                 except SystemExit as exc:  # a job stopped by a signal saved itself and exits
                     exit_code = exc.code if isinstance(exc.code, int) else 1
                     break

@@ -241,8 +241,8 @@ class LedgerOutcome(SweepOutcome):
     def line(self) -> str:
         done = self.states.get("completed", 0)
         others = ", ".join(f"{self.states[s]} {s}" for s in STATES[1:] if self.states.get(s))
-        return (f"nodex: sweep finished: {done}/{self.jobs} jobs completed" + (f" ({others})" if others else "")
-                + f" in {self.sweep_dir} (table: nodex report {self.sweep_dir})")
+        return (f"nodex: sweep finished: {done}/{self.jobs} jobs completed in {self.sweep_dir} "
+                f"(table: nodex report {self.sweep_dir})" + (f"; not completed: {others}" if others else ""))
 
     def report(self) -> None:
         """Print the summary line, then one line per job that did not complete."""

@@ -307,5 +307,6 @@ def test_a_cancelled_slurm_job_ends_the_sweep_as_lost_within_the_bound(cli, tmp_
     watcher.join(timeout=30)
     assert not errors and cancelled, errors
     assert code == 1 and time.time() - start < 240, (out, err)
-    assert f"nodex: sweep finished: 1/2 jobs completed (1 lost) in {sweep}" in out
+    assert (f"nodex: sweep finished: 1/2 jobs completed in {sweep} (table: nodex report {sweep}); "
+            "not completed: 1 lost") in out
     assert f"nodex: job 1 lost: Slurm job {cancelled[0]} left Slurm's queue and wrote no result within 5 s" in out

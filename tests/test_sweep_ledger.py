@@ -21,7 +21,12 @@ from nodex.launchers import in_queue, wait_for_jobs
 from nodex.sweep_ledger import SweepRefused, check_subdir, claim_sweep_dir, read_entries
 
 SMALL = [*FAST, "trainer.max_steps=2", "logger.tensorboard=false"]
-ROOT = Path(__file__).resolve().parents[1]
+JOB_SUBDIR = "hydra.sweep.subdir=job${hydra.job.num}"  # job dirs named job0, job1...
+
+
+def summary_line(done: int, total: int, sweep: Path, not_completed: str) -> str:
+    return (f"nodex: sweep finished: {done}/{total} jobs completed in {sweep} (table: nodex report {sweep}); "
+            f"not completed: {not_completed}")
 
 
 @pytest.fixture
@@ -76,7 +81,8 @@ def test_a_stale_sweep_lock_is_taken_over_and_an_old_ledger_is_not_counted(cli, 
 @pytest.mark.parametrize("subdir", ["../../x", "/tmp/elsewhere", "a/../../b"])
 def test_a_subdir_that_leaves_the_sweep_dir_is_refused(cli, tmp_path, subdir):
     sweep = tmp_path / "sweep"
-    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", f"hydra.sweep.subdir={subdir}"])
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}",
+                          f"hydra.sweep.subdir={subdir}"])
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"nodex: error: hydra.sweep.subdir={subdir} leaves the sweep dir; give a relative name")
     assert not list(tmp_path.rglob("result.json"))
@@ -98,9 +104,9 @@ def test_a_sweep_from_a_dir_it_cannot_write_names_hydra_sweep_dir(cli, tmp_path,
 def test_a_job_refused_by_the_run_lock_is_counted_as_refused_and_fails_the_sweep(cli, tmp_path, live_pid):
     sweep = tmp_path / "sweep"
     hold_lock(sweep / "job0" / ".nodex.lock", live_pid)  # a live run writes into job 0's dir
-    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}"])
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", JOB_SUBDIR])
     assert code == 1
-    assert f"nodex: sweep finished: 1/2 jobs completed (1 refused) in {sweep}" in out
+    assert summary_line(1, 2, sweep, "1 refused") in out
     assert f"nodex: job 0 refused: its dir is in use by pid {live_pid}" in out
     assert [e["state"] for _, e in sorted(read_entries(sweep).items())] == ["refused", "completed"]
 
@@ -108,15 +114,15 @@ def test_a_job_refused_by_the_run_lock_is_counted_as_refused_and_fails_the_sweep
 def test_a_one_job_sweep_refused_by_the_run_lock_says_so(cli, tmp_path, live_pid):
     sweep = tmp_path / "sweep"
     hold_lock(sweep / "job0" / ".nodex.lock", live_pid)
-    code, out, err = cli(["train", "-m", *SMALL, "seed=0", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}"])
-    assert code == 1 and f"nodex: sweep finished: 0/1 jobs completed (1 refused) in {sweep}" in out
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0", f"hydra.sweep.dir={sweep}", JOB_SUBDIR])
+    assert code == 1 and summary_line(0, 1, sweep, "1 refused") in out
     assert "1 job(s) failed" in err
 
 
 def test_a_failed_job_is_counted_with_its_reason(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "solver.rtol=1e-4,-1", f"hydra.sweep.dir={sweep}"])
-    assert code == 1 and f"nodex: sweep finished: 1/2 jobs completed (1 failed) in {sweep}" in out
+    assert code == 1 and summary_line(1, 2, sweep, "1 failed") in out
     entries = read_entries(sweep)
     assert entries[0]["state"] == "completed" and entries[1]["state"] == "failed"
     assert "solver.rtol" in entries[1]["reason"]
@@ -193,7 +199,7 @@ def test_sigterm_to_a_sweep_ends_with_the_summary_listing_jobs_not_run(tmp_path)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert f"nodex: sweep finished: 0/3 jobs completed (1 stopped, 2 not run) in {sweep}" in out
+    assert summary_line(0, 3, sweep, "1 stopped, 2 not run") in out
     assert "nodex: job 0 stopped: the sweep was stopped by SIGTERM" in out
     assert "nodex: job 2 not run: the sweep was stopped by SIGTERM" in out
 
@@ -212,4 +218,4 @@ def test_a_killed_joblib_worker_loses_its_job_and_every_job_is_listed(tmp_path):
     assert sorted(entries) == [0, 1, 2] and entries[0]["state"] == "lost"
     assert "its joblib worker died" in entries[0]["reason"]
     assert entries[2]["state"] == "completed"  # not started when the pool broke: run in a fresh one
-    assert "nodex: sweep finished: " in out and "/3 jobs completed (" in out and "lost) in" in out
+    assert "/3 jobs completed in" in out and "; not completed: " in out and " lost" in out
