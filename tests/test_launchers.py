@@ -192,11 +192,16 @@ def _old_step_gone(job: str, job_dir: Path) -> bool:
         return True
 
 
+# slurmd refuses a job whose credential was created in the same whole second as the old run's revocation ("Job 18
+# already killed, do not launch batch job", seen in slurmd.log when released 0.5 s after the old step ended)
+CREDENTIAL_S = 2.0
+
+
 def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: list) -> None:
     """For each job of the sweep: once it logged ``min_step``, interrupt it as its experiment_name says, wait until
-    Slurm holds it requeued (pending) and its old step has ended, and let it start again now (a requeued job is held
-    back 2 minutes). Released while the old step is still being killed, Slurm may start it again at once and kill
-    that start as "non-startable batch job: Job credential revoked"."""
+    Slurm holds it requeued (pending), its old step has ended and a new second has begun, and let it start again now
+    (a requeued job is held back 2 minutes). Released earlier, Slurm may start it again at once and kill that start as
+    "non-startable batch job: Job credential revoked" (the sweep then reports that job lost, before: waited forever)."""
     try:
         deadline = time.time() + 150
         while len(seen) < len(INTERRUPTS) and time.time() < deadline:
@@ -212,12 +217,23 @@ def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: li
                     time.sleep(0.2)
                 while not _old_step_gone(job, job_dir) and time.time() < deadline:
                     time.sleep(0.2)
+                time.sleep(CREDENTIAL_S)
                 seen[how]["restarts"] = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
                                                        text=True).stdout.split("Restarts=")[1].split()[0]
                 subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
             time.sleep(0.05)
     except Exception as exc:  # reported by the test
         errors.append(exc)
+
+
+def _diagnosis(sweep: Path) -> str:
+    """The sweep's ledger and the end of each job's train.log and submitit logs (for a failure message)."""
+    parts = [p.read_text() for p in sorted((sweep / ".nodex" / "jobs").glob("*.json"))]
+    for path in [*sorted(sweep.glob("*/train.log")), *sorted(sweep.glob(".submitit/*/*_log.*"))]:
+        parts.append(f"--- {path.name}: " + "".join(path.read_text().splitlines(keepends=True)[-8:]))
+    parts.append(subprocess.run(["tail", "-n", "30", "/var/log/slurm/slurmctld.log"], capture_output=True,
+                                text=True).stdout)
+    return "\n".join(parts)
 
 
 @pytest.mark.slow
@@ -235,7 +251,7 @@ def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_ru
                           f"hydra.sweep.dir={sweep}"])
     watcher.join(timeout=30)
     assert not errors, errors
-    assert code == 0, err
+    assert code == 0, (out, err, _diagnosis(sweep))
     assert f"nodex: sweep finished: 2/2 jobs completed in {sweep}" in out
     signals = {"scontrol": "SIGTERM", "usr2": "SIGUSR2"}
     assert sorted(seen) == sorted(INTERRUPTS)
