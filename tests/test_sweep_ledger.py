@@ -18,7 +18,7 @@ import pytest
 from conftest import FAST
 
 from nodex.launchers import in_queue, wait_for_jobs
-from nodex.sweep_ledger import SweepRefused, check_subdir, claim_sweep_dir, read_entries
+from nodex.sweep_ledger import check_subdir, claim_sweep_dir, read_entries
 
 SMALL = [*FAST, "trainer.max_steps=2", "logger.tensorboard=false"]
 JOB_SUBDIR = "hydra.sweep.subdir=job${hydra.job.num}"  # job dirs named job0, job1...
