@@ -87,6 +87,11 @@ def check_overrides(args: Sequence[str]) -> None:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except HydraException as exc:
+        unicode = next((o for o in overrides if not o.isascii() and "'" not in o and '"' not in o), None)
+        if unicode is not None:  # Hydra's grammar takes non-ASCII characters in quotes only
+            key, _, value = unicode.partition("=")
+            raise UsageError(f"cannot parse {unicode}: quote a value with non-ASCII characters, "
+                             f"{key}='{value}' (in the shell: \"{key}='{value}'\")") from None
         raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value") from None
     groups = [o for o in parsed if "/" in o.key_or_group or o.key_or_group == "hparams_search"]
     missing = missing_plugin([(o.key_or_group, str(o.value())) for o in groups if not o.is_sweep_override()])

@@ -176,6 +176,27 @@ def read_result(path: Path) -> dict[str, Any]:
     return result
 
 
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """The JSON object at ``path`` (a run's record, a sweep's ledger entry, a lock's owner), ``None`` when it is
+    absent or unreadable."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def record_path(run_dir: Path) -> Optional[Path]:
+    """Where a run dir's own record is: an ensemble's ``ensemble.json``, else ``result.json``; ``None`` when neither."""
+    return next((p for p in (Path(run_dir) / "ensemble.json", Path(run_dir) / "result.json") if p.exists()), None)
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """A run dir's own record (see :func:`record_path`), ``{}`` when absent or unreadable."""
+    path = record_path(run_dir)
+    return (read_json(path) or {}) if path is not None else {}
+
+
 def load_run(run_dir: Path) -> Run:
     """Read ``run_dir/result.json`` and the ``.hydra`` snapshot next to it. A run that has a ``.hydra`` config but
     no ``result.json`` (killed, or still running) gets status ``missing``; an unreadable one, ``unreadable`` (with

@@ -5,6 +5,7 @@ a metric from result.json; failed jobs reported whichever launcher ran them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ from nodex.train.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TWO_JOBS = [*FAST, "trainer.max_steps=5", "trainer.num_threads=1", "logger.tensorboard=false", "model=vanilla,depthcat"]
 TARGETS = {
-    "joblib": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "slurm": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "basic": "hydra_plugins.nodex_launchers.BasicLauncher",
+    "joblib": "hydra_plugins.nodex_launchers.JoblibLauncher",
+    "slurm": "hydra_plugins.nodex_launchers.SlurmLauncher",
     "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "ray": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
 }
@@ -169,9 +171,38 @@ def _squeue(job: str, fmt: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", fmt], capture_output=True, text=True).stdout.strip()
 
 
+def _old_step_gone(job: str, job_dir: Path) -> bool:
+    """Whether nothing of ``job``'s last run is left: no step of it in squeue, no slurmstepd of it on this (the only)
+    node, and the training process that held the run dir's lock has exited."""
+    raw = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    raw_id = raw.split("JobId=")[1].split()[0] if "JobId=" in raw else job
+    steps = subprocess.run(["squeue", "-h", "-s", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    if any(s.startswith((f"{job}.", f"{raw_id}.")) for s in steps):
+        return False
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(f"slurmstepd: [{raw_id}.".encode()):
+                return False
+        except OSError:
+            continue
+    try:
+        pid = json.loads((job_dir / ".nodex.lock").read_text())["pid"]
+        os.kill(int(pid), 0)
+        return False  # the old run still holds its dir
+    except (OSError, ValueError, KeyError):
+        return True
+
+
+# slurmd refuses a job whose credential was created in the same whole second as the old run's revocation ("Job 18
+# already killed, do not launch batch job", seen in slurmd.log when released 0.5 s after the old step ended)
+CREDENTIAL_S = 2.0
+
+
 def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: list) -> None:
     """For each job of the sweep: once it logged ``min_step``, interrupt it as its experiment_name says, wait until
-    Slurm holds it requeued (pending), and let it start again now (a requeued job is held back 2 minutes)."""
+    Slurm holds it requeued (pending), its old step has ended and a new second has begun, and let it start again now
+    (a requeued job is held back 2 minutes). Released earlier, Slurm may start it again at once and kill that start as
+    "non-startable batch job: Job credential revoked" (the sweep then reports that job lost, before: waited forever)."""
     try:
         deadline = time.time() + 150
         while len(seen) < len(INTERRUPTS) and time.time() < deadline:
@@ -185,12 +216,25 @@ def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: li
                 seen[how] = {"job": job, "dir": job_dir, "at": _last_step(job_dir)}
                 while not _squeue(job, "%t").startswith("PD") and time.time() < deadline:
                     time.sleep(0.2)
+                while not _old_step_gone(job, job_dir) and time.time() < deadline:
+                    time.sleep(0.2)
+                time.sleep(CREDENTIAL_S)
                 seen[how]["restarts"] = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
                                                        text=True).stdout.split("Restarts=")[1].split()[0]
                 subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
             time.sleep(0.05)
     except Exception as exc:  # reported by the test
         errors.append(exc)
+
+
+def _diagnosis(sweep: Path) -> str:
+    """The sweep's ledger and the end of each job's train.log and submitit logs (for a failure message)."""
+    parts = [p.read_text() for p in sorted((sweep / ".nodex" / "jobs").glob("*.json"))]
+    for path in [*sorted(sweep.glob("*/train.log")), *sorted(sweep.glob(".submitit/*/*_log.*"))]:
+        parts.append(f"--- {path.name}: " + "".join(path.read_text().splitlines(keepends=True)[-8:]))
+    parts.append(subprocess.run(["tail", "-n", "30", "/var/log/slurm/slurmctld.log"], capture_output=True,
+                                text=True).stdout)
+    return "\n".join(parts)
 
 
 @pytest.mark.slow
@@ -209,7 +253,7 @@ def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_ru
                           f"hydra.sweep.dir={sweep}"])
     watcher.join(timeout=30)
     assert not errors, errors
-    assert code == 0, err
+    assert code == 0, (out, err, _diagnosis(sweep))
     assert f"nodex: sweep finished: 2/2 jobs completed in {sweep}" in out
     signals = {"scontrol": "SIGTERM", "usr2": "SIGUSR2"}
     assert sorted(seen) == sorted(INTERRUPTS)
@@ -250,3 +294,37 @@ def test_optuna_search_optimises_the_monitored_metric(cli, tmp_path):
     assert 0.001 <= winner["trainer"]["optim"]["lr"] <= 0.05
     assert json.loads(best["best_params"]["model.field.hidden"]) == winner["model"]["field"]["hidden"]
     assert winner["monitor"] == "test/accuracy"
+
+
+def _cancel_one_job_once_running(sweep: Path, cancelled: list, errors: list) -> None:
+    """Cancel job 1 of the sweep with scancel once it has written its first metrics."""
+    try:
+        deadline = time.time() + 150
+        while not cancelled and time.time() < deadline:
+            for job_dir in sweep.glob("1-*/metrics.jsonl"):
+                job = yaml.safe_load((job_dir.parent / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"]
+                subprocess.run(["scancel", job], check=True, capture_output=True, timeout=30)
+                cancelled.append(job)
+                break
+            time.sleep(0.1)
+    except Exception as exc:  # reported by the test
+        errors.append(exc)
+
+
+@pytest.mark.slow
+def test_a_cancelled_slurm_job_ends_the_sweep_as_lost_within_the_bound(cli, tmp_path, slurm):
+    """With accounting off (no sacct), submitit alone would wait for the cancelled job forever."""
+    sweep, cancelled, errors = tmp_path / "cancelled", [], []
+    watcher = threading.Thread(target=_cancel_one_job_once_running, args=(sweep, cancelled, errors), daemon=True)
+    watcher.start()
+    start = time.time()
+    code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
+                          "hydra.launcher.lost_after_s=5", *REQUEUED_RUN, "trainer.max_steps=300", "seed=0,1",
+                          f"hydra.sweep.dir={sweep}"])
+    watcher.join(timeout=30)
+    assert not errors and cancelled, errors
+    assert code == 1 and time.time() - start < 240, (out, err)
+    assert (f"nodex: sweep finished: 1/2 jobs completed in {sweep} (table: nodex report {sweep}); "
+            "not completed: 1 lost") in out
+    assert f"nodex: job 1 lost: Slurm job {cancelled[0]} left Slurm's queue and wrote no result within 5 s" in out

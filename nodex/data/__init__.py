@@ -47,7 +47,27 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
             f"{', '.join(sorted({*GENERATORS.names(), *LOADERS.names()}))}"
         )
     check_finite(bundle, name)
+    check_classes(bundle, cfg)
     return bundle.to(torch.device(device))
+
+
+def check_classes(bundle: DataBundle, cfg: DictConfig) -> None:
+    """A classification training split must hold every class its val/test splits hold (``data.n_train=1`` would
+    build a one-class model and fail on the first validation label).
+
+    Raises:
+        ConfigError: naming ``data.n_train`` and the smallest size that can hold every class.
+    """
+    if bundle.n_classes is None:
+        return
+    labels = [getattr(bundle, split)[1] for split in ("train", "val", "test")]
+    n_classes = max(bundle.n_classes, *(int(y.max()) + 1 for y in labels if y.numel()))
+    present = int(torch.unique(labels[0]).numel())
+    if present < n_classes:
+        raise ConfigError(
+            f"data.n_train={len(labels[0])} leaves {n_classes - present} of the {n_classes} classes of "
+            f"{cfg.name} out of the training split: raise data.n_train to at least {n_classes}"
+        )
 
 
 def check_finite(bundle: DataBundle, name: str) -> None:

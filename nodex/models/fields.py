@@ -106,11 +106,15 @@ def mlp_field(cfg: DictConfig, in_features: int, out_features: int, control_feat
     Raises:
         ConfigError: a bad value, naming its ``model.field`` key.
     """
+    hidden = list(cfg.get("hidden") or [])
+    if any(int(width) <= 0 for width in hidden):
+        raise ConfigError(f"model.field.hidden={hidden} must list positive layer widths, e.g. [16, 16] "
+                          "([] for no hidden layer)")
     with config_key("model.field"):
         return MLPField(
             in_features,
             out_features,
-            hidden=list(cfg.get("hidden") or []),
+            hidden=hidden,
             activation=cfg.get("activation", "tanh"),
             depth=cfg.get("depth", "none"),
             depth_layers=None if cfg.get("depth_layers") is None else list(cfg.depth_layers),

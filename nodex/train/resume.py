@@ -13,7 +13,6 @@ run's is a deliberate new base rate (said in ``train.log``).
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nodex.errors import CheckpointError
+from nodex.runs import run_record
 from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
 
 # Keys (or prefixes ending in ".") that a resumed run may set differently from the checkpoint's run.
@@ -144,16 +144,6 @@ def _saved_size(path: Path) -> int:
     if path.is_dir() and not (path / "checkpoints").is_dir() and (path / "member-0").is_dir():
         return len(list(path.glob("member-*")))
     return 1
-
-
-def run_record(run_dir: Path) -> dict[str, Any]:
-    """A run dir's own record (``result.json``, an ensemble's ``ensemble.json``), ``{}`` when absent or unreadable."""
-    for name in ("ensemble.json", "result.json"):
-        try:
-            return json.loads((run_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-    return {}
 
 
 def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -41,13 +41,13 @@ from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
     Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
 )
-from nodex.runs import new_result, new_summary, record_failure, versions, write_json
+from nodex.runs import new_result, new_summary, record_failure, run_record, versions, write_json
 from nodex.train.results import finish_member, finish_summary, metadata_markdown
 from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
 )
 from nodex.train.preemption import Preempted, StopRequest
-from nodex.train.resume import AlreadyCompleted, run_record, apply_learning_rate, check_resumable, plan_resume
+from nodex.train.resume import AlreadyCompleted, apply_learning_rate, check_resumable, plan_resume
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")

@@ -86,6 +86,9 @@ def validate_trainer(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}"
         )
+    if cfg.get("val_every") is not None and int(cfg.val_every) < 0:  # (sweeps branch: absurd settings refused)
+        raise ConfigError(f"trainer.val_every={cfg.val_every} must be a positive integer, or 0/null to validate "
+                          "at the end only")
     log_every, ckpt_every = cfg.get("log_every"), cfg.get("checkpoint_every")
     log_every = 1 if log_every is None else int(log_every)
     if log_every <= 0:
@@ -223,5 +226,20 @@ def out_of_memory(exc: BaseException) -> ResourceError | None:
     if tried:
         scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[tried.group(2)]
         size = f" (an allocation of {float(tried.group(1)) * scale / 1e9:.1f} GB failed)"
+    if _raised_in_solver(exc):  # (sweeps branch) the autograd graph grows with every solver step
+        return ResourceError(f"out of memory{size} inside the ODE solve: the solver took too many steps (a diverging "
+                             "model, e.g. too high trainer.optim.lr, needs ever more); lower trainer.optim.lr or "
+                             "solver.max_num_steps, or loosen solver.rtol/atol")
     return ResourceError(f"out of memory{size}: lower data.n_train/n_val/n_test, trainer.batch_size, "
                          "trainer.eval_batch_size or trainer.ensemble")
+
+
+def _raised_in_solver(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside nodex's ODE solvers or torchdiffeq (its traceback passes through them)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/nodex/ode/" in name or "/torchdiffeq/" in name:
+            return True
+        tb = tb.tb_next
+    return False

@@ -1,0 +1,271 @@
+"""nodex's Hydra launchers: Hydra's own (basic, joblib, submitit) with bounded waits and an honest ledger.
+
+Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its plugin's keys and behaviour and adds:
+
+- :class:`BasicLauncher`: a SIGTERM to the sweep stops it after the running job saved itself; the summary then lists
+  that job as ``stopped`` and the rest as ``not run``, and the sweep exits 143.
+- :class:`JoblibLauncher`: a worker that dies (``kill -9``, the OOM killer) fails its job(s) as ``lost``; the jobs
+  that had not started yet run in a fresh pool, and the summary lists every job's state.
+- :class:`SlurmLauncher`: waits on its jobs with a bounded poll of ``squeue`` instead of submitit's ``sacct`` watcher
+  (which waits forever where accounting is off): a job that left the queue (cancelled, failed at launch, lost by the
+  scheduler) without a result pickle within ``lost_after_s`` ends as a ``lost`` job with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBasicLauncher
+from hydra.core.utils import JobReturn, JobStatus
+
+from nodex.sweep_ledger import finish, mark_unfinished, read_entries, record
+
+log = logging.getLogger("nodex")
+
+
+def placeholder_return(overrides: Sequence[str]) -> JobReturn:
+    """What a launcher hands the sweeper for a job whose state the ledger holds (lost, not run): a return the basic
+    sweeper accepts, so that the sweep goes on and ends with its summary."""
+    return JobReturn(overrides=list(overrides), _return_value=None, status=JobStatus.COMPLETED)
+
+
+class _SweepSignals:
+    """``with _SweepSignals() as sig:`` records a SIGTERM to the sweep in ``sig.signum`` (main thread only); a job's
+    own handler (nodex's StopRequest) chains to this one, so the sweep learns of the signal either way."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: Any = None
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+
+    def __enter__(self) -> "_SweepSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._record)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _hydra_basic_launch(launcher: Any, job_overrides: Sequence[Sequence[str]], first: int) -> Sequence[JobReturn]:
+    """Hydra's own basic ``launch``, looked up when called: Hydra's plugin scan executes its module again, so the class
+    bound at import may no longer be the one in the module."""
+    from hydra._internal.core_plugins import basic_launcher
+
+    return basic_launcher.BasicLauncher.launch(launcher, job_overrides, first)
+
+
+class BasicLauncher(HydraBasicLauncher):
+    """Hydra's basic launcher (jobs one after the other in this process), stopped cleanly by SIGTERM."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        runs: list[JobReturn] = []
+        exit_code: Optional[int] = None
+        with _SweepSignals() as sig:
+            for i, overrides in enumerate(job_overrides):
+                if sig.signum is not None:
+                    break
+                try:
+                    runs.extend(_hydra_basic_launch(self, [overrides], initial_job_idx + i))
+                except SystemExit as exc:  # a job stopped by a signal saved itself and exits
+                    exit_code = exc.code if isinstance(exc.code, int) else 1
+                    break
+        if sig.signum is None and exit_code is None:
+            return runs
+        name = signal.Signals(sig.signum).name if sig.signum else f"exit {exit_code}"
+        nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        mark_unfinished(sweep_dir, nums, "stopped", f"the sweep was stopped by {name}")
+        finish(sweep_dir, default_state="stopped")
+        raise SystemExit(128 + sig.signum if sig.signum else exit_code)
+
+
+def _joblib_base() -> type:
+    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as Base
+
+    return Base
+
+
+try:
+    _JoblibBase: type = _joblib_base()
+except ImportError:  # the joblib extra is not installed: nodex.sweeps.missing_plugin says so before any use
+    _JoblibBase = HydraBasicLauncher
+
+
+class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
+    """hydra-joblib-launcher's launcher; a dead worker loses its job(s), not the sweep."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        except TerminatedWorkerError as exc:
+            reason = f"its joblib worker died ({str(exc).strip().splitlines()[0][:160]})"
+        entries = read_entries(sweep_dir)
+        for num in nums:  # started and never ended: in the dead worker, or in one stopped with the broken pool
+            if num in entries and entries[num].get("state") == "started":
+                record(sweep_dir, num, "lost", entries[num].get("dir", ""), reason)
+        returns = {num: placeholder_return(o) for num, o in zip(nums, job_overrides)}
+        for num, overrides in zip(nums, job_overrides):
+            if num in entries:
+                continue
+            try:  # a job that never started runs now, in a fresh pool
+                returns[num] = super().launch([overrides], num)[0]
+            except TerminatedWorkerError as again:
+                record(sweep_dir, num, "lost", "", f"its joblib worker died ({str(again).splitlines()[0][:160]})")
+        return [returns[num] for num in nums]
+
+
+# ---------------------------------------------------------------------------------------------- Slurm
+
+# squeue states of a job that is still the scheduler's business; anything else (or no line) means it left the queue
+QUEUED = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+          "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "RESV_DEL_HOLD"}
+# a pending job Slurm will never start on its own
+NEVER_STARTS = ("launch failed requeued held", "launch_failed_requeued_held")
+
+
+def squeue_states(job_ids: list[str], timeout_s: float = 30.0) -> Optional[dict[str, tuple[str, str]]]:
+    """``{job id: (state, reason)}`` for those of ``job_ids`` still in Slurm's queue (``{}``: none is); ``None``
+    when squeue did not answer."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return {} if "Invalid job id" in proc.stderr else None
+    out = {}
+    for line in proc.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1].upper(), parts[2])
+    return out
+
+
+def in_queue(state: tuple[str, str]) -> bool:
+    name, reason = state
+    return name in QUEUED and not (name == "PENDING" and reason.lower() in NEVER_STARTS)
+
+
+def wait_for_jobs(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], first_num: int, sweep_dir: Path,
+                  lost_after_s: float, poll_s: float,
+                  queue: Callable[[list[str]], Optional[dict[str, tuple[str, str]]]] = squeue_states,
+                  ) -> list[JobReturn]:
+    """Wait for submitit ``jobs`` (job ``first_num + i`` ran ``job_overrides[i]``), bounded: a job is done when its
+    result pickle exists; a job that has been out of the queue (or unseen, squeue silent) for ``lost_after_s``
+    (10 times that when squeue does not answer) with no pickle is recorded ``lost`` with one line."""
+    returns: dict[int, JobReturn] = {}
+    missing_since: dict[int, float] = {}
+    while len(returns) < len(jobs):
+        open_ids = [str(job.job_id) for i, job in enumerate(jobs) if i not in returns]
+        states = queue(open_ids)
+        now = time.monotonic()
+        for i, job in enumerate(jobs):
+            if i in returns:
+                continue
+            if job.paths.result_pickle.exists():
+                returns[i] = _collect(job, job_overrides[i], sweep_dir, first_num + i)
+                continue
+            state = None if states is None else states.get(str(job.job_id), ("GONE", ""))
+            if state is not None and in_queue(state):
+                missing_since.pop(i, None)
+                continue
+            limit = lost_after_s if states is not None else 10 * lost_after_s
+            if now - missing_since.setdefault(i, now) < limit:
+                continue
+            if state is None:
+                gone = "was not seen (squeue did not answer)"
+            else:
+                gone = "left Slurm's queue" if state[0] == "GONE" else f"is {state[0]} ({state[1]}) in Slurm's queue"
+            reason = f"Slurm job {job.job_id} {gone} and wrote no result within {limit:g} s"
+            _record_lost(sweep_dir, first_num + i, reason)
+            returns[i] = placeholder_return(job_overrides[i])
+        if len(returns) < len(jobs):
+            time.sleep(poll_s)
+    return [returns[i] for i in range(len(jobs))]
+
+
+def _record_lost(sweep_dir: Path, num: int, reason: str) -> None:
+    entry = read_entries(sweep_dir).get(num) or {}
+    record(sweep_dir, num, "lost", entry.get("dir", ""), reason, restarts=entry.get("restarts", 0))
+
+
+def _collect(job: Any, overrides: Sequence[str], sweep_dir: Path, num: int) -> JobReturn:
+    try:
+        return job.results()[0]
+    except Exception as exc:  # the job's process failed outside the task (submitit's own error)
+        _record_lost(sweep_dir, num, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+        return placeholder_return(overrides)
+
+
+def _submitit_base() -> type:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as Base
+
+    return Base
+
+
+try:
+    _SlurmBase: type = _submitit_base()
+except ImportError:  # the slurm extra is not installed: nodex.sweeps.missing_plugin says so before any use
+    _SlurmBase = HydraBasicLauncher
+
+
+class SlurmLauncher(_SlurmBase):  # type: ignore[misc, valid-type]
+    """hydra-submitit-launcher's Slurm launcher, waiting on its jobs with :func:`wait_for_jobs`.
+
+    ``lost_after_s``: how long a job may be out of the queue without a result before it counts as lost;
+    ``poll_s``: seconds between two looks at squeue and the result pickles."""
+
+    def __init__(self, lost_after_s: float = 60.0, poll_s: float = 2.0, **params: Any) -> None:
+        super().__init__(**params)
+        self.lost_after_s, self.poll_s = float(lost_after_s), float(poll_s)
+
+    def _executor(self) -> Any:
+        """The submitit executor with this launcher's parameters (as the plugin's ``launch`` builds it)."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+        from omegaconf import OmegaConf
+
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        init_params = {"folder": self.params["submitit_folder"]}
+        if "max_num_timeout" in self.params:
+            init_params[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
+                                      for k, v in self.params.items() if k not in init_keys})
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import os
+
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import filter_overrides
+
+        assert self.config is not None
+        executor = self._executor()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        params = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        jobs = executor.map_array(self, *zip(*params))
+        return wait_for_jobs(jobs, job_overrides, initial_job_idx, sweep_dir, self.lost_after_s, self.poll_s)

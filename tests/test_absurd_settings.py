@@ -1,0 +1,97 @@
+"""Absurd settings fail fast with one line that names the cause and what to change, never hours of silence, a
+machine's worth of memory, a torch warning or an IndexError."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import FAST
+
+from nodex.train.setup import out_of_memory
+
+SMALL = [*FAST, "trainer.max_steps=5", "logger.tensorboard=false"]
+
+
+def one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("nodex: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_huge_learning_rate_stops_within_the_step_at_the_solver_step_bound(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    code, out, err = cli(["train", *SMALL, "trainer.optim.lr=1e10", f"hydra.run.dir={run_dir}"])
+    assert time.monotonic() - start < 60  # before the bound: minutes and ~24 GB until killed
+    line = one_line(err)
+    assert code == 1 and "solver failed (max_num_steps exceeded (1000>=1000)) with dopri5" in line
+    assert line.endswith("raise solver.max_num_steps, loosen solver.rtol/atol or lower trainer.optim.lr")
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "max_num_steps" in result["error"]
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "dopri8", "tsit5", "bosh3", "adaptive_heun"])
+def test_every_adaptive_solver_has_a_finite_step_bound(compose_cfg, solver):
+    assert compose_cfg([f"solver={solver}"]).solver.max_num_steps == 1000
+
+
+def test_out_of_memory_inside_the_solver_names_the_step_count_not_the_data_size():
+    code = "raise RuntimeError(\"DefaultCPUAllocator: can't allocate memory: you tried to allocate 2147483648 bytes\")"
+    for filename, expected in (("/site/nodex/ode/lean/runge_kutta.py", "inside the ODE solve"),
+                               ("/site/nodex/train/loop.py", "lower data.n_train/n_val/n_test")):
+        try:
+            exec(compile(code, filename, "exec"))
+        except RuntimeError as exc:
+            message = str(out_of_memory(exc))
+        assert message.startswith("out of memory (an allocation of 2.1 GB failed)") and expected in message
+    assert message.endswith("trainer.eval_batch_size or trainer.ensemble")
+
+
+def test_out_of_memory_in_the_solver_advises_lr_and_max_num_steps():
+    try:
+        exec(compile("raise MemoryError()", "/site/nodex/ode/solve.py", "exec"))
+    except MemoryError as exc:
+        message = str(out_of_memory(exc))
+    assert message == ("out of memory inside the ODE solve: the solver took too many steps (a diverging model, e.g. "
+                       "too high trainer.optim.lr, needs ever more); lower trainer.optim.lr or solver.max_num_steps, "
+                       "or loosen solver.rtol/atol")
+
+
+def test_a_negative_val_every_is_refused(train_run):
+    run_dir, result, code, err = train_run("trainer.val_every=-5")
+    assert code == 1 and one_line(err) == ("nodex: error: trainer.val_every=-5 must be a positive integer, or 0/null "
+                                           "to validate at the end only")
+
+
+def test_a_zero_hidden_width_is_refused_before_torch_warns(train_run):
+    run_dir, result, code, err = train_run("model.field.hidden=[16,0]")
+    assert code == 1 and "UserWarning" not in err
+    assert one_line(err) == ("nodex: error: model.field.hidden=[16, 0] must list positive layer widths, e.g. [16, 16] "
+                             "([] for no hidden layer)")
+
+
+def test_a_training_split_missing_a_class_is_refused(train_run):
+    run_dir, result, code, err = train_run("data.n_train=1")
+    assert code == 1 and "IndexError" not in err
+    assert one_line(err) == ("nodex: error: data.n_train=1 leaves 1 of the 2 classes of rings out of the training "
+                             "split: raise data.n_train to at least 2")
+
+
+def test_an_unquoted_unicode_value_says_to_quote_it(cli, tmp_path):
+    code, out, err = cli(["train", *SMALL, f"hydra.run.dir={tmp_path}/résultats"])
+    assert code == 2
+    assert one_line(err) == (f"nodex: error: cannot parse hydra.run.dir={tmp_path}/résultats: quote a value with "
+                             f"non-ASCII characters, hydra.run.dir='{tmp_path}/résultats' (in the shell: "
+                             f"\"hydra.run.dir='{tmp_path}/résultats'\")")
+    code, out, err = cli(["train", *SMALL, f"hydra.run.dir='{tmp_path}/résultats'"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "résultats" / "result.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_from_an_unwritable_dir_names_hydra_sweep_dir(cli, tmp_path, monkeypatch):
+    (tmp_path / "outputs").write_text("not a folder")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1"])
+    assert code == 1 and one_line(err).endswith("set hydra.sweep.dir=A/WRITABLE/DIR")

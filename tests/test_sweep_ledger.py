@@ -1,0 +1,241 @@
+"""A sweep that never lies or hangs: it claims its dir, counts the jobs it planned (not the files it finds), reports
+each as completed / failed / refused / stopped / lost / not run, and exits non-zero unless all completed; a launcher
+job that vanished ends as lost within a bounded time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+
+from nodex.launchers import in_queue, wait_for_jobs
+from nodex.sweep_ledger import check_subdir, claim_sweep_dir, read_entries
+
+SMALL = [*FAST, "trainer.max_steps=2", "logger.tensorboard=false"]
+JOB_SUBDIR = "hydra.sweep.subdir=job${hydra.job.num}"  # job dirs named job0, job1...
+
+
+def summary_line(done: int, total: int, sweep: Path, not_completed: str) -> str:
+    return (f"nodex: sweep finished: {done}/{total} jobs completed in {sweep} (table: nodex report {sweep}); "
+            f"not completed: {not_completed}")
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of a live process that is not this one (a lock holder)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def run_lock_holder(tmp_path):
+    """``hold(run_dir) -> pid``: a live process that holds ``run_dir``'s run lock (an flock) until the test ends."""
+    holders = []
+
+    def hold(run_dir: Path) -> int:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from nodex.train.lock import RunLock; "
+                                 "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)",
+                                 str(run_dir)], stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc.pid
+
+    yield hold
+    for proc in holders:
+        proc.kill()
+        proc.wait()
+
+
+def hold_lock(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": time.time()}))
+
+
+# ---------------------------------------------------------------------------------------------- claiming
+
+
+def test_a_taken_default_sweep_dir_gets_a_suffix_and_two_claims_never_share_one(tmp_path):
+    default = tmp_path / "multirun" / "2026-12-07" / "09-00-00"
+    claimed = []
+    threads = [threading.Thread(target=lambda: claimed.append(claim_sweep_dir(str(default), explicit=False)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in claimed) == ["09-00-00", "09-00-00-1", "09-00-00-2", "09-00-00-3"]
+
+
+def test_an_explicit_sweep_dir_held_by_a_live_sweep_is_refused_in_one_line(cli, tmp_path, live_pid):
+    sweep = tmp_path / "sweep"
+    hold_lock(sweep / ".nodex" / "sweep.lock", live_pid)
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    assert code == 1 and not list(sweep.glob("*/result.json"))
+    assert err.strip() == (f"nodex: error: {sweep} is in use by a live sweep (pid {live_pid} on {socket.gethostname()})"
+                           ": wait for it to end or choose another hydra.sweep.dir")
+
+
+def test_a_stale_sweep_lock_is_taken_over_and_an_old_ledger_is_not_counted(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    assert code == 0, err
+    hold_lock(sweep / ".nodex" / "sweep.lock", 2**22 + 7)  # a pid that does not exist: its sweep died
+    code, out, err = cli(["train", "-m", *SMALL, "seed=2", f"hydra.sweep.dir={sweep}"])
+    assert code == 0, err
+    assert f"nodex: sweep finished: 1/1 jobs completed in {sweep}" in out
+    assert sorted(read_entries(sweep)) == [0] and not (sweep / ".nodex" / "sweep.lock").exists()
+
+
+@pytest.mark.parametrize("subdir", ["../../x", "/tmp/elsewhere", "a/../../b"])
+def test_a_subdir_that_leaves_the_sweep_dir_is_refused(cli, tmp_path, subdir):
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}",
+                          f"hydra.sweep.subdir={subdir}"])
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"nodex: error: hydra.sweep.subdir={subdir} leaves the sweep dir; give a relative name")
+    assert not list(tmp_path.rglob("result.json"))
+    check_subdir("${hydra.job.num}-x")  # the default shape passes
+
+
+def test_a_sweep_from_a_dir_it_cannot_write_names_hydra_sweep_dir(cli, tmp_path, monkeypatch):
+    (tmp_path / "outputs").write_text("a file where the outputs folder would go")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1"])
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("nodex: error: cannot create the sweep dir outputs/train/multirun/")
+    assert err.strip().endswith("run from a writable directory or set hydra.sweep.dir=A/WRITABLE/DIR")
+
+
+# ---------------------------------------------------------------------------------------------- accounting
+
+
+def test_a_job_refused_by_the_run_lock_is_counted_as_refused_and_fails_the_sweep(cli, tmp_path, run_lock_holder):
+    sweep = tmp_path / "sweep"
+    live_pid = run_lock_holder(sweep / "job0")  # a live run writes into job 0's dir
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", JOB_SUBDIR])
+    assert code == 1
+    assert summary_line(1, 2, sweep, "1 refused") in out
+    assert f"nodex: job 0 refused: its dir is in use by pid {live_pid}" in out
+    assert [e["state"] for _, e in sorted(read_entries(sweep).items())] == ["refused", "completed"]
+
+
+def test_a_one_job_sweep_refused_by_the_run_lock_says_so(cli, tmp_path, run_lock_holder):
+    sweep = tmp_path / "sweep"
+    run_lock_holder(sweep / "job0")
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0", f"hydra.sweep.dir={sweep}", JOB_SUBDIR])
+    assert code == 1 and summary_line(0, 1, sweep, "1 refused") in out
+    assert "1 job(s) failed" in err
+
+
+def test_a_failed_job_is_counted_with_its_reason(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["train", "-m", *SMALL, "solver.rtol=1e-4,-1", f"hydra.sweep.dir={sweep}"])
+    assert code == 1 and summary_line(1, 2, sweep, "1 failed") in out
+    entries = read_entries(sweep)
+    assert entries[0]["state"] == "completed" and entries[1]["state"] == "failed"
+    assert "solver.rtol" in entries[1]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- bounded waits
+
+
+class FakeJob:
+    def __init__(self, job_id: str, folder: Path, value: object = None) -> None:
+        self.job_id, self.value = job_id, value
+        self.paths = type("Paths", (), {"result_pickle": folder / f"{job_id}_result.pkl"})()
+
+    def results(self) -> list:
+        return [self.value]
+
+
+def test_a_job_that_left_the_queue_without_a_result_is_lost_within_the_bound(tmp_path):
+    sweep = tmp_path / "sweep"
+    done, cancelled, queued_then_gone = (FakeJob(j, tmp_path, value=j) for j in ("7_0", "7_1", "7_2"))
+    done.paths.result_pickle.write_text("x")
+    calls = []
+
+    def queue(ids):
+        calls.append(list(ids))
+        return {"7_2": ("RUNNING", "None")} if len(calls) <= 3 else {}  # 7_1 was never seen; 7_2 goes after 3 polls
+
+    start = time.monotonic()
+    returns = wait_for_jobs([done, cancelled, queued_then_gone], [["a=0"], ["a=1"], ["a=2"]], 0, sweep,
+                            lost_after_s=0.3, poll_s=0.05, queue=queue)
+    assert time.monotonic() - start < 3
+    assert returns[0] == "7_0" and [r.overrides for r in returns[1:]] == [["a=1"], ["a=2"]]
+    entries = read_entries(sweep)
+    assert sorted(entries) == [1, 2] and all(e["state"] == "lost" for e in entries.values())
+    assert entries[1]["reason"] == "Slurm job 7_1 left Slurm's queue and wrote no result within 0.3 s"
+
+
+def test_squeue_silence_waits_ten_times_longer_and_a_held_launch_failure_is_out_of_the_queue(tmp_path):
+    job = FakeJob("9", tmp_path)
+    start = time.monotonic()
+    wait_for_jobs([job], [["a=0"]], 0, tmp_path, lost_after_s=0.05, poll_s=0.02, queue=lambda ids: None)
+    assert 0.5 <= time.monotonic() - start < 3
+    assert "not seen (squeue did not answer)" in read_entries(tmp_path)[0]["reason"]
+    assert in_queue(("PENDING", "BeginTime")) and in_queue(("COMPLETING", "None"))
+    assert not in_queue(("PENDING", "launch failed requeued held")) and not in_queue(("CANCELLED", "None"))
+
+
+# ---------------------------------------------------------------------------------------------- signals, dead workers
+
+
+def _sweep_process(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nodex.cli", "train", "-m", *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+LONG = ["solver=rk4", "data.n_train=128", "data.n_val=64", "data.n_test=64", "trainer.plots=false",
+        "logger.tensorboard=false", "trainer.log_every=5", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
+        "trainer.max_steps=3000", "trainer.num_threads=1"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_ends_with_the_summary_listing_jobs_not_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _sweep_process(tmp_path, *LONG, "seed=0,1,2", f"hydra.sweep.dir={sweep}")
+    _wait_for(lambda: any(sweep.glob("*/metrics.jsonl")))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert summary_line(0, 3, sweep, "1 stopped, 2 not run") in out
+    assert "nodex: job 0 stopped: the sweep was stopped by SIGTERM" in out
+    assert "nodex: job 2 not run: the sweep was stopped by SIGTERM" in out
+
+
+@pytest.mark.slow
+def test_a_killed_joblib_worker_loses_its_job_and_every_job_is_listed(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _sweep_process(tmp_path, *LONG, "trainer.max_steps=60", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                          "seed=0,1,2", f"hydra.sweep.dir={sweep}")
+    _wait_for(lambda: any(e["state"] == "started" and e["num"] == 0 for e in read_entries(sweep).values())
+              and any(sweep.glob("0-*/metrics.jsonl")))
+    os.kill(read_entries(sweep)[0]["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    entries = read_entries(sweep)
+    assert sorted(entries) == [0, 1, 2] and entries[0]["state"] == "lost"
+    assert "its joblib worker died" in entries[0]["reason"]
+    assert entries[2]["state"] == "completed"  # not started when the pool broke: run in a fresh one
+    assert "/3 jobs completed in" in out and "; not completed: " in out and " lost" in out
