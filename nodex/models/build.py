@@ -12,6 +12,8 @@ Slots and their registries (each maps ``kind`` -> builder):
                              :data:`HORIZONS` ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
 - ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)``
                              (f = the field's value)
+- ``task.regularizer``       RNODE terms ``{kinetic: λ, jacobian: λ}`` (:mod:`nodex.models.regularizers`), handed to
+                             :func:`build_model` by the caller; ``model.horizon.steer``: STEER's random end depth
 
 A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
 the plain model. Fields may expose ``breakpoints`` (depths where θ(s) jumps) on any
