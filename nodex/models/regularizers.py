@@ -69,9 +69,12 @@ class Regularizer(nn.Module):
         Works under autograd, the adjoint (which calls the dynamics with grad on and differentiates the
         integrands: the VJP keeps its graph) and ``no_grad`` (values detached).
         """
+        if not self.needs_noise:  # the kinetic term needs no derivative of f
+            f = field(s, z, u)
+            return f, self.rates(f, z, None, create_graph=False)
         graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if self.needs_noise and not z.requires_grad:
+            if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             f = field(s, z, u)
             rates = self.rates(f, z, eps, create_graph=graph)
