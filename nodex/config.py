@@ -152,6 +152,7 @@ class FieldSchema:
 class HorizonSchema:
     kind: str = MISSING  # fixed | learned
     S: float = MISSING
+    steer: float = 0.0  # STEER: training end depth ~ U(S - steer, S + steer); 0 = off (nodex/models/regularizers.py)
 
 
 @dataclass
@@ -185,11 +186,20 @@ class CNFModelSchema(ModelSchema):
 
 
 @dataclass
+class RegularizerSchema:
+    """``task.regularizer``: RNODE weights λ (0 = off): ∫‖f‖² ds and ∫‖∂f/∂z‖²_F ds (nodex/models/regularizers.py)."""
+
+    kinetic: float = 0.0
+    jacobian: float = 0.0
+
+
+@dataclass
 class TaskSchema:
     """``task``: the keys of every task preset."""
 
     kind: str = MISSING
     terminal_weight: float = 1.0
+    regularizer: RegularizerSchema = dataclasses.field(default_factory=RegularizerSchema)
 
 
 @dataclass

@@ -12,6 +12,8 @@ Slots and their registries (each maps ``kind`` -> builder):
                              :data:`HORIZONS` ``build(cfg, input_shape, S) -> nn.Module g(x) -> (B,)``
 - ``model.integral_loss.kind`` :data:`INTEGRAL_LOSSES` ``build(cfg, state_shape, S) -> nn.Module l(s, z, u, f) -> (B,)``
                              (f = the field's value)
+- ``task.regularizer``       RNODE terms ``{kinetic: λ, jacobian: λ}`` (:mod:`nodex.models.regularizers`), handed to
+                             :func:`build_model` by the caller; ``model.horizon.steer``: STEER's random end depth
 
 A missing optional slot (``control``, ``horizon``, ``integral_loss``) or ``kind: none`` means
 the plain model. Fields may expose ``breakpoints`` (depths where θ(s) jumps) on any
@@ -32,6 +34,7 @@ from nodex.models.fields import FIELDS, HigherOrderField
 from nodex.models.inputs import INPUT_LAYERS
 from nodex.models.neural_ode import NeuralODE
 from nodex.models.readouts import READOUTS
+from nodex.models.regularizers import Regularizer, regularizer_from_config, steer_from_config
 from nodex.ode import SolverSettings
 from nodex.registry import Registry
 
@@ -74,13 +77,15 @@ def field_breakpoints(field: nn.Module) -> list[float]:
     return sorted({float(b) for m in field.modules() for b in getattr(m, "breakpoints", ())})
 
 
-def build_model(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> nn.Module:
-    """Build the model ``cfg.kind`` (default ``neural_ode``).
+def build_model(
+    cfg: DictConfig, spec: DataSpec, settings: SolverSettings, regularizer: DictConfig | None = None
+) -> nn.Module:
+    """Build the model ``cfg.kind`` (default ``neural_ode``), with the ``task.regularizer`` slot when given.
 
     Raises:
         ConfigError: an unknown slot kind, or shapes that do not fit together.
     """
-    return MODELS.get(cfg.get("kind", "neural_ode"))(cfg, spec, settings)
+    return MODELS.get(cfg.get("kind", "neural_ode"))(cfg, spec, settings, regularizer_from_config(regularizer, cfg))
 
 
 def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
@@ -96,8 +101,10 @@ def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
 
 
 @MODELS.register("neural_ode")
-def build_neural_ode(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> NeuralODE:
-    """Compose h_x, control, f (with order n), h_y, horizon and integral loss."""
+def build_neural_ode(
+    cfg: DictConfig, spec: DataSpec, settings: SolverSettings, regularizer: Regularizer | None = None
+) -> NeuralODE:
+    """Compose h_x, control, f (with order n), h_y, horizon (and STEER), integral loss and regulariser."""
     input_layer, state_shape = INPUT_LAYERS.get(cfg.input_layer.kind)(cfg.input_layer, spec.input_shape)
     state_shape = tuple(state_shape)
     out_shape = split_order(state_shape, int(cfg.get("order", 1)))
@@ -118,6 +125,7 @@ def build_neural_ode(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) 
     return NeuralODE(
         input_layer, field, readout, settings,
         control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None, S=S,
+        regularizer=regularizer, steer=steer_from_config(cfg, S),
     )
 
 

@@ -38,6 +38,7 @@ from nodex.models.build import MODELS, DataSpec, horizon_length
 from nodex.models.control import ConditionControl
 from nodex.models.fields import FIELDS
 from nodex.models.neural_ode import ModelOutput
+from nodex.models.regularizers import Regularizer, SteerDepth, steer_from_config
 from nodex.ode import NFECounter, SolverSettings, odesolve
 
 TRACES = ("exact", "hutchinson")
@@ -57,8 +58,15 @@ def exact_trace(dz: torch.Tensor, z: torch.Tensor, create_graph: bool) -> torch.
 
 def hutchinson_trace(dz: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """Hutchinson's estimate ``εᵀ(∂dz/∂z)ε`` per sample: ``(B, ...)`` -> ``(B,)``."""
+    return hutchinson_terms(dz, z, eps, create_graph)[0]
+
+
+def hutchinson_terms(
+    dz: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, create_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``εᵀ(∂dz/∂z)ε`` ``(B,)`` and the VJP ``εᵀ ∂dz/∂z`` ``(B, ...)`` it came from (the Jacobian regulariser's)."""
     (g,) = torch.autograd.grad((dz * eps).sum(), z, create_graph=create_graph, retain_graph=True)
-    return (g * eps).reshape(g.shape[0], -1).sum(1)
+    return (g * eps).reshape(g.shape[0], -1).sum(1), g
 
 
 class GaussianPriors(nn.Module):
@@ -84,22 +92,28 @@ class GaussianPriors(nn.Module):
 
 
 class CNFDynamics(nn.Module):
-    """``(z, Δ) -> (f(s, z, u), −tr ∂f/∂z)``: the field bound to one batch's control and noise.
+    """``(z, Δ[, r]) -> (f(s, z, u), −tr ∂f/∂z[, regulariser integrands (B, n_terms)])``: the field bound to
+    one batch's control and noise. The Jacobian regulariser reuses the Hutchinson trace's noise and VJP.
 
     Works under autograd, the adjoint (which calls it with grad enabled and differentiates the
     trace, so the inner VJPs build a graph whenever grad mode is on) and ``no_grad``.
     """
 
-    def __init__(self, field: nn.Module, control: torch.Tensor | None, trace: str, eps: torch.Tensor | None) -> None:
+    def __init__(
+        self, field: nn.Module, control: torch.Tensor | None, trace: str, eps: torch.Tensor | None,
+        regularizer: Regularizer | None = None,
+    ) -> None:
         super().__init__()
         self.field = field
         self.control = control
         self.trace = trace
         self.eps = eps
+        self.regularizer = regularizer
 
-    def forward(self, s: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         z = state[0]
         graph = torch.is_grad_enabled()
+        vjp = None
         with torch.enable_grad():
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
@@ -107,10 +121,13 @@ class CNFDynamics(nn.Module):
             if self.trace == "exact":
                 tr = exact_trace(dz, z, create_graph=graph)
             else:
-                tr = hutchinson_trace(dz, z, self.eps, create_graph=graph)
+                tr, vjp = hutchinson_terms(dz, z, self.eps, create_graph=graph)
+            out = [dz, -tr]
+            if self.regularizer is not None:
+                out.append(self.regularizer.rates(dz, z, self.eps, create_graph=graph, vjp=vjp))
         if not graph:
-            dz, tr = dz.detach(), tr.detach()
-        return dz, -tr
+            out = [t.detach() for t in out]
+        return tuple(out)
 
 
 class FieldOnly(nn.Module):
@@ -139,6 +156,8 @@ class CNF(nn.Module):
         trace, eval_trace: ``exact`` | ``hutchinson`` in training / in eval mode.
         noise: Hutchinson noise, ``rademacher`` | ``gaussian``.
         S: the horizon: the flow runs over ``[0, S]``.
+        regularizer: RNODE terms added to the training loss (training mode only), or ``None``.
+        steer: STEER's end-depth sampler (training mode only), or ``None``.
     """
 
     def __init__(
@@ -154,9 +173,13 @@ class CNF(nn.Module):
         eval_trace: str = "exact",
         noise: str = "rademacher",
         S: float = 1.0,
+        regularizer: Regularizer | None = None,
+        steer: SteerDepth | None = None,
     ) -> None:
         super().__init__()
         self.field = field
+        self.regularizer = regularizer
+        self.steer = steer
         self.priors = priors
         self.settings = settings
         self.dim = dim
@@ -190,15 +213,23 @@ class CNF(nn.Module):
         z0, k = self.split(x)
         u = self._control(x, z0)
         trace = self.trace if self.training else self.eval_trace
-        eps = self._noise(z0) if trace == "hutchinson" else None
-        dyn = CNFDynamics(self.field, u, trace, eps)
+        reg = self.regularizer if self.training else None
+        needs_noise = trace == "hutchinson" or (reg is not None and reg.needs_noise)
+        eps = self._noise(z0) if needs_noise else None  # one draw per solve, shared by trace and regulariser
+        dyn = CNFDynamics(self.field, u, trace, eps, reg)
         params = (*dyn.parameters(), *([u] if u is not None and u.requires_grad else []))
-        delta0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
+        state = [z0, torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)]
+        if reg is not None:
+            state.append(torch.zeros(z0.shape[0], len(reg.names), dtype=z0.dtype, device=z0.device))
         span = self.span.to(z0.dtype)
-        zs, deltas = odesolve(dyn, (z0, delta0), span, self.settings, counter=self.nfe, adjoint_params=params)
-        z_S, delta = zs[-1], deltas[-1]
+        if self.steer is not None and self.training:
+            span = torch.tensor([0.0, self.steer.draw()], dtype=z0.dtype, device=z0.device)
+        finals = [c[-1] for c in odesolve(dyn, tuple(state), span, self.settings, counter=self.nfe,
+                                          adjoint_params=params)]
+        z_S, delta = finals[0], finals[1]
         logp = self.priors.log_prob(z_S, k) - delta
-        return ModelOutput(logp[:, None], z_S, None, {})
+        penalty, values = reg.summarise(finals[2]) if reg is not None else (None, {})
+        return ModelOutput(logp[:, None], z_S, None, {}, penalty, values)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` ``(B,)`` (exact trace in eval mode)."""
@@ -260,7 +291,9 @@ def _choice(cfg: DictConfig, key: str, default: str, allowed: tuple[str, ...]) -
 
 
 @MODELS.register("cnf")
-def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
+def build_cnf(
+    cfg: DictConfig, spec: DataSpec, settings: SolverSettings, regularizer: Regularizer | None = None
+) -> CNF:
     """CNF from ``cfg`` (the ``model`` group): ``field``, ``prior``, ``conditions``,
     ``control``, ``trace``, ``eval_trace``, ``noise``."""
     if spec.n_outputs != 1:
@@ -301,4 +334,5 @@ def build_cnf(cfg: DictConfig, spec: DataSpec, settings: SolverSettings) -> CNF:
         field, priors, settings, dim=dim, n_conditions=n_cond, control=control,
         trace=_choice(cfg, "trace", "exact", TRACES), eval_trace=_choice(cfg, "eval_trace", "exact", TRACES),
         noise=_choice(cfg, "noise", "rademacher", NOISES), S=S,
+        regularizer=regularizer, steer=steer_from_config(cfg, S),
     )

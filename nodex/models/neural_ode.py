@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from nodex.models.regularizers import Regularizer
 from nodex.ode import NFECounter, SolverSettings, odesolve
 
 
@@ -30,17 +31,24 @@ class ModelOutput:
         z_S: final state ``(B, *state_shape)``.
         loss_integral: batch mean of ``∫ l ds`` (0-d) or ``None``.
         extras: per-batch tensors worth logging (e.g. ``horizon``: ``(B,)``).
+        loss_regularizer: the weighted regularisers ``Σ λ_k ∫ r_k ds`` (batch mean, 0-d) or ``None``
+            (training mode with ``task.regularizer`` set only; see :mod:`nodex.models.regularizers`).
+        regularization: their unweighted values ``{"reg_kinetic": 0-d, ...}`` for the logs.
     """
 
     y_hat: torch.Tensor
     z_S: torch.Tensor
     loss_integral: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss_regularizer: torch.Tensor | None = None
+    regularization: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class BoundDynamics(nn.Module):
     """``dz/ds`` for one batch: the field bound to its control, with the optional integral
-    loss channel and per-sample horizon scaling. Parameters: the field's and the loss's."""
+    loss channel, regulariser channel ``(B, n_terms)`` (noise ``eps`` fixed for the solve) and
+    per-sample horizon scaling. State: ``z``, or the tuple ``(z, [q], [r])`` of the channels present.
+    Parameters: the field's and the loss's."""
 
     def __init__(
         self,
@@ -48,24 +56,33 @@ class BoundDynamics(nn.Module):
         control: torch.Tensor | None,
         integral_loss: nn.Module | None = None,
         horizon: torch.Tensor | None = None,
+        regularizer: Regularizer | None = None,
+        eps: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.field = field
         self.integral_loss = integral_loss
         self.control = control
         self.horizon = horizon
+        self.regularizer = regularizer
+        self.eps = eps
 
     def forward(self, s: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, ...]):
         z = state[0] if isinstance(state, tuple) else state
         depth = s if self.horizon is None else s * self.horizon
-        f = self.field(depth, z, self.control)
+        if self.regularizer is None:
+            f, rates = self.field(depth, z, self.control), None
+        else:
+            f, rates = self.regularizer.evaluate(self.field, depth, z, self.control, self.eps)
         dz = f if self.horizon is None else f * self.horizon.reshape(-1, *([1] * (f.dim() - 1)))
-        if self.integral_loss is None:
-            return dz
-        dq = self.integral_loss(depth, z, self.control, f)  # f: the field's value (kinetic losses)
-        if self.horizon is not None:
-            dq = dq * self.horizon
-        return dz, dq
+        out = [dz]
+        if self.integral_loss is not None:
+            out.append(self.integral_loss(depth, z, self.control, f))  # f: the field's value (kinetic losses)
+        if rates is not None:
+            out.append(rates)
+        if self.horizon is not None:  # d/dτ = S(x)·d/ds
+            out[1:] = [q * self.horizon.reshape(-1, *([1] * (q.dim() - 1))) for q in out[1:]]
+        return dz if len(out) == 1 else tuple(out)
 
 
 class NeuralODE(nn.Module):
@@ -81,6 +98,8 @@ class NeuralODE(nn.Module):
         horizon: ``g(x) -> (B,)`` per-sample depth S(x), or ``None`` for the fixed ``S``.
         jump_t: depths where the field's parameters jump (stacked models).
         S: the horizon: integrates over ``[0, S]`` (``horizon`` set: ``[0, S(x)]`` per sample instead).
+        regularizer: RNODE terms added to the training loss (training mode only), or ``None``.
+        steer: STEER's end-depth sampler (training mode only: ``[0, T]``, ``T ~ U(S − b, S + b)``), or ``None``.
     """
 
     def __init__(
@@ -95,9 +114,13 @@ class NeuralODE(nn.Module):
         horizon: nn.Module | None = None,
         jump_t: list[float] | None = None,
         S: float = 1.0,
+        regularizer: Regularizer | None = None,
+        steer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.input_layer = input_layer
+        self.regularizer = regularizer
+        self.steer = steer
         self.field = field
         self.readout = readout
         self.integral_loss = integral_loss
@@ -118,7 +141,17 @@ class NeuralODE(nn.Module):
         z0 = self.input_layer(x)
         u = self.control(x, z0) if self.control is not None else None
         S_x = self.horizon(x) if self.horizon is not None else None
-        return BoundDynamics(self.field, u, self.integral_loss, S_x), z0, S_x
+        reg = self.regularizer if self.training else None
+        eps = reg.noise(z0) if reg is not None else None  # drawn once per solve
+        return BoundDynamics(self.field, u, self.integral_loss, S_x, reg, eps), z0, S_x
+
+    def _span(self, z0: torch.Tensor, adaptive: bool) -> torch.Tensor:
+        """``[0, S]``; ``[0, 1]`` for a per-sample horizon; ``[0, T]`` with STEER's draw in training mode."""
+        if adaptive:
+            return self.unit_span.to(z0.dtype)
+        if self.steer is not None and self.training:
+            return torch.tensor([0.0, self.steer.draw()], dtype=z0.dtype, device=z0.device)
+        return self.span.to(z0.dtype)  # buffers: no host copy per call
 
     def _solve(self, dyn: BoundDynamics, z0, s: torch.Tensor):
         extra = [t for t in (dyn.control, dyn.horizon) if t is not None and t.requires_grad]
@@ -129,16 +162,19 @@ class NeuralODE(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """``x``: ``(B, *input_shape)`` -> :class:`ModelOutput`."""
         dyn, z0, S_x = self._bind(x)
-        span = (self.span if S_x is None else self.unit_span).to(z0.dtype)  # buffers: no host copy per call
-        if self.integral_loss is None:
-            z_S = self._solve(dyn, z0, span)[-1]
-            loss_integral = None
-        else:
-            q0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
-            zs, qs = self._solve(dyn, (z0, q0), span)
-            z_S, loss_integral = zs[-1], qs[-1].mean()
+        span = self._span(z0, S_x is not None)
+        state = [z0]
+        if self.integral_loss is not None:
+            state.append(torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device))
+        if dyn.regularizer is not None:
+            state.append(torch.zeros(z0.shape[0], len(dyn.regularizer.names), dtype=z0.dtype, device=z0.device))
+        sol = self._solve(dyn, state[0] if len(state) == 1 else tuple(state), span)
+        finals = [sol[-1]] if len(state) == 1 else [c[-1] for c in sol]
+        z_S = finals[0]
+        loss_integral = finals[1].mean() if self.integral_loss is not None else None
+        penalty, values = dyn.regularizer.summarise(finals[-1]) if dyn.regularizer is not None else (None, {})
         extras = {} if S_x is None else {"horizon": S_x.detach()}
-        return ModelOutput(self.readout(z_S), z_S, loss_integral, extras)
+        return ModelOutput(self.readout(z_S), z_S, loss_integral, extras, penalty, values)
 
     def figure_traits(self) -> frozenset[str]:
         """What this model is, for :mod:`nodex.viz` to choose its figures (``nodex.viz.protocol.TRAITS``)."""
@@ -151,7 +187,7 @@ class NeuralODE(nn.Module):
         """States at the depths ``s`` (``(T,)``, from 0; fractions of S(x) for an adaptive
         horizon): ``(T, B, *state_shape)``. Uses the forward solver (no adjoint)."""
         dyn, z0, _ = self._bind(x)
-        if self.integral_loss is not None:
+        if self.integral_loss is not None or dyn.regularizer is not None:
             dyn = BoundDynamics(dyn.field, dyn.control, None, dyn.horizon)
         settings = self.settings
         return odesolve(dyn, z0, s.to(z0), settings, counter=None, jump_t=self.jump_t if dyn.horizon is None else None)

@@ -171,7 +171,7 @@ class Pipeline:
         self.data: DataBundle = build_data(cfg.data, seed, self.device)
         self.task: Task = build_task(cfg.task, self.data)
         spec = DataSpec(self.data.input_shape, self.task.n_outputs)
-        self.model = build_model(cfg.model, spec, self.settings).to(self.device)
+        self.model = build_model(cfg.model, spec, self.settings, cfg.task.get("regularizer")).to(self.device)
 
 
 # A lower bound on the bytes a sample takes (one float32 input value and a label, at the least): counts whose

@@ -36,6 +36,7 @@ try:  # functorch's own entry points (what torch.func.vmap calls after its Pytho
 except ImportError:  # another torch: fall back to the public vmap
     _vmap_increment_nesting = None
 
+from nodex.errors import ConfigError
 from nodex.models.ensemble.batched import batched_field
 from nodex.models.neural_ode import BoundDynamics, ModelOutput, NeuralODE
 from nodex.ode import NFECounter, odesolve
@@ -135,6 +136,8 @@ class EnsembleNeuralODE(nn.Module):
         members = list(members)
         if not members or not all(isinstance(m, NeuralODE) for m in members):
             raise TypeError("EnsembleNeuralODE stacks NeuralODE members (model.kind=neural_ode)")
+        if members[0].regularizer is not None or members[0].steer is not None:  # the stacked solve has neither
+            raise ConfigError("task.regularizer and model.horizon.steer need trainer.ensemble=1 (seeds: use a sweep)")
         params, buffers = stack_module_state(members)
         self.size = len(members)
         self.param_names = list(params)

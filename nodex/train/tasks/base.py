@@ -19,7 +19,8 @@ TASKS: Registry[type["Task"]] = Registry("task.kind")
 
 
 class Task:
-    """Base task: ``loss = terminal_weight · L(ŷ, y) + ∫ l ds`` (integral term when the model has one).
+    """Base task: ``loss = terminal_weight · L(ŷ, y) + ∫ l ds + Σ_k λ_k ∫ r_k ds`` (integral term when the model
+    has one; regularisers ``r_k`` from ``task.regularizer``, built into the model, in training mode).
 
     Attributes:
         n_outputs: readout width the model must produce.
@@ -38,7 +39,7 @@ class Task:
         raise NotImplementedError
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss (0-d) and its parts ``loss_terminal`` / ``loss_integral``."""
+        """Total loss (0-d) and its parts ``loss_terminal`` / ``loss_integral`` / ``reg_kinetic`` / ``reg_jacobian``."""
         parts = {}
         total = None
         if self.terminal_weight != 0.0:
@@ -47,6 +48,9 @@ class Task:
         if out.loss_integral is not None:
             parts["loss_integral"] = out.loss_integral
             total = out.loss_integral if total is None else total + out.loss_integral
+        if out.loss_regularizer is not None:  # task.regularizer: Σ λ_k ∫ r_k ds; its terms logged unweighted
+            parts.update(out.regularization)
+            total = out.loss_regularizer if total is None else total + out.loss_regularizer
         if total is None:
             raise ConfigError(
                 "task.terminal_weight=0 and the model has no integral loss: nothing to train; "
