@@ -1,6 +1,6 @@
 """Fewer function evaluations: the default experiment with and without RNODE's regularisers.
 
-    OMP_NUM_THREADS=1 nice -n 5 python scripts/regularized_nfe.py [--seeds 0,1,2] [--kinetic 0.01]
+    OMP_NUM_THREADS=1 nice -n 5 python scripts/bench/regularized_nfe.py [--seeds 0,1,2] [--kinetic 0.01]
         [--jacobian 0.01] [--target 0.99] [--out DIR] [NODEX OVERRIDES]
 
 Trains ``nodex train`` (its defaults: the vanilla NODE on the annuli, dopri5, 300 steps) through the real CLI,
@@ -32,8 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: F401,E402  (the repository root on sys.path: scripts/bench/common.py)
 
 from nodex.cli import main as nodex_main  # noqa: E402
 from nodex.train.logs import RunLogger  # noqa: E402
