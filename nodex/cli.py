@@ -107,6 +107,8 @@ def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
     saved_argv, saved_env, saved_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), argparse.ArgumentParser.error
 
     def error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+        if "invalid choice" in message:  # e.g. --cfg bogus: argparse names the flag and its choices
+            raise UsageError(f"{message}; see nodex {cmd} --help")
         raise UsageError("cannot parse the command line; write overrides as key=value (see nodex train --help)")
 
     sys.argv = [f"nodex {cmd}", *args]

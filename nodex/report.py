@@ -27,7 +27,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, NoReturn, Optional, Protocol
 
 from nodex.runs import Run, find_runs, load_run, override_key
 
@@ -68,14 +68,22 @@ PaperLookup = Callable[[Optional[str], str], Optional[PaperNumber]]
 # Keys and metrics
 
 
-def _select(tree: Any, dotted: str) -> Any:
+_ABSENT = object()
+
+
+def _select(tree: Any, dotted: str, default: Any = None) -> Any:
     node = tree
     for part in dotted.split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]
         else:
-            return None
+            return default
     return node
+
+
+def has_key(run: Run, key: str) -> bool:
+    """Whether ``key`` names something of ``run``: ``experiment``, a config group Hydra chose, or a config key."""
+    return key == "experiment" or key in run.choices or _select(run.config, key, _ABSENT) is not _ABSENT
 
 
 def key_value(run: Run, key: str) -> Any:
@@ -346,10 +354,19 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (``nodex: error: ...; see PROG --help``) and exit 2, not a
+    usage block."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        print(f"nodex: error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
     """``nodex report PATH [PATH ...] [--by KEYS] [--metrics NAMES] [--format F] [-o FILE]``; ``paper``: the
     paper's numbers, printed beside ours unless ``--no-paper``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="nodex report",
         description="Tabulate the result.json files under run/multirun directories: mean ± std over seeds, "
                     "grouped by config keys.",
@@ -375,6 +392,12 @@ def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
               "point at a run or multirun directory (outputs/train/...)", file=sys.stderr)
         return 2
     by = None if args.by == "auto" else _split(args.by)
+    unknown_by = [k for k in by or [] if not any(has_key(r, k) for r in runs)]
+    if unknown_by:
+        print(f"nodex: error: no run has --by key {unknown_by[0]!r}; give experiment, model, data, solver or a "
+              "dotted config key of the runs (e.g. trainer.optim.lr; `nodex train --cfg job` lists them)",
+              file=sys.stderr)
+        return 2
     metrics = None if args.metrics == "auto" else _split(args.metrics)
     if metrics is not None:
         unknown = [m for m in metrics if not any(metric_value(r, m) is not None for r in runs)]

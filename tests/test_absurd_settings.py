@@ -95,3 +95,42 @@ def test_a_sweep_from_an_unwritable_dir_names_hydra_sweep_dir(cli, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(["train", "-m", *SMALL, "seed=0,1"])
     assert code == 1 and one_line(err).endswith("set hydra.sweep.dir=A/WRITABLE/DIR")
+
+
+def _fake_run(run_dir, seed: int = 0) -> None:
+    """A completed run's ``result.json`` (what ``nodex report`` reads), without training."""
+    from nodex.runs import new_result, write_json
+
+    result = new_result(seed, {"model": {"name": "vanilla"}, "data": {"name": "rings"}, "seed": seed})
+    result.update(status="completed", metrics={"test/accuracy": 0.9})
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "result.json", result)
+
+
+def test_report_by_a_key_no_run_has_is_one_line(cli, tmp_path):
+    _fake_run(tmp_path / "runs" / "a")
+    code, out, err = cli(["report", str(tmp_path / "runs"), "--by", "nokey.zz"])
+    assert code == 2 and out == ""
+    assert one_line(err) == ("nodex: error: no run has --by key 'nokey.zz'; give experiment, model, data, solver or a "
+                             "dotted config key of the runs (e.g. trainer.optim.lr; `nodex train --cfg job` lists them)")
+    code, out, _ = cli(["report", str(tmp_path / "runs"), "--by", "model"])  # a key the runs have still groups
+    assert code == 0 and "vanilla" in out
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["report", "DIR", "--format", "xml"], "nodex: error: argument --format: invalid choice: 'xml' (choose from "
+                                           "'markdown', 'csv', 'json'); see nodex report --help"),
+    (["train", "--cfg", "bogus"], "nodex: error: argument --cfg/-c: invalid choice: 'bogus' (choose from 'job', "
+                                  "'hydra', 'all'); see nodex train --help"),
+    (["reproduce", "--budget", "nope"], "nodex: error: argument --budget: invalid choice: 'nope' (choose from "
+                                        "'cpu', 'full', 'smoke'); see nodex reproduce --help"),
+])
+def test_a_bad_flag_value_is_one_line_not_a_usage_block(capsys, tmp_path, argv, line):
+    from nodex.cli import main
+
+    try:
+        code = main([str(tmp_path) if a == "DIR" else a for a in argv])
+    except SystemExit as exc:  # the plain commands' parsers exit as argparse does (the console script's exit code)
+        code = exc.code
+    assert code == 2
+    assert capsys.readouterr().err.strip() == line

@@ -8,7 +8,6 @@ registration anywhere.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import shutil
 import textwrap
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodex.config import CONFIG_DIR
+from nodex.report import OneLineParser
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 
@@ -78,7 +78,7 @@ def discover(directory: Path | None = None, only: list[str] | None = None) -> li
 
 def list_main(argv: list[str]) -> int:
     """``nodex list [PATTERN ...]``: every experiment with its one-line description."""
-    parser = argparse.ArgumentParser(prog="nodex list",
+    parser = OneLineParser(prog="nodex list",
                                      description="List the named experiments (nodex train experiment=NAME).")
     parser.add_argument("patterns", nargs="*", help="names or shell patterns to keep, e.g. 'reflection_*'")
     parser.add_argument("--names", action="store_true", help="print the names only, one per line")

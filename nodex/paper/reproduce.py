@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from nodex.paper.figures import FigureSink, clear
+from nodex.report import OneLineParser
 from nodex.paper.page import collect, earlier_sections, render_reproduction
 from nodex.paper.planning import BUDGETS, commands, compare_cost, plan
 from nodex.paper.running import add_wall, recorded_commands, run_jobs
@@ -40,7 +41,7 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
 
 def _parser() -> argparse.ArgumentParser:
     """The ``nodex reproduce`` command line."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="nodex reproduce",
         description="Run every paper experiment in configs/experiment/ with a budget (configs/budget/) and write "
                     "the reproduction page (each claim of the paper: its value, ours, pass/fail) into --out.")
