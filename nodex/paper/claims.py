@@ -127,9 +127,8 @@ CLAIMS: tuple[Claim, ...] = (
           note=("**The CPU stand-ins' NFE.** The paper reports the forward NFE *at convergence* (20 epochs of full "
                 "MNIST); the digits models train 10 epochs of 1,257 8x8 images, and the vanilla NODE, which learns "
                 "far less, keeps a cheap flow: the NFE ordering is a property of trained models this budget does not "
-                "reach (the `full` budget checks the paper's runs). The 5k-MNIST stand-ins run as separate seeds "
-                "(memory); the digits stand-ins as one ensemble, whose members each take their own steps and "
-                "report their own NFE (the committed page's digits rows were run as separate seeds).")),
+                "reach (the `full` budget checks the paper's runs). 5k-MNIST runs as separate seeds (memory), digits "
+                "as an ensemble whose members take their own steps (the page's digits rows: separate seeds).")),
     Claim("3.6", "φ(x) = −x is learned without augmentation by data-controlled and adaptive-depth NODEs; "
           "vanilla and depth-concat fail", "paper App. E2 (reflection) and the adaptive-depth section; poster", (
               Check("data-controlled fits (test MSE)", "test/mse", "le", "reflection_data_control", 1e-3, paper="fits"),

@@ -1,10 +1,8 @@
 """The named experiments under ``configs/experiment/``: discovery and ``nodex list``.
 
-An experiment is a ``# @package _global_`` YAML file; its first comment line (after the
-``@package`` line) is its one-line description. Everything that needs the list of experiments
-(``nodex list``, ``nodex reproduce``, the report) reads the files, so a new experiment needs no
-registration anywhere.
-"""
+An experiment is a ``# @package _global_`` YAML file; its first comment line (after the ``@package`` line) is its
+one-line description. Everything that needs the list (``nodex list``, ``nodex reproduce``, the report) reads the
+files, so a new experiment needs no registration anywhere."""
 
 from __future__ import annotations
 
