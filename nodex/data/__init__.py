@@ -52,8 +52,9 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
 
 
 def check_classes(bundle: DataBundle, cfg: DictConfig) -> None:
-    """A classification training split must hold every class its val/test splits hold (``data.n_train=1`` would
-    build a one-class model and fail on the first validation label).
+    """The classes the model is built for (``bundle.n_classes``; a generated set counts them in its training split)
+    must cover every label of the val/test splits (``data.n_train=1`` would build a one-class model and fail on the
+    first validation label). A dataset whose class count is fixed (MNIST: 10) may train on a subset of them.
 
     Raises:
         ConfigError: naming ``data.n_train`` and the smallest size that can hold every class.
@@ -63,7 +64,7 @@ def check_classes(bundle: DataBundle, cfg: DictConfig) -> None:
     labels = [getattr(bundle, split)[1] for split in ("train", "val", "test")]
     n_classes = max(bundle.n_classes, *(int(y.max()) + 1 for y in labels if y.numel()))
     present = int(torch.unique(labels[0]).numel())
-    if present < n_classes:
+    if bundle.n_classes < n_classes:
         raise ConfigError(
             f"data.n_train={len(labels[0])} leaves {n_classes - present} of the {n_classes} classes of "
             f"{cfg.name} out of the training split: raise data.n_train to at least {n_classes}"
