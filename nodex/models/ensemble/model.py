@@ -155,7 +155,7 @@ class EnsembleNeuralODE(nn.Module):
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
-        self._selection: tuple = ()  # (rows, tensors, control, horizon, their rows): see _select_rows
+        self._selection: tuple = ()  # (rows, grad mode, versions, inputs, their selected rows): _select_rows
         # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
         self._batched_field = None
         if template.integral_loss is None:
