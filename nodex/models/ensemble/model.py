@@ -155,6 +155,7 @@ class EnsembleNeuralODE(nn.Module):
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
+        self._selection: tuple = ()  # (rows, grad mode, versions, inputs, their selected rows): _select_rows
         # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
         self._batched_field = None
         if template.integral_loss is None:
@@ -230,8 +231,7 @@ class EnsembleNeuralODE(nn.Module):
         members ``s`` and ``state`` hold (their indices, ``(K',)``), ``None``: all ``K``."""
         tensors, size = self._slot_tensors(_DYNAMICS_SLOTS), self.size
         if rows is not None:
-            tensors = [t.index_select(0, rows) for t in tensors]
-            control, horizon = (None if x is None else x.index_select(0, rows) for x in (control, horizon))
+            tensors, control, horizon = self._select_rows(rows, tensors, control, horizon)
             size = len(rows)
         if self._batched_field is not None and self.use_batched_field and horizon is None:
             return self._batched_field(tensors, s, state, control)
@@ -249,9 +249,26 @@ class EnsembleNeuralODE(nn.Module):
         per_member = s if s.dim() == 1 else None
         return member_map(one, size, tensors, state, control, horizon, per_member)
 
+    def _select_rows(self, rows: torch.Tensor, tensors: list[torch.Tensor], control: torch.Tensor | None,
+                     horizon: torch.Tensor | None) -> tuple:
+        """The rows ``rows`` of the dynamics' tensors, the control and the horizon, selected once per ``rows``
+        tensor: the per-member solve passes one such tensor to every evaluation of an attempt, so an attempt selects
+        (and, under autograd, scatters the gradients back) once instead of once per stage. Reused only for the very
+        same ``rows``, tensors and grad mode, whose versions are unchanged."""
+        inputs = (*tensors, control, horizon)
+        key = (rows, torch.is_grad_enabled(), [None if x is None else x._version for x in inputs])
+        cached = self._selection
+        if cached and cached[0] is key[0] and cached[1:3] == key[1:] and all(a is b for a, b in zip(cached[3], inputs)):
+            return cached[4]
+        chosen = [t.index_select(0, rows) for t in tensors]
+        picked = tuple(None if x is None else x.index_select(0, rows) for x in (control, horizon))
+        self._selection = (*key, inputs, (chosen, *picked))
+        return self._selection[4]
+
     def forward(self, X: torch.Tensor) -> ModelOutput:
         """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""
         t = self.template
+        self._selection = ()
         Z0 = self._vmap_slot("input_layer", X)
         U = None
         if t.control is not None:

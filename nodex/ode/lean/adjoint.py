@@ -78,7 +78,9 @@ class _Adjoint(torch.autograd.Function):
                 # a field that depends on neither z nor a parameter (torchdiffeq's "exp" problem)
                 # has no graph to differentiate: every vector-Jacobian product is zero
                 if f.requires_grad:
-                    vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True)
+                    # retain_graph: a field may reuse, across an attempt's stages, a part of its graph built
+                    # once (the ensemble's selection of the unfinished members' parameters); it is freed with f
+                    vjps = torch.autograd.grad(f, (z, *params), a, allow_unused=True, retain_graph=rows is not None)
                 else:
                     vjps = (None,) * (1 + len(sizes))
             if rows is not None:  # the parameters' gradients are (K, ...): these members' rows
