@@ -105,13 +105,14 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
 
 
 def _failed(message: str, run_dir: str | None) -> None:
-    """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1, its run dir
-    (``run_dir``, when it keeps a ``result.json``) on stderr below the error."""
+    """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1 after the error
+    line on stderr, its run dir (``run_dir``, when it keeps a ``result.json``) on stdout as after a completed run
+    (stderr stays the one line that the faults' tests pin)."""
     if _is_multirun():
         return None
     report_error(message)
     if run_dir is not None:
-        print(run_dir_line(run_dir), file=sys.stderr)
+        print(run_dir_line(run_dir))
     raise SystemExit(1)
 
 
