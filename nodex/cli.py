@@ -28,7 +28,7 @@ if os.path.basename(sys.argv[0]) == "nodex":  # the console script: Ctrl-C while
 
 from omegaconf import DictConfig
 
-from nodex.cli_errors import UsageError, check_overrides, one_line, report_error
+from nodex.cli_errors import UsageError, check_overrides, one_line, report_error, user_options
 from nodex.config import CONFIG_DIR
 from nodex.jobs import eval_job, train_job
 from nodex.sweeps import RunRefused, abandon, quiet_schema_warning, take_outcome
@@ -76,7 +76,7 @@ def train_help() -> str:
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        rows = [f"{group}: {', '.join(loader.get_group_options(group))}" for group in HELP_GROUPS
+        rows = [f"{group}: {', '.join(user_options(loader.get_group_options(group)))}" for group in HELP_GROUPS
                 if group.rpartition("/")[2] in loader.list_groups(group.rpartition("/")[0])]
     return "\n".join(
         [
@@ -140,6 +140,7 @@ def _run(cmd: str, args: list[str]) -> int:
     if "-h" in args or "--help" in args:
         print(train_help() if cmd == "train" else USAGE)
         return 0
+    check_completion_flag(args)
     check_overrides(args)
     take_outcome()  # drop a stale one (an earlier in-process call)
     try:
@@ -182,7 +183,34 @@ def _sweep_exit_code() -> int:
     return 0
 
 
+COMPLETION_HINT = 'add eval "$(nodex train -sc install=bash)" to ~/.bashrc (or install=zsh, install=fish)'
+
+
+def check_completion_flag(args: list[str]) -> None:
+    """``-sc``/``--shell-completion`` without ``install=SHELL``/``uninstall=SHELL`` after it: one line saying what
+    to write (Hydra would end in a traceback)."""
+    for i, arg in enumerate(args):
+        if arg in ("-sc", "--shell-completion"):
+            following = args[i + 1] if i + 1 < len(args) else ""
+            if not following.startswith(("install=", "uninstall=", "query=")):
+                raise UsageError(f"{arg} needs install=SHELL: {COMPLETION_HINT}")
+
+
 def _completion(argv: list[str]) -> int:
+    """Hydra's completion query (``-sc query=bash``, from the installed bash function), without the ConfigStore's
+    ``schema*`` options."""
+    import contextlib
+    import io
+
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = _complete(argv)
+    words = captured.getvalue().split()
+    print(" ".join(w for w in words if not w.partition("=")[2].startswith("schema")))
+    return code
+
+
+def _complete(argv: list[str]) -> int:
     words = os.environ.get("COMP_LINE", "").split(" ")
     if len(words) <= 2:
         prefix = words[1] if len(words) == 2 else ""
@@ -207,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] in (["--version"], ["-V"]):
+        from importlib.metadata import version
+
+        print(f"nodex {version('nodex')}")
+        return 0
     if argv[:1] in (["-sc"], ["--shell-completion"]) and any(a.startswith("query=") for a in argv):
         return _completion(argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -41,6 +41,27 @@ def config_error_line(exc: BaseException) -> str | None:
     return f"{error.full_key}={error.value!r} is not {wanted}: give {error.full_key} {wanted}"
 
 
+def user_options(options: Sequence[str]) -> list[str]:
+    """A config group's options without the ConfigStore's internal ``schema*`` entries (nodex/config.py)."""
+    return [o for o in options if not o.startswith("schema")]
+
+
+def _check_no_schema(parsed: Sequence) -> None:
+    """``model=schema`` (any group's ``schema*``, an internal ConfigStore entry) is refused like an unknown option."""
+    from nodex.config import CONFIG_DIR
+
+    for override in parsed:
+        group = override.key_or_group
+        if not (CONFIG_DIR / group).is_dir() or override.is_delete():
+            continue
+        value = override.value()
+        values = getattr(value, "list", None) or [value]
+        chosen = next((str(v) for v in values if str(v).startswith("schema")), None)
+        if chosen is not None:
+            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+            raise UsageError(f"unknown {group} {chosen!r}; choose one of: {', '.join(options)}")
+
+
 def one_line(exc: BaseException) -> str:
     """A composition failure as one line that says what to change (no Hydra text scraping)."""
     from hydra.errors import MissingConfigException
@@ -48,7 +69,7 @@ def one_line(exc: BaseException) -> str:
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
-        return f"unknown {group} {name!r}; choose one of: {', '.join(exc.options or [])}"
+        return f"unknown {group} {name!r}; choose one of: {', '.join(user_options(exc.options or []))}"
     typed = config_error_line(exc)
     if typed is not None:
         return typed
@@ -93,6 +114,7 @@ def check_overrides(args: Sequence[str]) -> None:
             raise UsageError(f"cannot parse {unicode}: quote a value with non-ASCII characters, "
                              f"{key}='{value}' (in the shell: \"{key}='{value}'\")") from None
         raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value") from None
+    _check_no_schema(parsed)
     groups = [o for o in parsed if "/" in o.key_or_group or o.key_or_group == "hparams_search"]
     missing = missing_plugin([(o.key_or_group, str(o.value())) for o in groups if not o.is_sweep_override()])
     if missing:

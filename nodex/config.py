@@ -110,6 +110,7 @@ class TrainSchema:
     logger: Any = MISSING
     seed: int = 0
     experiment_name: Optional[str] = None
+    name: Optional[str] = None  # the run's own name: ends the default run/sweep dir (nodex/jobs.py run_dir_suffix)
     monitor: Optional[str] = None
 
 

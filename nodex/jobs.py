@@ -20,8 +20,28 @@ import nodex.config  # noqa: F401  (registers the config schemas that composing 
 from nodex.runs import override_key
 from nodex.sweeps import local_workers, quiet_schema_warning, register_resolvers
 
+
+
+def run_dir_suffix(name: str | None = None, experiment_name: str | None = None) -> str:
+    """``${nodex_run_name:NAME,EXPERIMENT}`` at the end of the default run dir: ``-NAME`` for ``name=NAME``, else
+    ``-EXPERIMENT`` for the experiment's ``experiment_name``, else nothing (``outputs/train/DATE/TIME``)."""
+    from nodex.sweeps import dirname_safe
+
+    chosen = name if name not in (None, "", "None") else experiment_name
+    return f"-{dirname_safe(chosen)}" if chosen not in (None, "", "None") else ""
+
+
+def register_run_name() -> None:
+    """``${nodex_run_name:}`` (see :func:`run_dir_suffix`) for every process that resolves a run dir."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("nodex_run_name"):
+        OmegaConf.register_new_resolver("nodex_run_name", run_dir_suffix)
+
+
 quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
 register_resolvers()
+register_run_name()
 
 
 def _is_multirun() -> bool:
@@ -57,7 +77,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                 raise SystemExit(exc.exit_code) from None
             except NodexError as exc:
                 _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
-                return _failed(str(exc))
+                return _failed(str(exc), run_dir if records else None)
             except KeyboardInterrupt:
                 if not records:
                     raise
@@ -77,19 +97,30 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                     from nodex.runs import record_failure
 
                     record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), error, replace=False)
-                return _failed(error)
+                return _failed(error, run_dir)
 
         return task
 
     return wrap
 
 
-def _failed(message: str) -> None:
-    """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1."""
+def _failed(message: str, run_dir: str | None) -> None:
+    """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1 after the error
+    line on stderr, its run dir (``run_dir``, when it keeps a ``result.json``) on stdout as after a completed run
+    (stderr stays the one line that the faults' tests pin)."""
     if _is_multirun():
         return None
     report_error(message)
+    if run_dir is not None:
+        print(run_dir_line(run_dir))
     raise SystemExit(1)
+
+
+def run_dir_line(run_dir: str) -> str:
+    """``nodex: run dir: PATH``, the last line of a single ``nodex train`` run; PATH relative to the working
+    directory when it lies below it."""
+    inside = Path(run_dir).resolve().is_relative_to(Path.cwd().resolve())
+    return f"nodex: run dir: {os.path.relpath(run_dir) if inside else run_dir}"
 
 
 @task_wrapper(records=True)
@@ -110,6 +141,7 @@ def train_job(cfg: DictConfig, run_dir: str) -> float | None:
             result = run_train(cfg, run_dir, **job)
     else:
         result = run_train(cfg, run_dir, **job)
+        print(run_dir_line(run_dir))
     monitor = cfg.get("monitor")
     return float(result["metrics"][monitor]) if monitor and monitor in result["metrics"] else None
 
