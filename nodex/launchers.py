@@ -13,6 +13,7 @@ Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its pl
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import subprocess
@@ -90,16 +91,16 @@ class BasicLauncher(HydraBasicLauncher):
         raise SystemExit(128 + sig.signum if sig.signum else exit_code)
 
 
-def _joblib_base() -> type:
-    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as Base
+def _plugin_base(module: str, name: str) -> type:
+    """A launcher plugin's class to extend, or Hydra's basic launcher when its extra is not installed
+    (:func:`nodex.sweeps.missing_plugin` says so before any use)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return HydraBasicLauncher
 
-    return Base
 
-
-try:
-    _JoblibBase: type = _joblib_base()
-except ImportError:  # the joblib extra is not installed: nodex.sweeps.missing_plugin says so before any use
-    _JoblibBase = HydraBasicLauncher
+_JoblibBase = _plugin_base("hydra_plugins.hydra_joblib_launcher.joblib_launcher", "JoblibLauncher")
 
 
 class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
@@ -212,16 +213,7 @@ def _collect(job: Any, overrides: Sequence[str], sweep_dir: Path, num: int) -> J
         return placeholder_return(overrides)
 
 
-def _submitit_base() -> type:
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as Base
-
-    return Base
-
-
-try:
-    _SlurmBase: type = _submitit_base()
-except ImportError:  # the slurm extra is not installed: nodex.sweeps.missing_plugin says so before any use
-    _SlurmBase = HydraBasicLauncher
+_SlurmBase = _plugin_base("hydra_plugins.hydra_submitit_launcher.submitit_launcher", "SlurmLauncher")
 
 
 class SlurmLauncher(_SlurmBase):  # type: ignore[misc, valid-type]
