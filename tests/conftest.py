@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ FAST = [
 def _one_thread():
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Each test starts with the handlers the session had and leaves them so: a library a test starts in-process (Ray
+    installs a SIGTERM handler that exits with code 15) must not change how a later in-process run is stopped."""
+    signums = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2]
+    saved = {s: signal.getsignal(s) for s in signums}
+    yield
+    for signum, handler in saved.items():
+        if signal.getsignal(signum) is not handler and handler is not None:
+            signal.signal(signum, handler)
 
 
 @pytest.fixture
