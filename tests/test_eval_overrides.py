@@ -85,8 +85,7 @@ def test_choosing_the_run_own_presets_is_no_switch(trained, tmp_path):
                    "train a new run with data=moons"),
     ("task=regression", "task=regression does not fit the checkpoint (trained with task=classification); nodex eval "
                         "cannot switch it: train a new run with task=regression"),
-    ("trainer=table1", "trainer=table1 is a training preset that nodex eval does not apply; set the trainer.* keys "
-                       "it needs instead"),
+    ("trainer=table1", "trainer=table1: nodex eval applies no training preset; set trainer.* keys instead"),
 ])
 def test_switches_that_do_not_fit_the_checkpoint_are_refused(trained, tmp_path, capsys, override, expected):
     code, payload = _eval(trained, tmp_path / "ev", override)

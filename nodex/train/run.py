@@ -374,48 +374,49 @@ def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pip
 
 class EvalRefused(ConfigError):
     """A ``nodex eval`` switch that does not fit the checkpoint (another model, dataset or task): exit 2."""
-
-
-_IDENTITY = {"model": "name", "data": "name", "task": "kind"}
+    IDENTITY = {"model": "name", "data": "name", "task": "kind"}  # the keys that name a run's model, data and task
 
 
 def _apply_eval_overrides(cfg: DictConfig, run_cfg: DictConfig, overrides: dict[str, Any], groups: dict[str, str],
                           path: Path) -> dict[str, Any]:
-    """Apply the command line's group choices (``solver=rk4``; model, data and task must be the run's, as named by
-    ``_IDENTITY``) and ``key=value`` overrides to the checkpoint's run config ``run_cfg`` (in place); returns what
-    changed, ``{"solver.method": "rk4", "data.n_test": 5000, ...}``. Raises EvalRefused, ConfigError."""
+    """Apply group choices (``solver=rk4``; model, data, task must be the run's) and ``key=value`` overrides to the
+    checkpoint's run config, in place; returns what changed (``{"solver.method": "rk4", ...}``)."""
     for group, choice in groups.items():
-        trained = run_cfg[group].get(_IDENTITY[group]) if group in _IDENTITY else None
-        if group in _IDENTITY and cfg[group].get(_IDENTITY[group]) != trained:
+        name = EvalRefused.IDENTITY.get(group, "")
+        trained = OmegaConf.select(run_cfg, f"{group}.{name}") if name else None
+        if name and cfg[group].get(name) != trained:
             raise EvalRefused(f"{group}={choice} does not fit the checkpoint (trained with {group}={trained}); "
                               f"nodex eval cannot switch it: train a new run with {group}={choice}")
-        if group not in _IDENTITY and group != "solver":
-            raise EvalRefused(f"{group}={choice} is a training preset that nodex eval does not apply; set the "
-                              f"{group}.* keys it needs instead")
+        if not name and group != "solver":
+            raise EvalRefused(f"{group}={choice}: nodex eval applies no training preset; set {group}.* keys instead")
     for key, value in overrides.items():
         if key.startswith("model.") or key in ("data.name", "task.kind"):
             raise EvalRefused(f"{key}={value} changes what the checkpoint was trained as; nodex eval cannot apply "
                               f"it: train a new run with {key}={value}")
     if "trainer.device" in overrides:  # the run's training device; nodex eval has its own key
         raise ConfigError(f"nodex eval picks its device with device=...: use device={overrides['trainer.device']}")
-    before = OmegaConf.to_container(run_cfg.solver, resolve=True)
+    before = _solver_of(run_cfg)
     if "solver" in groups:  # the whole preset (the command line's solver.* keys included) replaces the run's
         run_cfg.solver = OmegaConf.to_container(cfg.solver, resolve=True)
     for key, value in overrides.items():
         if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
-            saved = path.parent.parent / ".hydra" / "config.yaml"
-            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {saved})")
+            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see "
+                              f"{path.parent.parent / '.hydra' / 'config.yaml'})")
         OmegaConf.update(run_cfg, key, value)
-    after = OmegaConf.to_container(run_cfg.solver, resolve=True)
-    applied = {f"solver.{k}": v for k, v in after.items() if k not in before or before[k] != v}
+    applied = {f"solver.{k}": v for k, v in _solver_of(run_cfg).items() if k not in before or before[k] != v}
     return {**applied, **{k: v for k, v in overrides.items() if not k.startswith("solver.")}}
+
+
+def _solver_of(run_cfg: DictConfig) -> dict[str, Any]:
+    """The run config's ``solver`` as a plain dict (``{}`` in a broken config: building it says what is wrong)."""
+    node = OmegaConf.select(run_cfg, "solver")
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_dict(node) else {}
 
 
 def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path,
              groups: dict[str, str] | None = None) -> dict[str, Any]:
-    """Rebuild the model from a checkpoint's run config (``groups``' solver preset, ``{"solver": "rk4"}``, and
-    ``overrides``, ``{"data.n_test": 5000, "solver.rtol": 1e-6}``, applied), evaluate ``cfg.split`` and write
-    ``eval.json`` (``applied``: what changed; ``solver``: the settings used) to ``run_dir``.
+    """Rebuild the model from a checkpoint's run config with ``groups`` (``{"solver": "rk4"}``) and ``overrides``
+    (``{"solver.rtol": 1e-6}``) applied; evaluate ``cfg.split``, write ``eval.json`` (``applied``, ``solver``).
 
     Raises:
         EvalRefused: ``model=``, ``model.*``, another dataset or task (:func:`_apply_eval_overrides`).
@@ -440,7 +441,7 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path,
         raise ConfigError(f"split={split!r}; choose one of: train, val, test")
     metrics = evaluate(pipe.model, pipe.task, getattr(pipe.data, split), run_cfg.trainer.get("eval_batch_size"))
     payload = {"checkpoint": str(path), "split": split, "step": ckpt.get("step"), "overrides": overrides,
-               "applied": applied, "solver": OmegaConf.to_container(run_cfg.solver, resolve=True),
+               "applied": applied, "solver": _solver_of(run_cfg),
                "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device),
                "versions": versions()}
     run_dir = Path(run_dir)
