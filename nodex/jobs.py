@@ -160,12 +160,18 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
     from omegaconf import OmegaConf
 
     from nodex.errors import ConfigError
-    from nodex.train.run import run_eval
+    from nodex.train.run import EvalRefused, run_eval
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
-    overrides = _value_overrides(list(HydraConfig.get().overrides.task), cfg, skip={"ckpt", "split", "which", "device"})
-    payload = run_eval(cfg, overrides, run_dir)
+    lines = list(HydraConfig.get().overrides.task)
+    overrides = _value_overrides(lines, cfg, skip={"ckpt", "split", "which", "device"})
+    try:
+        payload = run_eval(cfg, overrides, run_dir, _group_choices(lines, cfg))
+    except EvalRefused as exc:  # a command-line mistake: exit 2, as a bad key is
+        _append_log(run_dir, f"ERROR: {exc}\n")
+        report_error(str(exc))
+        raise SystemExit(2) from None
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
 
@@ -205,3 +211,15 @@ def _value_overrides(lines: list[str], cfg: DictConfig, skip: set[str]) -> dict:
     return out
 
 
+
+
+def _group_choices(lines: list[str], cfg: DictConfig) -> dict[str, str]:
+    """The config groups chosen on the command line: ``solver=rk4 model=galnode`` -> ``{"solver": "rk4", ...}``."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for line in map(str, lines):
+        key = override_key(line)
+        if "=" in line and "." not in key and "/" not in key and OmegaConf.is_dict(cfg.get(key)):
+            out[key] = line.split("=", 1)[1]
+    return out

@@ -372,11 +372,54 @@ def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pip
                               "checkpoint written by nodex train") from None
 
 
-def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Rebuild the model from a checkpoint's run config (with ``overrides`` applied, e.g.
-    ``{"data.n_test": 5000}``), evaluate ``cfg.split`` and write ``eval.json`` to ``run_dir``.
+class EvalRefused(ConfigError):
+    """A ``nodex eval`` switch that does not fit the checkpoint (another model, dataset or task): exit 2."""
+    IDENTITY = {"model": "name", "data": "name", "task": "kind"}  # the keys that name a run's model, data and task
+
+
+def _apply_eval_overrides(cfg: DictConfig, run_cfg: DictConfig, overrides: dict[str, Any], groups: dict[str, str],
+                          path: Path) -> dict[str, Any]:
+    """Apply group choices (``solver=rk4``; model, data, task must be the run's) and ``key=value`` overrides to the
+    checkpoint's run config, in place; returns what changed (``{"solver.method": "rk4", ...}``)."""
+    for group, choice in groups.items():
+        name = EvalRefused.IDENTITY.get(group, "")
+        trained = OmegaConf.select(run_cfg, f"{group}.{name}") if name else None
+        if name and cfg[group].get(name) != trained:
+            raise EvalRefused(f"{group}={choice} does not fit the checkpoint (trained with {group}={trained}); "
+                              f"nodex eval cannot switch it: train a new run with {group}={choice}")
+        if not name and group != "solver":
+            raise EvalRefused(f"{group}={choice}: nodex eval applies no training preset; set {group}.* keys instead")
+    for key, value in overrides.items():
+        if key.startswith("model.") or key in ("data.name", "task.kind"):
+            raise EvalRefused(f"{key}={value} changes what the checkpoint was trained as; nodex eval cannot apply "
+                              f"it: train a new run with {key}={value}")
+    if "trainer.device" in overrides:  # the run's training device; nodex eval has its own key
+        raise ConfigError(f"nodex eval picks its device with device=...: use device={overrides['trainer.device']}")
+    before = _solver_of(run_cfg)
+    if "solver" in groups:  # the whole preset (the command line's solver.* keys included) replaces the run's
+        run_cfg.solver = OmegaConf.to_container(cfg.solver, resolve=True)
+    for key, value in overrides.items():
+        if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see "
+                              f"{path.parent.parent / '.hydra' / 'config.yaml'})")
+        OmegaConf.update(run_cfg, key, value)
+    applied = {f"solver.{k}": v for k, v in _solver_of(run_cfg).items() if k not in before or before[k] != v}
+    return {**applied, **{k: v for k, v in overrides.items() if not k.startswith("solver.")}}
+
+
+def _solver_of(run_cfg: DictConfig) -> dict[str, Any]:
+    """The run config's ``solver`` as a plain dict (``{}`` in a broken config: building it says what is wrong)."""
+    node = OmegaConf.select(run_cfg, "solver")
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_dict(node) else {}
+
+
+def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path,
+             groups: dict[str, str] | None = None) -> dict[str, Any]:
+    """Rebuild the model from a checkpoint's run config with ``groups`` (``{"solver": "rk4"}``) and ``overrides``
+    (``{"solver.rtol": 1e-6}``) applied; evaluate ``cfg.split``, write ``eval.json`` (``applied``, ``solver``).
 
     Raises:
+        EvalRefused: ``model=``, ``model.*``, another dataset or task (:func:`_apply_eval_overrides`).
         CheckpointError: missing/corrupt checkpoint, or a run directory without a (usable) config.
         ConfigError: a bad override value, split or device.
     """
@@ -385,13 +428,7 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) ->
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(path)!r} holds no run config; evaluate a checkpoint written by nodex train")
     run_cfg = OmegaConf.create(ckpt["config"])
-    if "trainer.device" in overrides:  # the run's training device; nodex eval has its own key
-        raise ConfigError(f"nodex eval picks its device with device=...: use device={overrides['trainer.device']}")
-    for key, value in overrides.items():
-        if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
-            saved = path.parent.parent / ".hydra" / "config.yaml"
-            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see {saved})")
-        OmegaConf.update(run_cfg, key, value)
+    applied = _apply_eval_overrides(cfg, run_cfg, overrides, groups or {}, path)
     device = select_device(cfg.get("device", "auto"), key="device")
     pipe = _eval_pipeline(path, run_cfg, device)
     try:
@@ -404,6 +441,7 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path) ->
         raise ConfigError(f"split={split!r}; choose one of: train, val, test")
     metrics = evaluate(pipe.model, pipe.task, getattr(pipe.data, split), run_cfg.trainer.get("eval_batch_size"))
     payload = {"checkpoint": str(path), "split": split, "step": ckpt.get("step"), "overrides": overrides,
+               "applied": applied, "solver": _solver_of(run_cfg),
                "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device),
                "versions": versions()}
     run_dir = Path(run_dir)
