@@ -187,8 +187,8 @@ def test_cnfs_run_separately_and_compare_adds_separate_runs():
     separate, _ = plan(BUDGETS["cpu"], only=["reflection_vanilla"], separate=True)
     assert [(j.label, j.ensemble) for j in separate] == [("reflection_vanilla", False)]
     by_budget, _ = plan(BUDGETS["cpu"], only=["mnist5k_node", "digits_node", "stacked_moons"])  # budget's list
-    assert [(j.label, j.ensemble) for j in by_budget] == [("digits_node", False), ("mnist5k_node", False),
-                                                          ("stacked_moons", True)]
+    assert [(j.label, j.ensemble) for j in by_budget] == [("digits_node", True), ("mnist5k_node", False),
+                                                          ("stacked_moons", True)]  # digits: members step alone
     order = [j.label for j in run_order([Job(n, n) for n in ("mnist5k_node", "reflection_vanilla", "annuli_vanilla")])]
     assert order == ["annuli_vanilla", "reflection_vanilla", "mnist5k_node"]
 

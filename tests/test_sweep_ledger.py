@@ -231,11 +231,14 @@ def test_a_killed_joblib_worker_loses_its_job_and_every_job_is_listed(tmp_path):
                           "seed=0,1,2", f"hydra.sweep.dir={sweep}")
     _wait_for(lambda: any(e["state"] == "started" and e["num"] == 0 for e in read_entries(sweep).values())
               and any(sweep.glob("0-*/metrics.jsonl")))
-    os.kill(read_entries(sweep)[0]["pid"], signal.SIGKILL)
+    entries = read_entries(sweep)
+    os.kill(entries[0]["pid"], signal.SIGKILL)
+    job2_was_running = 2 in entries  # job 1 may have finished first on a loaded machine, and job 2 taken its worker
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     entries = read_entries(sweep)
     assert sorted(entries) == [0, 1, 2] and entries[0]["state"] == "lost"
     assert "its joblib worker died" in entries[0]["reason"]
-    assert entries[2]["state"] == "completed"  # not started when the pool broke: run in a fresh one
+    # not started when the pool broke: run in a fresh one; running in the broken pool: killed with it, so lost
+    assert entries[2]["state"] == ("lost" if job2_was_running else "completed"), entries[2]
     assert "/3 jobs completed in" in out and "; not completed: " in out and " lost" in out
