@@ -16,18 +16,12 @@ from typing import Any, Optional
 
 from nodex.paper.planning import Budget
 from nodex.paper.planning import Job, commands, run_order
+from nodex.runs import read_json
 
 
 def _results(label_dir: Path) -> list[dict[str, Any]]:
     """Every ``result.json`` under a label's directory (an ensemble's are its members')."""
-    return [r for path in sorted(label_dir.rglob("result.json")) if (r := _read_json(path)) is not None]
-
-
-def _read_json(path: Path) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return [r for path in sorted(label_dir.rglob("result.json")) if (r := read_json(path)) is not None]
 
 
 def completed_seeds(label_dir: Path) -> set[int]:
@@ -101,7 +95,7 @@ def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, .
 def add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = "") -> Optional[float]:
     """The wall time so far: ``span`` (epoch seconds) and ``command`` added to ``OUT/wall.json``, and the length
     of the union of its spans (resumed or side-by-side runs, overlaps once); ``None`` when nothing ran there."""
-    path, saved = out_dir / "wall.json", _read_json(out_dir / "wall.json")
+    path, saved = out_dir / "wall.json", read_json(out_dir / "wall.json")
     try:
         spans, cmds = [tuple(map(float, s)) for s in saved["spans"]], [str(c) for c in saved.get("commands", [])]
     except (ValueError, KeyError, TypeError):
@@ -123,5 +117,5 @@ def add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = 
 
 def recorded_commands(out_dir: Path) -> list[str]:
     """The invocations recorded in ``OUT/wall.json`` (each run, resumed or side by side)."""
-    saved = _read_json(out_dir / "wall.json")
+    saved = read_json(out_dir / "wall.json")
     return [c for c in saved.get("commands", []) if c] if isinstance(saved, dict) else []
