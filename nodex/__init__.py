@@ -4,7 +4,7 @@ The public Python surface (everything else is internal and may change):
 
 - ``compose(overrides)`` -> the config ``nodex train`` would run; ``build(cfg)`` -> its model;
   ``load(run_dir_or_checkpoint)`` -> ``(trained model, config)``.
-- ``NeuralODE``, ``CNF``, ``ModelOutput``, ``odesolve``, ``SolverSettings``, ``NFECounter``: the core.
+- ``GeneralNeuralODE``, ``CNF``, ``ModelOutput``, ``odesolve``, ``SolverSettings``, ``NFECounter``: the core.
 - The slot layers, usable in your own ``nn.Module``: ``MLPField``, ``HigherOrderField``, ``DepthConcatLinear``,
   ``GalLinear``, ``GalConv2d`` (with ``GalerkinSpec``), ``StackedLinear``, ``StackedConv2d``, ``DataControl``,
   ``LearnedHorizon``, ``ZeroAugment``, ``PartialAugment``, ``TrackingLoss``, ``NormLoss``.
@@ -23,7 +23,8 @@ _EXPORTS = {
     "compose": "nodex.config",
     "build": "nodex.api",
     "load": "nodex.api",
-    "NeuralODE": "nodex.models.neural_ode",
+    "load_data": "nodex.api",
+    "GeneralNeuralODE": "nodex.models.neural_ode",
     "ModelOutput": "nodex.models.neural_ode",
     "CNF": "nodex.models.cnf",
     "odesolve": "nodex.ode",

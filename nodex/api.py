@@ -84,3 +84,11 @@ def _saved_spec(ckpt: dict[str, Any]) -> DataSpec | None:
     if not isinstance(spec, dict):
         return None  # written before checkpoints carried it: the caller reads it off the dataset
     return DataSpec(tuple(int(d) for d in spec["input_shape"]), int(spec["n_outputs"]))
+
+
+def load_data(cfg: DictConfig, device: str | torch.device = "cpu"):
+    """The data splits of a run config (``nodex.load``'s second value): a ``DataBundle`` with ``train``, ``val``
+    and ``test`` as ``(X, y)`` tensor pairs, drawn from ``cfg.seed`` exactly as the run drew them."""
+    from nodex.data import build_data
+
+    return build_data(cfg.data, int(cfg.seed), device)

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from nodex.errors import ConfigError
-from nodex.models import NeuralODE
+from nodex.models import GeneralNeuralODE
 from nodex.models.fields import MLPField
 from nodex.models.horizon import LearnedHorizon, build_learned_horizon
 from nodex.ode import SolverSettings
@@ -36,11 +36,11 @@ class SquaredState(nn.Module):
         return (z**2).sum(1) + s.reshape(-1).expand(z.shape[0])
 
 
-def _tiny(horizon: nn.Module, integral: nn.Module | None = None, settings: SolverSettings = TIGHT) -> NeuralODE:
+def _tiny(horizon: nn.Module, integral: nn.Module | None = None, settings: SolverSettings = TIGHT) -> GeneralNeuralODE:
     torch.manual_seed(0)
     field = MLPField(2, 2, hidden=[8], depth="concat", zero_init_last=False).double()
     readout = nn.Linear(2, 1).double()
-    return NeuralODE(nn.Identity(), field, readout, settings, horizon=horizon, integral_loss=integral)
+    return GeneralNeuralODE(nn.Identity(), field, readout, settings, horizon=horizon, integral_loss=integral)
 
 
 @pytest.mark.parametrize("with_integral", [False, True])
@@ -75,7 +75,7 @@ def test_per_sample_horizon_equals_separate_fixed_horizon_solves():
     with torch.no_grad():
         z_S = model(x).z_S
         for i, s in enumerate(S):
-            plain = NeuralODE(nn.Identity(), model.field, model.readout, SolverSettings(rtol=1e-9, atol=1e-9), S=s)
+            plain = GeneralNeuralODE(nn.Identity(), model.field, model.readout, SolverSettings(rtol=1e-9, atol=1e-9), S=s)
             torch.testing.assert_close(z_S[i : i + 1], plain(x[i : i + 1]).z_S, rtol=1e-7, atol=1e-9)
 
 
@@ -85,7 +85,7 @@ def test_signed_horizon_integrates_backward():
     with torch.no_grad():
         field.layers[0].weight.fill_(0.7)
     S = [-1.5, 0.0, 0.8]
-    model = NeuralODE(nn.Identity(), field, nn.Identity(), TIGHT, horizon=FixedHorizon(S))
+    model = GeneralNeuralODE(nn.Identity(), field, nn.Identity(), TIGHT, horizon=FixedHorizon(S))
     x = torch.tensor([[1.0], [2.0], [-1.0]], dtype=torch.float64)
     expected = x * torch.exp(0.7 * torch.tensor(S, dtype=torch.float64))[:, None]
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nodex.errors import ConfigError
-from nodex.models import DataSpec, NeuralODE, build_model, count_parameters
+from nodex.models import DataSpec, GeneralNeuralODE, build_model, count_parameters
 from nodex.models.control import DataControl
 from nodex.models.fields import MLPField
 from nodex.ode import SolverSettings
@@ -48,16 +48,16 @@ def test_control_makes_the_field_depend_on_the_input():
     assert (f[0] - f[1]).abs().item() > 1e-4
 
 
-def _state0_model(detach: bool, const_u: torch.Tensor | None = None) -> NeuralODE:
+def _state0_model(detach: bool, const_u: torch.Tensor | None = None) -> GeneralNeuralODE:
     torch.manual_seed(0)
     h_x = nn.Linear(2, 3)
     field = MLPField(3, 3, hidden=[8], control_features=3, zero_init_last=False)
     readout = nn.Linear(3, 1)
     control = DataControl("state0", detach) if const_u is None else (lambda x, z0: const_u)
-    return NeuralODE(h_x, field, readout, SolverSettings(rtol=1e-6, atol=1e-6), control=control)
+    return GeneralNeuralODE(h_x, field, readout, SolverSettings(rtol=1e-6, atol=1e-6), control=control)
 
 
-def _hx_grad(model: NeuralODE, x: torch.Tensor) -> torch.Tensor:
+def _hx_grad(model: GeneralNeuralODE, x: torch.Tensor) -> torch.Tensor:
     model.zero_grad()
     model(x).y_hat.pow(2).mean().backward()
     return model.input_layer.weight.grad.clone()
@@ -116,7 +116,7 @@ def test_linear_control_reflects_with_the_propositions_gain():
     with torch.no_grad():
         g.layers[0].weight.fill_(-theta)
         field.B.weight.fill_(-theta)
-    model = NeuralODE(nn.Identity(), field, nn.Identity(), TIGHT, control=DataControl("input"))
+    model = GeneralNeuralODE(nn.Identity(), field, nn.Identity(), TIGHT, control=DataControl("input"))
     x = torch.linspace(-1, 1, 5)[:, None]
     torch.testing.assert_close(model(x).y_hat, -x + 2 * x * math.exp(-theta), rtol=1e-6, atol=1e-6)
 
@@ -181,7 +181,7 @@ def test_a_1d_vanilla_flow_is_monotone_so_it_cannot_reflect():
     field = MLPField(1, 1, hidden=[64], zero_init_last=False)
     for p in field.parameters():
         nn.init.normal_(p, std=0.5)
-    model = NeuralODE(nn.Identity(), field, nn.Identity(), SolverSettings(rtol=1e-6, atol=1e-6))
+    model = GeneralNeuralODE(nn.Identity(), field, nn.Identity(), SolverSettings(rtol=1e-6, atol=1e-6))
     x = torch.linspace(-1, 1, 101)[:, None]
     with torch.no_grad():
         y = model(x).y_hat[:, 0]

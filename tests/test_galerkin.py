@@ -11,7 +11,7 @@ import torch
 from numpy.polynomial import chebyshev, legendre
 
 from nodex.errors import ConfigError
-from nodex.models import DataSpec, NeuralODE, build_model, count_parameters
+from nodex.models import DataSpec, GeneralNeuralODE, build_model, count_parameters
 from nodex.models.fields import MLPField
 from nodex.models.galerkin import DepthBasis, GalConv2d, GalerkinSpec, GalLinear
 from nodex.ode import SolverSettings, odesolve
@@ -166,7 +166,7 @@ def test_adjoint_and_autograd_gradients_agree_for_a_galnode():
         torch.manual_seed(1)
         opts = {"basis": "fourier", "m": 3, "init": "normal", "init_std": 0.3, "dilation": True, "shift": True}
         field = MLPField(2, 2, hidden=[6], depth="galerkin", depth_options=opts, zero_init_last=False).double()
-        model = NeuralODE(torch.nn.Identity(), field, torch.nn.Linear(2, 1).double(), SolverSettings(rtol=1e-8, atol=1e-8, sensitivity=sensitivity))
+        model = GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Linear(2, 1).double(), SolverSettings(rtol=1e-8, atol=1e-8, sensitivity=sensitivity))
         x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         model(x).y_hat.pow(2).sum().backward()
         grads[sensitivity] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
@@ -215,7 +215,7 @@ def test_full_norm_adjoint_gives_accurate_spectral_gradients_from_a_constant_ini
     def grad(settings):
         torch.manual_seed(0)
         field = MLPField(2, 2, hidden=[8], depth="galerkin", depth_options={"m": 3, "init": "constant"}, zero_init_last=False).double()
-        model = NeuralODE(torch.nn.Identity(), field, torch.nn.Linear(2, 2).double(), settings)
+        model = GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Linear(2, 2).double(), settings)
         x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         model(x).y_hat.pow(2).sum().backward()
         return field.layers[0].coeffs.grad[1:]  # the non-constant modes

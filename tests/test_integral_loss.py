@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
-from nodex.models import NeuralODE
+from nodex.models import GeneralNeuralODE
 from nodex.models.build import INTEGRAL_LOSSES
 from nodex.models.fields import MLPField
 from nodex.models.integral import CircleReference, TrackingLoss
@@ -46,7 +46,7 @@ def _loss(kind: str, **opts):
 )
 def test_regularisers_integrate_to_their_closed_forms(kind, expected):
     lam = -0.7
-    model = NeuralODE(torch.nn.Identity(), _linear_field(lam * torch.eye(2, dtype=torch.float64)), torch.nn.Identity(), TIGHT, integral_loss=_loss(kind, weight=2.0))
+    model = GeneralNeuralODE(torch.nn.Identity(), _linear_field(lam * torch.eye(2, dtype=torch.float64)), torch.nn.Identity(), TIGHT, integral_loss=_loss(kind, weight=2.0))
     z0 = torch.tensor([[1.0, -2.0], [0.5, 0.3]], dtype=torch.float64)
     out = model(z0)
     assert torch.allclose(out.loss_integral, 2.0 * expected(lam, z0).mean(), rtol=1e-8)
@@ -54,25 +54,25 @@ def test_regularisers_integrate_to_their_closed_forms(kind, expected):
 
 def test_tracking_loss_of_a_resting_state_integrates_to_its_closed_form():
     # f = 0, z ≡ z0 = [a, b]: ∫_0^1 mean((a − cos 2πs)², (b − sin 2πs)²) ds = (a² + b² + 1)/2
-    model = NeuralODE(torch.nn.Identity(), _linear_field(torch.zeros(2, 2, dtype=torch.float64)), torch.nn.Identity(), TIGHT, integral_loss=_loss("tracking"))
+    model = GeneralNeuralODE(torch.nn.Identity(), _linear_field(torch.zeros(2, 2, dtype=torch.float64)), torch.nn.Identity(), TIGHT, integral_loss=_loss("tracking"))
     z0 = torch.tensor([[1.0, 0.0], [0.3, -0.4]], dtype=torch.float64)
     assert torch.allclose(model(z0).loss_integral, ((z0.pow(2).sum(1) + 1) / 2).mean(), rtol=1e-8)
 
 
-def _tiny_model(sensitivity: str, rtol: float = 1e-7) -> NeuralODE:
+def _tiny_model(sensitivity: str, rtol: float = 1e-7) -> GeneralNeuralODE:
     """A GalNODE on R² with a tracking loss whose reference radius and phase are parameters."""
     torch.manual_seed(0)
     opts = {"basis": "fourier", "m": 3, "init": "normal", "init_std": 0.4}
     field = MLPField(2, 2, hidden=[3], depth="galerkin", depth_layers=[0], depth_options=opts, zero_init_last=False).double()
     loss = TrackingLoss(CircleReference(radius=0.8, phase=0.3, learnable=True), [0, 1]).double()
     settings = SolverSettings(method="dopri5", rtol=rtol, atol=rtol, sensitivity=sensitivity)
-    return NeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), settings, integral_loss=loss)
+    return GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), settings, integral_loss=loss)
 
 
 _X = torch.tensor([[1.0, 0.2], [0.8, -0.3], [1.3, 0.1]], dtype=torch.float64)
 
 
-def _objective(model: NeuralODE) -> torch.Tensor:
+def _objective(model: GeneralNeuralODE) -> torch.Tensor:
     out = model(_X)
     return out.loss_integral + 0.5 * out.y_hat.pow(2).mean()  # integral + terminal term
 
@@ -122,13 +122,13 @@ def test_tracking_metrics_on_an_exact_and_a_resting_trajectory():
     # the rotation z' = 2π J z from [1, 0] is exactly γ(s) = [cos 2πs, sin 2πs], forever
     J = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
     settings = SolverSettings(method="dopri5", rtol=1e-8, atol=1e-8)
-    exact = NeuralODE(torch.nn.Identity(), _linear_field(2 * math.pi * J), torch.nn.Identity(), settings)
+    exact = GeneralNeuralODE(torch.nn.Identity(), _linear_field(2 * math.pi * J), torch.nn.Identity(), settings)
     with torch.no_grad():
         m = task.model_metrics(exact, x, x)
     assert float(m["tracking_mse"]) < 1e-12 and float(m["extrapolation_mse"]) < 1e-12
     # a resting state at [1, 0]: error 1 − cos 2πs; the grid holds 101 points on [0, 1]
     # (cos sums to 1 over them) and 4 whole periods on (1, 5] (cos sums to 0)
-    rest = NeuralODE(torch.nn.Identity(), _linear_field(torch.zeros(2, 2, dtype=torch.float64)), torch.nn.Identity(), settings)
+    rest = GeneralNeuralODE(torch.nn.Identity(), _linear_field(torch.zeros(2, 2, dtype=torch.float64)), torch.nn.Identity(), settings)
     with torch.no_grad():
         m = task.model_metrics(rest, x, x)
     assert float(m["tracking_mse"]) == pytest.approx(1 - 1 / 101, abs=1e-9)
@@ -158,7 +158,7 @@ def test_unknown_integral_loss_kind_lists_the_choices():
 
 def test_eval_horizon_must_exceed_the_training_horizon():
     task = _tracking_task(eval_horizon=1.0)
-    rest = NeuralODE(torch.nn.Identity(), _linear_field(torch.zeros(2, 2, dtype=torch.float64)), torch.nn.Identity(), TIGHT)
+    rest = GeneralNeuralODE(torch.nn.Identity(), _linear_field(torch.zeros(2, 2, dtype=torch.float64)), torch.nn.Identity(), TIGHT)
     with pytest.raises(ConfigError, match="task.eval_horizon=1.0 must exceed"):
         task.model_metrics(rest, torch.zeros(1, 2, dtype=torch.float64), None)
 

@@ -56,7 +56,7 @@ class LeafHorizon(nn.Module):
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
 @pytest.mark.parametrize("engine", ["auto", "torchdiffeq"])
 def test_a_leaf_horizon_passed_twice_gets_its_gradient_once(method, engine):
-    """The caller passes the module's parameters and the horizon again (NeuralODE._solve does):
+    """The caller passes the module's parameters and the horizon again (GeneralNeuralODE._solve does):
     the adjoint gradient of every parameter equals autograd's, not twice it."""
     z0 = torch.tensor([[0.5, -1.0], [1.5, 0.2]], dtype=F64)
     s = torch.tensor([0.0, 1.0], dtype=F64)
@@ -366,7 +366,7 @@ def test_float32_solves_and_gradients_agree_with_float64(method):
 def test_a_leaf_parameter_control_through_the_model_gets_its_adjoint_gradient_once():
     """The model-level case of the double gradient: a control that is a leaf ``nn.Parameter`` is
     registered on the bound dynamics and passed again as an extra adjoint tensor."""
-    from nodex.models import NeuralODE
+    from nodex.models import GeneralNeuralODE
 
     class Gated(nn.Module):
         def forward(self, s, z, u):
@@ -376,6 +376,6 @@ def test_a_leaf_parameter_control_through_the_model_gets_its_adjoint_gradient_on
     grads = {}
     for sens in ("autograd", "adjoint"):
         settings = SolverSettings(rtol=1e-10, atol=1e-10, sensitivity=sens)
-        model = NeuralODE(nn.Identity(), Gated(), nn.Identity(), settings, control=lambda x, z0: u)
+        model = GeneralNeuralODE(nn.Identity(), Gated(), nn.Identity(), settings, control=lambda x, z0: u)
         (grads[sens],) = torch.autograd.grad(model(Z0).z_S.pow(2).sum(), [u])
     assert torch.allclose(grads["adjoint"], grads["autograd"], rtol=1e-6, atol=0)

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nodex.errors import ConfigError
-from nodex.models import DataSpec, NeuralODE, build_model
+from nodex.models import DataSpec, GeneralNeuralODE, build_model
 from nodex.models.cnf import CNF, GaussianPriors
 from nodex.models.ensemble.model import EnsembleNeuralODE
 from nodex.models.fields import MLPField
@@ -31,8 +31,8 @@ def _linear_field(W: torch.Tensor) -> MLPField:
     return field
 
 
-def _model(field, settings=TIGHT, **weights) -> NeuralODE:
-    return NeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), settings, regularizer=Regularizer(weights))
+def _model(field, settings=TIGHT, **weights) -> GeneralNeuralODE:
+    return GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), settings, regularizer=Regularizer(weights))
 
 
 def test_kinetic_term_integrates_to_its_closed_form_and_is_weighted_into_the_penalty():
@@ -64,7 +64,7 @@ def test_terms_are_training_only_and_leave_the_evaluation_solve_alone():
     torch.manual_seed(0)
     field = MLPField(2, 2, hidden=[8], depth="none", zero_init_last=False).double()
     reg = _model(field, SolverSettings(method="dopri5", rtol=1e-6, atol=1e-6), kinetic=1.0, jacobian=1.0)
-    plain = NeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), reg.settings)
+    plain = GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), reg.settings)
     reg.eval()
     plain.eval()
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_terms_combine_with_an_integral_loss_and_the_task_sums_them():
     from nodex.train.tasks.supervised import Regression
 
     lam = -0.4
-    model = NeuralODE(torch.nn.Identity(), _linear_field(lam * torch.eye(2, dtype=torch.float64)), torch.nn.Identity(),
+    model = GeneralNeuralODE(torch.nn.Identity(), _linear_field(lam * torch.eye(2, dtype=torch.float64)), torch.nn.Identity(),
                       TIGHT, integral_loss=NormLoss(2, "field"), regularizer=Regularizer({"kinetic": 0.1}))
     out = model(Z0)
     assert torch.allclose(out.loss_integral, out.regularization["reg_kinetic"], rtol=1e-10)  # the same integral
@@ -93,7 +93,7 @@ def test_terms_combine_with_an_integral_loss_and_the_task_sums_them():
     assert torch.allclose(total, expected, rtol=1e-12)
 
 
-def _tiny(sensitivity: str, rtol: float = 1e-7) -> NeuralODE:
+def _tiny(sensitivity: str, rtol: float = 1e-7) -> GeneralNeuralODE:
     torch.manual_seed(0)
     field = MLPField(2, 2, hidden=[3], depth="none", zero_init_last=False).double()
     settings = SolverSettings(method="dopri5", rtol=rtol, atol=rtol, sensitivity=sensitivity)

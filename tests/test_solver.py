@@ -143,7 +143,7 @@ def test_the_settings_builder_names_the_solver_key(override, line):
 
 def test_the_horizon_is_not_a_solver_setting():
     with pytest.raises(TypeError):
-        SolverSettings(S=2.0)  # the model's: model.horizon.S -> NeuralODE(..., S=)
+        SolverSettings(S=2.0)  # the model's: model.horizon.S -> GeneralNeuralODE(..., S=)
 
 
 def test_max_num_steps_becomes_a_solver_error_with_the_settings():

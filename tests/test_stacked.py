@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nodex.models import DataSpec, NeuralODE, build_model, count_parameters
+from nodex.models import DataSpec, GeneralNeuralODE, build_model, count_parameters
 from nodex.models.fields import MLPField
 from nodex.models.stacked import StackedLinear, stacked_boundaries
 from nodex.ode import SolverSettings
@@ -43,7 +43,7 @@ def test_the_model_hands_the_breakpoints_to_the_solver(compose_cfg):
     assert model.jump_t.tolist() == pytest.approx([0.5, 1.0, 1.5])
 
 
-def _piecewise_constant_model(jump_t: bool, p: int = 5) -> tuple[NeuralODE, torch.Tensor]:
+def _piecewise_constant_model(jump_t: bool, p: int = 5) -> tuple[GeneralNeuralODE, torch.Tensor]:
     # f(s, z) = b_{piece(s)}: one stacked layer with zero weights, so z(S) = z0 + Σ b_i Δs_i exactly.
     torch.manual_seed(0)
     field = MLPField(2, 2, hidden=[], depth="stacked", depth_options={"pieces": p}, zero_init_last=False).double()
@@ -52,7 +52,7 @@ def _piecewise_constant_model(jump_t: bool, p: int = 5) -> tuple[NeuralODE, torc
         layer.coeffs[:, :4] = 0.0
         layer.coeffs[:, 4:] = 10.0 * torch.randn(p, 2, dtype=torch.float64)
     bounds = list(layer.breakpoints) if jump_t else None
-    model = NeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), SolverSettings(rtol=1e-7, atol=1e-7), jump_t=bounds)
+    model = GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), SolverSettings(rtol=1e-7, atol=1e-7), jump_t=bounds)
     exact = layer.coeffs[:, 4:].sum(0).detach() / p
     return model, exact
 
@@ -83,7 +83,7 @@ def test_adjoint_and_autograd_gradients_agree_and_the_backward_solve_restarts_at
         torch.manual_seed(0)
         field = MLPField(2, 2, hidden=[6], depth="stacked", depth_options={"pieces": 3}, zero_init_last=False).double()
         settings = SolverSettings(rtol=1e-7, atol=1e-7, sensitivity=sensitivity)
-        model = NeuralODE(torch.nn.Identity(), field, torch.nn.Linear(2, 1).double(), settings, jump_t=[1 / 3, 2 / 3])
+        model = GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Linear(2, 1).double(), settings, jump_t=[1 / 3, 2 / 3])
         x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         out = model(x)
         nfe_forward = model.nfe.count
@@ -146,15 +146,15 @@ def test_stacked_conv_field_uses_the_piece_of_s_and_hands_breakpoints_to_the_sol
     assert layer.coeffs.grad is not None and layer.coeffs.grad.abs().sum() > 0
 
 
-def _stacked_model(settings: SolverSettings, seed: int = 0) -> NeuralODE:
+def _stacked_model(settings: SolverSettings, seed: int = 0) -> GeneralNeuralODE:
     """A stacked MLP field (3 pieces, breakpoints at 1/3 and 2/3) with a linear readout, in float64."""
     torch.manual_seed(seed)
     field = MLPField(2, 2, hidden=[6], depth="stacked", depth_options={"pieces": 3}, zero_init_last=False).double()
     readout = torch.nn.Linear(2, 1).double()
-    return NeuralODE(torch.nn.Identity(), field, readout, settings, jump_t=list(field.layers[0].breakpoints))
+    return GeneralNeuralODE(torch.nn.Identity(), field, readout, settings, jump_t=list(field.layers[0].breakpoints))
 
 
-def _state_and_grad(model: NeuralODE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _state_and_grad(model: GeneralNeuralODE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     model.zero_grad()
     out = model(x)
     out.y_hat.pow(2).sum().backward()

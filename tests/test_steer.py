@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nodex.errors import ConfigError
-from nodex.models import DataSpec, NeuralODE, build_model
+from nodex.models import DataSpec, GeneralNeuralODE, build_model
 from nodex.models.cnf import CNF, GaussianPriors
 from nodex.models.fields import MLPField
 from nodex.models.regularizers import SteerDepth
@@ -40,19 +40,19 @@ def test_draws_are_uniform_on_the_interval_and_repeat_with_the_seed():
 
 
 def test_the_stream_travels_in_the_state_dict():
-    model = NeuralODE(torch.nn.Identity(), _decay_field(), torch.nn.Identity(), TIGHT, steer=SteerDepth(1.0, 0.5, 1))
+    model = GeneralNeuralODE(torch.nn.Identity(), _decay_field(), torch.nn.Identity(), TIGHT, steer=SteerDepth(1.0, 0.5, 1))
     for _ in range(3):
         model.steer.draw()
     state = {k: v for k, v in model.state_dict().items()}
     assert "steer._extra_state" in state
     ahead = [model.steer.draw() for _ in range(2)]
-    fresh = NeuralODE(torch.nn.Identity(), _decay_field(), torch.nn.Identity(), TIGHT, steer=SteerDepth(1.0, 0.5, 99))
+    fresh = GeneralNeuralODE(torch.nn.Identity(), _decay_field(), torch.nn.Identity(), TIGHT, steer=SteerDepth(1.0, 0.5, 99))
     fresh.load_state_dict(state)
     assert [fresh.steer.draw() for _ in range(2)] == ahead
 
 
 def test_training_solves_end_at_the_draw_and_evaluation_at_S():
-    model = NeuralODE(torch.nn.Identity(), _decay_field(), torch.nn.Identity(), TIGHT, steer=SteerDepth(1.0, 0.5, 3))
+    model = GeneralNeuralODE(torch.nn.Identity(), _decay_field(), torch.nn.Identity(), TIGHT, steer=SteerDepth(1.0, 0.5, 3))
     z0 = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     twin = SteerDepth(1.0, 0.5, 3)
     for _ in range(3):

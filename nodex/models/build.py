@@ -32,7 +32,7 @@ from torch import nn
 from nodex.errors import ConfigError
 from nodex.models.fields import FIELDS, HigherOrderField
 from nodex.models.inputs import INPUT_LAYERS
-from nodex.models.neural_ode import NeuralODE
+from nodex.models.neural_ode import GeneralNeuralODE
 from nodex.models.readouts import READOUTS
 from nodex.models.regularizers import Regularizer, regularizer_from_config, steer_from_config
 from nodex.ode import SolverSettings
@@ -103,7 +103,7 @@ def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
 @MODELS.register("neural_ode")
 def build_neural_ode(
     cfg: DictConfig, spec: DataSpec, settings: SolverSettings, regularizer: Regularizer | None = None
-) -> NeuralODE:
+) -> GeneralNeuralODE:
     """Compose h_x, control, f (with order n), h_y, horizon (and STEER), integral loss and regulariser."""
     input_layer, state_shape = INPUT_LAYERS.get(cfg.input_layer.kind)(cfg.input_layer, spec.input_shape)
     state_shape = tuple(state_shape)
@@ -122,7 +122,7 @@ def build_neural_ode(
     integral = None
     if (node := _slot(cfg, "integral_loss")) is not None:
         integral = INTEGRAL_LOSSES.get(node.kind)(node, state_shape, S)
-    return NeuralODE(
+    return GeneralNeuralODE(
         input_layer, field, readout, settings,
         control=control, integral_loss=integral, horizon=horizon, jump_t=field_breakpoints(field) or None, S=S,
         regularizer=regularizer, steer=steer_from_config(cfg, S),

@@ -1,6 +1,6 @@
 """Adaptive depth: the ``model.horizon`` slot (paper §1.11).
 
-The integration horizon is learned per sample, ``S(x) = g_ω(x)``. :class:`NeuralODE` handles
+The integration horizon is learned per sample, ``S(x) = g_ω(x)``. :class:`GeneralNeuralODE` handles
 a per-sample horizon exactly by time rescaling: it integrates τ ∈ [0, 1] with
 ``dz/dτ = S(x)·f(τ·S(x), z, u)``, so ``z(τ=1) = z(S(x))`` for every sample and ``S(x)``
 gets its gradient by plain autograd or the adjoint (``S(x)`` is handed to the adjoint as an

@@ -85,7 +85,7 @@ class BoundDynamics(nn.Module):
         return dz if len(out) == 1 else tuple(out)
 
 
-class NeuralODE(nn.Module):
+class GeneralNeuralODE(nn.Module):
     """Continuous-depth model built from slots; knows nothing of configs or logging.
 
     Args:

@@ -60,11 +60,11 @@ def main() -> None:
             row(f"nodex {sensitivity}", tol, *nodex(tol, sensitivity))
         row("torchdiffeq adjoint", tol, *nodex(tol, "adjoint", "torchdiffeq"))
         try:
-            from torchdyn.core import NeuralODE
+            from torchdyn.core import GeneralNeuralODE
         except ImportError:
             continue
         for sensitivity in ("autograd", "adjoint"):
-            node = NeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol,
+            node = GeneralNeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol,
                              rtol_adjoint=tol, seminorm=True).to(dtype)
             net.zero_grad()
             node.vf.nfe = 0

@@ -1,7 +1,7 @@
 """K Neural ODEs of one architecture evaluated as one batched model (seed ensembles).
 
 Member ``k``'s parameters are slice ``k`` of stacked tensors ``(K, *shape)``
-(:func:`torch.func.stack_module_state`). Every slot of the member :class:`NeuralODE`
+(:func:`torch.func.stack_module_state`). Every slot of the member :class:`GeneralNeuralODE`
 (``h_x``, control, horizon, field, integral loss, ``h_y``) is evaluated on a template copy
 with its parameters pointed at the members' slices (as :func:`torch.func.functional_call`
 does) under :func:`torch.func.vmap` over the member
@@ -38,7 +38,7 @@ except ImportError:  # another torch: fall back to the public vmap
 
 from nodex.errors import ConfigError
 from nodex.models.ensemble.batched import batched_field
-from nodex.models.neural_ode import BoundDynamics, ModelOutput, NeuralODE
+from nodex.models.neural_ode import BoundDynamics, ModelOutput, GeneralNeuralODE
 from nodex.ode import NFECounter, odesolve
 
 # Slots whose parameters the dynamics use (the names BoundDynamics gives them too).
@@ -131,11 +131,11 @@ class EnsembleNeuralODE(nn.Module):
     member's is ``nfe.count``).
     """
 
-    def __init__(self, members: Sequence[NeuralODE]) -> None:
+    def __init__(self, members: Sequence[GeneralNeuralODE]) -> None:
         super().__init__()
         members = list(members)
-        if not members or not all(isinstance(m, NeuralODE) for m in members):
-            raise TypeError("EnsembleNeuralODE stacks NeuralODE members (model.kind=neural_ode)")
+        if not members or not all(isinstance(m, GeneralNeuralODE) for m in members):
+            raise TypeError("EnsembleNeuralODE stacks GeneralNeuralODE members (model.kind=neural_ode)")
         if members[0].regularizer is not None or members[0].steer is not None:  # the stacked solve has neither
             raise ConfigError("task.regularizer and model.horizon.steer need trainer.ensemble=1 (seeds: use a sweep)")
         params, buffers = stack_module_state(members)
@@ -176,7 +176,7 @@ class EnsembleNeuralODE(nn.Module):
         return self._batched_field is not None
 
     @property
-    def template(self) -> NeuralODE:
+    def template(self) -> GeneralNeuralODE:
         return self._template[0]
 
     def named_stacked(self) -> list[tuple[str, torch.Tensor]]:
@@ -201,7 +201,7 @@ class EnsembleNeuralODE(nn.Module):
         return [p for n, p in zip(self.param_names, self.stacked) if n.split(".", 1)[0] in _DYNAMICS_SLOTS]
 
     @torch.no_grad()
-    def load_member(self, k: int, model: NeuralODE) -> NeuralODE:
+    def load_member(self, k: int, model: GeneralNeuralODE) -> GeneralNeuralODE:
         """Copy member ``k``'s current parameters into ``model`` (same structure); returns it."""
         for name, stacked in zip(self.param_names, self.stacked):
             model.get_parameter(name).copy_(stacked[k])
