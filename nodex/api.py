@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from nodex.errors import CheckpointError
-from nodex.models import DataSpec, build_model
-from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
+from nodex.models import DataSpec
+from nodex.train.checkpoint import read_run_checkpoint, restore_weights
 
 
 def data_spec(cfg: DictConfig) -> DataSpec:
@@ -39,11 +38,11 @@ def build(cfg: DictConfig, *, spec: DataSpec | None = None, device: str | torch.
     Raises:
         ConfigError: a slot that does not fit the data or the other slots.
     """
-    from nodex.train.setup import solver_settings
+    from nodex.train.setup import build_run_model
 
     spec = spec or data_spec(cfg)
     torch.manual_seed(int(cfg.seed))
-    return build_model(cfg.model, spec, solver_settings(cfg.solver, cfg.model)).to(device)
+    return build_run_model(cfg, spec, device)
 
 
 def load(path: str | Path, *, which: str = "last", device: str | torch.device = "cpu") -> tuple[nn.Module, DictConfig]:
@@ -60,23 +59,9 @@ def load(path: str | Path, *, which: str = "last", device: str | torch.device = 
     Raises:
         CheckpointError: a missing, corrupt or foreign file, or weights that do not fit the config's model.
     """
-    file = resolve_checkpoint(path, which)
-    ckpt = load_checkpoint(file, map_location=device)
-    cfg = _run_config(ckpt, file)
-    spec = _saved_spec(ckpt) or data_spec(cfg)
-    model = build(cfg, spec=spec, device=device)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError) as exc:
-        reason = str(exc).splitlines()[0][:120]
-        raise CheckpointError(f"{str(file)!r} does not fit the model its config builds ({reason})") from None
-    return model.eval(), cfg
-
-
-def _run_config(ckpt: dict[str, Any], file: Path) -> DictConfig:
-    if not isinstance(ckpt.get("config"), dict):
-        raise CheckpointError(f"{str(file)!r} holds no run config; load a checkpoint written by nodex train")
-    return OmegaConf.create(ckpt["config"])  # load_checkpoint brought it to today's layout
+    file, ckpt, cfg = read_run_checkpoint(path, which, map_location=device)
+    model = build(cfg, spec=_saved_spec(ckpt) or data_spec(cfg), device=device)
+    return restore_weights(model, ckpt, repr(str(file))).eval(), cfg
 
 
 def _saved_spec(ckpt: dict[str, Any]) -> DataSpec | None:

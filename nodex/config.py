@@ -145,6 +145,8 @@ class ImageDataSchema(DataSchema):
 
 @dataclass
 class FieldSchema:
+    """``model/field/schema``: the keys of every built-in field option (a user's ``_target_`` option has its own)."""
+
     kind: str = MISSING  # mlp | conv | linear_control
     hidden: List[int] = MISSING
 
@@ -158,6 +160,8 @@ class HorizonSchema:
 
 @dataclass
 class SlotSchema:
+    """``model/input_layer/schema``, ``model/readout/schema``: the key of every built-in option."""
+
     kind: str = MISSING
 
 
@@ -166,14 +170,11 @@ class ModelSchema:
     """``model``: the keys of every model preset (the slots' other keys depend on their ``kind``)."""
 
     name: str = MISSING
-    field: FieldSchema = dataclasses.field(default_factory=FieldSchema)  # (``field`` names the slot here)
     horizon: HorizonSchema = dataclasses.field(default_factory=HorizonSchema)
 
 
 @dataclass
 class NeuralODEModelSchema(ModelSchema):
-    input_layer: SlotSchema = dataclasses.field(default_factory=SlotSchema)
-    readout: SlotSchema = dataclasses.field(default_factory=SlotSchema)
     order: int = 1
 
 
@@ -234,6 +235,9 @@ OPEN_SCHEMAS = {
     ("model", "schema"): ModelSchema,
     ("model", "schema_neural_ode"): NeuralODEModelSchema,
     ("model", "schema_cnf"): CNFModelSchema,
+    ("model/field", "schema"): FieldSchema,  # the slots: config groups of their own (model/field=..., see README)
+    ("model/input_layer", "schema"): SlotSchema,
+    ("model/readout", "schema"): SlotSchema,
     ("task", "schema"): TaskSchema,
     ("task", "schema_tracking"): TrackingTaskSchema,
 }

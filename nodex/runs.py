@@ -131,6 +131,13 @@ def hydra_snapshot(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
     return [str(o) for o in overrides], dict(choices or {})
 
 
+def launch_dir(run_dir: Path) -> Optional[Path]:
+    """The folder the run was started from (Hydra's ``runtime.cwd``), where its own ``_target_`` modules may live;
+    ``None`` where the snapshot is missing."""
+    runtime = ((read_yaml(Path(run_dir) / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}
+    return Path(runtime["cwd"]) if runtime.get("cwd") else None
+
+
 @dataclass
 class Run:
     """One run directory: its ``result.json`` (or a stand-in when the run died without one)."""

@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nodex.data.bundle import LOADERS, DataBundle, FreshSampler, Split, iterate_batches, seeded_generator
 from nodex.data.toy import GENERATORS
+from nodex.data.user import target_data
 from nodex.errors import ConfigError, DataError
+from nodex.targets import has_target, target_label
 
 # Offsets that give each split its own random stream from one seed.
 _SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "fresh": 3}
@@ -36,8 +38,10 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     Raises:
         ConfigError: unknown name, bad sizes or generator options.
     """
-    name = cfg.name
-    if name in GENERATORS:
+    if has_target(cfg):
+        name = target_label(cfg)
+        bundle = target_data(cfg, seed)
+    elif (name := cfg.name) in GENERATORS:
         bundle = _generated(cfg, seed)
     elif name in LOADERS:
         bundle = LOADERS.get(name)(cfg, seed)
@@ -51,6 +55,11 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     return bundle.to(torch.device(device))
 
 
+def data_name(cfg: DictConfig) -> str:
+    """A dataset's name for logs and messages: ``data.name``, or a user target's label."""
+    return target_label(cfg) or str(cfg.get("name"))
+
+
 def check_classes(bundle: DataBundle, cfg: DictConfig) -> None:
     """The classes the model is built for (``bundle.n_classes``; a generated set counts them in its training split)
     must cover every label of the val/test splits (``data.n_train=1`` would build a one-class model and fail on the
@@ -61,13 +70,13 @@ def check_classes(bundle: DataBundle, cfg: DictConfig) -> None:
     """
     if bundle.n_classes is None:
         return
-    labels = [getattr(bundle, split)[1] for split in ("train", "val", "test")]
+    labels = [split[1] for split in (bundle.train, bundle.val, bundle.test) if split is not None]
     n_classes = max(bundle.n_classes, *(int(y.max()) + 1 for y in labels if y.numel()))
     present = int(torch.unique(labels[0]).numel())
     if bundle.n_classes < n_classes:
         raise ConfigError(
             f"data.n_train={len(labels[0])} leaves {n_classes - present} of the {n_classes} classes of "
-            f"{cfg.name} out of the training split: raise data.n_train to at least {n_classes}"
+            f"{data_name(cfg)} out of the training split: raise data.n_train to at least {n_classes}"
         )
 
 
@@ -78,6 +87,8 @@ def check_finite(bundle: DataBundle, name: str) -> None:
         DataError: a split holds NaN or infinite values (names the split and how many).
     """
     for split in ("train", "val", "test"):
+        if getattr(bundle, split) is None:
+            continue
         X = getattr(bundle, split)[0]
         if X.is_floating_point() and not torch.isfinite(X).all():
             bad = int((~torch.isfinite(X)).sum())
@@ -115,4 +126,4 @@ def _generated(cfg: DictConfig, seed: int) -> DataBundle:
 # Each module registers its datasets beside its builders: generators in GENERATORS, loaders in LOADERS.
 from nodex.data import circle_tracking, densities, images, reflection  # noqa: E402,F401
 
-__all__ = ["LOADERS", "DataBundle", "FreshSampler", "Split", "build_data", "iterate_batches"]
+__all__ = ["LOADERS", "DataBundle", "FreshSampler", "Split", "build_data", "data_name", "iterate_batches"]

@@ -53,7 +53,8 @@ class DataBundle:
     """Train/val/test tensors and what a model needs to fit them.
 
     Attributes:
-        train, val, test: ``(X, y)``; ``X``: ``(N, *input_shape)``.
+        train, val, test: ``(X, y)``; ``X``: ``(N, *input_shape)``; ``val`` is ``None`` for a user's dataset
+            without one (no validation).
         input_shape: shape of one input.
         n_classes: number of classes (classification), else ``None``.
         target_dim: regression target width (``None`` for classification).
@@ -61,7 +62,7 @@ class DataBundle:
     """
 
     train: Split
-    val: Split
+    val: Split | None
     test: Split
     input_shape: tuple[int, ...]
     n_classes: int | None
@@ -71,7 +72,8 @@ class DataBundle:
     def to(self, device: torch.device) -> "DataBundle":
         move = lambda split: (split[0].to(device), split[1].to(device))  # noqa: E731
         sampler = self.sampler.to(device) if self.sampler is not None else None
-        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test), sampler=sampler)
+        val = None if self.val is None else move(self.val)
+        return replace(self, train=move(self.train), val=val, test=move(self.test), sampler=sampler)
 
 
 def iterate_batches(split: Split, batch_size: int | None, gen: torch.Generator) -> Iterator[Split]:

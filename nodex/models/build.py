@@ -3,6 +3,9 @@
 Slots and their registries (each maps ``kind`` -> builder):
 
 - ``model.kind``             :data:`MODELS`        (default ``neural_ode``)
+Each of ``field``, ``input_layer``, ``readout`` is a config group (``configs/model/field/``, ...) whose option is either
+a built-in ``kind`` or a user's ``_target_`` (:mod:`nodex.models.user` states the contract).
+
 - ``model.input_layer.kind`` :data:`~nodex.models.inputs.INPUT_LAYERS`
 - ``model.control.kind``     :data:`CONTROLS`      ``build(cfg, input_shape, state_shape) -> (fn(x, z0) -> u, u_shape)``
 - ``model.field.kind``       :data:`~nodex.models.fields.FIELDS`
@@ -36,7 +39,9 @@ from nodex.models.neural_ode import GeneralNeuralODE
 from nodex.models.readouts import READOUTS
 from nodex.models.regularizers import Regularizer, regularizer_from_config, steer_from_config
 from nodex.ode import SolverSettings
+from nodex.models.user import build_target_field, build_target_input_layer, build_target_readout
 from nodex.registry import Registry
+from nodex.targets import has_target
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model.kind")
 CONTROLS: Registry[Callable[..., tuple]] = Registry("model.control.kind")
@@ -100,22 +105,44 @@ def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:
     return (state_shape[0] // order, *state_shape[1:])
 
 
+def build_field(cfg: DictConfig, state_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                control_shape: tuple[int, ...] | None, S: float) -> nn.Module:
+    """The ``model.field`` slot: a built-in ``kind`` or a user's ``_target_`` (:mod:`nodex.models.user`)."""
+    if has_target(cfg):
+        return build_target_field(cfg, state_shape, out_shape, control_shape, S)
+    return FIELDS.get(cfg.kind)(cfg, state_shape, out_shape, control_shape, S)
+
+
+def build_input_layer(cfg: DictConfig, input_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+    """The ``model.input_layer`` slot and the state shape it makes."""
+    if has_target(cfg):
+        return build_target_input_layer(cfg, input_shape)
+    return INPUT_LAYERS.get(cfg.kind)(cfg, input_shape)
+
+
+def build_readout(cfg: DictConfig, state_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    """The ``model.readout`` slot."""
+    if has_target(cfg):
+        return build_target_readout(cfg, state_shape, n_outputs)
+    return READOUTS.get(cfg.kind)(cfg, state_shape, n_outputs)
+
+
 @MODELS.register("neural_ode")
 def build_neural_ode(
     cfg: DictConfig, spec: DataSpec, settings: SolverSettings, regularizer: Regularizer | None = None
 ) -> GeneralNeuralODE:
     """Compose h_x, control, f (with order n), h_y, horizon (and STEER), integral loss and regulariser."""
-    input_layer, state_shape = INPUT_LAYERS.get(cfg.input_layer.kind)(cfg.input_layer, spec.input_shape)
+    input_layer, state_shape = build_input_layer(cfg.input_layer, spec.input_shape)
     state_shape = tuple(state_shape)
     out_shape = split_order(state_shape, int(cfg.get("order", 1)))
     control, control_shape = None, None
     if (node := _slot(cfg, "control")) is not None:
         control, control_shape = CONTROLS.get(node.kind)(node, spec.input_shape, state_shape)
     S = horizon_length(cfg)
-    field: nn.Module = FIELDS.get(cfg.field.kind)(cfg.field, state_shape, out_shape, control_shape, S)
+    field = build_field(cfg.field, state_shape, out_shape, control_shape, S)
     if int(cfg.get("order", 1)) > 1:
         field = HigherOrderField(field, int(cfg.order))
-    readout = READOUTS.get(cfg.readout.kind)(cfg.readout, state_shape, spec.n_outputs)
+    readout = build_readout(cfg.readout, state_shape, spec.n_outputs)
     horizon = None
     if (node := _slot(cfg, "horizon")) is not None and node.kind != "fixed":
         horizon = HORIZONS.get(node.kind)(node, spec.input_shape, S)

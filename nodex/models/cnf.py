@@ -34,9 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nodex.errors import ConfigError
-from nodex.models.build import MODELS, DataSpec, horizon_length
+from nodex.models.build import MODELS, DataSpec, build_field, horizon_length
 from nodex.models.control import ConditionControl
-from nodex.models.fields import FIELDS
 from nodex.models.neural_ode import ModelOutput
 from nodex.models.regularizers import Regularizer, SteerDepth, steer_from_config
 from nodex.ode import NFECounter, SolverSettings, odesolve
@@ -328,7 +327,7 @@ def build_cnf(
             raise ConfigError(f"model.control.n={node.n} differs from model.conditions={n_cond}")
         control, control_shape = ConditionControl(n_cond), (n_cond,)
     S = horizon_length(cfg)
-    field = FIELDS.get(cfg.field.kind)(cfg.field, (dim,), (dim,), control_shape, S)
+    field = build_field(cfg.field, (dim,), (dim,), control_shape, S)
     priors = _priors(cfg.get("prior"), dim, max(1, n_cond))
     return CNF(
         field, priors, settings, dim=dim, n_conditions=n_cond, control=control,

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from nodex.config import upgrade_run_config
 from nodex.errors import CheckpointError
+from nodex.runs import launch_dir
+from nodex.targets import add_search_dir
 
 FORMAT = "nodex-checkpoint-v1"
 
@@ -130,3 +133,36 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
                               "pass a run directory or a checkpoints/*.pt file")
     return path
+
+
+def read_run_checkpoint(path: str | Path, which: str = "last", map_location: str | torch.device = "cpu",
+                        *, use: str = "load") -> tuple[Path, dict[str, Any], DictConfig]:
+    """The one way a run's checkpoint is opened (``nodex.load``, ``nodex eval``, ``nodex plot``, resume): the file
+    (``path`` a run directory or a ``.pt``), its contents and its run config (today's layout); the folder the run was
+    started from is searched for the run's own ``_target_`` modules.
+
+    Raises:
+        CheckpointError: missing, corrupt or foreign file, or one without a run config (``use`` words the fix).
+    """
+    file = resolve_checkpoint(path, which)
+    ckpt = load_checkpoint(file, map_location=map_location)
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{str(file)!r} holds no run config; {use} a checkpoint written by nodex train")
+    origin = launch_dir(file.parent.parent)
+    if origin is not None:
+        add_search_dir(origin)
+    return file, ckpt, OmegaConf.create(ckpt["config"])
+
+
+def restore_weights(model: torch.nn.Module, ckpt: dict[str, Any], where: str, fix: str = "") -> torch.nn.Module:
+    """Load ``ckpt["model"]`` into ``model`` (the one place weights come back).
+
+    Raises:
+        CheckpointError: the weights do not fit the model (``where`` names the checkpoint, ``fix`` what to do).
+    """
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0][:120]
+        raise CheckpointError(f"{where} does not fit the model its config builds ({reason}){fix}") from None
+    return model

@@ -385,6 +385,8 @@ class Trainer:
         return values
 
     def _validate(self, m: Member) -> None:
+        if m.data.val is None:  # a user's dataset without a validation split: nothing to validate or keep as best
+            return
         metrics = evaluate(m.model, m.task, m.data.val, self.cfg.get("eval_batch_size"))
         m.logger.scalars(m.state.step, {f"val/{k}": v for k, v in metrics.items()})
         if m.index == 0:

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nodex.data import data_name
 from nodex.runs import hydra_snapshot, override_key, write_json
 from nodex.train.members import Member
 
@@ -22,7 +23,7 @@ def hparams(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     left out. A config group's value is the chosen preset's name."""
     overrides, choices = hydra_snapshot(run_dir)
     out: dict[str, Any] = {"experiment": cfg.get("experiment_name")} if cfg.get("experiment_name") else {}
-    out.update(model=choices.get("model") or cfg.model.name, data=choices.get("data") or cfg.data.name,
+    out.update(model=choices.get("model") or cfg.model.name, data=choices.get("data") or data_name(cfg.data),
                solver=choices.get("solver") or cfg.solver.method, seed=int(cfg.seed))
     for key in map(override_key, overrides):
         if key.startswith("hydra.") or key == "hydra":

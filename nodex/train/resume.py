@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nodex.errors import CheckpointError
 from nodex.runs import run_record
-from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
+from nodex.train.checkpoint import read_run_checkpoint
 
 # Keys (or prefixes ending in ".") that a resumed run may set differently from the checkpoint's run.
 MAY_CHANGE = (
@@ -178,9 +178,7 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
         saved = f"an ensemble of {saved_size}" if saved_size > 1 else "a single run"
         raise CheckpointError(f"trainer.resume={path}: that is {saved}, this run is trainer.ensemble={size}; resume "
                               f"with trainer.ensemble={saved_size}")
-    ckpt = load_checkpoint(resolve_checkpoint(path / "member-0" if size > 1 else path, "last"))
-    if not isinstance(ckpt.get("config"), dict):
-        return path  # the run names what is missing
+    _, ckpt, _ = read_run_checkpoint(path / "member-0" if size > 1 else path, "last", use="resume from")
     member = copy.deepcopy(current)
     member["trainer"]["ensemble"] = 1  # a member's checkpoint holds the config of its own run
     check_resumable(ckpt["config"], member, path)  # load_checkpoint upgraded it

@@ -33,9 +33,10 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nodex.data import data_name
 from nodex.errors import CheckpointError, ConfigError, NodexError
 from nodex.models import count_parameters
-from nodex.train.checkpoint import load_checkpoint, resolve_checkpoint
+from nodex.train.checkpoint import read_run_checkpoint, restore_weights
 from nodex.train.logs import RunLogger
 from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
@@ -200,11 +201,11 @@ class TrainRun:
     def _log_start(self, settings: Any, device: torch.device) -> None:
         cfg, first, last = self.cfg, self.members[0], self.members[-1]
         if self.summary is None:
-            log.info("%s | %s params | %s | %s | device %s", cfg.model.name, first.result["params"], cfg.data.name,
+            log.info("%s | %s params | %s | %s | device %s", cfg.model.name, first.result["params"], data_name(cfg.data),
                      settings.describe(), device)
             return
         log.info("%s | ensemble of %d (seeds %d..%d) | %s params each | %s | %s%s | device %s", cfg.model.name,
-                 len(self.members), first.seed, last.seed, first.result["params"], cfg.data.name, settings.describe(),
+                 len(self.members), first.seed, last.seed, first.result["params"], data_name(cfg.data), settings.describe(),
                  "" if settings.is_fixed_step else " (members share step sizes)", device)
 
     def test(self) -> None:
@@ -293,17 +294,12 @@ def _load_resume(path: Path, members: list[Member], device: torch.device) -> lis
     ckpts = []
     for m in members:
         where = path / f"member-{m.index}" if len(members) > 1 else path
-        ckpt = load_checkpoint(resolve_checkpoint(where, "last"), map_location=device)
-        if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("rng"), dict):
-            raise CheckpointError(f"trainer.resume={where}: the checkpoint holds no run config or RNG state; "
+        _, ckpt, _ = read_run_checkpoint(where, "last", map_location=device, use="resume from")
+        if not isinstance(ckpt.get("rng"), dict):
+            raise CheckpointError(f"trainer.resume={where}: the checkpoint holds no RNG state; "
                                   "resume from a checkpoints/last.pt written by nodex train")
         check_resumable(ckpt["config"], m.config, where)
-        try:
-            m.model.load_state_dict(ckpt["model"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            reason = str(exc).splitlines()[0][:120]
-            raise CheckpointError(f"trainer.resume={where}: checkpoint does not fit this model ({reason}); "
-                                  "resume with the run's own config") from None
+        restore_weights(m.model, ckpt, f"trainer.resume={where}", "; resume with the run's own config")
         ckpts.append(ckpt)
     steps = sorted({int(c["step"]) for c in ckpts})
     if len(steps) > 1:
@@ -423,22 +419,16 @@ def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path,
         CheckpointError: missing/corrupt checkpoint, or a run directory without a (usable) config.
         ConfigError: a bad override value, split or device.
     """
-    path = resolve_checkpoint(cfg.ckpt, cfg.get("which", "last"))
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt.get("config"), dict):
-        raise CheckpointError(f"{str(path)!r} holds no run config; evaluate a checkpoint written by nodex train")
-    run_cfg = OmegaConf.create(ckpt["config"])
+    path, ckpt, run_cfg = read_run_checkpoint(cfg.ckpt, cfg.get("which", "last"), use="evaluate")
     applied = _apply_eval_overrides(cfg, run_cfg, overrides, groups or {}, path)
     device = select_device(cfg.get("device", "auto"), key="device")
     pipe = _eval_pipeline(path, run_cfg, device)
-    try:
-        pipe.model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        reason = str(exc).splitlines()[0][:120]
-        raise CheckpointError(f"{str(path)!r} does not fit the model its config builds ({reason})") from None
+    restore_weights(pipe.model, ckpt, repr(str(path)))
     split = cfg.get("split", "test")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split={split!r}; choose one of: train, val, test")
+    if getattr(pipe.data, split) is None:
+        raise ConfigError(f"split={split}: the run's dataset has no {split} split; use split=test")
     metrics = evaluate(pipe.model, pipe.task, getattr(pipe.data, split), run_cfg.trainer.get("eval_batch_size"))
     payload = {"checkpoint": str(path), "split": split, "step": ckpt.get("step"), "overrides": overrides,
                "applied": applied, "solver": _solver_of(run_cfg),

@@ -170,8 +170,15 @@ class Pipeline:
         torch.manual_seed(seed)
         self.data: DataBundle = build_data(cfg.data, seed, self.device)
         self.task: Task = build_task(cfg.task, self.data)
-        spec = DataSpec(self.data.input_shape, self.task.n_outputs)
-        self.model = build_model(cfg.model, spec, self.settings, cfg.task.get("regularizer")).to(self.device)
+        self.model = build_run_model(cfg, DataSpec(self.data.input_shape, self.task.n_outputs), self.device)
+
+
+def build_run_model(cfg: DictConfig, spec: DataSpec, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The model a run config trains (``cfg.model`` with its solver settings and ``task.regularizer``), on ``device``:
+    the one build path of ``nodex train``, ``nodex eval``, resume and ``nodex.build`` / ``nodex.load``. The caller
+    seeds torch's generator first (a run: ``cfg.seed``)."""
+    settings = solver_settings(cfg.solver, cfg.model)
+    return build_model(cfg.model, spec, settings, cfg.task.get("regularizer")).to(device)
 
 
 # A lower bound on the bytes a sample takes (one float32 input value and a label, at the least): counts whose

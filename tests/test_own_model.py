@@ -1,0 +1,197 @@
+"""A user's own field and dataset, from a folder outside the repository: the README's example, copied out and run
+as written (train, eval under another solver, load, resume, a seed ensemble, a sweep, report), the slot groups'
+composition, and the contracts' one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+import nodex
+from nodex.errors import ConfigError, DataError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+NODEX = Path(sys.executable).parent / "nodex"  # the console script a user runs (not `python -m`, which adds cwd)
+
+
+def readme_project(dest: Path) -> Path:
+    """Write the files of README's "Your own model and data" example under ``dest``; returns the project folder."""
+    section = README.read_text().split("## Your own model and data", 1)[1].split("\n## ", 1)[0]
+    files = re.findall(r"\*\*`myproject/([^`]+)`\*\*\n\n```\w*\n(.*?)```", section, flags=re.S)
+    assert {name for name, _ in files} == {"mynode.py", "conf/model/field/sine.yaml", "conf/data/two_spirals.yaml"}
+    for name, text in files:
+        (dest / "myproject" / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / "myproject" / name).write_text(text)
+    return dest / "myproject"
+
+
+def readme_commands() -> list[list[str]]:
+    section = README.read_text().split("## Your own model and data", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"\*\*The commands\*\*.*?```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
+
+
+def run(project: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(NODEX), *args], cwd=project, capture_output=True, text=True, timeout=280,
+                          env={**os.environ, "PYTHONPATH": "", **env})
+    return proc
+
+
+SHORT = ["trainer.max_steps=20", "trainer.val_every=10", "trainer.log_every=10", "trainer.checkpoint_every=10",
+         "trainer.plots=false", "logger.tensorboard=false"]
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_from_a_folder_outside_the_repo(tmp_path):
+    project = readme_project(tmp_path)
+    commands = readme_commands()
+    assert commands[0][:2] == ["nodex", "train"] and commands[-1][:2] == ["nodex", "eval"]
+    proc = run(project, [*commands[0][1:], *SHORT, "hydra.run.dir=runs/sine"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((project / "runs/sine/result.json").read_text())
+    assert result["status"] == "completed" and result["steps"] == 20
+    assert result["params"] == (2 * 64 + 64 + 64 * 2 + 2) + (2 * 2 + 2)  # SineField(dim=2, width=64) + linear h_y
+    assert "runs/sine" in proc.stdout + proc.stderr  # the run dir is printed
+
+    # nodex eval from another folder: the run's own folder is searched for mynode; rk4 at 0.25 is 16 evaluations
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    args = [a.replace("RUN_DIR", str(project / "runs/sine")) for a in commands[-1][1:]]
+    proc = run(elsewhere, [*args, "hydra.run.dir=ev"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = json.loads((elsewhere / "ev/eval.json").read_text())
+    assert ev["metrics"]["test/nfe_forward"] == 16 and ev["applied"]["solver.method"] == "rk4"
+
+    # resume the finished run for 10 more steps: it continues from step 20
+    proc = run(project, [*commands[0][1:], *SHORT[1:], "trainer.max_steps=30", "trainer.resume=auto",
+                         "hydra.run.dir=runs/sine"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((project / "runs/sine/result.json").read_text())["steps"] == 30
+    assert "resumed from" in (project / "runs/sine/train.log").read_text()
+
+
+@pytest.mark.slow
+def test_own_field_in_an_ensemble_and_a_sweep_and_report(tmp_path):
+    project = readme_project(tmp_path)
+    proc = run(project, ["train", "--config-dir", "conf", "model/field=sine", "data=two_spirals", "trainer.ensemble=2",
+                         *SHORT, "hydra.run.dir=runs/ens"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    members = [json.loads((project / f"runs/ens/member-{k}/result.json").read_text()) for k in range(2)]
+    assert [m["seed"] for m in members] == [0, 1] and all(m["status"] == "completed" for m in members)
+    proc = run(project, ["train", "--config-dir", "conf", "--multirun", "model/field=sine,mlp", "data=two_spirals",
+                         *SHORT, "hydra.sweep.dir=runs/sweep"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run(project, ["report", "runs/sweep", "--by", "model/field", "--format", "csv"])
+    assert proc.returncode == 0, proc.stderr
+    assert "sine" in proc.stdout and "mlp" in proc.stdout
+
+
+def test_own_options_compose_and_build_in_process(tmp_path, monkeypatch):
+    project = readme_project(tmp_path)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the cwd fallback appends to it; undone after the test
+    cfg = nodex.compose([f"hydra.searchpath=[file://{project / 'conf'}]", "model=galnode", "model/field=sine",
+                         "data=two_spirals"])
+    assert dict(cfg.model.field) == {"_target_": "mynode.SineField", "width": 64}  # nothing of galnode's field
+    model = nodex.build(cfg)
+    X, y = nodex.load_data(cfg).train
+    assert X.shape == (512, 2) and y.dtype == torch.long
+    assert model(X[:5]).y_hat.shape == (5, 2)
+    assert type(model.field.f).__name__ == "SineField" and model.field.f.inner.out_features == 64
+
+
+def test_built_in_presets_are_compositions_of_slot_options(compose_cfg):
+    plain = compose_cfg(["model=vanilla"])
+    swapped = compose_cfg(["model=vanilla", "model/field=mlp_depthcat"])
+    assert plain.model.field.depth == "none" and swapped.model.field.depth == "concat"
+    assert swapped.model.field == compose_cfg(["model=depthcat"]).model.field
+    assert compose_cfg(["model=anode", "model/readout=linear"]).model.readout == {"kind": "linear"}
+
+
+def _write(project: Path, name: str, text: str) -> None:
+    (project / name).parent.mkdir(parents=True, exist_ok=True)
+    (project / name).write_text(text)
+
+
+@pytest.mark.parametrize("module,yaml,message", [
+    ("def make(seed):\n    return 42\n", "_target_: baddata.make\n", "returned a int; it must return (train, val, test)"),
+    ("import torch\ndef make(seed):\n    x = torch.zeros(4, 2)\n    return (x, torch.zeros(3)), None, (x, torch.zeros(4))\n",
+     "_target_: baddata.make\n", "train split has X (4, 2) and y (3,)"),
+    ("", "_target_: nowhere.make\n", "no module named 'nowhere'; run nodex from the folder that holds it"),
+    ("def make(seed):\n    pass\n", "_target_: baddata.make\nsize: 3\n", "baddata.make(size=..., seed=...) failed"),
+])
+def test_a_bad_dataset_target_is_one_line(tmp_path, cli, monkeypatch, module, yaml, message):
+    project, unique = tmp_path / "p", f"baddata_{uuid.uuid4().hex[:8]}"  # a module name no earlier case imported
+    module, yaml, message = (text.replace("baddata", unique) for text in (module, yaml, message))
+    _write(project, f"{unique}.py", module)
+    _write(project, "conf/data/bad.yaml", yaml)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, _, err = cli(["train", "--config-dir", str(project / "conf"), "data=bad", "trainer.max_steps=1",
+                        f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code != 0 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+
+
+def test_field_contract_errors_name_the_fix(tmp_path, monkeypatch):
+    from nodex.models.build import build_field
+
+    _write(tmp_path, "fields3.py", "from torch import nn\nclass F(nn.Module):\n"
+                                   "    def __init__(self, dim):\n        super().__init__()\n"
+                                   "    def forward(self, a, b, c, d):\n        return b\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ConfigError, match=r"takes 4 positional arguments; a field's must be forward\(z\) or"):
+        build_field(OmegaConf.create({"_target_": "fields3.F"}), (2,), (2,), None, 1.0)
+    with pytest.raises(ConfigError, match="must be a dotted import path"):
+        build_field(OmegaConf.create({"_target_": "F"}), (2,), (2,), None, 1.0)
+    with pytest.raises(ConfigError, match="has no callable 'G'"):
+        build_field(OmegaConf.create({"_target_": "fields3.G"}), (2,), (2,), None, 1.0)
+
+
+def test_field_conventions_and_a_plain_function(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from nodex.models.build import build_field
+
+    _write(tmp_path, "fieldsx.py", "import torch\nfrom torch import nn\n"
+                                   "def decay(rate=1.0):\n    return lambda s, z: -rate * z\n"
+                                   "def seq(dim):\n    return nn.Sequential(nn.Linear(dim, dim))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    z = torch.randn(3, 2)
+    f = build_field(OmegaConf.create({"_target_": "fieldsx.decay", "rate": 2.0}), (2,), (2,), None, 1.0)
+    assert torch.equal(f(torch.tensor(0.0), z), -2.0 * z) and not list(f.parameters())
+    g = build_field(OmegaConf.create({"_target_": "fieldsx.seq"}), (2,), (2,), None, 1.0)
+    assert g(torch.tensor(0.0), z).shape == (3, 2) and len(list(g.parameters())) == 2
+
+
+def test_a_dataset_without_validation_split_trains_and_keeps_no_best(tmp_path, cli, monkeypatch):
+    project = tmp_path / "p"
+    _write(project, "noval.py", "import torch\ndef make(seed):\n    g = torch.Generator().manual_seed(seed)\n"
+                                "    X = torch.randn(64, 2, generator=g)\n    y = (X[:, 0] > 0).long()\n"
+                                "    return (X, y), None, (X, y)\n")
+    _write(project, "conf/data/noval.yaml", "_target_: noval.make\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, _, err = cli(["train", "--config-dir", str(project / "conf"), "data=noval", *SHORT,
+                        f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 0, err
+    assert (tmp_path / "run/checkpoints/last.pt").is_file() and not (tmp_path / "run/checkpoints/best.pt").exists()
+    with pytest.raises(DataError):
+        from nodex.data.user import target_data
+        from omegaconf import OmegaConf
+
+        _write(project, "twosplits.py", "def make():\n    return 1, 2\n")
+        target_data(OmegaConf.create({"_target_": "twosplits.make"}), 0)
