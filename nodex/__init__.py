@@ -4,7 +4,10 @@ The public Python surface (everything else is internal and may change):
 
 - ``compose(overrides)`` -> the config ``nodex train`` would run; ``build(cfg)`` -> its model;
   ``load(run_dir_or_checkpoint)`` -> ``(trained model, config)``.
-- ``GeneralNeuralODE``, ``CNF``, ``ModelOutput``, ``odesolve``, ``SolverSettings``, ``NFECounter``: the core.
+- ``NeuralODE(field, solver=, sensitivity=, ...)``: a Neural ODE of your own field, torchdyn-style:
+  ``dz/ds = f(z)`` or ``f(s, z)``, ``node(x)`` -> ``z(S)``, ``node.trajectory(x, s_span)``, ``node.nfe``.
+- ``GeneralNeuralODE`` (the paper's composite: input layer, field ``f(s, z, u)``, readout), ``CNF``,
+  ``ModelOutput``, ``odesolve``, ``SolverSettings``, ``NFECounter``: the core.
 - The slot layers, usable in your own ``nn.Module``: ``MLPField``, ``HigherOrderField``, ``DepthConcatLinear``,
   ``GalLinear``, ``GalConv2d`` (with ``GalerkinSpec``), ``StackedLinear``, ``StackedConv2d``, ``DataControl``,
   ``LearnedHorizon``, ``ZeroAugment``, ``PartialAugment``, ``TrackingLoss``, ``NormLoss``.
@@ -24,6 +27,7 @@ _EXPORTS = {
     "build": "nodex.api",
     "load": "nodex.api",
     "load_data": "nodex.api",
+    "NeuralODE": "nodex.node",
     "GeneralNeuralODE": "nodex.models.neural_ode",
     "ModelOutput": "nodex.models.neural_ode",
     "CNF": "nodex.models.cnf",

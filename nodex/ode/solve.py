@@ -1,7 +1,7 @@
 """The solve wrapper: validated solver settings, NFE counting and typed failures.
 
 Every model integrates through :func:`odesolve`. A dynamics function is any callable
-``f(s, z) -> dz/ds`` (an ``nn.Module`` for the adjoint), where ``z`` is a tensor or a tuple
+``f(s, z) -> dz/ds`` (an ``nn.Module`` or a plain function), where ``z`` is a tensor or a tuple
 of tensors. :class:`NFECounter` wraps it and counts calls, so the training loop can read the
 forward NFE after the forward pass and the backward NFE (adjoint only) after backward.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -169,8 +169,19 @@ class CountedDynamics(nn.Module):
         return self.dynamics(s, z, *rows)
 
 
+class FunctionDynamics(nn.Module):
+    """A plain function ``f(s, z)`` as a module without parameters: the adjoint asks its dynamics for them."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, s: torch.Tensor, z: Any, *rows: torch.Tensor) -> Any:
+        return self.function(s, z, *rows)
+
+
 def odesolve(
-    dynamics: nn.Module,
+    dynamics: nn.Module | Callable[..., Any],
     z0: torch.Tensor | tuple[torch.Tensor, ...],
     s: torch.Tensor,
     settings: SolverSettings,
@@ -183,7 +194,7 @@ def odesolve(
     """Integrate ``dz/ds = dynamics(s, z)`` from ``z0`` over the depths ``s``.
 
     Args:
-        dynamics: module ``f(s, z)``; ``s`` is a 0-d tensor, ``z`` shaped like ``z0``.
+        dynamics: module or function ``f(s, z)``; ``s`` is a 0-d tensor, ``z`` shaped like ``z0``.
         z0: initial state, ``(B, ...)`` or a tuple of such tensors.
         s: 1-D increasing (or decreasing) depths, ``(T,)``; ``s[0]`` is where ``z0`` holds.
         settings: method, tolerances, sensitivity.
@@ -203,6 +214,8 @@ def odesolve(
     Raises:
         SolverError: torchdiffeq gave up (underflow in dt, max_num_steps, non-finite state).
     """
+    if not isinstance(dynamics, nn.Module):
+        dynamics = FunctionDynamics(dynamics)
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
     params = None if adjoint_params is None else distinct(adjoint_params)
     lean = _lean_kind(settings, z0, s)

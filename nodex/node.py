@@ -1,0 +1,171 @@
+"""A Neural ODE as plain as torchdyn's: ``dz/ds = f(z)`` (or ``f(s, z)``), ``z(0) = x``, output ``z(S)``.
+
+    node = NeuralODE(nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)), sensitivity="adjoint")
+    z_S = node(x)                                   # x's shape: (B, d), (B, C, H, W), ...
+    zs = node.trajectory(x, torch.linspace(0, 1, 10))  # (10, *x.shape)
+    node.nfe                                        # NFE(forward=..., backward=...) of the last call
+
+No input layer, readout or control (the paper's composite is :class:`nodex.GeneralNeuralODE`); it solves with
+:func:`nodex.odesolve` under :class:`nodex.SolverSettings` and counts with :class:`nodex.NFECounter`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import fields
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from nodex.ode import NFECounter, SolverSettings, odesolve
+
+ACCEPTED = "a NeuralODE field is f(z) or f(s, z) (an nn.Module's forward or a function; s: the depth, a 0-d tensor)"
+# SolverSettings fields **options may set (the others are NeuralODE arguments)
+_SETTING_NAMES = frozenset(f.name for f in fields(SolverSettings)) - {"options", "method", "rtol", "atol",
+                                                                     "step_size", "sensitivity"}
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def field_takes_depth(field: nn.Module | Callable[..., torch.Tensor]) -> bool:
+    """Whether ``field`` is ``f(s, z)`` (``True``) or ``f(z)`` (``False``), read once from the signature of its
+    ``forward`` (a module; ``nn.Sequential``: ``f(z)``) or of the function itself: the number of positional
+    arguments without a default.
+
+    Raises:
+        TypeError: not callable, an unreadable signature, or neither 1 nor 2 required arguments (one line).
+    """
+    if isinstance(field, nn.Sequential):
+        return False
+    if not callable(field):
+        raise TypeError(f"field of type {type(field).__name__} is not callable: {ACCEPTED}")
+    is_module = isinstance(field, nn.Module)
+    name = f"{type(field).__name__}.forward" if is_module else getattr(field, "__name__", type(field).__name__)
+    try:
+        signature = inspect.signature(field.forward if is_module else field)
+    except (TypeError, ValueError):
+        raise TypeError(f"field {name}: cannot read its signature: {ACCEPTED}") from None
+    params = signature.parameters.values()
+    required = [p.name for p in params if p.kind in _POSITIONAL and p.default is p.empty]
+    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if len(required) not in (1, 2) or keyword_only:
+        shown = signature.replace(parameters=[p.replace(annotation=p.empty) for p in params],
+                                  return_annotation=signature.empty)
+        raise TypeError(f"field {name}{shown} takes {len(required) + len(keyword_only)} required "
+                        f"arguments: {ACCEPTED}")
+    return len(required) == 2
+
+
+class DepthField(nn.Module):
+    """The user's field as ``f(s, z)`` for :func:`nodex.odesolve`; its parameters are the field's (none for a
+    function). Checks that ``dz/ds`` has ``z``'s shape."""
+
+    def __init__(self, field: nn.Module | Callable[..., torch.Tensor], takes_depth: bool) -> None:
+        super().__init__()
+        self.field = field
+        self.takes_depth = takes_depth
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``s``: 0-d depth, ``z``: ``(B, ...)`` -> ``dz/ds``: ``(B, ...)``."""
+        dz = self.field(s, z) if self.takes_depth else self.field(z)
+        if not isinstance(dz, torch.Tensor) or dz.shape != z.shape:
+            got = tuple(dz.shape) if isinstance(dz, torch.Tensor) else type(dz).__name__
+            raise ValueError(f"the field returned {got} for a state {tuple(z.shape)}: dz/ds must have z's shape")
+        return dz
+
+
+class NFE(NamedTuple):
+    """Field evaluations of a :class:`NeuralODE`'s last call: ``forward`` (its solve) and ``backward`` (those
+    since: the adjoint's backward solve, counted as the gradient is taken; 0 under autograd, which
+    backpropagates through the forward solve's graph without evaluating the field)."""
+
+    forward: int
+    backward: int
+
+
+class NeuralODE(nn.Module):
+    """``dz/ds = f(z)`` or ``f(s, z)`` from ``z(0) = x`` over ``[0, S]``: ``node(x)`` is ``z(S)``, x's shape.
+
+    Args:
+        field: an ``nn.Module`` (``forward(z)`` or ``forward(s, z)``; ``nn.Sequential``: ``f(z)``) or a plain
+            function ``f(z)`` / ``f(s, z)``; ``z``: ``(B, ...)`` like ``x``, ``s``: the depth, a 0-d tensor.
+        solver: a method of :func:`nodex.ode.available_methods` (``dopri5``, ``tsit5``, ``rk4``, ...).
+        sensitivity: ``autograd`` (backpropagate through the solver) or ``adjoint`` (O(1) memory).
+        rtol, atol: adaptive methods' tolerances.
+        S: the depth integrated to (positive).
+        step_size: fixed-step methods' step (required by them).
+        **options: :class:`nodex.SolverSettings` fields (``max_num_steps``, ``seminorm``, ``engine``,
+            ``step_rule``); anything else is a torchdiffeq solver option (and hands the solve to torchdiffeq).
+
+    Raises:
+        TypeError: a field of another signature; ValueError: a bad solver value (SolverSettings' message) or ``S``.
+    """
+
+    def __init__(
+        self,
+        field: nn.Module | Callable[..., torch.Tensor],
+        solver: str = "dopri5",
+        sensitivity: str = "autograd",
+        rtol: float = 1e-4,
+        atol: float = 1e-4,
+        S: float = 1.0,
+        step_size: float | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.takes_depth = field_takes_depth(field)
+        if not (isinstance(S, (int, float)) and math.isfinite(S) and S > 0):
+            raise ValueError(f"S={S!r} must be a positive number (the depth integrated to, e.g. S=1.0)")
+        if "method" in options:
+            raise TypeError(f"method={options['method']!r}: NeuralODE names the method solver= (e.g. solver='rk4')")
+        settings = {k: options.pop(k) for k in list(options) if k in _SETTING_NAMES}
+        self.settings = SolverSettings(method=solver, rtol=rtol, atol=atol, step_size=step_size,
+                                       sensitivity=sensitivity, options=options, **settings)
+        self.field = field
+        self._S = float(S)
+        self._spans: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._counter = NFECounter()
+        self._forward_nfe = 0
+
+    @property
+    def S(self) -> float:
+        """The depth integrated to."""
+        return self._S
+
+    @property
+    def nfe(self) -> NFE:
+        """Field evaluations of the last call (:meth:`forward` or :meth:`trajectory`), forward and backward."""
+        return NFE(self._forward_nfe, self._counter.count - self._forward_nfe)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, ...)`` -> ``z(S)``: ``(B, ...)``, x's shape."""
+        return self._solve(x, self._span(x))[-1]
+
+    def trajectory(self, x: torch.Tensor, s_span: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """The states at the depths ``s_span`` (``(T,)``, monotonic; ``x`` holds at ``s_span[0]``):
+        ``(T, *x.shape)``. Same solver and sensitivity as :meth:`forward`."""
+        s = torch.as_tensor(s_span, dtype=x.dtype, device=x.device)
+        if s.dim() != 1 or len(s) < 2:
+            raise ValueError(f"s_span has shape {tuple(s.shape)}: it must be 1-D with at least 2 depths")
+        return self._solve(x, s)
+
+    def _solve(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """One counted solve from ``x`` ``(B, ...)`` over ``s`` ``(T,)``: ``(T, B, ...)``."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x is a {type(x).__name__}: NeuralODE integrates a tensor (B, ...)")
+        self._counter.reset()
+        self._forward_nfe = 0
+        sol = odesolve(DepthField(self.field, self.takes_depth), x, s, self.settings, counter=self._counter)
+        self._forward_nfe = self._counter.count
+        return sol
+
+    def _span(self, x: torch.Tensor) -> torch.Tensor:
+        """``[0, S]`` in x's dtype and device, made once per pair (no host copy, nor device sync, per call)."""
+        key = (x.dtype, x.device)
+        if key not in self._spans:
+            self._spans[key] = torch.tensor([0.0, self._S], dtype=x.dtype, device=x.device)
+        return self._spans[key]
+
+    def extra_repr(self) -> str:
+        return f"{self.settings.describe()}, sensitivity={self.settings.sensitivity}, S={self._S:g}"
