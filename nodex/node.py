@@ -28,16 +28,16 @@ _SETTING_NAMES = frozenset(f.name for f in fields(SolverSettings)) - {"options",
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-def field_takes_depth(field: nn.Module | Callable[..., torch.Tensor]) -> bool:
-    """Whether ``field`` is ``f(s, z)`` (``True``) or ``f(z)`` (``False``), read once from the signature of its
-    ``forward`` (a module; ``nn.Sequential``: ``f(z)``) or of the function itself: the number of positional
-    arguments without a default.
+def required_arguments(field: nn.Module | Callable[..., torch.Tensor]) -> tuple[int, str]:
+    """How many positional arguments ``field`` requires (without a default; ``-1`` when it also requires a
+    keyword-only one, which no caller passes), read from the signature of its ``forward`` (a module;
+    ``nn.Sequential``: 1) or of the function itself, and that signature written out for messages.
 
     Raises:
-        TypeError: not callable, an unreadable signature, or neither 1 nor 2 required arguments (one line).
+        TypeError: not callable, or an unreadable signature (one line).
     """
     if isinstance(field, nn.Sequential):
-        return False
+        return 1, "nn.Sequential(z)"
     if not callable(field):
         raise TypeError(f"field of type {type(field).__name__} is not callable: {ACCEPTED}")
     is_module = isinstance(field, nn.Module)
@@ -47,14 +47,25 @@ def field_takes_depth(field: nn.Module | Callable[..., torch.Tensor]) -> bool:
     except (TypeError, ValueError):
         raise TypeError(f"field {name}: cannot read its signature: {ACCEPTED}") from None
     params = signature.parameters.values()
-    required = [p.name for p in params if p.kind in _POSITIONAL and p.default is p.empty]
-    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-    if len(required) not in (1, 2) or keyword_only:
-        shown = signature.replace(parameters=[p.replace(annotation=p.empty) for p in params],
-                                  return_annotation=signature.empty)
-        raise TypeError(f"field {name}{shown} takes {len(required) + len(keyword_only)} required "
-                        f"arguments: {ACCEPTED}")
-    return len(required) == 2
+    required = [p for p in params if p.kind in _POSITIONAL and p.default is p.empty]
+    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    shown = signature.replace(parameters=[p.replace(annotation=p.empty) for p in params],
+                              return_annotation=signature.empty)
+    return (-1 if keyword_only else len(required)), f"{name}{shown}"
+
+
+def field_takes_depth(field: nn.Module | Callable[..., torch.Tensor]) -> bool:
+    """Whether ``field`` is ``f(s, z)`` (``True``) or ``f(z)`` (``False``), read once from its signature
+    (:func:`required_arguments`).
+
+    Raises:
+        TypeError: not callable, an unreadable signature, or neither 1 nor 2 required arguments (one line).
+    """
+    count, shown = required_arguments(field)
+    if count not in (1, 2):
+        wanted = "a required keyword-only argument" if count < 0 else f"{count} required arguments"
+        raise TypeError(f"field {shown} takes {wanted}: {ACCEPTED}")
+    return count == 2
 
 
 class DepthField(nn.Module):

@@ -158,7 +158,7 @@ def _keyword_only(z, *, scale):
 @pytest.mark.parametrize("field, shown", [
     (_Controlled(), "field _Controlled.forward(s, z, u) takes 3 required arguments"),
     (lambda: 0, "field <lambda>() takes 0 required arguments"),
-    (_keyword_only, "field _keyword_only(z, *, scale) takes 2 required arguments"),
+    (_keyword_only, "field _keyword_only(z, *, scale) takes a required keyword-only argument"),
     (torch.tanh, "field tanh: cannot read its signature"),
     (3, "field of type int is not callable"),
 ])

@@ -15,7 +15,6 @@ parameters of its own is a field too.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
@@ -23,21 +22,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nodex.errors import ConfigError
+from nodex.node import required_arguments
 from nodex.targets import call_target
-
-
-def _arity(fn: Callable[..., Any]) -> int | None:
-    """Positional arguments ``fn`` (a module: its ``forward``) takes: 1, 2, 3, or ``None`` (``*args``)."""
-    call = fn.forward if isinstance(fn, nn.Module) else fn
-    if isinstance(fn, nn.Sequential):
-        return 1
-    try:
-        params = inspect.signature(call).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return None
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
 
 
 class TargetField(nn.Module):
@@ -74,8 +60,10 @@ def build_target_field(cfg: DictConfig, state_shape: tuple[int, ...], out_shape:
     """
     f = _module(call_target(cfg, "model.field", {"dim": int(state_shape[0]), "out_dim": int(out_shape[0]),
                                                   "state_shape": tuple(state_shape), "S": S}), "model.field")
-    arity = _arity(f)
-    arity = 2 if arity is None else arity
+    try:
+        arity, _ = required_arguments(f)
+    except TypeError as exc:
+        raise ConfigError(f"model.field: {cfg._target_}: {exc}") from None
     if arity not in (1, 2, 3) or (arity == 3) != (control_shape is not None):
         wanted = "forward(s, z, u) (this model has a control u)" if control_shape is not None else \
             "forward(z) or forward(s, z)"
