@@ -47,7 +47,8 @@ commands:
 `nodex train --cfg job` prints the composed config."""
 
 # Config groups a user picks from, in the order `nodex train --help` shows them.
-HELP_GROUPS = ("experiment", "model", "data", "solver", "task", "trainer", "logger", "hparams_search", "hydra/launcher")
+HELP_GROUPS = ("experiment", "model", "model/field", "model/input_layer", "model/readout", "data", "solver", "task",
+               "trainer", "logger", "hparams_search", "hydra/launcher")
 
 COMMANDS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {
     "train": (train_job, "train"),
@@ -92,6 +93,7 @@ def train_help() -> str:
             "examples:",
             "  nodex train model=galnode data=rings seed=0",
             "  nodex train experiment=annuli_vanilla trainer.max_steps=500",
+            "  nodex train --config-dir DIR model/field=my_field data=my_data   # your own options (README)",
             "  nodex train --multirun model=vanilla,anode,ilnode,second_order seed=0,1,2",
             "  nodex train --cfg job            # the composed config, without running",
         ]
