@@ -8,6 +8,7 @@ their workers before composing the job's config, so importing it registers what 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 
 from nodex.cli_errors import report_error
 import nodex.config  # noqa: F401  (registers the config schemas that composing a job needs)
-from nodex.runs import override_key
+from nodex.runs import drop_snapshot, override_key, take_snapshot
 from nodex.sweeps import local_workers, quiet_schema_warning, register_resolvers
 
 
@@ -42,6 +43,7 @@ def register_run_name() -> None:
 quiet_schema_warning()  # at import: launcher workers unpickle this module before composing their job
 register_resolvers()
 register_run_name()
+log = logging.getLogger("nodex")
 
 
 def _is_multirun() -> bool:
@@ -68,7 +70,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
 
             run_dir = HydraConfig.get().runtime.output_dir
             try:
-                return job(cfg, run_dir)
+                return _run_job(job, cfg, run_dir)
             except Preempted as exc:
                 message = f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it"
                 _append_log(run_dir, f"STOPPED: {message}\n")  # train.log shows each attempt of a requeued job
@@ -77,6 +79,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                 raise SystemExit(exc.exit_code) from None
             except NodexError as exc:
                 _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
+                _refused_in_sweep(exc)
                 return _failed(str(exc), run_dir if records else None)
             except KeyboardInterrupt:
                 if not records:
@@ -104,6 +107,26 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
     return wrap
 
 
+def _run_job(job: Callable[[DictConfig, str], Any], cfg: DictConfig, run_dir: str) -> Any:
+    """``job(cfg, run_dir)``; a Hydra snapshot the job did not take in (refused: the run dir's own ``.hydra/`` stays,
+    see :func:`nodex.runs.take_snapshot`) is removed when it ends, however it ends."""
+    try:
+        return job(cfg, run_dir)
+    finally:
+        drop_snapshot(Path(run_dir))
+
+
+def _refused_in_sweep(exc: Exception) -> None:
+    """A sweep job whose resume did not fit its dir's run was refused (the run is kept), not failed: tell the sweep's
+    ledger (a refusal by the run lock the ledger reads off the lock itself)."""
+    from nodex.train.resume import ResumeRefused
+
+    if isinstance(exc, ResumeRefused) and _is_multirun():
+        from nodex.sweep_ledger import job_outcome
+
+        job_outcome("refused", str(exc))
+
+
 def _failed(message: str, run_dir: str | None) -> None:
     """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1 after the error
     line on stderr, its run dir (``run_dir``, when it keeps a ``result.json``) on stdout as after a completed run
@@ -129,7 +152,9 @@ def train_job(cfg: DictConfig, run_dir: str) -> float | None:
     metric (``cfg.monitor``) to a sweeper."""
     from hydra.core.hydra_config import HydraConfig
 
+    from nodex.runs import run_record
     from nodex.train.lock import RunLock
+    from nodex.train.resume import AlreadyCompleted
     from nodex.train.run import run_train
 
     hc = HydraConfig.get()
@@ -137,8 +162,15 @@ def train_job(cfg: DictConfig, run_dir: str) -> float | None:
     progress = (not _is_multirun() and sys.stderr.isatty()) if progress == "auto" else bool(progress)
     job = {"progress": progress, "workers": local_workers(hc), "command": _job_command(hc)}
     if _is_multirun():  # a single run's dir is locked by the RunGuard callback, before Hydra writes into it
-        with RunLock(run_dir):
-            result = run_train(cfg, run_dir, **job)
+        try:
+            with RunLock(run_dir):
+                result = run_train(cfg, run_dir, **job)
+        except AlreadyCompleted as done:  # a requeued or repeated job whose run had finished: nothing to do
+            from nodex.sweep_ledger import job_outcome
+
+            log.info("%s", done)
+            job_outcome("completed", str(done))
+            result = run_record(Path(run_dir))
     else:
         result = run_train(cfg, run_dir, **job)
         print(run_dir_line(run_dir))
@@ -164,6 +196,7 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
+    take_snapshot(Path(run_dir))  # an eval dir used before: this evaluation's snapshot replaces the last one's
     lines = list(HydraConfig.get().overrides.task)
     overrides = _value_overrides(lines, cfg, skip={"ckpt", "split", "which", "device"})
     try:

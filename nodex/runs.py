@@ -20,6 +20,7 @@ A run read back (:func:`load_run`) that has no ``result.json`` (killed, or still
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -129,6 +130,34 @@ def hydra_snapshot(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
     overrides = read_yaml(hydra_dir / "overrides.yaml") or []
     choices = (((read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices")
     return [str(o) for o in overrides], dict(choices or {})
+
+
+SNAPSHOT_NEW = ".hydra.new"  # where a job's Hydra snapshot waits while its dir already holds one
+
+
+def snapshot_subdir(output_dir: str) -> str:
+    """``hydra.output_subdir`` of a job (the ``nodex_snapshot_subdir`` resolver): ``.hydra``, or :data:`SNAPSHOT_NEW`
+    where ``output_dir`` already holds a run's snapshot, which a job that is then refused must not overwrite."""
+    return SNAPSHOT_NEW if (Path(output_dir) / ".hydra").is_dir() else ".hydra"
+
+
+def take_snapshot(run_dir: Path) -> None:
+    """The job may run: its waiting snapshot (:data:`SNAPSHOT_NEW`) becomes the run dir's ``.hydra``."""
+    new = Path(run_dir) / SNAPSHOT_NEW
+    if not new.is_dir():
+        return
+    old = Path(run_dir) / ".hydra"
+    stale = Path(run_dir) / ".hydra.old"
+    shutil.rmtree(stale, ignore_errors=True)
+    if old.is_dir():
+        old.rename(stale)
+    new.rename(old)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def drop_snapshot(run_dir: Path) -> None:
+    """The job ended without taking its snapshot in (refused, or failed before it could run): remove it."""
+    shutil.rmtree(Path(run_dir) / SNAPSHOT_NEW, ignore_errors=True)
 
 
 def launch_dir(run_dir: Path) -> Optional[Path]:

@@ -270,6 +270,15 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+_outcome: list[tuple[str, str]] = []  # what this process's job said of itself (job_outcome), read at its end
+
+
+def job_outcome(state: str, reason: str) -> None:
+    """The running job's own account (``"refused"``: its dir's run did not fit; ``"completed"``: nothing was left
+    to do), which its ``result.json`` cannot give: the one there is the earlier run's. Same process as the job."""
+    _outcome[:] = [(state, reason)]
+
+
 def _job_state(config: Any, job_return: Any) -> tuple[str, str]:
     """``(state, reason)`` of a job that ran its task: from the exception that escaped it, else from its fresh
     ``result.json``, else from the run lock that refused it."""
@@ -278,6 +287,8 @@ def _job_state(config: Any, job_return: Any) -> tuple[str, str]:
     if job_return is not None and job_return.status == JobStatus.FAILED:
         exc = job_return._return_value
         return "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if _outcome:
+        return _outcome.pop()
     if str(config.hydra.job.name) != "train":
         return "completed", ""
     job_dir = Path(str(config.hydra.runtime.output_dir))

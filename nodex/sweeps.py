@@ -107,11 +107,16 @@ def dirname_safe(value: str) -> str:
 
 
 def register_resolvers() -> None:
-    """``${nodex_dirname:...}`` for ``hydra.sweep.subdir`` (every process that resolves a job's config needs it)."""
+    """``${nodex_dirname:...}`` for ``hydra.sweep.subdir`` and ``${nodex_snapshot_subdir:...}`` for
+    ``hydra.output_subdir`` (every process that resolves a job's config needs them)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("nodex_dirname"):
         OmegaConf.register_new_resolver("nodex_dirname", dirname_safe)
+    if not OmegaConf.has_resolver("nodex_snapshot_subdir"):
+        from nodex.runs import snapshot_subdir
+
+        OmegaConf.register_new_resolver("nodex_snapshot_subdir", snapshot_subdir)
 
 
 @dataclass

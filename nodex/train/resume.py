@@ -114,6 +114,11 @@ def apply_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, lr: fl
     return True
 
 
+class ResumeRefused(CheckpointError):
+    """A resume that does not fit the run dir's run (another config, ``K`` or step count): refused before anything
+    is written, the run's own record kept."""
+
+
 class AlreadyCompleted(Exception):
     """``trainer.resume=auto`` in a run dir whose run completed its steps: nothing to do (a requeued job that had
     already finished). Not an error: the CLI says so in one line and exits 0."""

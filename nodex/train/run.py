@@ -42,13 +42,13 @@ from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
     Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
 )
-from nodex.runs import new_result, new_summary, record_failure, run_record, versions, write_json
+from nodex.runs import new_result, new_summary, record_failure, run_record, take_snapshot, versions, write_json
 from nodex.train.results import finish_member, finish_summary, metadata_markdown
 from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
 )
 from nodex.train.preemption import Preempted, StopRequest
-from nodex.train.resume import AlreadyCompleted, apply_learning_rate, check_resumable, plan_resume
+from nodex.train.resume import ResumeRefused, apply_learning_rate, check_resumable, plan_resume
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
@@ -66,6 +66,8 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
     Raises:
         NodexError: bad config, solver failure, divergence (after ``result.json`` records it;
             in an ensemble every member's, and the message names the member).
+        ResumeRefused: ``trainer.resume`` does not fit the run dir's run (its record is kept).
+        AlreadyCompleted: ``trainer.resume=auto`` on a run that completed its steps (nothing is written).
         KeyboardInterrupt: after ``last.pt`` is saved and the run is marked ``interrupted``.
         Preempted: SIGTERM (or submitit's signal) arrived; ``last.pt`` is saved after the last whole step and the
             run is marked ``interrupted`` with the signal as reason.
@@ -73,13 +75,12 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
     ensemble = cfg.trainer.get("ensemble", 1) != 1  # validated in start(): a bad value is recorded like any failure
     try:
         resume = plan_resume(cfg, Path(run_dir))
-    except AlreadyCompleted as done:
-        log.info("%s", done)
-        return run_record(Path(run_dir))
     except CheckpointError as exc:  # refused before anything is written: a run's existing record is kept
         if not run_record(Path(run_dir)):
             TrainRun(cfg, Path(run_dir), ensemble).failed_before_start(str(exc))
-        raise
+            raise
+        raise ResumeRefused(str(exc)) from None
+    take_snapshot(Path(run_dir))  # the run goes on: this job's Hydra snapshot becomes the run dir's .hydra
     run = TrainRun(cfg, Path(run_dir), ensemble, workers=workers, command=command)
     try:
         with StopRequest() as stop:
