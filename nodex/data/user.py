@@ -33,7 +33,7 @@ def _split(value: Any, which: str, target: str) -> tuple[torch.Tensor, torch.Ten
                         "X must be (N, *input_shape) and y (N,) or (N, m) with the same N > 0")
     X = X.to(torch.get_default_dtype())
     if y.dtype == torch.bool or not (y.is_floating_point() or y.is_complex()):
-        y = y.long()
+        y = y.long().reshape(len(y), -1).squeeze(1) if y.dim() == 2 and y.shape[1] == 1 else y.long()
     else:
         y = y.to(torch.get_default_dtype())
     return X, y

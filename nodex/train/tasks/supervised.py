@@ -27,7 +27,7 @@ class Classification(Task):
         if data.n_classes is None:
             raise ConfigError(
                 "task.kind=classification needs class labels, but this dataset has real-valued targets: "
-                "use task=regression"
+                "use task=regression (or give integer labels 0..K-1)"
             )
         self.kind = cfg.get("loss", "cross_entropy")
         if self.kind not in self.LOSSES:
