@@ -128,3 +128,26 @@ def test_the_cli_stays_thin_and_the_run_record_has_one_reader():
                      if "result.json" in p.read_text() and "json.loads" in p.read_text()
                      and not p.is_relative_to(PACKAGE / "paper"))
     assert readers == ["runs.py"]
+
+
+def _callers(name: str) -> set[str]:
+    """The modules of nodex that call a function or method called ``name``."""
+    found = set()
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                if called == name:
+                    found.add(module)
+    return found
+
+
+def test_one_build_path_and_one_restore_path():
+    """Models are built from a run config in one place (``build_run_model``: the trainer, eval, resume,
+    ``nodex.build`` and ``nodex.load``), and checkpoints are opened and their weights loaded in one module."""
+    assert _callers("build_model") == {"nodex.train.setup"}
+    assert _callers("load_checkpoint") == {"nodex.train.checkpoint"}
+    assert _callers("read_run_checkpoint") >= {"nodex.api", "nodex.train.run", "nodex.train.resume"}
+    model_loads = {m for m in _callers("load_state_dict")}
+    assert model_loads == {"nodex.train.checkpoint", "nodex.train.run"}  # run.py: the optimizer's and scheduler's
