@@ -86,7 +86,7 @@ def test_one_named_figure_as_pdf_or_svg_and_dpi_sets_the_png_size(run, cli, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arg, code, message", [
-    ("figures=bogus", 2, "figures=bogus is not a figure of this run; the figures that fit: decision_map, trajectories, "
+    ("figures=decision_map,bogus", 2, "figures=bogus is not a figure of this run; the figures that fit: decision_map, trajectories, "
                          "state_space, vector_field"),
     ("format=gif", 2, "format='gif' is not a figure format; choose one of: png, pdf, svg"),
     ("dpi=1.5", 2, "dpi=1.5 must be a positive integer (dots per inch, at most 1200), e.g. dpi=150"),
