@@ -11,6 +11,7 @@ The public Python surface (everything else is internal and may change):
 - The slot layers, usable in your own ``nn.Module``: ``MLPField``, ``HigherOrderField``, ``DepthConcatLinear``,
   ``GalLinear``, ``GalConv2d`` (with ``GalerkinSpec``), ``StackedLinear``, ``StackedConv2d``, ``DataControl``,
   ``LearnedHorizon``, ``ZeroAugment``, ``PartialAugment``, ``TrackingLoss``, ``NormLoss``.
+- ``viz``: the paper's figures for any model and data (``nodex.viz.draw(model, data)``; see :mod:`nodex.viz`).
 
 Names resolve on first use, so ``import nodex`` (and the CLI's ``--help``) does not import torch.
 """
@@ -50,10 +51,14 @@ _EXPORTS = {
     "NormLoss": "nodex.models.integral",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+_SUBPACKAGES = ("viz",)  # imported on first use: ``import nodex`` imports no matplotlib
+
+__all__ = ["__version__", *_EXPORTS, *_SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"nodex.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nodex' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

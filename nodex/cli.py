@@ -1,4 +1,4 @@
-"""``nodex`` console script: ``nodex train|eval [HYDRA OVERRIDES]``, ``nodex list|report|reproduce``.
+"""``nodex`` console script: ``nodex train|eval|plot [HYDRA OVERRIDES]``, ``nodex list|report|reproduce``.
 
 Thin by design: check what Hydra would not word well (an unparsable override, a moved key, a missing launcher
 plugin), then hand the sub-command's arguments to ``hydra.main`` over nodex's configs, which composes the config
@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from nodex.cli_errors import UsageError, check_overrides, one_line, report_error, user_options
 from nodex.config import CONFIG_DIR
-from nodex.jobs import eval_job, train_job
+from nodex.jobs import PLOT_HELP, eval_job, plot_arguments, plot_job, train_job
 from nodex.sweeps import RunRefused, abandon, quiet_schema_warning, take_outcome
 
 USAGE = """usage: nodex COMMAND [HYDRA OVERRIDES...]
@@ -39,6 +39,7 @@ commands:
   train   train a model:  nodex train model=galnode data=rings seed=0
           sweep:          nodex train --multirun model=vanilla,depthcat seed=0,1
   eval    evaluate a run: nodex eval ckpt=outputs/train/DATE/TIME [data.n_test=5000]
+  plot    redraw a run's figures: nodex plot ckpt=RUN [figures=decision_map] [format=pdf] [dpi=300]
   list    the named experiments with their one-line descriptions
   report  results table:  nodex report outputs/train/multirun/DATE/TIME [--by model,data] [--format csv]
   reproduce  run the paper's experiments and write REPRODUCTION.md: nodex reproduce --budget smoke
@@ -53,6 +54,7 @@ HELP_GROUPS = ("experiment", "model", "model/field", "model/input_layer", "model
 COMMANDS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {
     "train": (train_job, "train"),
     "eval": (eval_job, "eval"),
+    "plot": (plot_job, "plot"),
 }
 # Non-Hydra commands: "module:function" taking argv and returning the exit code (argparse inside).
 PLAIN_COMMANDS = {
@@ -140,8 +142,9 @@ def _run(cmd: str, args: list[str]) -> int:
 
     task, config_name = COMMANDS[cmd]
     if "-h" in args or "--help" in args:
-        print(train_help() if cmd == "train" else USAGE)
+        print(train_help() if cmd == "train" else PLOT_HELP if cmd == "plot" else USAGE)
         return 0
+    args = plot_arguments(args) if cmd == "plot" else args
     check_completion_flag(args)
     check_overrides(args)
     take_outcome()  # drop a stale one (an earlier in-process call)

@@ -1,5 +1,5 @@
-"""The Hydra tasks of ``nodex train`` and ``nodex eval``, and the task wrapper that turns every failure of a job
-into one line (a single run's exit code, or a failed job that a sweep counts and goes on from).
+"""The Hydra tasks of ``nodex train``, ``nodex eval`` and ``nodex plot``, and the task wrapper that turns every
+failure of a job into one line (a single run's exit code, or a failed job that a sweep counts and goes on from).
 
 Module level on purpose: launchers (joblib, submitit, Ray) pickle a task by reference and import this module in
 their workers before composing the job's config, so importing it registers what composing needs.
@@ -207,6 +207,61 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
         raise SystemExit(2) from None
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
+
+
+PLOT_HELP = """usage: nodex plot ckpt=RUN_DIR_OR_CHECKPOINT [which=last|best] [figures=NAME[,NAME...]]
+                  [format=png|pdf|svg] [dpi=100] [out=DIR]
+
+Redraw a trained run's figures from its checkpoint: the model and the run's own data splits are restored, the
+figures that fit the model are drawn (or only the named ones) and written to out, by default
+RUN/plots/redrawn-last/ (redrawn-best/ for which=best). The run's training-time plots/*.png are never replaced.
+Each file written is printed, then the folder.
+
+figures: decision_map, trajectories, state_space, vector_field, parameters_evolution, horizon,
+  regression_trajectories, tracking, cnf_condition_<k>, cnf_samples, training_curves (those that fit the model;
+  a name that does not fit is refused with the list of those that do)
+
+examples:
+  nodex plot ckpt=outputs/train/2026-11-27/21-28-10
+  nodex plot ckpt=RUN figures=decision_map,state_space format=pdf
+  nodex plot ckpt=RUN which=best format=png dpi=300 out=paper/figures"""
+
+
+def plot_arguments(args: list[str]) -> list[str]:
+    """``figures=a,b`` names a list of figures, not a sweep (outside ``--multirun``): ``figures=[a,b]``."""
+    if "-m" in args or "--multirun" in args:
+        return args
+    return [f"figures=[{a.partition('=')[2]}]" if a.startswith("figures=") and "," in a
+            and not a.partition("=")[2].startswith(("[", "'", '"')) else a for a in args]
+
+
+@task_wrapper(records=False)
+def plot_job(cfg: DictConfig, run_dir: str) -> None:
+    """The Hydra task of ``nodex plot``: a run's figures redrawn from its checkpoint; prints each file written and
+    the folder."""
+    from omegaconf import OmegaConf
+
+    from nodex.errors import ConfigError
+    from nodex.viz.redraw import PlotRefused, run_plot
+
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("nodex plot needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
+    try:
+        done = run_plot(cfg)
+    except PlotRefused as exc:  # a command-line mistake: exit 2, as a bad key is
+        _append_log(run_dir, f"ERROR: {exc}\n")
+        report_error(str(exc))
+        raise SystemExit(2) from None
+    for path in done["written"]:
+        print(_shown(path))
+    replaced = f"; {done['replaced']} file(s) of an earlier redraw replaced" if done["replaced"] else ""
+    print(f"nodex: {len(done['written'])} figure(s) of {_shown(done['checkpoint'])} in {_shown(done['out'])}{replaced}")
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    inside = Path(path).resolve().is_relative_to(Path.cwd().resolve())
+    return os.path.relpath(path) if inside else str(path)
 
 
 def _log_traceback(run_dir: str) -> None:

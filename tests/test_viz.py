@@ -54,11 +54,12 @@ def test_decision_map_and_trajectories_draw_every_class():
     fig = decision_map(pipe.model, X, y, 2, n_points=40)
     drawn = {c.get_label(): len(c.get_offsets()) for c in fig.axes[0].collections if c.get_label().startswith("class")}
     assert drawn == {"class 0": 20, "class 1": 20}
-    assert fig.axes[1].get_ylabel() == "P(class 1)"
+    assert fig.axes[1].get_ylabel() == "readout ŷ (raw output; class 1 where ŷ > 0.5)"  # the MSE scalar readout
     fig = trajectories(pipe.model, X, y, n_points=40)
     colours = [line.get_color() for line in fig.axes[0].get_lines()]
     assert colours.count(class_colour(0)) == 20 and colours.count(class_colour(1)) == 20
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["class 0", "class 1"]
+    assert fig.axes[0].get_legend() is None  # off the data: one legend for the figure, outside the panels
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["class 0", "class 1"]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,9 @@ def test_image_model_plots_nfe_and_accuracy_curves_from_metrics_jsonl(tmp_path):
     series = read_metrics(tmp_path / "metrics.jsonl")
     assert series["train/nfe_forward"] == ([10, 20], [26.0, 32.0]) and series["val/accuracy"] == ([20], [0.7])
     fig = training_curves(series)
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train/nfe_forward", "train/nfe_backward"]
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["train/nfe_forward", "train/nfe_backward"]
+    assert legend.get_bbox_to_anchor().y1 <= fig.axes[0].get_window_extent().y0  # below the panel, off the curves
     assert fig.axes[1].get_ylabel() == "accuracy"
 
 
@@ -122,3 +125,47 @@ def test_unknown_declared_trait_is_an_error():
 
     with pytest.raises(ValueError, match="unknown figure traits"):
         traits_of(Odd())
+
+
+def _quiver_at(ax):
+    """The (U, V) arrows of a panel's field quiver."""
+    from matplotlib.quiver import Quiver
+
+    quiver = next(c for c in ax.collections if isinstance(c, Quiver))
+    return torch.tensor(quiver.U), torch.tensor(quiver.V)
+
+
+@pytest.mark.parametrize("overrides, varies", [(["model=vanilla"], False), (["model=galnode"], True),
+                                               (["model=stacked"], True)])
+def test_state_space_draws_the_field_at_the_depth_each_panel_names(overrides, varies):
+    from nodex.viz.state_space import state_space
+
+    pipe = _pipe(*overrides, "data=rings", "solver=euler", "solver.step_size=0.25")
+    with torch.no_grad():  # a field that moves, whatever the initialisation
+        for p in pipe.model.field.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    X, y = pipe.data.test
+    fig = state_space(pipe.model, X, y, n_points=20, n_depths=9)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    if not varies:
+        assert len(panels) == 1 and panels[0].get_title().endswith("over the field f(z), the same at every depth")
+        return
+    titles = [ax.get_title().split("\n") for ax in panels]
+    assert [t[1] for t in titles] == [f"over the field f({d:.3g}, z)" for d in (0.125, 0.375, 0.625, 0.875)]
+    arrows = [_quiver_at(ax) for ax in panels]
+    assert not torch.allclose(arrows[0][0], arrows[-1][0])  # each panel its own depth's field
+    gx = torch.tensor(panels[0].collections[0].get_offsets())  # the lattice the arrows start from
+    field = pipe.model.field(torch.tensor(0.875), gx.float(), None)
+    assert torch.allclose(arrows[-1][0].float(), field[:, 0], atol=1e-5)
+
+
+def test_figure_legends_sit_outside_the_axes():
+    from nodex.viz.flows import vector_field_snapshots
+
+    pipe = _pipe("experiment=stacked_moons", "solver=euler", "solver.step_size=0.25")
+    X, y = pipe.data.test
+    fig = vector_field_snapshots(pipe.model, X, y, n_points=20)
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes)

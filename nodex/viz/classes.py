@@ -1,18 +1,23 @@
 """Classification figures: the decision map over the input plane and the depth trajectories
-z_i(s), both on a class-stratified sample, coloured by class with a legend."""
+z_i(s), both on a class-stratified sample, coloured by class with a legend off the data."""
 
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from nodex.viz.protocol import horizon_of, stratified  # noqa: E402
-from nodex.viz.style import CLASS_COLOURS, class_colour, class_legend, scatter_classes  # noqa: E402
+from nodex.viz.style import (  # noqa: E402
+    CLASS_COLOURS, class_colour, class_handles, new_figure, outside_legend, scatter_classes,
+)
+
+READOUTS = ("auto", "probability", "value")
 
 
 def _grid(X: torch.Tensor, grid: int, margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -23,33 +28,65 @@ def _grid(X: torch.Tensor, grid: int, margin: float) -> tuple[torch.Tensor, torc
     return gx, gy, torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(X)
 
 
+def binary_score(y_hat: torch.Tensor, readout: str = "auto") -> tuple[torch.Tensor, float, str]:
+    """What a two-class decision map colours: ``(score (N,), boundary, colourbar label)``.
+
+    ``readout``: ``probability`` (the outputs are logits: P(class 1) from their softmax), ``value`` (a regression
+    readout: the raw output ŷ for one output, thresholded at 0.5 as the paper's scalar MSE readout; ŷ₁ − ŷ₀ for
+    two), ``auto``: ``value`` for one output, else ``probability``."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r}; choose one of: {', '.join(READOUTS)}")
+    if readout == "auto":
+        readout = "value" if y_hat.shape[1] == 1 else "probability"
+    if readout == "probability":
+        if y_hat.shape[1] == 1:
+            raise ValueError("readout='probability' needs one logit per class; this model has one output")
+        return y_hat.softmax(1)[:, 1], 0.5, "P(class 1) (softmax of the readout)"
+    if y_hat.shape[1] == 1:
+        return y_hat[:, 0], 0.5, "readout ŷ (raw output; class 1 where ŷ > 0.5)"
+    return y_hat[:, 1] - y_hat[:, 0], 0.0, "readout ŷ₁ − ŷ₀ (raw outputs; class 1 where > 0)"
+
+
+def _levels(score: np.ndarray, boundary: float, probability: bool) -> np.ndarray:
+    """Contour levels: [0, 1] for a probability; else symmetric about the boundary, so that its colour is the
+    middle of the diverging scale."""
+    if probability:
+        return np.linspace(0.0, 1.0, 21)
+    half = max(float(np.abs(score - boundary).max()), 1e-6)
+    return np.linspace(boundary - half, boundary + half, 21)
+
+
 @torch.no_grad()
-def decision_map(model, X: torch.Tensor, y: torch.Tensor, n_classes: int, *, n_points: int = 400,
-                 grid: int = 150, margin: float = 0.5) -> Figure:
-    """Two classes: P(class 1) (or the scalar readout clipped to [0, 1]) over the input plane,
-    with the 0.5 boundary; more classes: the predicted class. ``X``: ``(N, 2)``, ``y``: ``(N,)``;
-    a class-stratified sample of ``n_points`` is drawn on top."""
+def decision_map(model, X: torch.Tensor, y: torch.Tensor, n_classes: int, *, readout: str = "auto",
+                 n_points: int = 400, grid: int = 150, margin: float = 0.5) -> Figure:
+    """The classifier over the input plane, with a class-stratified sample of ``n_points`` of ``X`` ``(N, 2)``,
+    ``y`` ``(N,)`` on top. Two classes: the score of :func:`binary_score` (``readout``: what the outputs are)
+    with its decision boundary, the colourbar labelled with what it shows; more classes: the predicted class."""
     model.eval()
     gx, gy, pts = _grid(X, grid, margin)
     y_hat = model(pts).y_hat
     model.train()
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig, ax = new_figure(figsize=(5.4, 4.8))
+    extent = (float(gx.min()), float(gx.max()), float(gy.min()), float(gy.max()))
     if n_classes == 2:
-        score = y_hat[:, 0].clamp(0, 1) if y_hat.shape[1] == 1 else y_hat.softmax(1)[:, 1]
+        score, boundary, label = binary_score(y_hat, readout)
         score = score.reshape(grid, grid).cpu().numpy()
-        im = ax.contourf(gx.numpy(), gy.numpy(), score, levels=20, cmap="PRGn", vmin=0, vmax=1, alpha=0.75)
-        ax.contour(gx.numpy(), gy.numpy(), score, levels=[0.5], colors="k", linewidths=1.0)
-        fig.colorbar(im, ax=ax, label="P(class 1)")
+        levels = _levels(score, boundary, label.startswith("P("))
+        im = ax.contourf(gx.numpy(), gy.numpy(), score, levels=levels, cmap="PRGn", alpha=0.75, extend="neither")
+        ax.contour(gx.numpy(), gy.numpy(), score, levels=[boundary], colors="k", linewidths=1.0)
+        cbar = fig.colorbar(im, ax=ax, label=label)
+        ticks = MaxNLocator(7).tick_values(levels[0], levels[-1])
+        cbar.set_ticks(ticks[(ticks >= levels[0] - 1e-9) & (ticks <= levels[-1] + 1e-9)])
     else:
         pred = y_hat.argmax(1).reshape(grid, grid).cpu().numpy()
         cmap = ListedColormap([CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in range(n_classes)])
         im = ax.imshow(pred, origin="lower", cmap=cmap, alpha=0.3, vmin=-0.5, vmax=n_classes - 0.5, aspect="auto",
-                       extent=(float(gx.min()), float(gx.max()), float(gy.min()), float(gy.max())))
-        fig.colorbar(im, ax=ax, label="predicted class", ticks=range(n_classes))
+                       extent=extent)
+        fig.colorbar(im, ax=ax, label="predicted class (argmax of the readout)", ticks=range(n_classes))
     idx = stratified(y, n_points)
     scatter_classes(ax, X[idx].cpu().numpy(), y[idx].cpu().numpy())
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set(title="decision map (test points)", xlabel="x1", ylabel="x2")
+    ax.set(xlim=extent[:2], ylim=extent[2:], title="decision map (test points)", xlabel="x1", ylabel="x2")
+    outside_legend(fig, where="lower center", ncol=min(n_classes, 6), markerscale=1.4)
     return fig
 
 
@@ -64,11 +101,10 @@ def trajectories(model, X: torch.Tensor, y: torch.Tensor, *, n_points: int = 120
     model.train()
     flat = traj.reshape(traj.shape[0], traj.shape[1], -1)
     labels = y[idx].cpu().long().tolist()
-    fig, axes = plt.subplots(1, min(2, flat.shape[2]), figsize=(10, 3.8), squeeze=False)
+    fig, axes = new_figure(1, min(2, flat.shape[2]), figsize=(10.5, 3.8), squeeze=False)
     for i, ax in enumerate(axes[0]):
         for b, k in enumerate(labels):
             ax.plot(s.numpy(), flat[:, b, i].numpy(), color=class_colour(k), lw=0.7, alpha=0.6)
         ax.set(xlabel="depth s", ylabel=f"z{i + 1}(s)", title=f"depth trajectories, z{i + 1}")
-        class_legend(ax, labels)
-    fig.tight_layout()
+    outside_legend(fig, class_handles(labels), where="right upper")
     return fig

@@ -10,8 +10,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from nodex.viz.style import LEGEND_FONTSIZE, new_figure  # noqa: E402
 
 NFE_KEYS = ("train/nfe_forward", "train/nfe_backward", "val/nfe_forward")
 
@@ -38,13 +39,12 @@ def training_curves(series: dict[str, tuple[list[int], list[float]]]) -> Figure 
     acc = sorted(k for k in series if k.endswith("accuracy"))
     if not nfe and not acc:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = new_figure(1, 2, figsize=(10, 4.2))
     for ax, keys, label in ((left, nfe, "NFE per step"), (right, acc, "accuracy")):
         for key in keys:
             steps, values = series[key]
             ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=key)
         ax.set(xlabel="training step", ylabel=label, title=label)
-        if keys:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+        if keys:  # below the panel: the curves fill it
+            ax.legend(fontsize=LEGEND_FONTSIZE, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return fig

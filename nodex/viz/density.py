@@ -6,12 +6,11 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nodex.viz.style import class_colour  # noqa: E402
+from nodex.viz.style import class_colour, new_figure, outside_legend  # noqa: E402
 
 
 def _condition_data(model: nn.Module, X: torch.Tensor, y: torch.Tensor, condition: int) -> torch.Tensor:
@@ -35,7 +34,7 @@ def cnf_figure(model: nn.Module, X: torch.Tensor, y: torch.Tensor, condition: in
     lo, hi = _limits(data, samples)
     extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
     panels = 3 if model.dim == 2 else 2
-    fig, axes = plt.subplots(1, panels, figsize=(3.9 * panels, 3.5))
+    fig, axes = new_figure(1, panels, figsize=(3.9 * panels, 3.5))
     axes[0].scatter(data[:2000, 0].numpy(), data[:2000, 1].numpy(), s=2, alpha=0.5, color=class_colour(condition))
     axes[0].set(title=f"test data, condition {condition}")
     if model.dim == 2:
@@ -51,7 +50,6 @@ def cnf_figure(model: nn.Module, X: torch.Tensor, y: torch.Tensor, condition: in
     for ax in axes:
         ax.set(xlim=extent[:2], ylim=extent[2:], xlabel="x1", ylabel="x2")
     model.train()
-    fig.tight_layout()
     return fig
 
 
@@ -65,13 +63,12 @@ def cnf_samples(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, n_samples
     samples = {k: model.sample(n_samples, k, generator=gen).cpu() for k in conditions}
     model.train()
     lo, hi = _limits(*data.values(), *samples.values())
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    fig, axes = new_figure(1, 2, figsize=(9.6, 3.8))
     for ax, clouds, title in ((axes[0], data, "test data"), (axes[1], samples, "samples per prior")):
         for k, pts in clouds.items():
             ax.scatter(pts[:n_samples, 0].numpy(), pts[:n_samples, 1].numpy(), s=2, alpha=0.5,
                        color=class_colour(k), label=f"condition {k}")
         ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), xlabel="x1", ylabel="x2",
                title=title)
-        ax.legend(fontsize=7, markerscale=4, loc="upper right")
-    fig.tight_layout()
+    outside_legend(fig, where="right upper", markerscale=4)
     return fig

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
 from nodex.viz.protocol import horizon_of, spread, stratified  # noqa: E402
-from nodex.viz.style import scatter_classes  # noqa: E402
+from nodex.viz.style import arrows, new_figure, outside_legend, scatter_classes  # noqa: E402
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def regression_trajectories(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
     err = (model(x).y_hat - target).abs().reshape(len(idx), -1).mean(1).cpu()
     S_x = model.horizon(x).cpu() if learned_horizon else None
     model.train()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     norm = plt.Normalize(0.0, max(float(err.max()), 1e-6))
     for b in range(traj.shape[1]):
         depth = tau * (S_x[b] if S_x is not None else 1.0)
@@ -38,7 +38,6 @@ def regression_trajectories(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="|prediction − target|")
     ax.set(xlabel="depth s" + (" (τ·S(x))" if S_x is not None else ""), ylabel="z(s)",
            title="depth trajectories (dots: targets)")
-    fig.tight_layout()
     return fig
 
 
@@ -47,7 +46,7 @@ def horizon_figure(model: nn.Module, X: torch.Tensor, y: torch.Tensor | None = N
     """The learned S(x) ``(N,)``: against x for 1-D inputs, over the plane for 2-D (class markers
     when ``y`` holds labels), sorted otherwise; and its histogram."""
     S_x = model.horizon(X).cpu()
-    fig, (ax, hist) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax, hist) = new_figure(1, 2, figsize=(10, 3.8))
     flat = X.reshape(X.shape[0], -1).cpu()
     if flat.shape[1] == 1:
         order = flat[:, 0].argsort()
@@ -62,7 +61,6 @@ def horizon_figure(model: nn.Module, X: torch.Tensor, y: torch.Tensor | None = N
         ax.set(xlabel="sample (sorted)", ylabel="S(x)", title="learned horizon S(x)")
     hist.hist(S_x.numpy(), bins=40)
     hist.set(xlabel="S(x)", ylabel="count", title=f"S(x): mean {float(S_x.mean()):.3g}")
-    fig.tight_layout()
     return fig
 
 
@@ -81,7 +79,7 @@ def vector_field_snapshots(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *
     traj = model.trajectory(x, s)  # (T, B, 2)
     u = model.control(x, model.input_layer(x)) if model.control is not None else None
     lo, hi = traj.reshape(-1, 2).min(0).values - 0.3, traj.reshape(-1, 2).max(0).values + 0.3
-    fig, axes = plt.subplots(1, len(depths), figsize=(3.2 * len(depths), 3.4), squeeze=False)
+    fig, axes = new_figure(1, len(depths), figsize=(3.2 * len(depths) + 1.2, 3.5), squeeze=False)
     for i, ax in enumerate(axes[0]):
         z = traj[i]
         if u is None:
@@ -91,12 +89,12 @@ def vector_field_snapshots(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *
             v = model.field(s[i], pts, None).cpu()
         else:
             pts, v = z, model.field(s[i], z, u).cpu()
-        ax.quiver(pts[:, 0].cpu().numpy(), pts[:, 1].cpu().numpy(), v[:, 0].numpy(), v[:, 1].numpy(),
-                  color="0.55", alpha=0.7)
+        arrows(ax, pts.cpu().numpy(), v.numpy(), color="0.55", alpha=0.7)
         scatter_classes(ax, z.cpu().numpy(), labels, size=6, edge="none")
         ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), title=f"s = {float(s[i]):.2f}",
                xlabel="z1", ylabel="z2" if i == 0 else None)
-    axes[0][-1].legend(fontsize=7, loc="upper right", markerscale=2.5)
+    field = "each point's own velocity f(s, z, u(x))" if u is not None else "the field f(s, ·) on a grid"
+    fig.suptitle(f"z(s) at fractions of the depth S = {S:g}, with {field} at that depth", fontsize=10)
+    outside_legend(fig, where="right upper", markerscale=2.5)
     model.train()
-    fig.tight_layout()
     return fig
