@@ -246,6 +246,7 @@ def plot_job(cfg: DictConfig, run_dir: str) -> None:
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("nodex plot needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
+    take_snapshot(Path(run_dir))  # a plot dir used before: this call's snapshot replaces the last one's
     try:
         done = run_plot(cfg)
     except PlotRefused as exc:  # a command-line mistake: exit 2, as a bad key is

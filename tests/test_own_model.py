@@ -70,6 +70,13 @@ def test_the_readme_example_runs_from_a_folder_outside_the_repo(tmp_path):
     ev = json.loads((elsewhere / "ev/eval.json").read_text())
     assert ev["metrics"]["test/nfe_forward"] == 16 and ev["applied"]["solver.method"] == "rk4"
 
+    # its figures, redrawn from the checkpoint as a PDF (the data's shape chooses them: a 2-D classifier's map)
+    proc = run(elsewhere, ["plot", f"ckpt={project / 'runs/sine'}", "figures=decision_map", "format=pdf",
+                           "hydra.run.dir=pl"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pdf = project / "runs/sine/plots/redrawn-last/decision_map.pdf"
+    assert pdf.read_bytes()[:4] == b"%PDF"
+
     # resume the finished run for 10 more steps: it continues from step 20
     proc = run(project, [*commands[0][1:], *SHORT[1:], "trainer.max_steps=30", "trainer.resume=auto",
                          "hydra.run.dir=runs/sine"])
