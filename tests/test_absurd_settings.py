@@ -59,6 +59,33 @@ def test_out_of_memory_in_the_solver_advises_lr_and_max_num_steps():
                        "or loosen solver.rtol/atol")
 
 
+def test_out_of_memory_in_the_backward_pass_advises_the_adjoint():
+    import torch
+
+    from nodex.errors import ResourceError
+    from nodex.train.loop import backward
+
+    def failing(message: str):
+        class Failing(torch.autograd.Function):  # a backward that fails as a long autograd graph's would
+            @staticmethod
+            def forward(ctx, x):
+                return x * 2
+
+            @staticmethod
+            def backward(ctx, grad):
+                raise RuntimeError(message)
+
+        return Failing.apply(torch.ones(3, requires_grad=True)).sum()
+
+    with pytest.raises(ResourceError) as info:
+        backward(failing("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes"), 98)
+    assert str(info.value) == ("out of memory in the backward pass (an allocation of 3.2 GB failed): autograd kept the "
+                               "graph of 98 field evaluations; use solver.sensitivity=adjoint (memory flat in the "
+                               "steps), lower trainer.batch_size, or loosen solver.rtol/atol")
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not an allocation failure: left as it is
+        backward(failing("shape mismatch"), 1)
+
+
 def test_a_negative_val_every_is_refused(train_run):
     run_dir, result, code, err = train_run("trainer.val_every=-5")
     assert code == 1 and one_line(err) == ("nodex: error: trainer.val_every=-5 must be a positive integer, or 0/null "

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nodex.data import DataBundle, Split, iterate_batches
-from nodex.errors import DivergenceError, NodexError, SolverError
+from nodex.errors import DivergenceError, NodexError, ResourceError, SolverError
 from nodex.train.checkpoint import checkpoint_state, save_checkpoint, save_checkpoints
 from nodex.train.members import LoopState, Member, Members
 from nodex.train.preemption import StopRequest, raise_if_requested
@@ -94,6 +94,27 @@ def solver_failures(step: int, solver: str):
         reason = str(exc).split(":")[0]
         raise SolverError(f"step {step}: solver failed in the backward pass ({reason}) with {solver}: "
                           "loosen solver.rtol/atol or lower trainer.optim.lr") from None
+
+
+def backward(loss: torch.Tensor, nfe_forward: int) -> None:
+    """``loss.backward()``; running out of memory there is the autograd graph of the forward solve (``nfe_forward``
+    field evaluations kept), and the one-line :class:`~nodex.errors.ResourceError` says how to shrink it.
+
+    Raises:
+        ResourceError: an allocation failed in the backward pass.
+    """
+    from nodex.train.setup import out_of_memory
+
+    try:
+        loss.backward()
+    except (RuntimeError, MemoryError) as exc:
+        oom = out_of_memory(exc)
+        if oom is None:
+            raise
+        size = str(oom).partition(":")[0].removeprefix("out of memory")
+        raise ResourceError(f"out of memory in the backward pass{size}: autograd kept the graph of {nfe_forward} field "
+                            "evaluations; use solver.sensitivity=adjoint (memory flat in the steps), lower "
+                            "trainer.batch_size, or loosen solver.rtol/atol") from None
 
 
 class Trainer:
@@ -340,7 +361,7 @@ class Trainer:
             members_f = list(model.nfe.members) if getattr(model.nfe, "members", None) else None
             loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            backward(total, nfe_f)
         self._commit()
         if self.clip:
             self.members.clip(self.clip)
