@@ -82,6 +82,8 @@ def test_out_of_memory_in_the_backward_pass_advises_the_adjoint():
     assert str(info.value) == ("out of memory in the backward pass (an allocation of 3.2 GB failed): autograd kept the "
                                "graph of 98 field evaluations; use solver.sensitivity=adjoint (memory flat in the "
                                "steps), lower trainer.batch_size, or loosen solver.rtol/atol")
+    with pytest.raises(ResourceError, match="^out of memory in the adjoint's backward solve .*: lower trainer.batch_size"):
+        backward(failing("CUDA out of memory. Tried to allocate 2.00 GiB"), 98, adjoint=True)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # not an allocation failure: left as it is
         backward(failing("shape mismatch"), 1)
 

@@ -96,9 +96,10 @@ def solver_failures(step: int, solver: str):
                           "loosen solver.rtol/atol or lower trainer.optim.lr") from None
 
 
-def backward(loss: torch.Tensor, nfe_forward: int) -> None:
+def backward(loss: torch.Tensor, nfe_forward: int, adjoint: bool = False) -> None:
     """``loss.backward()``; running out of memory there is the autograd graph of the forward solve (``nfe_forward``
-    field evaluations kept), and the one-line :class:`~nodex.errors.ResourceError` says how to shrink it.
+    field evaluations kept; under the ``adjoint``, the backward solve's batch), and the one-line
+    :class:`~nodex.errors.ResourceError` says how to shrink it.
 
     Raises:
         ResourceError: an allocation failed in the backward pass.
@@ -112,6 +113,9 @@ def backward(loss: torch.Tensor, nfe_forward: int) -> None:
         if oom is None:
             raise
         size = str(oom).partition(":")[0].removeprefix("out of memory")
+        if adjoint:
+            raise ResourceError(f"out of memory in the adjoint's backward solve{size}: lower trainer.batch_size or "
+                                "trainer.ensemble") from None
         raise ResourceError(f"out of memory in the backward pass{size}: autograd kept the graph of {nfe_forward} field "
                             "evaluations; use solver.sensitivity=adjoint (memory flat in the steps), lower "
                             "trainer.batch_size, or loosen solver.rtol/atol") from None
@@ -361,7 +365,7 @@ class Trainer:
             members_f = list(model.nfe.members) if getattr(model.nfe, "members", None) else None
             loss, parts, total = self.members.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
-            backward(total, nfe_f)
+            backward(total, nfe_f, getattr(getattr(model, "settings", None), "sensitivity", None) == "adjoint")
         self._commit()
         if self.clip:
             self.members.clip(self.clip)
