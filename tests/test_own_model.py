@@ -128,6 +128,18 @@ def _write(project: Path, name: str, text: str) -> None:
     (project / name).write_text(text)
 
 
+def _field(tmp_path: Path, monkeypatch, module: str, text: str, node: dict):
+    """Write ``module.py`` into ``tmp_path`` (the working directory for the test) and build the field ``node``."""
+    from omegaconf import OmegaConf
+
+    from nodex.models.build import build_field
+
+    _write(tmp_path, f"{module}.py", text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the cwd fallback appends to it; undone after the test
+    return build_field(OmegaConf.create(node), (2,), (2,), None, 1.0)
+
+
 @pytest.mark.parametrize("module,yaml,message", [
     ("def make(seed):\n    return 42\n", "_target_: baddata.make\n", "returned a int; it must return (train, val, test)"),
     ("import torch\ndef make(seed):\n    x = torch.zeros(4, 2)\n    return (x, torch.zeros(3)), None, (x, torch.zeros(4))\n",
@@ -150,37 +162,23 @@ def test_a_bad_dataset_target_is_one_line(tmp_path, cli, monkeypatch, module, ya
 
 
 def test_field_contract_errors_name_the_fix(tmp_path, monkeypatch):
-    from nodex.models.build import build_field
-
-    _write(tmp_path, "fields3.py", "from torch import nn\nclass F(nn.Module):\n"
-                                   "    def __init__(self, dim):\n        super().__init__()\n"
-                                   "    def forward(self, a, b, c, d):\n        return b\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    from omegaconf import OmegaConf
-
+    text = ("from torch import nn\nclass F(nn.Module):\n    def __init__(self, dim):\n        super().__init__()\n"
+            "    def forward(self, a, b, c, d):\n        return b\n")
     with pytest.raises(ConfigError, match=r"takes 4 positional arguments; a field's must be forward\(z\) or"):
-        build_field(OmegaConf.create({"_target_": "fields3.F"}), (2,), (2,), None, 1.0)
+        _field(tmp_path, monkeypatch, "fields3", text, {"_target_": "fields3.F"})
     with pytest.raises(ConfigError, match="must be a dotted import path"):
-        build_field(OmegaConf.create({"_target_": "F"}), (2,), (2,), None, 1.0)
+        _field(tmp_path, monkeypatch, "fields3", text, {"_target_": "F"})
     with pytest.raises(ConfigError, match="has no callable 'G'"):
-        build_field(OmegaConf.create({"_target_": "fields3.G"}), (2,), (2,), None, 1.0)
+        _field(tmp_path, monkeypatch, "fields3", text, {"_target_": "fields3.G"})
 
 
 def test_field_conventions_and_a_plain_function(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    from nodex.models.build import build_field
-
-    _write(tmp_path, "fieldsx.py", "import torch\nfrom torch import nn\n"
-                                   "def decay(rate=1.0):\n    return lambda s, z: -rate * z\n"
-                                   "def seq(dim):\n    return nn.Sequential(nn.Linear(dim, dim))\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    text = ("import torch\nfrom torch import nn\ndef decay(rate=1.0):\n    return lambda s, z: -rate * z\n"
+            "def seq(dim):\n    return nn.Sequential(nn.Linear(dim, dim))\n")
     z = torch.randn(3, 2)
-    f = build_field(OmegaConf.create({"_target_": "fieldsx.decay", "rate": 2.0}), (2,), (2,), None, 1.0)
+    f = _field(tmp_path, monkeypatch, "fieldsx", text, {"_target_": "fieldsx.decay", "rate": 2.0})
     assert torch.equal(f(torch.tensor(0.0), z), -2.0 * z) and not list(f.parameters())
-    g = build_field(OmegaConf.create({"_target_": "fieldsx.seq"}), (2,), (2,), None, 1.0)
+    g = _field(tmp_path, monkeypatch, "fieldsx", text, {"_target_": "fieldsx.seq"})
     assert g(torch.tensor(0.0), z).shape == (3, 2) and len(list(g.parameters())) == 2
 
 
