@@ -155,7 +155,8 @@ class EnsembleNeuralODE(nn.Module):
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
-        self._selection: tuple = ()  # (rows, grad mode, versions, inputs, their selected rows): _select_rows
+        # (rows None or "rows", grad mode, batched?) -> (rows, versions, inputs, their selection): _member_tensors
+        self._selection: dict[tuple, tuple] = {}
         # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
         self._batched_field = None
         if template.integral_loss is None:
@@ -230,11 +231,12 @@ class EnsembleNeuralODE(nn.Module):
         ``s``: 0-d, or each member's depth; ``state``: ``(K, B, ...)`` or a tuple of such; ``rows``: the
         members ``s`` and ``state`` hold (their indices, ``(K',)``), ``None``: all ``K``."""
         tensors, size = self._slot_tensors(_DYNAMICS_SLOTS), self.size
-        if rows is not None:
-            tensors, control, horizon = self._select_rows(rows, tensors, control, horizon)
-            size = len(rows)
-        if self._batched_field is not None and self.use_batched_field and horizon is None:
-            return self._batched_field(tensors, s, state, control)
+        batched = self._batched_field is not None and self.use_batched_field and horizon is None
+        if rows is not None or batched:
+            tensors, control, horizon, prepared = self._member_tensors(rows, tensors, control, horizon, batched)
+            size = size if rows is None else len(rows)
+        if batched:
+            return self._batched_field(prepared, s, state, control)
         bound = self._bounds[0]
         swap = self._swapper(_DYNAMICS_SLOTS)
 
@@ -249,26 +251,45 @@ class EnsembleNeuralODE(nn.Module):
         per_member = s if s.dim() == 1 else None
         return member_map(one, size, tensors, state, control, horizon, per_member)
 
-    def _select_rows(self, rows: torch.Tensor, tensors: list[torch.Tensor], control: torch.Tensor | None,
-                     horizon: torch.Tensor | None) -> tuple:
-        """The rows ``rows`` of the dynamics' tensors, the control and the horizon, selected once per ``rows``
-        tensor: the per-member solve passes one such tensor to every evaluation of an attempt, so an attempt selects
-        (and, under autograd, scatters the gradients back) once instead of once per stage. Reused only for the very
-        same ``rows``, tensors and grad mode, whose versions are unchanged."""
+    def _member_tensors(self, rows: torch.Tensor | None, tensors: list[torch.Tensor], control: torch.Tensor | None,
+                        horizon: torch.Tensor | None, batched: bool) -> tuple:
+        """``(tensors, control, horizon, prepared)`` of the members ``rows`` (``None``: all): the rows of the
+        dynamics' tensors, the control and the horizon, and (``batched``) the batched field's layer tensors
+        (:meth:`BatchedField.prepare`: transposed weights, split coefficients), made once per ``rows`` tensor and
+        once for all members (per grad mode). The per-member solve passes one ``rows`` tensor to every evaluation of
+        an attempt, so an attempt selects (and, under autograd, scatters the gradients back) once instead of once
+        per stage; a solve's graph holds each prepared tensor once, not once per evaluation, and the rows of a
+        prepared tensor are taken from the all-member one, so every evaluation's gradient reaches a parameter
+        through the one all-member node and sums in the order it did with a node per evaluation (the members'
+        gradients stay their separate runs' to the bit where they were). Reused only for the very same ``rows``,
+        tensors and grad mode, whose versions are unchanged."""
         inputs = (*tensors, control, horizon)
-        key = (rows, torch.is_grad_enabled(), [None if x is None else x._version for x in inputs])
-        cached = self._selection
-        if cached and cached[0] is key[0] and cached[1:3] == key[1:] and all(a is b for a, b in zip(cached[3], inputs)):
-            return cached[4]
-        chosen = [t.index_select(0, rows) for t in tensors]
-        picked = tuple(None if x is None else x.index_select(0, rows) for x in (control, horizon))
-        self._selection = (*key, inputs, (chosen, *picked))
-        return self._selection[4]
+        versions = [None if x is None else x._version for x in inputs]
+
+        def cached(which: torch.Tensor | None, key: tuple, make: Callable[[], tuple]) -> tuple:
+            entry = self._selection.get(key)
+            if (entry is None or entry[0] is not which or entry[1] != versions
+                    or not all(a is b for a, b in zip(entry[2], inputs))):
+                entry = self._selection[key] = (which, versions, inputs, make())
+            return entry[3]
+
+        grad = torch.is_grad_enabled()
+        every = cached(None, (None, grad, batched), lambda: (
+            tensors, control, horizon, self._batched_field.prepare(tensors) if batched else None))
+        if rows is None:
+            return every
+
+        def select() -> tuple:
+            chosen = [t.index_select(0, rows) for t in tensors]
+            picked = tuple(None if x is None else x.index_select(0, rows) for x in (control, horizon))
+            return (chosen, *picked, self._batched_field.select(every[3], rows) if batched else None)
+
+        return cached(rows, ("rows", grad, batched), select)
 
     def forward(self, X: torch.Tensor) -> ModelOutput:
         """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""
         t = self.template
-        self._selection = ()
+        self._selection = {}
         Z0 = self._vmap_slot("input_layer", X)
         U = None
         if t.control is not None:
