@@ -155,11 +155,12 @@ def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> Batc
 
         def galerkin(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             alpha_w, alpha_b = p
-            psi = basis(s.to(alpha_w.dtype))  # (m,), or (K, m) for per-member depths
+            psi = basis(s.to(alpha_w.dtype)).unsqueeze(-2)  # (1, m), or (K, 1, m) for per-member depths
             if psi.dim() == 2:
-                psi = psi.unsqueeze(1)  # (K, 1, m)
-            W = torch.matmul(psi, alpha_w).view(-1, out_f, in_f)
-            b = None if alpha_b is None else torch.matmul(psi, alpha_b).view(-1, 1, out_f)
+                psi = psi.expand(alpha_w.shape[0], 1, -1)
+            # bmm itself: what torch.matmul runs here, without its broadcasting views (and their graph nodes)
+            W = torch.bmm(psi, alpha_w).view(-1, out_f, in_f)
+            b = None if alpha_b is None else torch.bmm(psi, alpha_b)  # (K, 1, out)
             return _affine(h, W.transpose(1, 2), b)
 
         return BatchedLayer(galerkin_prepare, galerkin, lambda p, rows: (_rows(p[0], rows), _rows(p[1], rows)))

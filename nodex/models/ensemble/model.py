@@ -155,7 +155,7 @@ class EnsembleNeuralODE(nn.Module):
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
-        # (rows None or "rows", grad mode, batched?) -> (rows, versions, inputs, their selection): _member_tensors
+        # (None or the id of a rows tensor, grad mode, batched?) -> the tensors of all members / of those rows: _member_tensors
         self._selection: dict[tuple, tuple] = {}
         # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
         self._batched_field = None
@@ -263,28 +263,23 @@ class EnsembleNeuralODE(nn.Module):
         through the one all-member node and sums in the order it did with a node per evaluation (the members'
         gradients stay their separate runs' to the bit where they were). Reused only for the very same ``rows``,
         tensors and grad mode, whose versions are unchanged."""
-        inputs = (*tensors, control, horizon)
-        versions = [None if x is None else x._version for x in inputs]
-
-        def cached(which: torch.Tensor | None, key: tuple, make: Callable[[], tuple]) -> tuple:
-            entry = self._selection.get(key)
-            if (entry is None or entry[0] is not which or entry[1] != versions
-                    or not all(a is b for a, b in zip(entry[2], inputs))):
-                entry = self._selection[key] = (which, versions, inputs, make())
-            return entry[3]
-
         grad = torch.is_grad_enabled()
-        every = cached(None, (None, grad, batched), lambda: (
-            tensors, control, horizon, self._batched_field.prepare(tensors) if batched else None))
+        versions = [t._version for t in tensors]  # control and horizon are made by each forward, never changed
+        every = self._selection.get((None, grad, batched))
+        if (every is None or every[1] != versions or every[2] is not control or every[3] is not horizon
+                or any(a is not b for a, b in zip(every[0], tensors))):
+            prepared = self._batched_field.prepare(tensors) if batched else None
+            every = self._selection[None, grad, batched] = (tensors, versions, control, horizon, prepared)
         if rows is None:
-            return every
-
-        def select() -> tuple:
+            return tensors, control, horizon, every[4]
+        part = self._selection.get((id(rows), grad, batched))  # the entry holds rows: its id is not reused
+        if part is None or part[0] is not rows or part[1] is not every:
             chosen = [t.index_select(0, rows) for t in tensors]
             picked = tuple(None if x is None else x.index_select(0, rows) for x in (control, horizon))
-            return (chosen, *picked, self._batched_field.select(every[3], rows) if batched else None)
-
-        return cached(rows, ("rows", grad, batched), select)
+            part = (rows, every, (chosen, *picked, self._batched_field.select(every[4], rows) if batched else None))
+            self._selection = {k: v for k, v in self._selection.items() if k[0] is None}  # one rows tensor at a time
+            self._selection[id(rows), grad, batched] = part
+        return part[2]
 
     def forward(self, X: torch.Tensor) -> ModelOutput:
         """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""
