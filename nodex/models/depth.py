@@ -23,14 +23,11 @@ from torch import nn
 
 from nodex.models.galerkin import GalConv2d, GalerkinSpec, GalLinear
 from nodex.models.layers import (
-    DepthConcatLinear, DepthConv2d, StaticLinear, batched_affine, batched_linear_from_flat,
+    DepthConcatLinear, DepthConv2d, StaticLinear,
 )
 from nodex.models.stacked import StackedConv2d, StackedLinear, stacked_boundaries
 
 DEPTHS = ("concat", "galerkin", "none", "stacked")
-
-# ``layer(tensors, s, h)``: one layer for all members; ``tensors`` are the stacked member tensors.
-BatchedLayer = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_depth(depth: str) -> None:
@@ -81,49 +78,112 @@ def depth_conv2d(
     return DepthConv2d(in_channels, out_channels, kernel_size, bias=bias, depth_concat=depth == "concat")
 
 
+class BatchedLayer:
+    """One layer for all members, in two parts: ``prepare(tensors)`` derives the layer's member tensors from the
+    stacked ones (transposed weights, biases as ``(K, 1, out)``, split coefficients) — once per set of members,
+    not once per evaluation, so an ODE solve's graph holds these views once — and ``apply(prepared, s, h)``
+    evaluates the layer. ``layer(tensors, s, h)`` does both."""
+
+    __slots__ = ("prepare", "apply", "select")
+
+    def __init__(self, prepare: Callable[[Sequence[torch.Tensor]], tuple],
+                 apply: Callable[[tuple, torch.Tensor, torch.Tensor], torch.Tensor],
+                 select: Callable[[tuple, torch.Tensor], tuple]) -> None:
+        self.prepare, self.apply, self.select = prepare, apply, select
+
+    def __call__(self, tensors: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.apply(self.prepare(tensors), s, h)
+
+
+def _rows(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else x.index_select(0, rows)
+
+
+def _rows_transposed(xT: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The rows of a transposed weight ``(K, in, out)``, laid out as the transpose of the rows of the weight (so a
+    matmul sees the same strides as with the weight's own rows)."""
+    return xT.transpose(1, 2).index_select(0, rows).transpose(1, 2)
+
+
+def _affine(h: torch.Tensor, WT: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """:func:`batched_affine` with the weight already transposed ``(K, in, out)`` and the bias ``(K, 1, out)``."""
+    return torch.bmm(h, WT) if b is None else torch.baddbmm(b, h, WT)
+
+
 def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> BatchedLayer | None:
     """The member-batched form of one linear layer of a field, or ``None`` (then only ``vmap`` applies).
 
     Args:
         layer: the template member's layer (any :func:`depth_linear` kind).
         prefix: its name in the member model, with a trailing dot (``"field.layers.0."``).
-        index: member tensor name -> position in the ``tensors`` the returned function receives.
+        index: member tensor name -> position in the ``tensors`` the returned layer receives.
 
     The returned ``layer(tensors, s, h)`` takes ``h`` ``(K, B, in)`` and ``s`` 0-d or ``(K,)`` (each member's
-    depth) -> ``(K, B, out)``:
-    the same arithmetic as each member's own layer.
+    depth) -> ``(K, B, out)``: the same arithmetic as each member's own layer (:class:`BatchedLayer`).
     """
     kind = type(layer)
     if kind in (StaticLinear, DepthConcatLinear):
         w, b = index[prefix + "weight"], index.get(prefix + "bias")
+
+        def bias(t: Sequence[torch.Tensor]) -> torch.Tensor | None:
+            return None if b is None else t[b].unsqueeze(1)
+
         if kind is StaticLinear:
-            return lambda t, s, h: batched_affine(h, t[w], None if b is None else t[b])
+            return BatchedLayer(lambda t: (t[w].transpose(1, 2), bias(t)), lambda p, s, h: _affine(h, *p),
+                                lambda p, rows: (_rows_transposed(p[0], rows), _rows(p[1], rows)))
 
-        def concat(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        def concat_prepare(t: Sequence[torch.Tensor]) -> tuple:
             W = t[w]  # [W_h, w_s]: the depth enters as one extra input feature
-            out = batched_affine(h, W[:, :, :-1], None if b is None else t[b])
+            return W[:, :, :-1].transpose(1, 2), bias(t), W[:, :, -1].unsqueeze(1)
+
+        def concat(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            out = _affine(h, p[0], p[1])
             depth = s.to(h).reshape(-1, 1, 1).expand(*h.shape[:2], 1)  # as depth_column: a (B, 1) column per member
-            return out + depth * W[:, :, -1].unsqueeze(1)
+            return out + depth * p[2]
 
-        return concat
+        return BatchedLayer(concat_prepare, concat,
+                            lambda p, rows: (_rows_transposed(p[0], rows), _rows(p[1], rows), _rows(p[2], rows)))
     if kind is GalLinear and layer.basis.dilation is None and layer.basis.shift is None:
-        a, shape, basis = index[prefix + "coeffs"], (layer.out_features, layer.in_features, layer.has_bias), layer.basis
+        a, basis = index[prefix + "coeffs"], layer.basis
+        out_f, in_f, n_weight, has_bias = layer.out_features, layer.in_features, layer.n_weight, layer.has_bias
 
-        def galerkin(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        def galerkin_prepare(t: Sequence[torch.Tensor]) -> tuple:
+            # α split into its weight and bias columns: ψ(s) @ α of each part is the same numbers as the slices of
+            # ψ(s) @ α, without slicing θ (and scattering its gradient back) at every evaluation
             alpha = t[a]  # (K, m, n_params); ψ(s) has no member parameters (buffers are constants)
-            psi = basis(s.to(alpha.dtype))  # (m,), or (K, m) for per-member depths
-            theta = torch.matmul(psi, alpha) if psi.dim() == 1 else torch.matmul(psi.unsqueeze(1), alpha).squeeze(1)
-            return batched_linear_from_flat(theta, h, *shape)
+            return alpha[:, :, :n_weight], alpha[:, :, n_weight:] if has_bias else None
 
-        return galerkin
+        def galerkin(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            alpha_w, alpha_b = p
+            psi = basis(s.to(alpha_w.dtype)).unsqueeze(-2)  # (1, m), or (K, 1, m) for per-member depths
+            if psi.dim() == 2:
+                psi = psi.expand(alpha_w.shape[0], 1, -1)
+            # bmm itself: what torch.matmul runs here, without its broadcasting views (and their graph nodes)
+            W = torch.bmm(psi, alpha_w).view(-1, out_f, in_f)
+            b = None if alpha_b is None else torch.bmm(psi, alpha_b)  # (K, 1, out)
+            return _affine(h, W.transpose(1, 2), b)
+
+        return BatchedLayer(galerkin_prepare, galerkin, lambda p, rows: (_rows(p[0], rows), _rows(p[1], rows)))
     if kind is StackedLinear:
-        c, shape, piece = index[prefix + "coeffs"], (layer.out_features, layer.in_features, layer.has_bias), layer.piece
+        c, piece = index[prefix + "coeffs"], layer.piece
+        out_f, in_f, has_bias = layer.out_features, layer.in_features, layer.has_bias
+        n_weight = out_f * in_f
 
-        def stacked(t: Sequence[torch.Tensor], s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        def stacked_prepare(t: Sequence[torch.Tensor]) -> tuple:
+            coeffs = t[c]  # (K, pieces, n_params)
+            members = torch.arange(coeffs.shape[0], device=coeffs.device)
+            return coeffs[:, :, :n_weight], coeffs[:, :, n_weight:] if has_bias else None, members
+
+        def stacked(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             # every member's piece at depth s (the breakpoints are the members' common config)
-            p = piece(s)
-            coeffs = t[c][:, p] if p.dim() == 0 else t[c][torch.arange(len(p), device=p.device), p]
-            return batched_linear_from_flat(coeffs, h, *shape)
+            coeffs_w, coeffs_b, members = p
+            i = piece(s)
+            at = (slice(None), i) if i.dim() == 0 else (members, i)
+            W = coeffs_w[at].view(-1, out_f, in_f)
+            return _affine(h, W.transpose(1, 2), None if coeffs_b is None else coeffs_b[at].unsqueeze(1))
 
-        return stacked
+        def stacked_select(p: tuple, rows: torch.Tensor) -> tuple:
+            return _rows(p[0], rows), _rows(p[1], rows), torch.arange(len(rows), device=rows.device)
+
+        return BatchedLayer(stacked_prepare, stacked, stacked_select)
     return None

@@ -20,18 +20,41 @@ Shapes: stacked weights ``(K, out, in)``, biases ``(K, out)``, Galërkin coeffic
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from nodex.models.depth import batched_linear
+from nodex.models.depth import BatchedLayer, batched_linear
 from nodex.models.fields import HigherOrderField, MLPField
 
 # Parameter-free modules that act elementwise, so they apply to ``(K, B, n)`` as to ``(B, n)``.
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Softplus, nn.ELU, nn.SiLU, nn.Sigmoid, nn.Identity)
 
-BatchedField = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+class BatchedField:
+    """The field for all members: ``prepare(tensors)`` derives each layer's member tensors from the stacked ones
+    (once per set of members: :class:`nodex.models.depth.BatchedLayer`), ``f(prepared, s, Z, U) -> (K, B, n_out)``
+    evaluates it with ``s`` 0-d or ``(K,)``, ``Z`` ``(K, B, n)`` and ``U`` the stacked control (or ``None``)."""
+
+    def __init__(self, layers: list[BatchedLayer], acts: list[nn.Module], controlled: bool, order: int) -> None:
+        self.layers, self.acts, self.controlled, self.order = layers, acts, controlled, order
+
+    def prepare(self, tensors: Sequence[torch.Tensor]) -> list[tuple]:
+        return [layer.prepare(tensors) for layer in self.layers]
+
+    def select(self, prepared: Sequence[tuple], rows: torch.Tensor) -> list[tuple]:
+        """The members ``rows`` of ``prepare``'s tensors of all members."""
+        return [layer.select(p, rows) for layer, p in zip(self.layers, prepared)]
+
+    def __call__(self, prepared: Sequence[tuple], s: torch.Tensor, Z: torch.Tensor, U: torch.Tensor | None
+                 ) -> torch.Tensor:
+        h = torch.cat([Z, U.reshape(*U.shape[:2], -1)], dim=-1) if self.controlled else Z
+        for layer, p, act in zip(self.layers, prepared, self.acts):
+            h = act(layer.apply(p, s, h))
+        out = self.layers[-1].apply(prepared[-1], s, h)
+        if self.order == 1:
+            return out
+        return torch.cat([Z[..., Z.shape[-1] // self.order:], out], dim=-1)
 
 
 def batched_field(field: nn.Module, prefix: str, names: Sequence[str]) -> BatchedField | None:
@@ -40,11 +63,7 @@ def batched_field(field: nn.Module, prefix: str, names: Sequence[str]) -> Batche
     Args:
         field: the template member's field (named ``prefix`` without the dot in its model).
         prefix: its name in the member model, with a trailing dot (``"field."``).
-        names: the member names of the stacked tensors the returned function receives.
-
-    Returns:
-        ``f(tensors, s, Z, U) -> (K, B, n_out)`` with ``tensors`` in ``names`` order, ``s``
-        0-d or ``(K,)``, ``Z`` ``(K, B, n)`` and ``U`` the stacked control (or ``None``).
+        names: the member names of the stacked tensors ``prepare`` receives.
     """
     order = 1
     if type(field) is HigherOrderField:
@@ -55,17 +74,4 @@ def batched_field(field: nn.Module, prefix: str, names: Sequence[str]) -> Batche
     layers = [batched_linear(layer, f"{prefix}layers.{i}.", index) for i, layer in enumerate(field.layers)]
     if any(layer is None for layer in layers):
         return None
-    acts, controlled = list(field.acts), field.control_features > 0
-
-    def evaluate(
-        tensors: Sequence[torch.Tensor], s: torch.Tensor, Z: torch.Tensor, U: torch.Tensor | None
-    ) -> torch.Tensor:
-        h = torch.cat([Z, U.reshape(*U.shape[:2], -1)], dim=-1) if controlled else Z
-        for layer, act in zip(layers, acts):
-            h = act(layer(tensors, s, h))
-        out = layers[-1](tensors, s, h)
-        if order == 1:
-            return out
-        return torch.cat([Z[..., Z.shape[-1] // order:], out], dim=-1)
-
-    return evaluate
+    return BatchedField(layers, list(field.acts), field.control_features > 0, order)

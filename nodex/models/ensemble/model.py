@@ -155,7 +155,8 @@ class EnsembleNeuralODE(nn.Module):
         self.nfe = NFECounter()
         self._swappers: dict[tuple[str, ...], _Swap] = {}
         self._slot_keys: dict[tuple[str, ...], list[tuple[dict, str]]] = {}
-        self._selection: tuple = ()  # (rows, grad mode, versions, inputs, their selected rows): _select_rows
+        # (None or the id of a rows tensor, grad mode, batched?) -> the tensors of all members / of those rows: _member_tensors
+        self._selection: dict[tuple, tuple] = {}
         # MLP fields of the toy models skip vmap: batched matmuls on the stacked parameters.
         self._batched_field = None
         if template.integral_loss is None:
@@ -230,11 +231,12 @@ class EnsembleNeuralODE(nn.Module):
         ``s``: 0-d, or each member's depth; ``state``: ``(K, B, ...)`` or a tuple of such; ``rows``: the
         members ``s`` and ``state`` hold (their indices, ``(K',)``), ``None``: all ``K``."""
         tensors, size = self._slot_tensors(_DYNAMICS_SLOTS), self.size
-        if rows is not None:
-            tensors, control, horizon = self._select_rows(rows, tensors, control, horizon)
-            size = len(rows)
-        if self._batched_field is not None and self.use_batched_field and horizon is None:
-            return self._batched_field(tensors, s, state, control)
+        batched = self._batched_field is not None and self.use_batched_field and horizon is None
+        if rows is not None or batched:
+            tensors, control, horizon, prepared = self._member_tensors(rows, tensors, control, horizon, batched)
+            size = size if rows is None else len(rows)
+        if batched:
+            return self._batched_field(prepared, s, state, control)
         bound = self._bounds[0]
         swap = self._swapper(_DYNAMICS_SLOTS)
 
@@ -249,26 +251,40 @@ class EnsembleNeuralODE(nn.Module):
         per_member = s if s.dim() == 1 else None
         return member_map(one, size, tensors, state, control, horizon, per_member)
 
-    def _select_rows(self, rows: torch.Tensor, tensors: list[torch.Tensor], control: torch.Tensor | None,
-                     horizon: torch.Tensor | None) -> tuple:
-        """The rows ``rows`` of the dynamics' tensors, the control and the horizon, selected once per ``rows``
-        tensor: the per-member solve passes one such tensor to every evaluation of an attempt, so an attempt selects
-        (and, under autograd, scatters the gradients back) once instead of once per stage. Reused only for the very
-        same ``rows``, tensors and grad mode, whose versions are unchanged."""
-        inputs = (*tensors, control, horizon)
-        key = (rows, torch.is_grad_enabled(), [None if x is None else x._version for x in inputs])
-        cached = self._selection
-        if cached and cached[0] is key[0] and cached[1:3] == key[1:] and all(a is b for a, b in zip(cached[3], inputs)):
-            return cached[4]
-        chosen = [t.index_select(0, rows) for t in tensors]
-        picked = tuple(None if x is None else x.index_select(0, rows) for x in (control, horizon))
-        self._selection = (*key, inputs, (chosen, *picked))
-        return self._selection[4]
+    def _member_tensors(self, rows: torch.Tensor | None, tensors: list[torch.Tensor], control: torch.Tensor | None,
+                        horizon: torch.Tensor | None, batched: bool) -> tuple:
+        """``(tensors, control, horizon, prepared)`` of the members ``rows`` (``None``: all): the rows of the
+        dynamics' tensors, the control and the horizon, and (``batched``) the batched field's layer tensors
+        (:meth:`BatchedField.prepare`: transposed weights, split coefficients), made once per ``rows`` tensor and
+        once for all members (per grad mode). The per-member solve passes one ``rows`` tensor to every evaluation of
+        an attempt, so an attempt selects (and, under autograd, scatters the gradients back) once instead of once
+        per stage; a solve's graph holds each prepared tensor once, not once per evaluation, and the rows of a
+        prepared tensor are taken from the all-member one, so every evaluation's gradient reaches a parameter
+        through the one all-member node and sums in the order it did with a node per evaluation (the members'
+        gradients stay their separate runs' to the bit where they were). Reused only for the very same ``rows``,
+        tensors and grad mode, whose versions are unchanged."""
+        grad = torch.is_grad_enabled()
+        versions = [t._version for t in tensors]  # control and horizon are made by each forward, never changed
+        every = self._selection.get((None, grad, batched))
+        if (every is None or every[1] != versions or every[2] is not control or every[3] is not horizon
+                or any(a is not b for a, b in zip(every[0], tensors))):
+            prepared = self._batched_field.prepare(tensors) if batched else None
+            every = self._selection[None, grad, batched] = (tensors, versions, control, horizon, prepared)
+        if rows is None:
+            return tensors, control, horizon, every[4]
+        part = self._selection.get((id(rows), grad, batched))  # the entry holds rows: its id is not reused
+        if part is None or part[0] is not rows or part[1] is not every:
+            chosen = [t.index_select(0, rows) for t in tensors]
+            picked = tuple(None if x is None else x.index_select(0, rows) for x in (control, horizon))
+            part = (rows, every, (chosen, *picked, self._batched_field.select(every[4], rows) if batched else None))
+            self._selection = {k: v for k, v in self._selection.items() if k[0] is None}  # one rows tensor at a time
+            self._selection[id(rows), grad, batched] = part
+        return part[2]
 
     def forward(self, X: torch.Tensor) -> ModelOutput:
         """``X`` ``(K, B, *input_shape)`` -> stacked :class:`ModelOutput`."""
         t = self.template
-        self._selection = ()
+        self._selection = {}
         Z0 = self._vmap_slot("input_layer", X)
         U = None
         if t.control is not None:
