@@ -25,8 +25,8 @@ from nodex.report import Group, Run, find_runs, fmt, metric_value, stat_cell
 MAIN_METRICS = ("test/accuracy", "test/mse", "test/nll", "test/extrapolation_mse", "test/tracking_mse")
 ENSEMBLE_NOTE = (
     "The seeds of a Neural ODE experiment train as one `trainer.ensemble=K` job: with a fixed-step solver each member "
-    "is its separate run bit for bit; with an adaptive solver (dopri5 here) the members share one step-size sequence, "
-    "so trajectories differ within the solver tolerance and the NFE is the ensemble's. Run as separate seeds too:")
+    "is its separate run bit for bit; with nodex's adaptive solvers (dopri5 here) each member takes its own steps, so "
+    "its metrics equal its separate run's to the solver tolerance and its NFE is its own. Run as separate seeds too:")
 
 
 def collect(jobs: list[Job], out_dir) -> dict[str, Group]:

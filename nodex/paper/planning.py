@@ -1,8 +1,8 @@
 """Planning a reproduction: the budgets (``configs/budget/NAME.yaml``: seeds, and plain ``key=value``
 overrides applied where an experiment's config has the key), the runs a budget makes (:func:`plan`)
 and their ``nodex train`` command lines (:func:`commands`). A Neural ODE experiment trains its seeds
-as one seed ensemble per run of consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``; with adaptive
-solvers the members share one step-size sequence, so ``--compare`` runs some both ways); a CNF, and
+as one seed ensemble per run of consecutive seeds (``LABEL/seeds<S>-<S+K-1>/member-k``; under nodex's adaptive
+solvers each member takes its own steps; ``--compare`` runs some both ways to show it); a CNF, and
 every experiment under ``--separate``, runs ``nodex train --multirun seed=...`` (``LABEL/seed<S>``).
 """
 
