@@ -171,12 +171,16 @@ def test_checkpoint_holds_config_and_loads_weights_only(trained_run):
 def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, result, code, err = train_run("model=galnode", "trainer.plots=true", "trainer.plot_every=10")
+    # 3-D rings: θ(s) and the trajectories are drawn at each plot point, not the 2-D-only decision map, state space
+    # and vector field (three figures more at each point; tests/test_viz.py covers them)
+    run_dir, result, code, err = train_run("model=galnode", "data.params.dim=3", "trainer.plots=true",
+                                           "trainer.plot_every=10")
     assert code == 0, err
     ea = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     ea.Reload()
     assert [e.step for e in ea.Images("plots/parameters_evolution")] == [10, 20]
     assert (run_dir / "plots" / "parameters_evolution.png").exists()
+    assert not (run_dir / "plots" / "decision_map.png").exists()
 
 
 def test_train_log_has_a_progress_line_every_log_point_and_each_validation(trained_run):
