@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,10 +171,17 @@ def _files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+def _completed(trained_run: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the session's completed FAST run (tests/conftest.py) as ``tmp_path / name``, as ``train_run(name=name)``
+    would have trained it: for the tests that resume or change it."""
+    run_dir = tmp_path / name
+    shutil.copytree(trained_run, run_dir)
+    return run_dir
+
+
 @pytest.mark.parametrize("changed", [["seed=5"], ["model=depthcat"]])
-def test_a_refused_resume_changes_nothing_on_disk(train_run, changed):
-    run_dir, _, code, err = train_run(name="done")
-    assert code == 0, err
+def test_a_refused_resume_changes_nothing_on_disk(train_run, trained_run, tmp_path, changed):
+    run_dir = _completed(trained_run, tmp_path, "done")
     before = _files(run_dir)
     assert ".hydra/config.yaml" in before and "train.log" in before and "result.json" in before
     _, _, code, err = train_run("trainer.resume=auto", *changed, name="done")
@@ -183,9 +191,8 @@ def test_a_refused_resume_changes_nothing_on_disk(train_run, changed):
     assert _files(run_dir) == before  # result.json, .hydra/, train.log, metrics.jsonl, checkpoints: all as they were
 
 
-def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run):
-    run_dir, _, code, err = train_run(name="done")
-    assert code == 0, err
+def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run, trained_run, tmp_path):
+    run_dir = _completed(trained_run, tmp_path, "done")
     before = _files(run_dir)
     _, _, code, err = train_run("trainer.resume=auto", name="done")  # a requeued job that had already finished
     assert code == 0 and err.strip() == f"nodex: {run_dir} already completed its 20 steps; nothing to do (a larger " \
@@ -195,9 +202,8 @@ def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run):
     assert code == 0, err and result["steps"] == 30 and result["status"] == "completed"
 
 
-def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(train_run, tmp_path):
-    first, _, code, err = train_run(name="first")
-    assert code == 0, err
+def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(train_run, trained_run, tmp_path):
+    first = trained_run  # only read
     _, _, code, err = train_run(f"trainer.resume={first}", name="other")
     assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={first}: that run has no steps left (it ends "
                                          "at step 20); continue it with a larger trainer.max_steps (above 20)")
@@ -209,9 +215,8 @@ def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(
     assert code == 0 and result["steps"] == 25, err
 
 
-def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run):
-    run_dir, _, code, err = train_run(name="run")
-    assert code == 0, err
+def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run, trained_run, tmp_path):
+    run_dir = _completed(trained_run, tmp_path, "run")
     (run_dir / "checkpoints" / "last.pt").unlink()
     before = _files(run_dir)
     _, _, code, err = train_run("trainer.resume=auto", name="run")
