@@ -69,6 +69,16 @@ def cli(tmp_path, capsys):
     return _run
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One default FAST run (vanilla on rings, dopri5, 20 steps), trained once for the session and shared by the
+    tests that only read it (eval, checkpoint contents, train.log, refusals): they must write nothing into it."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", *FAST, f"hydra.run.dir={run_dir}"]) == 0
+    return run_dir
+
+
 @pytest.fixture
 def train_run(tmp_path, cli):
     """``train_run(*overrides) -> (run_dir, result)`` for a short training run in ``tmp_path``."""

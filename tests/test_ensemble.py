@@ -139,9 +139,13 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "vmap"])
-@pytest.mark.parametrize("overrides,has_fast_path", VARIANTS,
-                         ids=lambda o: o[0].split("=")[1] if isinstance(o, list) else None)
+# both paths where there is a fast path; vmap alone where there is none (use_batched_field=True would run the same
+# vmap code again)
+PATHS = [pytest.param(overrides, fast, batched, id=f"{overrides[0].split('=')[1]}-{fast}-{name}")
+         for overrides, fast in VARIANTS for batched, name in ((True, "batched"), (False, "vmap")) if fast or not batched]
+
+
+@pytest.mark.parametrize("overrides,has_fast_path,batched", PATHS)
 def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_path, batched):
     cfg = compose_cfg([*overrides, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu", "data.n_val=16",
                        "data.n_test=16"])

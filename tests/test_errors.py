@@ -57,10 +57,9 @@ def test_config_errors_are_recorded_in_result_json(cli, tmp_path):
 
 
 @pytest.fixture
-def good_run(train_run):
-    run_dir, result, code, err = train_run()
-    assert code == 0, err
-    return run_dir
+def good_run(trained_run):
+    """A completed run (the session's shared one: the eval tests below only read it)."""
+    return trained_run
 
 
 def test_eval_missing_checkpoint(cli, tmp_path):
@@ -106,7 +105,6 @@ def test_eval_run_directory_without_checkpoints_or_config(cli, tmp_path):
     assert code == 1 and "has no checkpoints/last.pt" in _one_line_error(err)
 
 
-@pytest.mark.slow
 def test_eval_unknown_override_key(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_tst=5", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 2 and "unknown config key 'data.n_tst'" in _one_line_error(err)
@@ -377,13 +375,11 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
     ("trainer.device=cuda", "nodex eval picks its device with device=...: use device=cuda"),
     ("split=bogus", "split='bogus'; choose one of: train, val, test"),
 ])
-@pytest.mark.slow
 def test_eval_bad_values_are_one_line(cli, tmp_path, good_run, override, expected):
     code, _, err = cli(["eval", f"ckpt={good_run}", override, f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and _one_line_error(err) == f"nodex: error: {expected}"
 
 
-@pytest.mark.slow
 def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=abc", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 2 and _one_line_error(err) == ("nodex: error: data.n_test='abc' is not an integer: give "
@@ -391,7 +387,6 @@ def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_
     assert not (tmp_path / "ev").exists()
 
 
-@pytest.mark.slow
 def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where CI has a GPU
     code, _, err = cli(["eval", f"ckpt={good_run}", "device=cuda", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -399,14 +394,12 @@ def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
                                                   "device=auto or cpu")
 
 
-@pytest.mark.slow
 def test_eval_of_an_impossible_test_split_is_one_line(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=1000000000000", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and "data.n_test=1000000000000 is 1,000,000,000,256 samples: at least 8000.0 GB" in \
         _one_line_error(err)
 
 
-@pytest.mark.slow
 def test_eval_of_a_checkpoint_whose_config_is_broken_is_one_line(cli, tmp_path, good_run):
     from nodex.train.checkpoint import save_checkpoint
 

@@ -6,21 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from conftest import FAST
 from nodex.cli import main
 
-pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny vanilla run on rings (dopri5, rtol=atol=1e-4), trained once for the module."""
-    torch.set_num_threads(1)
-    run_dir = tmp_path_factory.mktemp("evalx") / "run"
-    assert main(["train", *FAST, f"hydra.run.dir={run_dir}"]) == 0
-    return run_dir
+@pytest.fixture
+def trained(trained_run):
+    """One tiny vanilla run on rings (dopri5, rtol=atol=1e-4): the session's shared run (tests/conftest.py)."""
+    return trained_run
 
 
 def _eval(run_dir, out_dir, *overrides: str) -> tuple[int, dict | None]:
@@ -53,6 +46,7 @@ def test_a_key_of_the_solver_alone_switches_the_method(trained, tmp_path):
     assert payload["applied"] == {"solver.method": "euler", "solver.step_size": 0.125}
 
 
+@pytest.mark.slow  # a 3-job eval multirun down to rtol 1e-7
 def test_a_tolerance_sweep_gives_a_different_nfe_per_tolerance(trained, tmp_path):
     sweep = tmp_path / "sweep"
     code = main(["eval", "--multirun", f"ckpt={trained}", "solver.rtol=1e-3,1e-5,1e-7", "solver.atol=1e-7",

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_submitit_runs_two_jobs_on_a_real_slurm(cli, tmp_path, slurm):
     sweep = tmp_path / "slurm"
     code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
                           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
-                          *TWO_JOBS, f"hydra.sweep.dir={sweep}"])
+                          "hydra.launcher.poll_s=0.5", *TWO_JOBS, f"hydra.sweep.dir={sweep}"])
     assert code == 0, err
     hydra = assert_two_jobs_completed(sweep, "slurm")
     job_ids = [h["job"]["id"] for h in hydra]
@@ -147,11 +148,13 @@ def test_submitit_runs_two_jobs_on_a_real_slurm(cli, tmp_path, slurm):
         assert (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").exists()
 
 
-# 600 rk4 steps on fresh batches: long enough (several seconds) to be caught mid-run, short enough for CI.
+# 300 rk4 steps on fresh batches: long enough (seconds) to be caught mid-run (each job is watched on its own, so
+# only the time from its step 50 to the signal counts), short enough for CI.
 REQUEUED_RUN = ["solver=rk4", "data.n_train=256", "data.n_val=64", "data.n_test=256", "trainer.plots=false",
                 "logger.tensorboard=false", "trainer.log_every=10", "trainer.val_every=100",
-                "trainer.checkpoint_every=50", "trainer.max_steps=600", "trainer.num_threads=1", "seed=4",
+                "trainer.checkpoint_every=50", "trainer.max_steps=300", "trainer.num_threads=1", "seed=4",
                 "trainer.resume=auto"]
+REQUEUED_STEPS, REQUEUE_FROM = 300, 50
 # How each job of the sweep is stopped: Slurm's own requeue (SIGTERM to the job, then back to the queue), and
 # what Slurm sends before the time limit or on preemption (submitit's SIGUSR2: submitit requeues the job itself).
 INTERRUPTS = {"scontrol": lambda job: ["scontrol", "requeue", job],
@@ -198,18 +201,19 @@ def _old_step_gone(job: str, job_dir: Path) -> bool:
 CREDENTIAL_S = 2.0
 
 
-def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: list) -> None:
-    """For each job of the sweep: once it logged ``min_step``, interrupt it as its experiment_name says, wait until
-    Slurm holds it requeued (pending), its old step has ended and a new second has begun, and let it start again now
-    (a requeued job is held back 2 minutes). Released earlier, Slurm may start it again at once and kill that start as
-    "non-startable batch job: Job credential revoked" (the sweep then reports that job lost, before: waited forever)."""
+def _requeue_job_mid_run(sweep: Path, how: str, min_step: int, seen: dict, errors: list) -> None:
+    """For the job of the sweep whose experiment_name is ``how`` (one watcher thread per job, so that neither waits
+    for the other's requeue): once it logged ``min_step``, interrupt it as ``how`` says, wait until Slurm holds it
+    requeued (pending), its old step has ended and a new second has begun, and let it start again now (a requeued job
+    is held back 2 minutes). Released earlier, Slurm may start it again at once and kill that start as "non-startable
+    batch job: Job credential revoked" (the sweep then reports that job lost, before: waited forever)."""
     try:
         deadline = time.time() + 150
-        while len(seen) < len(INTERRUPTS) and time.time() < deadline:
+        while how not in seen and time.time() < deadline:
             for job_dir in sweep.glob("*/.hydra/config.yaml"):
                 job_dir = job_dir.parent.parent
-                how = (yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}).get("experiment_name")
-                if how is None or how in seen or _last_step(job_dir) < min_step:
+                name = (yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}).get("experiment_name")
+                if name != how or _last_step(job_dir) < min_step:
                     continue  # (a config.yaml being written reads as empty)
                 job = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"]
                 subprocess.run(INTERRUPTS[how](job), check=True, capture_output=True, timeout=30)
@@ -222,6 +226,7 @@ def _requeue_each_job_mid_run(sweep: Path, min_step: int, seen: dict, errors: li
                 seen[how]["restarts"] = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
                                                        text=True).stdout.split("Restarts=")[1].split()[0]
                 subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
+                break
             time.sleep(0.05)
     except Exception as exc:  # reported by the test
         errors.append(exc)
@@ -240,18 +245,25 @@ def _diagnosis(sweep: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the slurm fixture may install Slurm first (up to 600 s, then a skip)
 def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_run(cli, tmp_path, slurm):
-    code, _, err = cli(["train", *REQUEUED_RUN, f"hydra.run.dir={tmp_path / 'whole'}"])
-    assert code == 0, err
-    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
-    whole_weights = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model"]
+    # the uninterrupted run in a process of its own, beside the sweep (the cores are idle while Slurm requeues)
+    uninterrupted = subprocess.Popen([sys.executable, "-m", "nodex.cli", "train", *REQUEUED_RUN,
+                                      f"hydra.run.dir={tmp_path / 'whole'}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     sweep, seen, errors = tmp_path / "requeued", {}, []
-    watcher = threading.Thread(target=_requeue_each_job_mid_run, args=(sweep, 100, seen, errors), daemon=True)
-    watcher.start()
+    watchers = [threading.Thread(target=_requeue_job_mid_run, args=(sweep, how, REQUEUE_FROM, seen, errors),
+                                 daemon=True) for how in INTERRUPTS]
+    for watcher in watchers:
+        watcher.start()
     code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
                           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
-                          "hydra.launcher.max_num_timeout=1", *REQUEUED_RUN, "experiment_name=scontrol,usr2",
-                          f"hydra.sweep.dir={sweep}"])
-    watcher.join(timeout=30)
+                          "hydra.launcher.max_num_timeout=1", "hydra.launcher.poll_s=0.5", *REQUEUED_RUN,
+                          "experiment_name=scontrol,usr2", f"hydra.sweep.dir={sweep}"])
+    for watcher in watchers:
+        watcher.join(timeout=30)
+    _, whole_err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, whole_err
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    whole_weights = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model"]
     assert not errors, errors
     assert code == 0, (out, err, _diagnosis(sweep))
     assert f"nodex: sweep finished: 2/2 jobs completed in {sweep}" in out
@@ -262,12 +274,12 @@ def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_ru
         log = (job["dir"] / "train.log").read_text()
         stopped = re.findall(rf"STOPPED: stopped by {signals[how]} at step (\d+)", log)
         resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
-        assert len(stopped) == 1 and resumed == stopped and job["at"] <= int(stopped[0]) < 600, log
+        assert len(stopped) == 1 and resumed == stopped and job["at"] <= int(stopped[0]) < REQUEUED_STEPS, log
         if how == "usr2":  # nodex handed the signal on to submitit, which requeued the job itself
             logs = "".join(p.read_text() for p in (sweep / ".submitit" / job["job"]).glob("*_log.*"))
             assert f"Requeued job {job['job']}" in logs, logs
         result = json.loads((job["dir"] / "result.json").read_text())
-        assert result["status"] == "completed" and result["steps"] == 600
+        assert result["status"] == "completed" and result["steps"] == REQUEUED_STEPS
         assert result["metrics"] == whole["metrics"]
         weights = load_checkpoint(job["dir"] / "checkpoints" / "last.pt")["model"]
         assert weights.keys() == whole_weights.keys()
@@ -275,7 +287,7 @@ def test_a_slurm_job_requeued_mid_run_ends_bit_identical_to_the_uninterrupted_ru
         rows = [json.loads(line) for line in (job["dir"] / "metrics.jsonl").read_text().splitlines()]
         keyed = [(r["step"], tuple(sorted(r))) for r in rows]
         assert len(keyed) == len(set(keyed)) and keyed == sorted(keyed, key=lambda k: k[0])  # no step logged twice
-        assert keyed[-1][0] == 600
+        assert keyed[-1][0] == REQUEUED_STEPS
 
 
 @pytest.mark.slow
@@ -320,7 +332,8 @@ def test_a_cancelled_slurm_job_ends_the_sweep_as_lost_within_the_bound(cli, tmp_
     start = time.time()
     code, out, err = cli(["train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
                           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
-                          "hydra.launcher.lost_after_s=5", *REQUEUED_RUN, "trainer.max_steps=300", "seed=0,1",
+                          "hydra.launcher.lost_after_s=5", "hydra.launcher.poll_s=0.5", *REQUEUED_RUN,
+                          "trainer.max_steps=150", "seed=0,1",
                           f"hydra.sweep.dir={sweep}"])
     watcher.join(timeout=30)
     assert not errors and cancelled, errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,11 +55,12 @@ def _final(run_dir: Path) -> tuple[dict, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("solver, signum", [("dopri5", signal.SIGTERM), ("rk4", signal.SIGKILL)])
 def test_stopped_and_requeued_run_equals_the_uninterrupted_run(tmp_path, solver, signum):
-    overrides = ["trainer.max_steps=120", "data.resample=true", f"solver={solver}", "trainer.resume=auto", "seed=4"]
+    overrides = ["trainer.max_steps=80", "data.resample=true", f"solver={solver}", "trainer.resume=auto", "seed=4"]
     whole = tmp_path / "whole"
-    assert _nodex(whole, *overrides).wait(timeout=300) == 0
+    uninterrupted = _nodex(whole, *overrides)  # beside the cut run: two processes, one core each
     cut = tmp_path / "cut"
     code, err = _stop_after(_nodex(cut, *overrides), cut, 25, signum)
+    assert uninterrupted.wait(timeout=300) == 0
     if signum == signal.SIGTERM:
         assert code == 143, err
         stopped = json.loads((cut / "result.json").read_text())
@@ -75,20 +77,21 @@ def test_stopped_and_requeued_run_equals_the_uninterrupted_run(tmp_path, solver,
     rows = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     keyed = [(r["step"], tuple(sorted(k for k in r if k != "step"))) for r in rows]
     assert len(keyed) == len(set(keyed)) and [s for s, _ in keyed] == sorted(s for s, _ in keyed)  # no step twice
-    assert keyed[-1][0] == 120
+    assert keyed[-1][0] == 80
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_ensemble_resumes_bit_for_bit(tmp_path, signum):
-    overrides = ["trainer.ensemble=2", "trainer.max_steps=120", "data.resample=true", "solver=rk4",
+    overrides = ["trainer.ensemble=2", "trainer.max_steps=80", "data.resample=true", "solver=rk4",
                  "trainer.resume=auto", "seed=4"]
     whole = tmp_path / "whole"
-    assert _nodex(whole, *overrides).wait(timeout=300) == 0
+    uninterrupted = _nodex(whole, *overrides)  # beside the cut run: two processes, one core each
     cut = tmp_path / "cut"
     code, err = _stop_after(_nodex(cut, *overrides), cut, 25, signum)
+    assert uninterrupted.wait(timeout=300) == 0
     steps = {load_checkpoint(cut / f"member-{k}" / "checkpoints" / "last.pt")["step"] for k in range(2)}
-    assert len(steps) == 1 and 20 <= steps.pop() < 120  # both members saved at one step, mid-run
+    assert len(steps) == 1 and 20 <= steps.pop() < 80  # both members saved at one step, mid-run
     if signum == signal.SIGTERM:
         stopped = json.loads((cut / "ensemble.json").read_text())
         assert code == 143 and stopped["status"] == "interrupted" and "stopped by SIGTERM" in stopped["error"], err
@@ -101,10 +104,10 @@ def test_a_stopped_ensemble_resumes_bit_for_bit(tmp_path, signum):
     assert b["status"] == "completed" and b["member_metrics"] == a["member_metrics"] and b["metrics"] == a["metrics"]
     for k in range(2):
         (ra, wa), (rb, wb) = _final(whole / f"member-{k}"), _final(cut / f"member-{k}")
-        assert rb["status"] == "completed" and rb["steps"] == 120 and rb["metrics"] == ra["metrics"]
+        assert rb["status"] == "completed" and rb["steps"] == 80 and rb["metrics"] == ra["metrics"]
         assert all(torch.equal(wa[name], wb[name]) for name in wa)
         logged = _logged_steps(cut / f"member-{k}")
-        assert logged == sorted(logged) and logged[-1] == 120
+        assert logged == sorted(logged) and logged[-1] == 80
 
 
 @pytest.mark.slow
@@ -151,9 +154,10 @@ def test_a_run_killed_mid_epoch_resumes_inside_that_epoch(tmp_path):
     overrides = ["trainer.max_steps=90", "data.resample=false", "trainer.batch_size=24", "solver=rk4",
                  "trainer.resume=auto", "trainer.checkpoint_every=7", "trainer.log_every=7"]  # 64/24: 2 batches an epoch
     whole = tmp_path / "whole"
-    assert _nodex(whole, *overrides).wait(timeout=300) == 0
+    uninterrupted = _nodex(whole, *overrides)  # beside the cut run: two processes, one core each
     cut = tmp_path / "cut"
     code, err = _stop_after(_nodex(cut, *overrides), cut, 20, signal.SIGKILL)
+    assert uninterrupted.wait(timeout=300) == 0
     assert load_checkpoint(cut / "checkpoints" / "last.pt")["rng"]["epoch_pos"] in (1, 2)
     again = _nodex(cut, *overrides)
     _, err = again.communicate(timeout=300)
@@ -167,10 +171,17 @@ def _files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+def _completed(trained_run: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the session's completed FAST run (tests/conftest.py) as ``tmp_path / name``, as ``train_run(name=name)``
+    would have trained it: for the tests that resume or change it."""
+    run_dir = tmp_path / name
+    shutil.copytree(trained_run, run_dir)
+    return run_dir
+
+
 @pytest.mark.parametrize("changed", [["seed=5"], ["model=depthcat"]])
-def test_a_refused_resume_changes_nothing_on_disk(train_run, changed):
-    run_dir, _, code, err = train_run(name="done")
-    assert code == 0, err
+def test_a_refused_resume_changes_nothing_on_disk(train_run, trained_run, tmp_path, changed):
+    run_dir = _completed(trained_run, tmp_path, "done")
     before = _files(run_dir)
     assert ".hydra/config.yaml" in before and "train.log" in before and "result.json" in before
     _, _, code, err = train_run("trainer.resume=auto", *changed, name="done")
@@ -180,9 +191,8 @@ def test_a_refused_resume_changes_nothing_on_disk(train_run, changed):
     assert _files(run_dir) == before  # result.json, .hydra/, train.log, metrics.jsonl, checkpoints: all as they were
 
 
-def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run):
-    run_dir, _, code, err = train_run(name="done")
-    assert code == 0, err
+def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run, trained_run, tmp_path):
+    run_dir = _completed(trained_run, tmp_path, "done")
     before = _files(run_dir)
     _, _, code, err = train_run("trainer.resume=auto", name="done")  # a requeued job that had already finished
     assert code == 0 and err.strip() == f"nodex: {run_dir} already completed its 20 steps; nothing to do (a larger " \
@@ -192,9 +202,8 @@ def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run):
     assert code == 0, err and result["steps"] == 30 and result["status"] == "completed"
 
 
-def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(train_run, tmp_path):
-    first, _, code, err = train_run(name="first")
-    assert code == 0, err
+def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(train_run, trained_run, tmp_path):
+    first = trained_run  # only read
     _, _, code, err = train_run(f"trainer.resume={first}", name="other")
     assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={first}: that run has no steps left (it ends "
                                          "at step 20); continue it with a larger trainer.max_steps (above 20)")
@@ -206,9 +215,8 @@ def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(
     assert code == 0 and result["steps"] == 25, err
 
 
-def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run):
-    run_dir, _, code, err = train_run(name="run")
-    assert code == 0, err
+def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run, trained_run, tmp_path):
+    run_dir = _completed(trained_run, tmp_path, "run")
     (run_dir / "checkpoints" / "last.pt").unlink()
     before = _files(run_dir)
     _, _, code, err = train_run("trainer.resume=auto", name="run")

@@ -26,7 +26,7 @@ import torch
 from nodex.train.checkpoint import load_checkpoint
 from nodex.train.loop import Trainer
 
-STEPS = 40
+STEPS = 24  # checkpoints at 10 and 20, the step/2 schedulers step 2-3 times: the property holds at any length
 TINY = [f"trainer.max_steps={STEPS}", "data.n_train=64", "data.n_val=32", "data.n_test=64", "trainer.plots=false",
         "logger.tensorboard=false", "trainer.log_every=5", "trainer.val_every=10", "trainer.checkpoint_every=10",
         "model.field.hidden=[16]", "trainer.resume=auto", "trainer.num_threads=1"]
@@ -79,6 +79,23 @@ def _assert_same_run(whole: Path, resumed: Path) -> None:
         assert _rows(b_dir) == _rows(a_dir)
 
 
+@pytest.fixture(scope="module")
+def whole_runs(tmp_path_factory):
+    """``whole(cli, case) -> run_dir``: the uninterrupted run of ``case`` (seed 3), trained once for the module (the
+    kill -9 test compares with the tsit5 case's)."""
+    runs: dict[str, Path] = {}
+
+    def whole(cli, case: str) -> Path:
+        if case not in runs:
+            run_dir = tmp_path_factory.mktemp("whole") / case
+            code, _, err = cli(["train", *TINY, *CASES[case], "seed=3", f"hydra.run.dir={run_dir}"])
+            assert code == 0, err
+            runs[case] = run_dir
+        return runs[case]
+
+    return whole
+
+
 @pytest.fixture
 def stop_at(monkeypatch):
     """``stop_at(step, how)``: the next run sends itself ``how`` during step ``step``."""
@@ -111,10 +128,10 @@ def stop_at(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case, signals", STOPS, ids=[c for c, _ in STOPS])
-def test_a_run_stopped_and_resumed_at_random_steps_is_the_uninterrupted_run(tmp_path, cli, stop_at, case, signals):
+def test_a_run_stopped_and_resumed_at_random_steps_is_the_uninterrupted_run(tmp_path, cli, whole_runs, stop_at, case,
+                                                                            signals):
     overrides = [*TINY, *CASES[case], "seed=3"]
-    code, _, err = cli(["train", *overrides, f"hydra.run.dir={tmp_path / 'whole'}"])
-    assert code == 0, err
+    whole = whole_runs(cli, case)
     rng = random.Random(f"{case}-{signals}")
     steps = sorted(rng.sample(range(2, STEPS), len(signals)))
     cut = tmp_path / "cut"
@@ -131,7 +148,7 @@ def test_a_run_stopped_and_resumed_at_random_steps_is_the_uninterrupted_run(tmp_
     stop_at(-1, "SIGINT")  # no more stops
     code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])
     assert code == 0, err
-    _assert_same_run(tmp_path / "whole", cut)
+    _assert_same_run(whole, cut)
 
 
 KILL_AT = ("import os, signal, sys; from nodex.train.loop import Trainer; real = Trainer.train_step\n"
@@ -149,11 +166,9 @@ def _nodex(run_dir: Path, overrides: list[str], kill_at: int = -1) -> subprocess
 
 
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_resumes_bit_for_bit_with_its_schedule(tmp_path, cli):
+def test_a_run_killed_with_sigkill_resumes_bit_for_bit_with_its_schedule(tmp_path, cli, whole_runs):
     overrides = [*TINY, *CASES["tsit5-minibatch-cosine"], "seed=3"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    code, _, err = cli(["train", *overrides, f"hydra.run.dir={whole}"])
-    assert code == 0, err
+    whole, cut = whole_runs(cli, "tsit5-minibatch-cosine"), tmp_path / "cut"
     step = random.Random("kill -9").randrange(11, STEPS)  # after the first checkpoint (step 10)
     proc = _nodex(cut, overrides, kill_at=step)
     proc.communicate(timeout=120)
