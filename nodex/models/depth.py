@@ -123,67 +123,81 @@ def batched_linear(layer: nn.Module, prefix: str, index: dict[str, int]) -> Batc
     """
     kind = type(layer)
     if kind in (StaticLinear, DepthConcatLinear):
-        w, b = index[prefix + "weight"], index.get(prefix + "bias")
-
-        def bias(t: Sequence[torch.Tensor]) -> torch.Tensor | None:
-            return None if b is None else t[b].unsqueeze(1)
-
-        if kind is StaticLinear:
-            return BatchedLayer(lambda t: (t[w].transpose(1, 2), bias(t)), lambda p, s, h: _affine(h, *p),
-                                lambda p, rows: (_rows_transposed(p[0], rows), _rows(p[1], rows)))
-
-        def concat_prepare(t: Sequence[torch.Tensor]) -> tuple:
-            W = t[w]  # [W_h, w_s]: the depth enters as one extra input feature
-            return W[:, :, :-1].transpose(1, 2), bias(t), W[:, :, -1].unsqueeze(1)
-
-        def concat(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            out = _affine(h, p[0], p[1])
-            depth = s.to(h).reshape(-1, 1, 1).expand(*h.shape[:2], 1)  # as depth_column: a (B, 1) column per member
-            return out + depth * p[2]
-
-        return BatchedLayer(concat_prepare, concat,
-                            lambda p, rows: (_rows_transposed(p[0], rows), _rows(p[1], rows), _rows(p[2], rows)))
+        return _batched_affine(kind is DepthConcatLinear, index[prefix + "weight"], index.get(prefix + "bias"))
     if kind is GalLinear and layer.basis.dilation is None and layer.basis.shift is None:
-        a, basis = index[prefix + "coeffs"], layer.basis
-        out_f, in_f, n_weight, has_bias = layer.out_features, layer.in_features, layer.n_weight, layer.has_bias
-
-        def galerkin_prepare(t: Sequence[torch.Tensor]) -> tuple:
-            # α split into its weight and bias columns: ψ(s) @ α of each part is the same numbers as the slices of
-            # ψ(s) @ α, without slicing θ (and scattering its gradient back) at every evaluation
-            alpha = t[a]  # (K, m, n_params); ψ(s) has no member parameters (buffers are constants)
-            return alpha[:, :, :n_weight], alpha[:, :, n_weight:] if has_bias else None
-
-        def galerkin(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            alpha_w, alpha_b = p
-            psi = basis(s.to(alpha_w.dtype)).unsqueeze(-2)  # (1, m), or (K, 1, m) for per-member depths
-            if psi.dim() == 2:
-                psi = psi.expand(alpha_w.shape[0], 1, -1)
-            # bmm itself: what torch.matmul runs here, without its broadcasting views (and their graph nodes)
-            W = torch.bmm(psi, alpha_w).view(-1, out_f, in_f)
-            b = None if alpha_b is None else torch.bmm(psi, alpha_b)  # (K, 1, out)
-            return _affine(h, W.transpose(1, 2), b)
-
-        return BatchedLayer(galerkin_prepare, galerkin, lambda p, rows: (_rows(p[0], rows), _rows(p[1], rows)))
+        return _batched_galerkin(layer, index[prefix + "coeffs"])
     if kind is StackedLinear:
-        c, piece = index[prefix + "coeffs"], layer.piece
-        out_f, in_f, has_bias = layer.out_features, layer.in_features, layer.has_bias
-        n_weight = out_f * in_f
-
-        def stacked_prepare(t: Sequence[torch.Tensor]) -> tuple:
-            coeffs = t[c]  # (K, pieces, n_params)
-            members = torch.arange(coeffs.shape[0], device=coeffs.device)
-            return coeffs[:, :, :n_weight], coeffs[:, :, n_weight:] if has_bias else None, members
-
-        def stacked(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            # every member's piece at depth s (the breakpoints are the members' common config)
-            coeffs_w, coeffs_b, members = p
-            i = piece(s)
-            at = (slice(None), i) if i.dim() == 0 else (members, i)
-            W = coeffs_w[at].view(-1, out_f, in_f)
-            return _affine(h, W.transpose(1, 2), None if coeffs_b is None else coeffs_b[at].unsqueeze(1))
-
-        def stacked_select(p: tuple, rows: torch.Tensor) -> tuple:
-            return _rows(p[0], rows), _rows(p[1], rows), torch.arange(len(rows), device=rows.device)
-
-        return BatchedLayer(stacked_prepare, stacked, stacked_select)
+        return _batched_stacked(layer, index[prefix + "coeffs"])
     return None
+
+
+def _batched_affine(concat: bool, w: int, b: int | None) -> BatchedLayer:
+    """A static (``concat=False``) or depth-concat linear layer; ``w``, ``b``: its tensors' positions."""
+
+    def bias(t: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        return None if b is None else t[b].unsqueeze(1)
+
+    if not concat:
+        return BatchedLayer(lambda t: (t[w].transpose(1, 2), bias(t)), lambda p, s, h: _affine(h, *p),
+                            lambda p, rows: (_rows_transposed(p[0], rows), _rows(p[1], rows)))
+
+    def concat_prepare(t: Sequence[torch.Tensor]) -> tuple:
+        W = t[w]  # [W_h, w_s]: the depth enters as one extra input feature
+        return W[:, :, :-1].transpose(1, 2), bias(t), W[:, :, -1].unsqueeze(1)
+
+    def concat_apply(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        out = _affine(h, p[0], p[1])
+        depth = s.to(h).reshape(-1, 1, 1).expand(*h.shape[:2], 1)  # as depth_column: a (B, 1) column per member
+        return out + depth * p[2]
+
+    return BatchedLayer(concat_prepare, concat_apply,
+                        lambda p, rows: (_rows_transposed(p[0], rows), _rows(p[1], rows), _rows(p[2], rows)))
+
+
+def _batched_galerkin(layer: nn.Module, a: int) -> BatchedLayer:
+    """A Galërkin layer without dilation or shift; ``a``: its coefficients' position."""
+    basis = layer.basis
+    out_f, in_f, n_weight, has_bias = layer.out_features, layer.in_features, layer.n_weight, layer.has_bias
+
+    def galerkin_prepare(t: Sequence[torch.Tensor]) -> tuple:
+        # α split into its weight and bias columns: ψ(s) @ α of each part is the same numbers as the slices of
+        # ψ(s) @ α, without slicing θ (and scattering its gradient back) at every evaluation
+        alpha = t[a]  # (K, m, n_params); ψ(s) has no member parameters (buffers are constants)
+        return alpha[:, :, :n_weight], alpha[:, :, n_weight:] if has_bias else None
+
+    def galerkin(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        alpha_w, alpha_b = p
+        psi = basis(s.to(alpha_w.dtype)).unsqueeze(-2)  # (1, m), or (K, 1, m) for per-member depths
+        if psi.dim() == 2:
+            psi = psi.expand(alpha_w.shape[0], 1, -1)
+        # bmm itself: what torch.matmul runs here, without its broadcasting views (and their graph nodes)
+        W = torch.bmm(psi, alpha_w).view(-1, out_f, in_f)
+        b = None if alpha_b is None else torch.bmm(psi, alpha_b)  # (K, 1, out)
+        return _affine(h, W.transpose(1, 2), b)
+
+    return BatchedLayer(galerkin_prepare, galerkin, lambda p, rows: (_rows(p[0], rows), _rows(p[1], rows)))
+
+
+def _batched_stacked(layer: nn.Module, c: int) -> BatchedLayer:
+    """A stacked (piecewise-constant) layer; ``c``: its coefficients' position."""
+    piece = layer.piece
+    out_f, in_f, has_bias = layer.out_features, layer.in_features, layer.has_bias
+    n_weight = out_f * in_f
+
+    def stacked_prepare(t: Sequence[torch.Tensor]) -> tuple:
+        coeffs = t[c]  # (K, pieces, n_params)
+        members = torch.arange(coeffs.shape[0], device=coeffs.device)
+        return coeffs[:, :, :n_weight], coeffs[:, :, n_weight:] if has_bias else None, members
+
+    def stacked(p: tuple, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        # every member's piece at depth s (the breakpoints are the members' common config)
+        coeffs_w, coeffs_b, members = p
+        i = piece(s)
+        at = (slice(None), i) if i.dim() == 0 else (members, i)
+        W = coeffs_w[at].view(-1, out_f, in_f)
+        return _affine(h, W.transpose(1, 2), None if coeffs_b is None else coeffs_b[at].unsqueeze(1))
+
+    def stacked_select(p: tuple, rows: torch.Tensor) -> tuple:
+        return _rows(p[0], rows), _rows(p[1], rows), torch.arange(len(rows), device=rows.device)
+
+    return BatchedLayer(stacked_prepare, stacked, stacked_select)
