@@ -20,6 +20,7 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_huge_learning_rate_stops_within_the_step_at_the_solver_step_bound(cli, tmp_path):
     # a bound of 100 steps, not the default 1000 (test_every_adaptive_solver_has_a_finite_step_bound): the same stop,
     # a tenth of the solver steps
@@ -35,6 +36,7 @@ def test_a_huge_learning_rate_stops_within_the_step_at_the_solver_step_bound(cli
     assert result["status"] == "failed" and "max_num_steps" in result["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["dopri5", "dopri8", "tsit5", "bosh3", "adaptive_heun"])
 def test_every_adaptive_solver_has_a_finite_step_bound(compose_cfg, solver):
     assert compose_cfg([f"solver={solver}"]).solver.max_num_steps == 1000
@@ -91,12 +93,14 @@ def test_out_of_memory_in_the_backward_pass_advises_the_adjoint():
         backward(failing("shape mismatch"), 1)
 
 
+@pytest.mark.slow
 def test_a_negative_val_every_is_refused(train_run):
     run_dir, result, code, err = train_run("trainer.val_every=-5")
     assert code == 1 and one_line(err) == ("nodex: error: trainer.val_every=-5 must be a positive integer, or 0/null "
                                            "to validate at the end only")
 
 
+@pytest.mark.slow
 def test_a_zero_hidden_width_is_refused_before_torch_warns(train_run):
     run_dir, result, code, err = train_run("model.field.hidden=[16,0]")
     assert code == 1 and "UserWarning" not in err
@@ -104,6 +108,7 @@ def test_a_zero_hidden_width_is_refused_before_torch_warns(train_run):
                              "([] for no hidden layer)")
 
 
+@pytest.mark.slow
 def test_a_training_split_missing_a_class_is_refused(train_run):
     run_dir, result, code, err = train_run("data.n_train=1")
     assert code == 1 and "IndexError" not in err
@@ -111,6 +116,7 @@ def test_a_training_split_missing_a_class_is_refused(train_run):
                              "split: raise data.n_train to at least 2")
 
 
+@pytest.mark.slow
 def test_an_unquoted_unicode_value_says_to_quote_it(cli, tmp_path):
     code, out, err = cli(["train", *SMALL, f"hydra.run.dir={tmp_path}/résultats"])
     assert code == 2
@@ -122,6 +128,7 @@ def test_an_unquoted_unicode_value_says_to_quote_it(cli, tmp_path):
     assert json.loads((tmp_path / "résultats" / "result.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_sweep_from_an_unwritable_dir_names_hydra_sweep_dir(cli, tmp_path, monkeypatch):
     (tmp_path / "outputs").write_text("not a folder")
     monkeypatch.chdir(tmp_path)

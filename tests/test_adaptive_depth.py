@@ -162,6 +162,7 @@ def test_reflection_adaptive_depth_fits_the_reflection(train_run):
     assert res["metrics"]["test/mse"] < 1e-3
 
 
+@pytest.mark.slow
 def test_adaptive_depth_plots_the_horizon_and_error_coloured_trajectories(compose_cfg, tmp_path):
     from nodex.data import build_data
     from nodex.models import DataSpec, build_model

@@ -139,6 +139,7 @@ def test_third_order_flow_with_zero_jerk_is_a_taylor_polynomial(compose_cfg):
     assert torch.allclose(z1[:, 2:4], b + c, atol=1e-5) and torch.allclose(z1[:, 4:], c, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_state_size_must_split_into_the_order_and_the_error_names_both_numbers(compose_cfg):
     with pytest.raises(ConfigError) as err:
         _model(compose_cfg, (1, 8, 8), "model=anode", "model.input_layer.n_a=30", "model.order=2")

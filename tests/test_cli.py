@@ -88,6 +88,7 @@ def test_tensorboard_hparams_carry_every_override_without_scalar_clutter(train_r
     assert f"`{result['command']}`" in text
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_test_metric_from_the_checkpoint(trained_run, cli, tmp_path):
     run_dir, result = trained_run, json.loads((trained_run / "result.json").read_text())
     code, out, err = cli(["eval", f"ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -98,6 +99,7 @@ def test_eval_reproduces_the_test_metric_from_the_checkpoint(trained_run, cli, t
     assert "test/accuracy:" in out
 
 
+@pytest.mark.slow
 def test_eval_on_a_larger_fresh_sample(trained_run, cli, tmp_path):
     run_dir = trained_run
     code, out, err = cli(["eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "data.n_test=5000", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -138,6 +140,7 @@ def test_a_failed_job_does_not_stop_the_sweep(cli, tmp_path):
     assert statuses == ["completed", "failed"]
 
 
+@pytest.mark.slow
 def test_cfg_job_and_help(cli):
     code, out, _ = cli(["train", "--cfg", "job"])
     assert code == 0 and "model:" in out and "solver:" in out
@@ -152,6 +155,7 @@ def test_cfg_job_and_help(cli):
     assert code == 2 and "unknown command 'bogus'" in err
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_a_subprocess(tmp_path):
     exe = [sys.executable, "-m", "nodex.cli"]
     proc = subprocess.run([*exe, "train", "model=nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -13,6 +13,7 @@ from nodex.ode import SolverSettings
 from nodex.train.setup import solver_settings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,line",
     [
@@ -30,6 +31,7 @@ def test_type_errors_raise_at_compose_time_as_one_line(override, line):
     assert config_error_line(err.value).startswith(line)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides,line",
     [
@@ -52,6 +54,7 @@ def test_model_data_and_task_keys_are_typed_at_compose_time(overrides, line):
     assert config_error_line(err.value) == line
 
 
+@pytest.mark.slow
 def test_open_schemas_add_no_keys_and_still_refuse_unknown_ones():
     from nodex.cli import one_line
 
@@ -89,6 +92,7 @@ def test_solver_S_moved_to_the_model_horizon(override):
     assert str(err.value) == f"solver.S moved: use model.horizon.S={value}"
 
 
+@pytest.mark.slow
 def test_the_horizon_is_a_model_slot():
     cfg = compose(["model.horizon.S=2.5"])
     assert "S" not in cfg.solver and cfg.model.horizon.kind == "fixed"

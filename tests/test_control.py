@@ -29,6 +29,7 @@ def test_annuli_data_control_has_the_papers_229_parameters(compose_cfg):
     assert count_parameters(model) == (4 * 32 + 32) + (32 * 2 + 2) + (2 + 1) == 229
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, params",
     [("reflection_vanilla", 193), ("reflection_depthcat", 257), ("reflection_data_control", 257), ("reflection_adaptive_depth", 195)],
@@ -96,6 +97,7 @@ def test_linear_control_field_matches_the_closed_form(compose_cfg):
     torch.testing.assert_close(model(x).y_hat, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_linear_control_reads_every_mlp_key_through_the_one_mlp_builder(compose_cfg):
     """g is built by the same builder as field.kind=mlp, so out_bias (dropped by the old copy) applies too."""
     base = ["model=data_control", "model.field.kind=linear_control", "model.field.hidden=[4]", "+model.field.out_bias=0.5"]
@@ -121,6 +123,7 @@ def test_linear_control_reflects_with_the_propositions_gain():
     torch.testing.assert_close(model(x).y_hat, -x + 2 * x * math.exp(-theta), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_data_control_with_a_conv_field_adds_input_channels(compose_cfg):
     spec = DataSpec((1, 8, 8), 10)
     plain = build_model(_model_cfg(compose_cfg, "model=node_conv"), spec, SolverSettings())
@@ -133,6 +136,7 @@ def test_data_control_with_a_conv_field_adds_input_channels(compose_cfg):
     assert out.y_hat.shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_data_control_with_augmentation_uses_the_augmented_initial_state(compose_cfg):
     spec = DataSpec((2,), 1)
     base = ["model=data_control", "model.input_layer.kind=zero_augment", "+model.input_layer.n_a=3"]
@@ -143,6 +147,7 @@ def test_data_control_with_augmentation_uses_the_augmented_initial_state(compose
     assert from_state(torch.randn(4, 2)).z_S.shape == (4, 5)
 
 
+@pytest.mark.slow
 def test_data_control_with_a_galerkin_field(compose_cfg):
     cfg = _model_cfg(compose_cfg, "model=galnode", "+model.control={kind: data, source: input}")
     plain = build_model(_model_cfg(compose_cfg, "model=galnode"), DataSpec((2,), 2), SolverSettings())
@@ -156,6 +161,7 @@ def test_data_control_with_a_galerkin_field(compose_cfg):
     assert model(x).y_hat.shape == (3, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, needle",
     [

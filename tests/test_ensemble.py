@@ -145,6 +145,7 @@ PATHS = [pytest.param(overrides, fast, batched, id=f"{overrides[0].split('=')[1]
          for overrides, fast in VARIANTS for batched, name in ((True, "batched"), (False, "vmap")) if fast or not batched]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,has_fast_path,batched", PATHS)
 def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_path, batched):
     cfg = compose_cfg([*overrides, "solver=rk4", "solver.step_size=0.25", "trainer.device=cpu", "data.n_val=16",
@@ -180,6 +181,7 @@ def test_stacked_members_equal_plain_models(compose_cfg, overrides, has_fast_pat
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), pipes[1].model.parameters()))
 
 
+@pytest.mark.slow
 def test_template_follows_the_ensemble_to_another_dtype_and_device(compose_cfg):
     """The batched fields read the Galërkin basis and stacked breakpoints from the template,
     so ``.double()`` / ``.to(device)`` must move it with the stacked tensors."""
@@ -224,6 +226,7 @@ def test_member_optimizer_state_is_a_plain_optimizer_state():
     plain.load_state_dict(state)
 
 
+@pytest.mark.slow
 def test_bad_ensemble_value_is_one_line_config_error(train_run):
     run_dir, result, code, err = train_run("trainer.ensemble=0", name="bad")
     assert code == 1
@@ -232,6 +235,7 @@ def test_bad_ensemble_value_is_one_line_config_error(train_run):
     assert result["status"] == "failed" and "trainer.ensemble=0" in result["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -256,6 +260,7 @@ def test_a_non_integer_ensemble_size_fails_when_the_config_is_composed(compose_c
     assert config_error_line(info.value).startswith("trainer.ensemble='two' is not an integer")
 
 
+@pytest.mark.slow
 def test_member_map_equals_public_vmap(compose_cfg, monkeypatch):
     """The direct functorch entry gives what torch.func.vmap gives (its fallback), tuple
     state (integral loss) included."""

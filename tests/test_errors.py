@@ -18,6 +18,7 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,needle",
     [
@@ -50,6 +51,7 @@ def test_bad_train_input(cli, tmp_path, override, needle):
     assert needle in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_config_errors_are_recorded_in_result_json(cli, tmp_path):
     code, _, err = cli(["train", "solver.rtol=-1", f"hydra.run.dir={tmp_path / 'r'}"])
     result = json.loads((tmp_path / "r" / "result.json").read_text())
@@ -62,16 +64,19 @@ def good_run(trained_run):
     return trained_run
 
 
+@pytest.mark.slow
 def test_eval_missing_checkpoint(cli, tmp_path):
     code, _, err = cli(["eval", f"ckpt={tmp_path / 'nowhere.pt'}", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and "does not exist" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_needs_ckpt(cli, tmp_path):
     code, _, err = cli(["eval", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code != 0 and "ckpt" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"garbage bytes, not a zip", b"PK\x03\x04truncated"])
 def test_eval_corrupt_checkpoint(cli, tmp_path, content):
     bad = tmp_path / "bad.pt"
@@ -80,6 +85,7 @@ def test_eval_corrupt_checkpoint(cli, tmp_path, content):
     assert code == 1 and "is not a readable checkpoint" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_foreign_torch_file_is_refused(cli, tmp_path):
     foreign = tmp_path / "weights.pt"
     torch.save({"state_dict": {"w": torch.ones(2)}}, foreign)
@@ -87,6 +93,7 @@ def test_eval_foreign_torch_file_is_refused(cli, tmp_path):
     assert code == 1 and "is not a nodex checkpoint" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_pickled_object_is_never_executed(cli, tmp_path):
     class Evil:
         def __reduce__(self):
@@ -98,6 +105,7 @@ def test_eval_pickled_object_is_never_executed(cli, tmp_path):
     assert code == 1 and "EXECUTED" not in out and "is not a readable checkpoint" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_run_directory_without_checkpoints_or_config(cli, tmp_path):
     empty = tmp_path / "not_a_run"
     empty.mkdir()
@@ -105,11 +113,13 @@ def test_eval_run_directory_without_checkpoints_or_config(cli, tmp_path):
     assert code == 1 and "has no checkpoints/last.pt" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_unknown_override_key(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_tst=5", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 2 and "unknown config key 'data.n_tst'" in _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_resume_from_a_missing_checkpoint(train_run, tmp_path):
     run_dir, result, code, err = train_run(f"trainer.resume={tmp_path / 'missing'}")
     assert code == 1 and "does not exist" in _one_line_error(err)
@@ -144,6 +154,7 @@ def test_a_diverging_run_reports_the_solver_and_step(train_run):
     assert "step" in line and ("dopri5" in line)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_interrupted(train_run, monkeypatch):
     calls = {"n": 0}
     original = tasks.Classification.terminal_loss
@@ -161,6 +172,7 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_interrupted(train_run, monk
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, needle", [
     ("solver.rtol=abc", "solver.rtol='abc' is not a number: give solver.rtol a number"),
     ("trainer.optim.lr=abc", "trainer.optim.lr='abc' is not a number"),
@@ -192,6 +204,7 @@ def test_type_errors_in_python_compose_raise_validation_errors():
     assert config_error_line(ValueError("other")) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, needle", [
     ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be a positive max gradient norm or null"),
     ("trainer.grad_clip=0", "trainer.grad_clip=0.0 must be a positive max gradient norm or null"),
@@ -294,6 +307,7 @@ def test_disk_full_while_writing_tensorboard_fails_the_run_in_one_line(train_run
                                    f"could not write {run_dir}/TensorBoard events at step 15 ([Errno 28]")
 
 
+@pytest.mark.slow
 def test_a_read_only_run_dir_is_refused_before_training_in_one_line(cli, tmp_path, monkeypatch):
     import errno
     import os
@@ -335,6 +349,7 @@ def test_a_result_json_that_cannot_be_written_leaves_no_temp_file(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
+@pytest.mark.slow
 def test_an_impossible_data_size_is_one_line_and_a_failed_result(train_run):
     run_dir, result, code, err = train_run("data.n_train=10000000000")
     line = _one_line_error(err)
@@ -370,6 +385,7 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(train_r
 
 # --- nodex eval: bad values, devices and broken run configs are one line ---
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 must be a positive integer or null (a split at once)"),
     ("trainer.device=cuda", "nodex eval picks its device with device=...: use device=cuda"),
@@ -380,6 +396,7 @@ def test_eval_bad_values_are_one_line(cli, tmp_path, good_run, override, expecte
     assert code == 1 and _one_line_error(err) == f"nodex: error: {expected}"
 
 
+@pytest.mark.slow
 def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=abc", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 2 and _one_line_error(err) == ("nodex: error: data.n_test='abc' is not an integer: give "
@@ -387,6 +404,7 @@ def test_eval_type_errors_are_one_line_before_anything_runs(cli, tmp_path, good_
     assert not (tmp_path / "ev").exists()
 
 
+@pytest.mark.slow
 def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where CI has a GPU
     code, _, err = cli(["eval", f"ckpt={good_run}", "device=cuda", f"hydra.run.dir={tmp_path / 'ev'}"])
@@ -394,12 +412,14 @@ def test_eval_names_its_own_device_key(cli, tmp_path, good_run, monkeypatch):
                                                   "device=auto or cpu")
 
 
+@pytest.mark.slow
 def test_eval_of_an_impossible_test_split_is_one_line(cli, tmp_path, good_run):
     code, _, err = cli(["eval", f"ckpt={good_run}", "data.n_test=1000000000000", f"hydra.run.dir={tmp_path / 'ev'}"])
     assert code == 1 and "data.n_test=1000000000000 is 1,000,000,000,256 samples: at least 8000.0 GB" in \
         _one_line_error(err)
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_whose_config_is_broken_is_one_line(cli, tmp_path, good_run):
     from nodex.train.checkpoint import save_checkpoint
 
@@ -411,6 +431,7 @@ def test_eval_of_a_checkpoint_whose_config_is_broken_is_one_line(cli, tmp_path, 
         "trainer); evaluate a checkpoint written by nodex train")
 
 
+@pytest.mark.slow
 def test_a_non_integer_sample_count_is_refused_before_anything_is_written(cli, tmp_path):
     code, _, err = cli(["train", "data.n_train=abc", f"hydra.run.dir={tmp_path / 'r'}"])
     assert code == 2 and _one_line_error(err) == ("nodex: error: data.n_train='abc' is not an integer: give "
@@ -444,6 +465,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(trai
     assert result["error"] == "interrupted at step 0, before the first checkpoint; nothing to resume"
 
 
+@pytest.mark.slow
 def test_the_console_script_turns_ctrl_c_while_importing_into_one_line():
     import subprocess
     import sys

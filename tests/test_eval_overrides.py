@@ -22,12 +22,14 @@ def _eval(run_dir, out_dir, *overrides: str) -> tuple[int, dict | None]:
     return code, json.loads(path.read_text()) if path.exists() else None
 
 
+@pytest.mark.slow
 def test_plain_eval_applies_nothing_and_records_the_run_solver(trained, tmp_path):
     code, payload = _eval(trained, tmp_path / "ev")
     assert code == 0 and payload["applied"] == {}
     assert payload["solver"]["method"] == "dopri5" and payload["solver"]["rtol"] == 1e-4
 
 
+@pytest.mark.slow
 def test_rk4_preset_with_a_step_size_evaluates_with_rk4(trained, tmp_path):
     code, payload = _eval(trained, tmp_path / "ev", "solver=rk4", "solver.step_size=0.25")
     assert code == 0
@@ -40,6 +42,7 @@ def test_rk4_preset_with_a_step_size_evaluates_with_rk4(trained, tmp_path):
     assert payload["metrics"]["test/accuracy"] == pytest.approx(default["metrics"]["test/accuracy"], abs=0.05)
 
 
+@pytest.mark.slow
 def test_a_key_of_the_solver_alone_switches_the_method(trained, tmp_path):
     code, payload = _eval(trained, tmp_path / "ev", "solver.method=euler", "solver.step_size=0.125")
     assert code == 0 and payload["metrics"]["test/nfe_forward"] == 8
@@ -58,16 +61,19 @@ def test_a_tolerance_sweep_gives_a_different_nfe_per_tolerance(trained, tmp_path
     assert nfe[0] < nfe[1] < nfe[2], nfe  # tighter tolerance, more steps
 
 
+@pytest.mark.slow
 def test_data_sample_sizes_are_still_applied(trained, tmp_path):
     code, payload = _eval(trained, tmp_path / "ev", "data.n_test=512")
     assert code == 0 and payload["applied"] == {"data.n_test": 512}
 
 
+@pytest.mark.slow
 def test_choosing_the_run_own_presets_is_no_switch(trained, tmp_path):
     code, payload = _eval(trained, tmp_path / "ev", "model=vanilla", "data=rings", "task=classification")
     assert code == 0 and payload["applied"] == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("model=galnode", "model=galnode does not fit the checkpoint (trained with model=vanilla); nodex eval cannot "
                       "switch it: train a new run with model=galnode"),

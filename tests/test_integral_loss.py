@@ -116,6 +116,7 @@ def _tracking_task(**cfg) -> Tracking:
     return Tracking(OmegaConf.create({"kind": "tracking", **cfg}), bundle)
 
 
+@pytest.mark.slow
 def test_tracking_metrics_on_an_exact_and_a_resting_trajectory():
     task = _tracking_task(eval_horizon=5.0, points_per_unit=100)
     x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)

@@ -50,6 +50,7 @@ def assert_two_jobs_completed(sweep: Path, launcher: str) -> list[dict]:
     return hydra
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(TARGETS))
 def test_launcher_configs_compose_against_the_plugins(cli, launcher):
     code, out, err = cli(["train", f"hydra/launcher={launcher}", "--cfg", "hydra", "-p", "hydra.launcher"])
@@ -70,6 +71,7 @@ def test_a_missing_plugin_is_one_line_naming_the_extra(cli, monkeypatch):
     assert code == 2 and "pip install 'nodex[optuna]'" in err
 
 
+@pytest.mark.slow
 def test_a_launcher_typo_is_one_line_with_the_choices(cli):
     code, _, err = cli(["train", "--multirun", "hydra/launcher=jobblib", "model=vanilla,depthcat"])
     assert code == 2 and len(err.strip().splitlines()) == 1

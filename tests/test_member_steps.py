@@ -52,6 +52,7 @@ def _z0() -> torch.Tensor:
     return torch.randn(3, 4, 2, dtype=F64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dopri5", "tsit5"])
 @pytest.mark.parametrize("sensitivity", ["autograd", "adjoint"])
 @pytest.mark.parametrize("jumps", [None, JUMPS], ids=["smooth", "jump_t"])
@@ -78,6 +79,7 @@ def test_each_member_takes_its_own_solves_steps(method, sensitivity, jumps):
     assert forward[1] > 3 * forward[0]  # the members' steps really differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dopri5", "tsit5"])
 def test_per_member_adjoint_gradient_equals_autograd_and_finite_differences(method):
     """A tuple state (an integral channel) and non-seminorm error control: adjoint = autograd = central FD. (Milder
@@ -133,6 +135,7 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "vmap"])
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: o[0].split("=")[1])
 def test_stacked_members_with_their_own_steps_equal_plain_models(compose_cfg, overrides, batched):

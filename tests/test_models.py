@@ -16,6 +16,7 @@ def _model(compose_cfg, *overrides, n_out=1, shape=(2,)):
     return build_model(cfg.model, DataSpec(shape, n_out), SolverSettings(method="rk4", step_size=0.1))
 
 
+@pytest.mark.slow
 def test_paper_annuli_parameter_counts(compose_cfg):
     # paper §E1: vanilla 1,221 and depth-cat 1,285 parameters including the Linear(2,1) readout
     assert count_parameters(_model(compose_cfg, "model=vanilla")) == 1221
@@ -39,6 +40,7 @@ def test_depth_concat_field_sees_the_depth():
     assert torch.allclose(b, ref, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_depth_concat_model_flow_depends_on_s_vanilla_does_not(compose_cfg):
     torch.manual_seed(0)
     vanilla = _model(compose_cfg, "model=vanilla", "model.field.zero_init_last=false")
@@ -48,6 +50,7 @@ def test_depth_concat_model_flow_depends_on_s_vanilla_does_not(compose_cfg):
     assert not torch.allclose(depthcat.field(torch.tensor(0.0), z, None), depthcat.field(torch.tensor(0.9), z, None))
 
 
+@pytest.mark.slow
 def test_order_must_divide_the_state_and_the_error_names_both_numbers(compose_cfg):
     with pytest.raises(ConfigError) as err:
         _model(compose_cfg, "model=vanilla", "model.order=3")

@@ -115,6 +115,7 @@ def test_own_options_compose_and_build_in_process(tmp_path, monkeypatch):
     assert type(model.field.f).__name__ == "SineField" and model.field.f.inner.out_features == 64
 
 
+@pytest.mark.slow
 def test_built_in_presets_are_compositions_of_slot_options(compose_cfg):
     plain = compose_cfg(["model=vanilla"])
     swapped = compose_cfg(["model=vanilla", "model/field=mlp_depthcat"])
@@ -140,6 +141,7 @@ def _field(tmp_path: Path, monkeypatch, module: str, text: str, node: dict):
     return build_field(OmegaConf.create(node), (2,), (2,), None, 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,yaml,message", [
     ("def make(seed):\n    return 42\n", "_target_: baddata.make\n", "returned a int; it must return (train, val, test)"),
     ("import torch\ndef make(seed):\n    x = torch.zeros(4, 2)\n    return (x, torch.zeros(3)), None, (x, torch.zeros(4))\n",
@@ -182,6 +184,7 @@ def test_field_conventions_and_a_plain_function(tmp_path, monkeypatch):
     assert g(torch.tensor(0.0), z).shape == (3, 2) and len(list(g.parameters())) == 2
 
 
+@pytest.mark.slow
 def test_a_dataset_without_validation_split_trains_and_keeps_no_best(tmp_path, cli, monkeypatch):
     project = tmp_path / "p"
     _write(project, "noval.py", "import torch\ndef make(seed):\n    g = torch.Generator().manual_seed(seed)\n"

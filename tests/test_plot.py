@@ -111,6 +111,7 @@ def _rings(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
     return X, (X.norm(dim=1) < 1.5).long()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, outputs, task, label", [
     (["model=vanilla", *CHEAP], 2, SimpleNamespace(kind="cross_entropy"), "P(class 1) (softmax of the readout)"),
     (["experiment=annuli_vanilla", *CHEAP], 1, None, "readout ŷ (raw output; class 1 where ŷ > 0.5)"),
@@ -128,6 +129,7 @@ def test_the_decision_map_colourbar_says_what_the_readout_is(overrides, outputs,
     assert ax.get_legend() is None and [t.get_text() for t in fig.legends[0].get_texts()] == ["class 0", "class 1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["galnode", "stacked"])
 def test_theta_legends_name_the_parameters_they_draw(model_name):
     model = nodex.build(nodex.compose([f"model={model_name}"]), spec=DataSpec((2,), 2))

@@ -83,6 +83,7 @@ def _fake_result(out: Path, label: str, seed: int, metrics: dict, params: int, s
     return run
 
 
+@pytest.mark.slow
 def test_claims_are_judged_per_seed_from_the_runs(tmp_path, capsys):
     out = tmp_path / "runs"
     _fake_result(out, "reflection_data_control", 0, {"test/mse": 2e-4}, 257)
@@ -350,6 +351,7 @@ def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_pat
     assert running.run_one(job, out, (3,), 1, None, True, None, {}) == "already done (--resume)"
 
 
+@pytest.mark.slow
 def test_the_page_goes_into_out_unless_report_says_otherwise(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "REPRODUCTION.md").write_text("the committed page\n")

@@ -179,6 +179,7 @@ def _completed(trained_run: Path, tmp_path: Path, name: str) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changed", [["seed=5"], ["model=depthcat"]])
 def test_a_refused_resume_changes_nothing_on_disk(train_run, trained_run, tmp_path, changed):
     run_dir = _completed(trained_run, tmp_path, "done")
@@ -191,6 +192,7 @@ def test_a_refused_resume_changes_nothing_on_disk(train_run, trained_run, tmp_pa
     assert _files(run_dir) == before  # result.json, .hydra/, train.log, metrics.jsonl, checkpoints: all as they were
 
 
+@pytest.mark.slow
 def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run, trained_run, tmp_path):
     run_dir = _completed(trained_run, tmp_path, "done")
     before = _files(run_dir)
@@ -202,6 +204,7 @@ def test_resume_auto_on_a_completed_run_does_nothing_and_exits_0(train_run, trai
     assert code == 0, err and result["steps"] == 30 and result["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(train_run, trained_run, tmp_path):
     first = trained_run  # only read
     _, _, code, err = train_run(f"trainer.resume={first}", name="other")
@@ -215,6 +218,7 @@ def test_resuming_a_completed_run_into_another_dir_says_how_and_creates_nothing(
     assert code == 0 and result["steps"] == 25, err
 
 
+@pytest.mark.slow
 def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run, trained_run, tmp_path):
     run_dir = _completed(trained_run, tmp_path, "run")
     (run_dir / "checkpoints" / "last.pt").unlink()
@@ -229,6 +233,7 @@ def test_resume_auto_with_only_best_pt_is_refused_and_keeps_it(train_run, traine
     assert code == 0 and result["steps"] == 30, err
 
 
+@pytest.mark.slow
 def test_an_ensemble_resumed_with_another_size_is_refused(train_run, tmp_path):
     ens, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", name="ens")
     assert code == 0, err
@@ -241,6 +246,7 @@ def test_an_ensemble_resumed_with_another_size_is_refused(train_run, tmp_path):
     assert not (tmp_path / "three").exists() and not (tmp_path / "one").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["trainer.optim.lr=-1", "trainer.resume=/no/such/run"])
 def test_a_failed_run_releases_its_lock(train_run, bad):
     from nodex.train.lock import LOCK_NAME

@@ -120,6 +120,7 @@ def test_bad_options_raise_value_errors_about_the_layer_argument(options, needle
     assert needle in str(err.value)
 
 
+@pytest.mark.slow
 def test_stacked_conv_field_uses_the_piece_of_s_and_hands_breakpoints_to_the_solver(compose_cfg):
     import torch as _torch
 

@@ -78,6 +78,7 @@ def test_a_taken_default_sweep_dir_gets_a_suffix_and_two_claims_never_share_one(
     assert sorted(p.name for p in claimed) == ["09-00-00", "09-00-00-1", "09-00-00-2", "09-00-00-3"]
 
 
+@pytest.mark.slow
 def test_an_explicit_sweep_dir_held_by_a_live_sweep_is_refused_in_one_line(cli, tmp_path, live_pid):
     sweep = tmp_path / "sweep"
     hold_lock(sweep / ".nodex" / "sweep.lock", live_pid)
@@ -87,6 +88,7 @@ def test_an_explicit_sweep_dir_held_by_a_live_sweep_is_refused_in_one_line(cli, 
                            ": wait for it to end or choose another hydra.sweep.dir")
 
 
+@pytest.mark.slow
 def test_a_stale_sweep_lock_is_taken_over_and_an_old_ledger_is_not_counted(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"])
@@ -98,6 +100,7 @@ def test_a_stale_sweep_lock_is_taken_over_and_an_old_ledger_is_not_counted(cli, 
     assert sorted(read_entries(sweep)) == [0] and not (sweep / ".nodex" / "sweep.lock").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("subdir", ["../../x", "/tmp/elsewhere", "a/../../b"])
 def test_a_subdir_that_leaves_the_sweep_dir_is_refused(cli, tmp_path, subdir):
     sweep = tmp_path / "sweep"
@@ -109,6 +112,7 @@ def test_a_subdir_that_leaves_the_sweep_dir_is_refused(cli, tmp_path, subdir):
     check_subdir("${hydra.job.num}-x")  # the default shape passes
 
 
+@pytest.mark.slow
 def test_a_sweep_from_a_dir_it_cannot_write_names_hydra_sweep_dir(cli, tmp_path, monkeypatch):
     (tmp_path / "outputs").write_text("a file where the outputs folder would go")
     monkeypatch.chdir(tmp_path)
@@ -121,6 +125,7 @@ def test_a_sweep_from_a_dir_it_cannot_write_names_hydra_sweep_dir(cli, tmp_path,
 # ---------------------------------------------------------------------------------------------- accounting
 
 
+@pytest.mark.slow
 def test_a_job_refused_by_the_run_lock_is_counted_as_refused_and_fails_the_sweep(cli, tmp_path, run_lock_holder):
     sweep = tmp_path / "sweep"
     live_pid = run_lock_holder(sweep / "job0")  # a live run writes into job 0's dir
@@ -131,6 +136,7 @@ def test_a_job_refused_by_the_run_lock_is_counted_as_refused_and_fails_the_sweep
     assert [e["state"] for _, e in sorted(read_entries(sweep).items())] == ["refused", "completed"]
 
 
+@pytest.mark.slow
 def test_a_one_job_sweep_refused_by_the_run_lock_says_so(cli, tmp_path, run_lock_holder):
     sweep = tmp_path / "sweep"
     run_lock_holder(sweep / "job0")
@@ -139,6 +145,7 @@ def test_a_one_job_sweep_refused_by_the_run_lock_says_so(cli, tmp_path, run_lock
     assert "1 job(s) failed" in err
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_counted_with_its_reason(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "solver.rtol=1e-4,-1", f"hydra.sweep.dir={sweep}"])
@@ -160,6 +167,7 @@ class FakeJob:
         return [self.value]
 
 
+@pytest.mark.slow
 def test_a_job_that_left_the_queue_without_a_result_is_lost_within_the_bound(tmp_path):
     sweep = tmp_path / "sweep"
     done, cancelled, queued_then_gone = (FakeJob(j, tmp_path, value=j) for j in ("7_0", "7_1", "7_2"))
@@ -180,6 +188,7 @@ def test_a_job_that_left_the_queue_without_a_result_is_lost_within_the_bound(tmp
     assert entries[1]["reason"] == "Slurm job 7_1 left Slurm's queue and wrote no result within 0.3 s"
 
 
+@pytest.mark.slow
 def test_squeue_silence_waits_ten_times_longer_and_a_held_launch_failure_is_out_of_the_queue(tmp_path):
     job = FakeJob("9", tmp_path)
     start = time.monotonic()

@@ -105,6 +105,7 @@ def test_a_launcher_failure_still_prints_the_summary_and_exits_1(cli, tmp_path, 
     assert "the sweep stopped: RuntimeError: worker killed by the scheduler" in err
 
 
+@pytest.mark.slow
 def test_an_unknown_key_in_a_sweep_is_a_usage_error_before_any_job_runs(cli, tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = cli(["train", "-m", *SMALL, "solver.nope=1,2", f"hydra.sweep.dir={sweep}"])
@@ -112,6 +113,7 @@ def test_an_unknown_key_in_a_sweep_is_a_usage_error_before_any_job_runs(cli, tmp
     assert "unknown config key 'solver.nope'" in err and not list(sweep.rglob("result.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["eval"], "nodex eval needs ckpt=RUN_DIR"),
     (["train", "-m", "model=vanilla,nope"], "unknown model 'nope'; choose one of:"),

@@ -48,6 +48,7 @@ def test_first_points_of_the_toy_test_split_are_one_class_so_slicing_would_hide_
     assert y[: len(y) // 2].unique().numel() == 1  # why the figures must not take X[:n]
 
 
+@pytest.mark.slow
 def test_decision_map_and_trajectories_draw_every_class():
     pipe = _pipe("experiment=annuli_vanilla")
     X, y = pipe.data.test
@@ -92,6 +93,7 @@ def test_adaptive_depth_classifier_draws_the_state_space_per_input(tmp_path):
     assert _plots(tmp_path, pipe) == ["decision_map.png", "horizon.png", "state_space.png"]
 
 
+@pytest.mark.slow
 def test_image_model_plots_nfe_and_accuracy_curves_from_metrics_jsonl(tmp_path):
     pytest.importorskip("sklearn")
     pipe = _pipe("experiment=digits_node")
@@ -135,6 +137,7 @@ def _quiver_at(ax):
     return torch.tensor(quiver.U), torch.tensor(quiver.V)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, varies", [(["model=vanilla"], False), (["model=galnode"], True),
                                                (["model=stacked"], True)])
 def test_state_space_draws_the_field_at_the_depth_each_panel_names(overrides, varies):
@@ -159,6 +162,7 @@ def test_state_space_draws_the_field_at_the_depth_each_panel_names(overrides, va
     assert torch.allclose(arrows[-1][0].float(), field[:, 0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_figure_legends_sit_outside_the_axes():
     from nodex.viz.flows import vector_field_snapshots
 
