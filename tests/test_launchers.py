@@ -21,6 +21,10 @@ from conftest import FAST
 
 from nodex.train.checkpoint import load_checkpoint
 
+# one worker runs these one after another (pyproject: --dist loadgroup): they share the machine's one Slurm node,
+# a local Ray and joblib pools, and time their bounded waits
+pytestmark = pytest.mark.xdist_group("launchers")
+
 ROOT = Path(__file__).resolve().parents[1]
 TWO_JOBS = [*FAST, "trainer.max_steps=5", "trainer.num_threads=1", "logger.tensorboard=false", "model=vanilla,depthcat"]
 TARGETS = {

@@ -20,6 +20,10 @@ from conftest import FAST
 from nodex.launchers import in_queue, wait_for_jobs
 from nodex.sweep_ledger import check_subdir, claim_sweep_dir, read_entries
 
+# one worker runs these one after another (pyproject: --dist loadgroup): they share the machine's one Slurm node,
+# a local Ray and joblib pools, and time their bounded waits
+pytestmark = pytest.mark.xdist_group("launchers")
+
 SMALL = [*FAST, "trainer.max_steps=2", "logger.tensorboard=false"]
 JOB_SUBDIR = "hydra.sweep.subdir=job${hydra.job.num}"  # job dirs named job0, job1...
 
