@@ -4,8 +4,8 @@ Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its pl
 
 - :class:`BasicLauncher`: a SIGTERM to the sweep stops it after the running job saved itself; the summary then lists
   that job as ``stopped`` and the rest as ``not run``, and the sweep exits 143.
-- :class:`JoblibLauncher`: a worker that dies (``kill -9``, the OOM killer) fails its job(s) as ``lost``; the jobs
-  that had not started yet run in a fresh pool, and the summary lists every job's state.
+- :class:`JoblibLauncher`: a worker that dies (``kill -9``, the OOM killer) fails its own job as ``lost``; the jobs
+  loky killed with the broken pool and those not started yet run in a fresh pool, and the summary lists every job.
 - :class:`SlurmLauncher`: waits on its jobs with a bounded poll of ``squeue`` instead of submitit's ``sacct`` watcher
   (which waits forever where accounting is off): a job that left the queue (cancelled, failed at launch, lost by the
   scheduler) without a result pickle within ``lost_after_s`` ends as a ``lost`` job with one line.
@@ -19,8 +19,9 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
@@ -103,31 +104,75 @@ def _plugin_base(module: str, name: str) -> type:
 _JoblibBase = _plugin_base("hydra_plugins.hydra_joblib_launcher.joblib_launcher", "JoblibLauncher")
 
 
+@contextmanager
+def _collateral_kills() -> Iterator[set[int]]:
+    """``with _collateral_kills() as killed:`` collects the pids of the joblib workers that loky kills *alive* when
+    its pool breaks (it kills every worker with SIGKILL once one has died); the worker that died first is already
+    dead then and is not in the set. Outside joblib's loky (or another layout of it) the set stays empty."""
+    killed: set[int] = set()
+    try:
+        from joblib.externals.loky import process_executor
+    except ImportError:
+        yield killed
+        return
+    original = getattr(process_executor, "kill_process_tree", None)
+    if original is None:
+        yield killed
+        return
+
+    def kill_process_tree(process: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(process, "exitcode", 0) is None:  # still running: killed for the pool, not dead on its own
+            killed.add(int(process.pid))
+        return original(process, *args, **kwargs)
+
+    process_executor.kill_process_tree = kill_process_tree
+    try:
+        yield killed
+    finally:
+        process_executor.kill_process_tree = original
+
+
 class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
-    """hydra-joblib-launcher's launcher; a dead worker loses its job(s), not the sweep."""
+    """hydra-joblib-launcher's launcher; a dead worker fails its own job, not the sweep."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Run the jobs in joblib's pool. A worker that dies (``kill -9``, the OOM killer) breaks the pool: its job is
+        recorded ``lost``; the jobs loky killed with the pool and those not started yet run again in a fresh pool
+        (a killed job resumes from its ``last.pt``, ``trainer.resume=auto``)."""
         from joblib.externals.loky.process_executor import TerminatedWorkerError
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        try:
-            return super().launch(job_overrides, initial_job_idx)
-        except TerminatedWorkerError as exc:
-            reason = f"its joblib worker died ({str(exc).strip().splitlines()[0][:160]})"
+        with _collateral_kills() as collateral:
+            try:
+                return super().launch(job_overrides, initial_job_idx)
+            except TerminatedWorkerError as exc:
+                reason = f"its joblib worker died ({str(exc).strip().splitlines()[0][:160]})"
         entries = read_entries(sweep_dir)
-        for num in nums:  # started and never ended: in the dead worker, or in one stopped with the broken pool
-            if num in entries and entries[num].get("state") == "started":
-                record(sweep_dir, num, "lost", entries[num].get("dir", ""), reason)
-        returns = {num: placeholder_return(o) for num, o in zip(nums, job_overrides)}
+        rerun = []
         for num, overrides in zip(nums, job_overrides):
-            if num in entries:
-                continue
-            try:  # a job that never started runs now, in a fresh pool
-                returns[num] = super().launch([overrides], num)[0]
-            except TerminatedWorkerError as again:
-                record(sweep_dir, num, "lost", "", f"its joblib worker died ({str(again).splitlines()[0][:160]})")
+            entry = entries.get(num)
+            if entry is None or (entry.get("state") == "started" and entry.get("pid") in collateral):
+                rerun.append((num, overrides))
+            elif entry.get("state") == "started":  # in the worker that died (or no way to tell it from one)
+                record(sweep_dir, num, "lost", entry.get("dir", ""), reason, restarts=entry.get("restarts", 0))
+        returns = {num: placeholder_return(o) for num, o in zip(nums, job_overrides)}
+        for num, overrides in rerun:
+            log.info("nodex: job %d runs again in a fresh joblib pool (the pool broke: %s)", num, reason)
+            returns.update(self._launch_again(sweep_dir, num, overrides))
         return [returns[num] for num in nums]
+
+    def _launch_again(self, sweep_dir: Path, num: int, overrides: Sequence[str]) -> dict[int, JobReturn]:
+        """Job ``num`` alone in a fresh pool; a worker dying again loses it."""
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+        try:
+            return {num: super().launch([overrides], num)[0]}
+        except TerminatedWorkerError as again:
+            entry = read_entries(sweep_dir).get(num, {})
+            record(sweep_dir, num, "lost", entry.get("dir", ""),
+                   f"its joblib worker died ({str(again).splitlines()[0][:160]})", restarts=entry.get("restarts", 0))
+            return {}
 
 
 # ---------------------------------------------------------------------------------------------- Slurm

@@ -1,20 +1,22 @@
 """Fewer function evaluations: the default experiment with and without RNODE's regularisers.
 
     OMP_NUM_THREADS=1 nice -n 5 python scripts/bench/regularized_nfe.py [--seeds 0,1,2] [--kinetic 0.01]
-        [--jacobian 0.01] [--target 0.99] [--out DIR] [NODEX OVERRIDES]
+        [--jacobian 0.01] [--metric accuracy] [--target 0.99] [--out DIR] [NODEX OVERRIDES]
+    ... regularized_nfe.py --metric nll --target 1.45 experiment=cnf_gaussians   # a CNF: NLL, lower is better
 
 Trains ``nodex train`` (its defaults: the vanilla NODE on the annuli, dopri5, 300 steps) through the real CLI,
 once plain and once with ``task.regularizer.kinetic=λ_K task.regularizer.jacobian=λ_J``, alternating per seed
 in one process (both see the same load on a shared machine; who goes first alternates, after one untimed
 warm-up run). Both validate every 10 steps
-(``trainer.val_every=10``) so the step at which the validation accuracy first reaches ``--target`` is known
+(``trainer.val_every=10``) so the step at which the validation metric (``--metric``) first reaches ``--target`` is known
 to 10 steps. Per seed and variant:
 
 - ``nfe``: forward NFE per solve of the trained model (``test/nfe_forward``: the test-set solve at step 300,
   the plain ODE: regularisers are training-only) and ``train nfe``: the training solves' mean over steps
   291-300 (``train/nfe_forward``);
-- ``acc``: test accuracy; ``wall s`` and ``cpu s``: the whole run (training, validation, test);
-- ``to target``: the step at which val accuracy first reaches the target, the training wall time spent until
+- ``acc``: the test metric (accuracy, or NLL for a CNF); ``wall s`` and ``cpu s``: the whole run (training,
+  validation, test);
+- ``to target``: the step at which the validation metric first reaches the target, the training wall time spent until
   then (the sum of the logged ``time/step_ms`` over those steps: validation not counted) and the process CPU
   time until that validation row (validation included; steadier than wall time on a shared machine).
 
@@ -37,15 +39,23 @@ import common  # noqa: F401,E402  (the repository root on sys.path: scripts/benc
 from nodex.cli import main as nodex_main  # noqa: E402
 from nodex.train.logs import RunLogger  # noqa: E402
 
-# (step, val/accuracy or None, process CPU seconds) of every logged row: the CPU time to the target accuracy, which
+# (step, the validation metric or None, process CPU seconds) of every logged row: the CPU time to the target, which
 # a shared machine's wall clock (load 4-9 on 2 cores here) cannot give. Instrumentation only: rows are unchanged.
 STAMPS: list[tuple[int, float | None, float]] = []
+METRIC = ["accuracy"]  # the metric's name without its split (--metric)
 _scalars = RunLogger.scalars
 
 
 def _stamped_scalars(self, step, values):
-    STAMPS.append((step, values.get("val/accuracy"), time.process_time()))
+    STAMPS.append((step, values.get(f"val/{METRIC[0]}"), time.process_time()))
     return _scalars(self, step, values)
+
+
+def reached(value: float | None, target: float) -> bool:
+    """``value`` is at the target: at least it for accuracy, at most it for a loss (NLL, MSE)."""
+    if value is None:
+        return False
+    return value >= target if METRIC[0] == "accuracy" else value <= target
 
 
 RunLogger.scalars = _stamped_scalars
@@ -55,14 +65,14 @@ COMMON = ["trainer.val_every=10", "trainer.log_every=10", "trainer.plots=false",
 
 
 def time_to_target(rows: list[dict], target: float) -> tuple[int | None, float | None]:
-    """First step whose ``val/accuracy`` >= ``target`` and the training seconds until then (from the train rows'
+    """First step whose validation metric reaches ``target`` and the training seconds until then (from the train rows'
     ``time/step_ms``, each over the ``log_every`` steps since the previous row)."""
     spent, last_step = 0.0, 0
     for row in rows:
         if "time/step_ms" in row:
             spent += row["time/step_ms"] / 1000.0 * (row["step"] - last_step)
             last_step = row["step"]
-        if row.get("val/accuracy", -1.0) >= target:
+        if reached(row.get(f"val/{METRIC[0]}"), target):
             return row["step"], spent
     return None, None
 
@@ -73,7 +83,7 @@ def train_once(run_dir: Path, overrides: list[str], target: float) -> dict:
     wall, cpu0 = time.perf_counter(), time.process_time()
     code = nodex_main(["train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu0
-    cpu_to = next((t - cpu0 for _, acc, t in STAMPS if acc is not None and acc >= target), None)
+    cpu_to = next((t - cpu0 for _, value, t in STAMPS if reached(value, target)), None)
     if code != 0:
         raise SystemExit(f"nodex train {' '.join(overrides)} failed (exit {code}); see {run_dir}")
     result = json.loads((run_dir / "result.json").read_text())
@@ -81,7 +91,7 @@ def train_once(run_dir: Path, overrides: list[str], target: float) -> dict:
     train_rows = [r for r in rows if "train/nfe_forward" in r]
     step, seconds = time_to_target(rows, target)
     return {"nfe": result["metrics"]["test/nfe_forward"], "train_nfe": train_rows[-1]["train/nfe_forward"],
-            "acc": result["metrics"]["test/accuracy"], "wall": wall, "cpu": cpu, "step": step, "seconds": seconds,
+            "acc": result["metrics"][f"test/{METRIC[0]}"], "wall": wall, "cpu": cpu, "step": step, "seconds": seconds,
             "cpu_to": cpu_to}
 
 
@@ -94,7 +104,7 @@ def _median(values: list) -> float | None:
 
 
 def report(runs: dict[str, list[dict]], seeds: list[int], target: float, weights: str) -> None:
-    print(f"\n| variant | seed | nfe (test) | train nfe | test acc | wall s | cpu s | step to {target} "
+    print(f"\n| variant | seed | nfe (test) | train nfe | test {METRIC[0]} | wall s | cpu s | step to {target} "
           "| train wall s to it | cpu s to it |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, rows in runs.items():
@@ -116,11 +126,14 @@ def main() -> None:
     parser.add_argument("--kinetic", type=float, default=0.01)
     parser.add_argument("--jacobian", type=float, default=0.01)
     parser.add_argument("--steer", type=float, default=0.0, help="also model.horizon.steer=b for the regularised runs")
-    parser.add_argument("--target", type=float, default=0.99, help="val accuracy to reach (default 0.99)")
+    parser.add_argument("--metric", default="accuracy", help="the metric to reach: accuracy (higher is better) or a "
+                        "loss such as nll or mse (lower is better)")
+    parser.add_argument("--target", type=float, default=0.99, help="its validation value to reach (default 0.99)")
     parser.add_argument("--out", default=None, help="keep the run dirs here (default: a temporary dir)")
     parser.add_argument("overrides", nargs="*", help="for both variants (e.g. solver.rtol=1e-5)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    METRIC[0] = args.metric
     reg = [f"task.regularizer.kinetic={args.kinetic}", f"task.regularizer.jacobian={args.jacobian}"]
     reg += [f"model.horizon.steer={args.steer}"] if args.steer else []
     variants = {"plain": [], "regularised": reg}
