@@ -173,3 +173,26 @@ def test_a_bad_flag_value_is_one_line_not_a_usage_block(capsys, tmp_path, argv, 
         code = exc.code
     assert code == 2
     assert capsys.readouterr().err.strip() == line
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["trainer.optim.lr=inf"], "trainer.optim.lr=inf must be positive and finite (e.g. 0.005)"),
+    (["trainer.optim.weight_decay=-0.1"], "trainer.optim.weight_decay=-0.1 must be >= 0 and finite (0: no decay)"),
+    (["trainer.optim.betas=[1.5,0.9]"], "trainer.optim.betas=[1.5, 0.9] must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    (["trainer.optim.betas=[0.9]"], "trainer.optim.betas=[0.9] must be two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    (["trainer.optim.name=sgd", "trainer.optim.momentum=-1"],
+     "trainer.optim.momentum=-1.0 must be in [0, 1) (0: plain SGD; 0.9 is usual)"),
+    (["trainer.scheduler.name=step", "trainer.scheduler.step_size=0"],
+     "trainer.scheduler.step_size=0 must be a positive integer (steps, or epochs with trainer.scheduler.unit=epoch, "
+     "between decays)"),
+    (["trainer.scheduler.name=exponential", "trainer.scheduler.gamma=-1"],
+     "trainer.scheduler.gamma=-1.0 must be in (0, 1]: the factor each decay multiplies the learning rate by (e.g. 0.9)"),
+])
+def test_optimizer_and_scheduler_settings_are_checked_before_torch_sees_them(compose_cfg, overrides, line):
+    from nodex.errors import ConfigError
+    from nodex.train.setup import validate_trainer
+
+    validate_trainer(compose_cfg(["trainer.optim.name=adam"]).trainer)  # the defaults pass
+    with pytest.raises(ConfigError) as info:
+        validate_trainer(compose_cfg(overrides).trainer)
+    assert str(info.value) == line

@@ -78,14 +78,8 @@ def validate_trainer(cfg: DictConfig) -> None:
     ):
         if cfg.get(key) is not None:
             _positive(cfg, key, what)
-    if cfg.optim.name not in OPTIMIZERS:
-        raise ConfigError(f"trainer.optim.name={cfg.optim.name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
-    if not (math.isfinite(float(cfg.optim.lr)) and float(cfg.optim.lr) > 0):
-        raise ConfigError(f"trainer.optim.lr={cfg.optim.lr} must be positive")
-    if cfg.scheduler.name not in SCHEDULERS:
-        raise ConfigError(
-            f"trainer.scheduler.name={cfg.scheduler.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}"
-        )
+    validate_optimizer(cfg.optim)
+    validate_scheduler(cfg.scheduler)
     if cfg.get("val_every") is not None and int(cfg.val_every) < 0:  # (sweeps branch: absurd settings refused)
         raise ConfigError(f"trainer.val_every={cfg.val_every} must be a positive integer, or 0/null to validate "
                           "at the end only")
@@ -98,6 +92,43 @@ def validate_trainer(cfg: DictConfig) -> None:
             f"trainer.checkpoint_every={ckpt_every} must be a multiple of trainer.log_every={log_every} "
             "(checkpoints follow a finiteness check at log points)"
         )
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def validate_optimizer(optim: DictConfig) -> None:
+    """``trainer.optim``: a known name, ``0 < lr < inf``, ``weight_decay >= 0``, Adam's two ``betas`` in [0, 1),
+    SGD's ``momentum`` in [0, 1) — checked here, so that the message names the key and not torch's argument."""
+    if optim.name not in OPTIMIZERS:
+        raise ConfigError(f"trainer.optim.name={optim.name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
+    if not (_finite(optim.lr) and float(optim.lr) > 0):
+        raise ConfigError(f"trainer.optim.lr={optim.lr} must be positive and finite (e.g. 0.005)")
+    decay = optim.get("weight_decay")
+    if decay is not None and not (_finite(decay) and float(decay) >= 0):
+        raise ConfigError(f"trainer.optim.weight_decay={decay} must be >= 0 and finite (0: no decay)")
+    betas = optim.get("betas")
+    if optim.name in ("adam", "adamw") and betas is not None:
+        if len(betas) != 2 or not all(_finite(b) and 0 <= float(b) < 1 for b in betas):
+            raise ConfigError(f"trainer.optim.betas={list(betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    momentum = optim.get("momentum")
+    if optim.name == "sgd" and momentum is not None and not (_finite(momentum) and 0 <= float(momentum) < 1):
+        raise ConfigError(f"trainer.optim.momentum={momentum} must be in [0, 1) (0: plain SGD; 0.9 is usual)")
+
+
+def validate_scheduler(sch: DictConfig) -> None:
+    """``trainer.scheduler``: a known name; ``step`` needs a positive ``step_size``, ``step`` and ``exponential`` a
+    ``gamma`` in (0, 1] (the factor the learning rate is multiplied by)."""
+    if sch.name not in SCHEDULERS:
+        raise ConfigError(f"trainer.scheduler.name={sch.name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}")
+    if sch.name == "step" and not (_finite(sch.get("step_size")) and int(sch.step_size) > 0):
+        raise ConfigError(f"trainer.scheduler.step_size={sch.get('step_size')} must be a positive integer (steps, or "
+                          "epochs with trainer.scheduler.unit=epoch, between decays)")
+    gamma = sch.get("gamma")
+    if sch.name in ("step", "exponential") and not (_finite(gamma) and 0 < float(gamma) <= 1):
+        raise ConfigError(f"trainer.scheduler.gamma={gamma} must be in (0, 1]: the factor each decay multiplies the "
+                          "learning rate by (e.g. 0.9)")
 
 
 def _positive(cfg: DictConfig, key: str, what: str) -> None:
