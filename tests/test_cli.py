@@ -184,6 +184,14 @@ def test_parameter_evolution_is_plotted_every_n_steps_and_at_the_end(train_run):
     ea.Reload()
     assert [e.step for e in ea.Images("plots/parameters_evolution")] == [10, 20]
     assert (run_dir / "plots" / "parameters_evolution.png").exists()
+    # the figure is drawn once: TensorBoard's last image has the pixels of the PNG file written at the same step
+    import io
+
+    import matplotlib.pyplot as plt
+
+    logged = plt.imread(io.BytesIO(ea.Images("plots/parameters_evolution")[-1].encoded_image_string), format="png")
+    saved = plt.imread(run_dir / "plots" / "parameters_evolution.png")
+    assert logged.shape[:2] == saved.shape[:2] and abs(logged[..., :3] - saved[..., :3]).max() < 1 / 255 + 1e-6
     assert not (run_dir / "plots" / "decision_map.png").exists()
 
 

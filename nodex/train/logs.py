@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -75,25 +76,27 @@ class RunLogger:
     def figure(self, tag: str, fig: Any, step: int) -> None:
         """Save ``fig`` as ``plots/<name>.png`` (``tag`` = ``plots/<name>``; other slashes become ``_``)
         and to TensorBoard under ``tag``; closes the figure."""
+        import matplotlib.pyplot as plt
+
         name = tag.removeprefix("plots/").replace("/", "_")
         path = self.run_dir / "plots" / f"{name}.png"
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")  # a failed write (disk full) leaves neither a torn png nor a .tmp
+        png = io.BytesIO()
         try:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+            fig.savefig(png, dpi=100, bbox_inches="tight", format="png")  # drawn once, for the file and TensorBoard
+        finally:
+            plt.close(fig)
+        try:
+            tmp.write_bytes(png.getvalue())
             tmp.replace(path)
         except OSError:
             tmp.unlink(missing_ok=True)
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
             raise
         if self.writer is not None:
-            self.writer.add_figure(tag, fig, step, close=True)
-        else:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+            png.seek(0)
+            image = plt.imread(png, format="png")  # (H, W, 4) floats in [0, 1]: the same pixels as the file
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def histogram(self, tag: str, values: Any, step: int) -> None:
         if self.writer is not None:
