@@ -6,6 +6,8 @@ Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its pl
   that job as ``stopped`` and the rest as ``not run``, and the sweep exits 143.
 - :class:`JoblibLauncher`: a worker that dies (``kill -9``, the OOM killer) fails its own job as ``lost``; the jobs
   loky killed with the broken pool and those not started yet run in a fresh pool, and the summary lists every job.
+  A SIGTERM to the sweep goes on to the running jobs (each saves itself), no further job starts, and the summary
+  lists them as ``stopped`` and ``not run`` (exit 143), as on the basic launcher.
 - :class:`SlurmLauncher`: waits on its jobs with a bounded poll of ``squeue`` instead of submitit's ``sacct`` watcher
   (which waits forever where accounting is off): a job that left the queue (cancelled, failed at launch, lost by the
   scheduler) without a result pickle within ``lost_after_s`` ends as a ``lost`` job with one line.
@@ -14,7 +16,9 @@ Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its pl
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
 import signal
 import subprocess
 import threading
@@ -26,7 +30,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
 
-from nodex.sweep_ledger import finish, mark_unfinished, read_entries, record
+from nodex.sweep_ledger import finish, mark_stopping, mark_unfinished, read_entries, record
 
 log = logging.getLogger("nodex")
 
@@ -41,12 +45,16 @@ class _SweepSignals:
     """``with _SweepSignals() as sig:`` records a SIGTERM to the sweep in ``sig.signum`` (main thread only); a job's
     own handler (nodex's StopRequest) chains to this one, so the sweep learns of the signal either way."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Optional[Callable[[int], None]] = None) -> None:
         self.signum: Optional[int] = None
         self._previous: Any = None
+        self._on_signal = on_signal
 
     def _record(self, signum: int, frame: Any) -> None:
+        first = self.signum is None
         self.signum = self.signum or signum
+        if first and self._on_signal is not None:
+            self._on_signal(signum)
 
     def __enter__(self) -> "_SweepSignals":
         if threading.current_thread() is threading.main_thread():
@@ -132,6 +140,58 @@ def _collateral_kills() -> Iterator[set[int]]:
         process_executor.kill_process_tree = original
 
 
+def stop_running_jobs(sweep_dir: Path, nums: Sequence[int], signum: int, wait_s: float = 60.0) -> None:
+    """A stop signal reached a sweep whose jobs run in other processes: no job starts from now on (the ledger's stop
+    mark), the signal goes on to every running job's process (each saves its checkpoint and ``result.json``, as when
+    signalled itself), and this waits — at most ``wait_s`` — until they have, so that nothing is cut mid-save."""
+
+    mark_stopping(sweep_dir, signal.Signals(signum).name)
+    running = {num: e for num, e in read_entries(sweep_dir).items() if num in nums and e.get("state") == "started"}
+    for entry in running.values():
+        try:
+            os.kill(int(entry["pid"]), signum)
+        except (OSError, KeyError, ValueError):
+            pass
+    deadline = time.monotonic() + wait_s
+    while running and time.monotonic() < deadline:
+        running = {num: e for num, e in running.items() if not _job_saved(e)}
+        time.sleep(0.1)
+
+
+def _job_saved(entry: dict) -> bool:
+    """The job of a ledger ``entry`` is no longer running: its ``result.json`` says it ended, or its process is gone."""
+    try:
+        status = json.loads((Path(entry.get("dir", "")) / "result.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status not in (None, "running"):
+        return True
+    try:
+        os.kill(int(entry["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return True
+    return False
+
+
+def _shut_down_idle_workers() -> None:
+    """End loky's worker pool once a stopped sweep's jobs have saved themselves: joblib starts a fresh pool after an
+    aborted call, whose idle workers would outlive the sweep by loky's idle timeout (minutes)."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:
+        return
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
+def _end_stopped_sweep(sweep_dir: Path, nums: Sequence[int], signum: int) -> None:
+    """The summary of a sweep a signal stopped (running jobs ``stopped``, the rest ``not run``), then exit 128 + N."""
+    mark_unfinished(sweep_dir, list(nums), "stopped", f"the sweep was stopped by {signal.Signals(signum).name}")
+    finish(sweep_dir, default_state="stopped")
+    raise SystemExit(128 + signum)
+
+
 class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
     """hydra-joblib-launcher's launcher; a dead worker fails its own job, not the sweep."""
 
@@ -143,11 +203,21 @@ class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        with _collateral_kills() as collateral:
-            try:
-                return super().launch(job_overrides, initial_job_idx)
-            except TerminatedWorkerError as exc:
-                reason = f"its joblib worker died ({str(exc).strip().splitlines()[0][:160]})"
+        with _SweepSignals(lambda signum: stop_running_jobs(sweep_dir, nums, signum)) as sig:
+            with _collateral_kills() as collateral:
+                try:
+                    returns = super().launch(job_overrides, initial_job_idx)
+                    reason = ""
+                except TerminatedWorkerError as exc:
+                    reason = f"its joblib worker died ({str(exc).strip().splitlines()[0][:160]})"
+                except BaseException:  # a job stopped by the signal: it saved itself, its worker passed on its exit
+                    if sig.signum is None:
+                        raise
+        if sig.signum is not None:
+            _shut_down_idle_workers()
+            _end_stopped_sweep(sweep_dir, nums, sig.signum)
+        if not reason:
+            return returns
         entries = read_entries(sweep_dir)
         rerun = []
         for num, overrides in zip(nums, job_overrides):

@@ -9,7 +9,9 @@ by a live sweep is refused. Everything the sweep records lives in ``SWEEP_DIR/.n
   unknown, the ledger then counts the jobs that started);
 - ``jobs/NUM.json``: one small ledger file per job number, ``{"num", "state", "dir", "reason"}``, written by the
   job's own process when it starts and ends (a Hydra callback) and by the launcher for a job that never ran, died
-  or vanished. An older sweep's ledger in a reused dir is moved aside, so a sweep counts only its own jobs.
+  or vanished. An older sweep's ledger in a reused dir is moved aside, so a sweep counts only its own jobs;
+- ``stop.json``: the sweep was signalled (launchers whose jobs run in other processes): a job a worker takes up
+  afterwards does not run.
 
 A job's state is one of :data:`STATES`; the sweep exits non-zero unless every planned job is ``completed``.
 """
@@ -147,11 +149,11 @@ def _mkdir_with_suffix(path: Path) -> Path:
 def _set_aside_old_ledger(sweep_dir: Path) -> None:
     """An earlier sweep's ledger in this dir moves to ``.nodex/old-TIME/`` (kept, never counted again)."""
     base = sweep_dir / LEDGER_DIR
-    for name in ("jobs", "plan.json"):
+    for name in ("jobs", "plan.json", "stop.json"):
         if (base / name).exists():
             old = base / f"old-{time.time_ns()}"
             old.mkdir(parents=True, exist_ok=True)
-            for item in ("jobs", "plan.json"):
+            for item in ("jobs", "plan.json", "stop.json"):
                 if (base / item).exists():
                     shutil.move(str(base / item), str(old / item))
             return
@@ -188,6 +190,15 @@ def write_plan(sweep_dir: str | Path, jobs: Optional[int]) -> None:
 def planned_jobs(sweep_dir: str | Path) -> Optional[int]:
     plan = read_json(Path(sweep_dir) / LEDGER_DIR / "plan.json") or {}
     return plan.get("jobs")
+
+
+class SweepStopped(Exception):
+    """A job of a sweep that a signal stopped, started by a worker afterwards: it does not run."""
+
+
+def mark_stopping(sweep_dir: str | Path, signal_name: str) -> None:
+    """The sweep in ``sweep_dir`` was signalled: jobs that start from now on do not run (see ``on_job_start``)."""
+    write_json_atomic(Path(sweep_dir) / LEDGER_DIR / "stop.json", {"signal": signal_name, "time": time.time()})
 
 
 def mark_unfinished(sweep_dir: str | Path, nums: list[int], started_as: str, reason: str) -> None:
@@ -332,6 +343,12 @@ class SweepLedger(SweepSummary):
         if not _in_sweep(config):
             return
         sweep_dir, num = config.hydra.sweep.dir, int(config.hydra.job.num)
+        stop = read_json(Path(sweep_dir) / LEDGER_DIR / "stop.json")
+        if stop is not None:  # a worker took the job after the sweep was signalled: it does not run
+            from nodex.runs import drop_snapshot
+
+            drop_snapshot(Path(str(config.hydra.runtime.output_dir)))
+            raise SweepStopped(f"the sweep was stopped by {stop.get('signal')}")
         earlier = read_json(ledger_path(sweep_dir, num)) or {}
         restarts = int(earlier.get("restarts", -1)) + 1 if earlier.get("state") == "started" else 0
         record(sweep_dir, num, "started", str(config.hydra.runtime.output_dir), restarts=restarts)

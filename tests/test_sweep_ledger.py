@@ -259,3 +259,30 @@ def test_a_killed_joblib_worker_fails_its_own_job_only(tmp_path):
     for num in (1, 2):
         record = json.loads(next(sweep.glob(f"{num}-*/result.json")).read_text())
         assert record["status"] == "completed" and record["steps"] == 60, record
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary_and_a_rerun_resumes_them(tmp_path):
+    sweep = tmp_path / "sweep"
+    joblib = ["trainer.max_steps=400", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
+              f"hydra.sweep.dir={sweep}"]
+    proc = _sweep_process(tmp_path, *LONG, *joblib)
+    _wait_for(lambda: len(list(sweep.glob("[01]-*/metrics.jsonl"))) == 2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    assert summary_line(0, 3, sweep, "2 stopped, 1 not run") in out, out
+    assert "nodex: job 2 not run: the sweep was stopped by SIGTERM" in out
+    for num in (0, 1):  # each running job got the signal, saved itself and says so
+        run = next(sweep.glob(f"{num}-*"))
+        stopped = json.loads((run / "result.json").read_text())
+        assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"], stopped
+        assert (run / "checkpoints" / "last.pt").is_file()
+    _wait_for(lambda: not subprocess.run(["pgrep", "-f", "popen_loky"], capture_output=True).stdout, 30)  # no worker left
+    rerun = _sweep_process(tmp_path, *LONG, *joblib, "trainer.resume=auto")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"nodex: sweep finished: 3/3 jobs completed in {sweep} (table: nodex report {sweep})" in out
+    assert len(list(sweep.glob("*-*/result.json"))) == 3  # the same job dirs: trainer.resume is not in their names
+    for num in (0, 1):
+        assert "resumed from" in next(sweep.glob(f"{num}-*/train.log")).read_text()
