@@ -93,11 +93,19 @@ class BasicLauncher(HydraBasicLauncher):
                     break
         if sig.signum is None and exit_code is None:
             return runs
-        name = signal.Signals(sig.signum).name if sig.signum else f"exit {exit_code}"
+        name = signal.Signals(sig.signum).name if sig.signum else _exit_name(exit_code)
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
         mark_unfinished(sweep_dir, nums, "stopped", f"the sweep was stopped by {name}")
         finish(sweep_dir, default_state="stopped")
         raise SystemExit(128 + sig.signum if sig.signum else exit_code)
+
+
+def _exit_name(code: Optional[int]) -> str:
+    """What stopped a job that exited with ``code``: the signal of ``128 + N`` (``SIGINT``: Ctrl-C), else the code."""
+    try:
+        return signal.Signals(int(code or 0) - 128).name if int(code or 0) > 128 else f"exit {code}"
+    except ValueError:
+        return f"exit {code}"
 
 
 def _plugin_base(module: str, name: str) -> type:

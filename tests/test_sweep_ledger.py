@@ -286,3 +286,9 @@ def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary_and_a_rerun_r
     assert len(list(sweep.glob("*-*/result.json"))) == 3  # the same job dirs: trainer.resume is not in their names
     for num in (0, 1):
         assert "resumed from" in next(sweep.glob(f"{num}-*/train.log")).read_text()
+
+
+def test_a_job_stopped_by_a_signal_is_named_by_the_signal():
+    from nodex.launchers import _exit_name
+
+    assert (_exit_name(130), _exit_name(143), _exit_name(1), _exit_name(None)) == ("SIGINT", "SIGTERM", "exit 1", "exit None")
