@@ -6,8 +6,8 @@ Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its pl
   that job as ``stopped`` and the rest as ``not run``, and the sweep exits 143.
 - :class:`JoblibLauncher`: a worker that dies (``kill -9``, the OOM killer) fails its own job as ``lost``; the jobs
   loky killed with the broken pool and those not started yet run in a fresh pool, and the summary lists every job.
-  A SIGTERM to the sweep goes on to the running jobs (each saves itself), no further job starts, and the summary
-  lists them as ``stopped`` and ``not run`` (exit 143), as on the basic launcher.
+  A SIGTERM (or SIGINT) to the sweep goes on to the running jobs (each saves itself), no further job starts, and the
+  summary lists them as ``stopped`` and ``not run`` (exit 143 or 130), as on the basic launcher.
 - :class:`SlurmLauncher`: waits on its jobs with a bounded poll of ``squeue`` instead of submitit's ``sacct`` watcher
   (which waits forever where accounting is off): a job that left the queue (cancelled, failed at launch, lost by the
   scheduler) without a result pickle within ``lost_after_s`` ends as a ``lost`` job with one line.
@@ -43,12 +43,15 @@ def placeholder_return(overrides: Sequence[str]) -> JobReturn:
 
 class _SweepSignals:
     """``with _SweepSignals() as sig:`` records a SIGTERM to the sweep in ``sig.signum`` (main thread only); a job's
-    own handler (nodex's StopRequest) chains to this one, so the sweep learns of the signal either way."""
+    own handler (nodex's StopRequest) chains to this one, so the sweep learns of the signal either way.
+    ``signals``: the ones to catch; ``on_signal(signum)``: called at the first."""
 
-    def __init__(self, on_signal: Optional[Callable[[int], None]] = None) -> None:
+    def __init__(self, on_signal: Optional[Callable[[int], None]] = None,
+                 signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
         self.signum: Optional[int] = None
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._on_signal = on_signal
+        self._signals = signals
 
     def _record(self, signum: int, frame: Any) -> None:
         first = self.signum is None
@@ -58,12 +61,12 @@ class _SweepSignals:
 
     def __enter__(self) -> "_SweepSignals":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._record)
+            self._previous = {s: signal.signal(s, self._record) for s in self._signals}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _hydra_basic_launch(launcher: Any, job_overrides: Sequence[Sequence[str]], first: int) -> Sequence[JobReturn]:
@@ -211,7 +214,8 @@ class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        with _SweepSignals(lambda signum: stop_running_jobs(sweep_dir, nums, signum)) as sig:
+        stop = _SweepSignals(lambda signum: stop_running_jobs(sweep_dir, nums, signum), (signal.SIGTERM, signal.SIGINT))
+        with stop as sig:
             with _collateral_kills() as collateral:
                 try:
                     returns = super().launch(job_overrides, initial_job_idx)
