@@ -16,7 +16,6 @@ Selected by ``_target_`` in ``configs/hydra/launcher/*.yaml``; each keeps its pl
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import signal
@@ -170,11 +169,10 @@ def stop_running_jobs(sweep_dir: Path, nums: Sequence[int], signum: int, wait_s:
 
 
 def _job_saved(entry: dict) -> bool:
-    """The job of a ledger ``entry`` is no longer running: its ``result.json`` says it ended, or its process is gone."""
-    try:
-        status = json.loads((Path(entry.get("dir", "")) / "result.json").read_text()).get("status")
-    except (OSError, ValueError):
-        status = None
+    """The job of a ledger ``entry`` is no longer running: its record says it ended, or its process is gone."""
+    from nodex.runs import run_record
+
+    status = run_record(Path(entry.get("dir", ""))).get("status") if entry.get("dir") else None
     if status not in (None, "running"):
         return True
     try:
