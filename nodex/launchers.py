@@ -169,11 +169,11 @@ def stop_running_jobs(sweep_dir: Path, nums: Sequence[int], signum: int, wait_s:
 
 
 def _job_saved(entry: dict) -> bool:
-    """The job of a ledger ``entry`` is no longer running: its record says it ended, or its process is gone."""
+    """The job of a ledger ``entry`` is no longer running: its record says it ended (a finished record has its wall
+    time; one written while the run goes on has none), or its process is gone."""
     from nodex.runs import run_record
 
-    status = run_record(Path(entry.get("dir", ""))).get("status") if entry.get("dir") else None
-    if status not in (None, "running"):
+    if entry.get("dir") and run_record(Path(entry["dir"])).get("wall_time_s") is not None:
         return True
     try:
         os.kill(int(entry["pid"]), 0)

@@ -292,3 +292,14 @@ def test_a_job_stopped_by_a_signal_is_named_by_the_signal():
     from nodex.launchers import _exit_name
 
     assert (_exit_name(130), _exit_name(143), _exit_name(1), _exit_name(None)) == ("SIGINT", "SIGTERM", "exit 1", "exit None")
+
+
+def test_a_signalled_job_counts_as_saved_once_its_record_has_ended_or_its_process_is_gone(tmp_path, live_pid):
+    from nodex.launchers import _job_saved
+
+    (tmp_path / "result.json").write_text(json.dumps({"status": "failed", "wall_time_s": None}))  # still running
+    running = {"dir": str(tmp_path), "pid": live_pid}
+    assert not _job_saved(running)
+    (tmp_path / "result.json").write_text(json.dumps({"status": "interrupted", "wall_time_s": 3.2}))
+    assert _job_saved(running)
+    assert _job_saved({"dir": str(tmp_path / "none"), "pid": 2 ** 22 + 17})  # no record, no such process
