@@ -236,3 +236,21 @@ def test_bench_threads_times_both_thread_counts_and_reports_auto():
     proc = _run_script("bench_threads.py", "--competitors", "1", "--rounds", "1", "--steps", "1",
                        "model.field.hidden=[8]", "data.n_train=64")
     assert "threads=1:" in proc.stdout and "auto chose 1 thread(s)" in proc.stdout  # a small field: one thread
+
+
+# torchdyn 1.0.6's torchdyn.core.__all__: the bench scripts' torchdyn side runs only where torchdyn is installed
+# (scripts/install_bench_deps.sh), never in CI, so what they import from it is checked here by name.
+TORCHDYN_CORE = {"DEFunc", "NeuralODE", "NeuralDE", "NeuralSDE", "ODEProblem", "SDEProblem", "MultipleShootingProblem",
+                 "MultipleShootingLayer"}
+
+
+def test_the_bench_scripts_import_only_what_torchdyn_has():
+    import ast
+
+    imported = set()
+    for path in BENCH.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchdyn"):
+                imported |= {(path.name, node.module, alias.name) for alias in node.names}
+    assert imported and {name for *_, name in imported} <= TORCHDYN_CORE, imported
+    assert {module for _, module, _ in imported} == {"torchdyn.core"}

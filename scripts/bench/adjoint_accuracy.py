@@ -60,11 +60,11 @@ def main() -> None:
             row(f"nodex {sensitivity}", tol, *nodex(tol, sensitivity))
         row("torchdiffeq adjoint", tol, *nodex(tol, "adjoint", "torchdiffeq"))
         try:
-            from torchdyn.core import GeneralNeuralODE
+            from torchdyn.core import NeuralODE
         except ImportError:
             continue
         for sensitivity in ("autograd", "adjoint"):
-            node = GeneralNeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol,
+            node = NeuralODE(net, solver="dopri5", sensitivity=sensitivity, atol=tol, rtol=tol, atol_adjoint=tol,
                              rtol_adjoint=tol, seminorm=True).to(dtype)
             net.zero_grad()
             node.vf.nfe = 0

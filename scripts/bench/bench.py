@@ -8,7 +8,7 @@ on the same batch from the same initial weights, (a) the same nodex model on tor
 solvers (``solver.engine=torchdiffeq``), (b) where the field is a plain MLP (``depth: none |
 concat``, first order, no control or horizon), the same model written as a plain
 ``torchdiffeq.odeint`` loop, (c) for ``solver=rk4`` a hand-written RK4 loop and (d) torchdyn's
-``GeneralNeuralODE`` (``depth: none``) when it is installed (``bash scripts/install_bench_deps.sh``).
+``NeuralODE`` (``depth: none``) when it is installed (``bash scripts/install_bench_deps.sh``).
 ``--pretrain N`` first trains nodex N steps so all start from *trained* weights (adaptive NFE
 grows). Prints median wall and process-CPU ms/step (min–max over rounds; CPU time is steadier
 on a shared machine), forward/backward NFE, samples/s and the ratio to the torchdiffeq baseline
@@ -83,17 +83,17 @@ class PlainStep:
 
 
 class TorchdynStep(PlainStep):
-    """The same model as torchdyn 1.0.6's ``GeneralNeuralODE`` (its own solvers and adjoint)."""
+    """The same model as torchdyn 1.0.6's ``NeuralODE`` (its own solvers and adjoint)."""
 
     def __init__(self, pipe: Pipeline, cfg) -> None:
         super().__init__(pipe, cfg, "torchdyn")
-        from torchdyn.core import GeneralNeuralODE
+        from torchdyn.core import NeuralODE
 
         s = pipe.settings
         if not (all(not c for c in self.field.concat)):
             raise SystemExit("torchdyn comparison supports depth: none fields only")
         sensitivity = "adjoint" if s.sensitivity == "adjoint" else "autograd"
-        self.node = GeneralNeuralODE(self.field.sequential(), solver=s.method, sensitivity=sensitivity, atol=s.atol,
+        self.node = NeuralODE(self.field.sequential(), solver=s.method, sensitivity=sensitivity, atol=s.atol,
                               rtol=s.rtol, atol_adjoint=s.atol, rtol_adjoint=s.rtol, seminorm=s.seminorm)
         params = [*self.input_layer.parameters(), *self.node.parameters(), *self.readout.parameters()]
         self.opt = build_optimizer(cfg.trainer, nn.ParameterList(params), 1)[0]

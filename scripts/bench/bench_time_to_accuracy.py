@@ -10,7 +10,7 @@ steps until that accuracy first reaches 100% (``--target``).
 
 - nodex: its default recipe (``configs/``: dopri5 rtol = atol = 1e-4, backprop, Adam 5e-3),
   through the real ``Trainer.train_step``.
-- torchdyn 1.0.6: its defaults (``GeneralNeuralODE(f)``: tsit5, rtol = atol = 1e-3, backprop) with the
+- torchdyn 1.0.6: its defaults (``NeuralODE(f)``: tsit5, rtol = atol = 1e-3, backprop) with the
   Adam(lr=0.01) of its quickstart. Needs ``bash scripts/install_bench_deps.sh``.
 
 Runs alternate between the two per seed, in one process; CPU time (steadier than wall time on a
@@ -54,10 +54,10 @@ def run_nodex(pipe: Pipeline, cfg, batches, X_fix, y_fix, target: float) -> tupl
 
 
 def run_torchdyn(pipe: Pipeline, batches, X_fix, y_fix, target: float) -> tuple[float | None, int | None]:
-    from torchdyn.core import GeneralNeuralODE
+    from torchdyn.core import NeuralODE
 
     net = PlainField(pipe.model.field).sequential()  # the default field: Linear layers and tanh
-    node = GeneralNeuralODE(net)  # torchdyn's defaults: tsit5, atol = rtol = 1e-3, autograd
+    node = NeuralODE(net)  # torchdyn's defaults: tsit5, atol = rtol = 1e-3, autograd
     readout = copy.deepcopy(pipe.model.readout)
     opt = torch.optim.Adam([*node.parameters(), *readout.parameters()], lr=0.01)
     t_span = torch.linspace(0, 1, 2)

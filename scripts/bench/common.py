@@ -98,7 +98,7 @@ class PlainField(nn.Module):
         return h
 
     def sequential(self) -> nn.Sequential:
-        """The same layers as one ``nn.Sequential`` (what torchdyn's ``GeneralNeuralODE`` takes; ``depth: none`` only)."""
+        """The same layers as one ``nn.Sequential`` (what torchdyn's ``NeuralODE`` takes; ``depth: none`` only)."""
         pairs = zip(self.layers, [*self.acts, None])
         return nn.Sequential(*[m for pair in pairs for m in pair if m is not None])
 

@@ -14,7 +14,7 @@ readout) with
 
 - nodex backprop and nodex adjoint (``solver.engine=auto``: nodex's own solvers, ``--methods``:
   dopri5 by default, tsit5 too; ``METHOD:RULE`` sets ``solver.step_rule``, e.g. ``dopri5:hairer``), and
-- torchdyn 1.0.6's ``GeneralNeuralODE`` (``--torchdyn-methods``: dopri5, tsit5) with
+- torchdyn 1.0.6's ``NeuralODE`` (``--torchdyn-methods``: dopri5, tsit5) with
   ``sensitivity=autograd`` and ``adjoint`` (``bash scripts/install_bench_deps.sh``; same weights,
   same loss),
 
@@ -87,12 +87,12 @@ def nodex_gradient(
 
 
 def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5") -> Gradient:
-    """A gradient function of torchdyn 1.0.6's ``GeneralNeuralODE`` with its solver ``method`` at ``tol``."""
-    from torchdyn.core import GeneralNeuralODE
+    """A gradient function of torchdyn 1.0.6's ``NeuralODE`` with its solver ``method`` at ``tol``."""
+    from torchdyn.core import NeuralODE
 
     net = PlainField(pipe.model.field).sequential()
     tols = dict(atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol)
-    node = GeneralNeuralODE(net, solver=method, sensitivity=sensitivity, seminorm=pipe.model.settings.seminorm, **tols)
+    node = NeuralODE(net, solver=method, sensitivity=sensitivity, seminorm=pipe.model.settings.seminorm, **tols)
     input_layer, readout = copy.deepcopy(pipe.model.input_layer), copy.deepcopy(pipe.model.readout)
     params = [*input_layer.parameters(), *net.parameters(), *readout.parameters()]
     t_span = torch.linspace(0, pipe.model.S, 2)
