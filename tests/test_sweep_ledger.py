@@ -262,11 +262,10 @@ def test_a_killed_joblib_worker_fails_its_own_job_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary_and_a_rerun_resumes_them(tmp_path):
+def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    joblib = ["trainer.max_steps=400", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
-              f"hydra.sweep.dir={sweep}"]
-    proc = _sweep_process(tmp_path, *LONG, *joblib)
+    proc = _sweep_process(tmp_path, *LONG, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
+                          f"hydra.sweep.dir={sweep}")
     _wait_for(lambda: len(list(sweep.glob("[01]-*/metrics.jsonl"))) == 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=180)
@@ -279,13 +278,20 @@ def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary_and_a_rerun_r
         assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"], stopped
         assert (run / "checkpoints" / "last.pt").is_file()
     _wait_for(lambda: not subprocess.run(["pgrep", "-f", "popen_loky"], capture_output=True).stdout, 30)  # no worker left
-    rerun = _sweep_process(tmp_path, *LONG, *joblib, "trainer.resume=auto")
-    out, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err
-    assert f"nodex: sweep finished: 3/3 jobs completed in {sweep} (table: nodex report {sweep})" in out
-    assert len(list(sweep.glob("*-*/result.json"))) == 3  # the same job dirs: trainer.resume is not in their names
-    for num in (0, 1):
-        assert "resumed from" in next(sweep.glob(f"{num}-*/train.log")).read_text()
+
+
+def test_a_stopped_sweep_rerun_with_resume_auto_finds_the_same_job_dirs():
+    # the rerun that continues a stopped sweep adds trainer.resume=auto: it must not rename the job dirs
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nodex.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        hydra = compose(config_name="train", overrides=["seed=0"], return_hydra_config=True).hydra
+    GlobalHydra.instance().clear()
+    assert "trainer.resume" in hydra.job.config.override_dirname.exclude_keys
 
 
 def test_a_job_stopped_by_a_signal_is_named_by_the_signal():
