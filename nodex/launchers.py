@@ -154,7 +154,6 @@ def stop_running_jobs(sweep_dir: Path, nums: Sequence[int], signum: int, wait_s:
     """A stop signal reached a sweep whose jobs run in other processes: no job starts from now on (the ledger's stop
     mark), the signal goes on to every running job's process (each saves its checkpoint and ``result.json``, as when
     signalled itself), and this waits — at most ``wait_s`` — until they have, so that nothing is cut mid-save."""
-
     mark_stopping(sweep_dir, signal.Signals(signum).name)
     running = {num: e for num, e in read_entries(sweep_dir).items() if num in nums and e.get("state") == "started"}
     for entry in running.values():
