@@ -19,7 +19,7 @@ def test_there_are_paper_experiments():
 
 
 def shrink(cfg, tmp_path: Path) -> None:
-    """Tiny budget: 2 steps, small splits and batches; fake image files where data needs them."""
+    """Tiny budget: 2 steps, small splits and batches, no figures; fake image files where data needs them."""
     with open_dict(cfg):
         t = cfg.trainer
         t.max_steps, t.epochs, t.log_every, t.val_every, t.checkpoint_every = 2, None, 1, 2, 2
@@ -27,6 +27,7 @@ def shrink(cfg, tmp_path: Path) -> None:
             t.batch_size = min(int(t.batch_size), 16)
         t.eval_batch_size = 64
         t.num_threads = 1
+        t.plots = False  # each family's figures: tests/test_viz.py (one experiment per family)
         cfg.logger.tensorboard = False
         d = cfg.data
         for key, n in (("n_train", 48), ("n_val", 24), ("n_test", 24)):
