@@ -213,10 +213,14 @@ def test_list_shows_every_experiment_with_its_whole_description_wrapped(cli, tmp
 
 @pytest.mark.slow
 def test_every_experiment_records_its_own_name(compose_cfg):
-    """result.json["config"]["experiment_name"] names the experiment file a run came from."""
+    """result.json["config"]["experiment_name"] names the experiment file a run came from: each file sets its own
+    (its body comes after its defaults, so it wins over an experiment it extends: checked composed for one)."""
+    import yaml
+
     for exp in discover():
-        cfg = compose_cfg([f"experiment={exp.name}"])
-        assert cfg.experiment_name == exp.name, f"{exp.path}: add `experiment_name: {exp.name}`"
+        body = yaml.safe_load(Path(exp.path).read_text())
+        assert body.get("experiment_name") == exp.name, f"{exp.path}: add `experiment_name: {exp.name}`"
+    assert compose_cfg(["experiment=annuli_data_control"]).experiment_name == "annuli_data_control"  # extends vanilla
     assert compose_cfg([]).experiment_name is None
 
 
