@@ -20,8 +20,8 @@ A run read back (:func:`load_run`) that has no ``result.json`` (killed, or still
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -149,14 +149,12 @@ def _mkdir_with_suffix(path: Path) -> Path:
 def _set_aside_old_ledger(sweep_dir: Path) -> None:
     """An earlier sweep's ledger in this dir moves to ``.nodex/old-TIME/`` (kept, never counted again)."""
     base = sweep_dir / LEDGER_DIR
-    for name in ("jobs", "plan.json", "stop.json"):
-        if (base / name).exists():
-            old = base / f"old-{time.time_ns()}"
-            old.mkdir(parents=True, exist_ok=True)
-            for item in ("jobs", "plan.json", "stop.json"):
-                if (base / item).exists():
-                    shutil.move(str(base / item), str(old / item))
-            return
+    found = [name for name in ("jobs", "plan.json", "stop.json") if (base / name).exists()]
+    if found:
+        old = base / f"old-{time.time_ns()}"
+        old.mkdir(parents=True, exist_ok=True)
+        for name in found:
+            shutil.move(str(base / name), str(old / name))
 
 
 # ---------------------------------------------------------------------------------------------- the ledger
