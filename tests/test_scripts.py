@@ -254,3 +254,45 @@ def test_the_bench_scripts_import_only_what_torchdyn_has():
                 imported |= {(path.name, node.module, alias.name) for alias in node.names}
     assert imported and {name for *_, name in imported} <= TORCHDYN_CORE, imported
     assert {module for _, module, _ in imported} == {"torchdyn.core"}
+
+
+def test_step_profile_puts_the_fields_autograd_nodes_on_the_fields_side():
+    import torch
+    from torch import nn
+
+    step_profile = _bench_module("step_profile")
+    torch.manual_seed(0)
+    field = step_profile.Ranged(nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)))
+    z0 = torch.randn(64, 2, requires_grad=True)
+
+    def gradient(X, y):  # two Euler steps around the ranged field, then a loss
+        z = z0 + 0.1 * field(z0)
+        z = torch.add(z, field(z), alpha=0.1)
+        ((z - y) ** 2).mean().backward()
+        return None, 2, 0
+
+    totals, outside = step_profile.profiled(gradient, None, torch.zeros(64, 2), 3)
+    assert list(totals) == list(step_profile.CATEGORIES) and all(ms >= 0 for ms in totals.values())
+    assert totals["field forward"] > 0 and totals["field backward"] > 0 and totals["solver backward"] > 0
+    # the field's nodes (addmm, tanh and their backward) are never counted outside it; the Euler sums' are
+    assert not {"aten::addmm", "aten::linear", "aten::tanh", "AddmmBackward0", "TanhBackward0"} & set(outside)
+    assert {"aten::add", "aten::mul", "AddBackward0", "MulBackward0"} <= set(outside)
+    assert sum(outside.values()) == pytest.approx(totals["solver forward"] + totals["solver backward"])
+
+
+@pytest.mark.slow
+def test_step_profile_script_splits_a_gradient_of_the_default_model():
+    proc = _run_script("step_profile.py", "--no-torchdyn", "--pretrain", "0", "--method", "dopri5", "--repeats", "2",
+                       "--rounds", "1")
+    (table,) = markdown_tables(proc.stdout)
+    rows = {r["where"]: r for r in table}
+    assert list(rows) == [*_bench_module("step_profile").CATEGORIES, "total"]
+    shares = {where: float(r["nodex share"].rstrip("%")) for where, r in rows.items()}
+    assert shares["total"] == 100 and sum(v for k, v in shares.items() if k != "total") == pytest.approx(100, abs=3)
+    # batch 1024, 32 hidden units: the field's kernels are most of a gradient
+    assert shares["field forward"] + shares["field backward"] > 50
+    import re
+
+    nfe = re.search(r"dopri5 tol 0.0001 autograd \| NFE fwd/bwd: nodex (\d+)/0 \| 2 gradients profiled", proc.stdout)
+    assert nfe and int(nfe.group(1)) % 6 == 2  # the initial step's 2 evaluations, then 6 per attempted step
+    assert "unprofiled CPU ms/gradient (median): nodex" in proc.stdout

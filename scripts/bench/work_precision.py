@@ -86,13 +86,16 @@ def nodex_gradient(
     return grad
 
 
-def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5") -> Gradient:
-    """A gradient function of torchdyn 1.0.6's ``NeuralODE`` with its solver ``method`` at ``tol``."""
+def torchdyn_gradient(pipe: Pipeline, tol: float, sensitivity: str, method: str = "dopri5",
+                      wrap: Callable[[nn.Module], nn.Module] | None = None) -> Gradient:
+    """A gradient function of torchdyn 1.0.6's ``NeuralODE`` with its solver ``method`` at ``tol`` (``wrap``: a
+    module around its field, e.g. a profiler range)."""
     from torchdyn.core import NeuralODE
 
     net = PlainField(pipe.model.field).sequential()
     tols = dict(atol=tol, rtol=tol, atol_adjoint=tol, rtol_adjoint=tol)
-    node = NeuralODE(net, solver=method, sensitivity=sensitivity, seminorm=pipe.model.settings.seminorm, **tols)
+    node = NeuralODE(wrap(net) if wrap else net, solver=method, sensitivity=sensitivity,
+                     seminorm=pipe.model.settings.seminorm, **tols)
     input_layer, readout = copy.deepcopy(pipe.model.input_layer), copy.deepcopy(pipe.model.readout)
     params = [*input_layer.parameters(), *net.parameters(), *readout.parameters()]
     t_span = torch.linspace(0, pipe.model.S, 2)
@@ -159,6 +162,23 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def trained_pipeline(overrides: list[str], pretrain: int) -> tuple[Pipeline, torch.Tensor, torch.Tensor]:
+    """The composed config's pipeline after ``pretrain`` training steps (trained weights: the regime where adaptive
+    NFE has grown), and one fresh training batch ``(X (B, ...), y (B, ...))`` to measure on."""
+    cfg = common.compose(overrides)
+    pipe = common.pipeline(cfg)
+    batch = cfg.trainer.batch_size or cfg.data.n_train
+    sample = (lambda: pipe.data.sampler(batch)) if pipe.data.sampler else (lambda: pipe.data.train)
+    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
+    for _ in range(pretrain):
+        Xp, yp = sample()
+        opt.zero_grad(set_to_none=True)
+        pipe.task.loss(pipe.model(Xp), yp)[0].backward()
+        opt.step()
+    X, y = sample()
+    return pipe, X[:batch], y[:batch]
+
+
 def gradient_makers(
     pipe: Pipeline, X: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, Callable[[float], Gradient]]:
@@ -211,18 +231,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tols = [float(t) for t in args.tols.split(",")]
 
-    cfg = common.compose(args.overrides)
-    pipe = common.pipeline(cfg)
-    batch = cfg.trainer.batch_size or cfg.data.n_train
-    sample = (lambda: pipe.data.sampler(batch)) if pipe.data.sampler else (lambda: pipe.data.train)
-    opt = build_optimizer(cfg.trainer, pipe.model, 1)[0]
-    for _ in range(args.pretrain):  # trained weights: the regime where adaptive NFE has grown
-        Xp, yp = sample()
-        opt.zero_grad(set_to_none=True)
-        pipe.task.loss(pipe.model(Xp), yp)[0].backward()
-        opt.step()
-    X, y = sample()
-    X, y = X[:batch], y[:batch]
+    pipe, X, y = trained_pipeline(args.overrides, args.pretrain)
     exact = reference_gradient(pipe, X, y)
     makers = gradient_makers(pipe, X, args)
 
