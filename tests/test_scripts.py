@@ -279,6 +279,29 @@ def test_step_profile_puts_the_fields_autograd_nodes_on_the_fields_side():
     assert {"aten::add", "aten::mul", "AddBackward0", "MulBackward0"} <= set(outside)
     assert sum(outside.values()) == pytest.approx(totals["solver forward"] + totals["solver backward"])
 
+    class Adjoint(torch.autograd.Function):  # an adjoint's shape: the backward evaluates the field and its VJP
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            with torch.no_grad():
+                return z + 0.1 * field(z)
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            with torch.enable_grad():
+                z = z.detach().requires_grad_()
+                (vjp,) = torch.autograd.grad(field(z), z, g)
+            return g + 0.1 * vjp
+
+    def adjoint_gradient(X, y):
+        ((Adjoint.apply(z0) - y) ** 2).mean().backward()
+        return None, 1, 1
+
+    totals, outside = step_profile.profiled(adjoint_gradient, None, torch.zeros(64, 2), 3)
+    assert totals["field forward"] > 0 and totals["field backward"] > 0  # nested in the adjoint's node
+    assert "AdjointBackward" in outside and not {"aten::tanh", "TanhBackward0", "AddmmBackward0"} & set(outside)
+
 
 @pytest.mark.slow
 def test_step_profile_script_splits_a_gradient_of_the_default_model():

@@ -16,7 +16,8 @@ evaluation. Each op's CPU time goes to one of
 - **solver forward**: every other forward op — stage sums, error norm, step control, and the input layer,
   readout and loss (one evaluation each);
 - **solver backward**: every other autograd node — the stage sums' backward, gradient accumulation;
-- **Python between ops**: the profiled CPU time no op accounts for (the solver's Python, dispatch).
+- **Python between ops**: the profiled CPU time no op accounts for (the solver's Python, dispatch; under the
+  adjoint the solve runs inside an autograd function, whose Python counts as solver time).
 
 The table gives ms per gradient under the profiler (which adds a little per op), the share of each side's total,
 and the ops that cost most outside the field. The last line gives the unprofiled median CPU ms per gradient of
@@ -55,30 +56,43 @@ class Ranged(nn.Module):
             return self.inner(*args)
 
 
-def _root(event):
-    while event.cpu_parent is not None:
+def _inside(event, name: str) -> bool:
+    """Whether ``event`` or one of its ancestors is ``name``."""
+    while event is not None:
+        if event.name == name:
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def _backward_node(event):
+    """The autograd node ``event`` runs in (its nearest ancestor-or-self that is one), or ``None``: a forward op."""
+    while event is not None and not event.name.startswith(BACKWARD_NODE):
         event = event.cpu_parent
     return event
 
 
 def attribute(events, cpu_ms: float, gradients: int) -> tuple[dict[str, float], Counter]:
     """ms per gradient in each of :data:`CATEGORIES` from the profiler's ``events`` of ``gradients`` gradients that
-    took ``cpu_ms`` of process CPU in all, and the ms per gradient of each op (by name) outside the field."""
-    field_seqs = {e.sequence_nr for e in events if e.sequence_nr >= 0 and e.name != FIELD and _root(e).name == FIELD}
+    took ``cpu_ms`` of process CPU in all, and the ms per gradient of each op (by name) outside the field.
+
+    Each event's self time goes to the field's forward if it runs inside a :data:`FIELD` range, else to the field's
+    backward if the autograd node it runs in was recorded by an op inside such a range, else to the solver (forward
+    or backward: whether it runs in an autograd node). Nested nodes count: an adjoint's backward is one node that
+    evaluates the field and its vector–Jacobian products inside it."""
+    field_seqs = {e.sequence_nr for e in events if e.sequence_nr >= 0 and e.name != FIELD and _inside(e, FIELD)}
     totals = dict.fromkeys(CATEGORIES, 0.0)
     outside: Counter = Counter()
     for event in events:
-        if event.cpu_parent is not None:
-            continue  # a root's time includes its children's
-        ms = event.cpu_time_total / 1000 / gradients
-        if event.name == FIELD:
+        ms = event.self_cpu_time_total / 1000 / gradients
+        if _inside(event, FIELD):
             totals["field forward"] += ms
             continue
-        backward = event.name.startswith(BACKWARD_NODE)
-        if backward and event.sequence_nr in field_seqs:
+        node = _backward_node(event)
+        if node is not None and node.sequence_nr in field_seqs:
             totals["field backward"] += ms
             continue
-        totals["solver backward" if backward else "solver forward"] += ms
+        totals["solver forward" if node is None else "solver backward"] += ms
         outside[event.name.removeprefix(BACKWARD_NODE)] += ms
     totals["Python between ops"] = max(0.0, cpu_ms / gradients - sum(totals.values()))
     return totals, outside
