@@ -75,6 +75,30 @@ def test_terms_are_training_only_and_leave_the_evaluation_solve_alone():
     assert torch.equal(out.z_S, ref.z_S) and nfe == plain.nfe.count
 
 
+@pytest.mark.parametrize("sensitivity", ["autograd", "adjoint"])
+def test_terms_ride_on_the_evaluation_solves_steps(sensitivity):
+    """The terms' integrals are never read by the dynamics: they are left out of the error norm, so a training solve
+    takes the steps of the plain solve (NFE equal), where controlling them took more."""
+    torch.manual_seed(1)
+    field = MLPField(2, 2, hidden=[8], depth="none", zero_init_last=False).double()
+    settings = SolverSettings(method="dopri5", rtol=1e-6, atol=1e-6, sensitivity=sensitivity)
+    model = _model(field, settings, kinetic=1.0, jacobian=1.0)
+    X = 3 * torch.randn(16, 2, dtype=torch.float64)  # with the terms under error control: 26 evaluations, not 20
+    model.train()
+    out = model(X)
+    train_nfe = model.nfe.count
+    model.eval()
+    model.nfe.reset()
+    with torch.no_grad():
+        model(X)
+    assert train_nfe == model.nfe.count
+    model.train()
+    reference = _model(field, TIGHT, kinetic=1.0, jacobian=1.0)
+    torch.manual_seed(0)
+    expected = float(reference(X).regularization["reg_kinetic"])
+    assert float(out.regularization["reg_kinetic"]) == pytest.approx(expected, rel=1e-4)
+
+
 def test_terms_combine_with_an_integral_loss_and_the_task_sums_them():
     from nodex.data import DataBundle
     from nodex.train.tasks.supervised import Regression
@@ -169,6 +193,18 @@ def test_cnf_regularised_gradients_agree_under_autograd_and_the_adjoint(trace):
         (out.loss_regularizer - out.y_hat.mean()).backward()
         grads.append(torch.cat([p.grad.reshape(-1) for p in cnf.parameters()]))
     assert (grads[0] - grads[1]).norm() / grads[0].norm() < 1e-4
+
+
+def test_cnf_terms_ride_on_the_steps_of_its_state_and_log_density():
+    nfe = []
+    for weights in (None, {"kinetic": 1.0, "jacobian": 1.0}):
+        cnf = _cnf("autograd", "exact", **(weights or {}))
+        cnf.regularizer = weights and cnf.regularizer
+        cnf.settings = SolverSettings(method="dopri5", rtol=1e-4, atol=1e-4)
+        torch.manual_seed(2)
+        out = cnf(10 * _X)  # with the terms under error control: 20 evaluations, not 14
+        nfe.append(cnf.nfe.count)
+    assert out.regularization and nfe[0] == nfe[1]
 
 
 _MODEL = {"input_layer": {"kind": "identity"}, "field": {"kind": "mlp", "hidden": [4], "activation": "tanh"},

@@ -153,3 +153,53 @@ def test_max_num_steps_becomes_a_solver_error_with_the_settings():
         odesolve(rotation, torch.ones(1, 2), torch.tensor([0.0, 1.0]), settings)
     msg = str(err.value)
     assert "max_num_steps exceeded" in msg and "dopri5" in msg and "rtol=1e-12" in msg and "\n" not in msg
+
+
+class RotationWithQuadrature(nn.Module):
+    """``(z, q)``: ``z' = A z`` (a rotation; ``A`` a parameter), ``q' = sin²(5s)·|z|²`` per sample: an integral the
+    dynamics never read, varying faster in ``s`` than ``z``. ``∫_0^2 q' ds = |z0|² (1 − sin(20)/20)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rotation = Linear(torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64))
+
+    def forward(self, s, state):
+        z, _ = state
+        return self.rotation(s, z), torch.sin(5 * s) ** 2 * z.pow(2).sum(1)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+def test_quadratures_ride_on_the_steps_the_state_chooses(method):
+    z0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    exact = z0.pow(2).sum(1) * (1 - math.sin(20) / 20)
+    grads, nfe = {}, {}
+    for sensitivity in ("autograd", "adjoint"):
+        settings = SolverSettings(method=method, rtol=1e-6, atol=1e-6, sensitivity=sensitivity)
+        dyn = RotationWithQuadrature()
+        alone, riding, controlled = NFECounter(), NFECounter(), NFECounter()
+        zs = odesolve(dyn.rotation, z0, _span(2.0), settings, counter=alone)
+        state = (z0, torch.zeros(2, dtype=torch.float64))
+        z, q = odesolve(dyn, state, _span(2.0), settings, counter=riding, quadratures=1)
+        odesolve(dyn, state, _span(2.0), settings, counter=controlled)
+        nfe[sensitivity] = (alone.count, riding.count, controlled.count)
+        assert riding.count == alone.count < controlled.count  # the state's steps, not the integral's
+        assert torch.allclose(z[-1], zs[-1].detach(), rtol=1e-12, atol=0)
+        assert torch.allclose(q[-1], exact, rtol=1e-3)  # a 5th-order quadrature on those steps
+        (z[-1].sum() + q[-1].sum()).backward()
+        grads[sensitivity] = dyn.rotation.A.grad
+    assert nfe["autograd"] == nfe["adjoint"]  # forward solves
+    dyn = RotationWithQuadrature()  # the gradient of a solve that controls both parts, tightly
+    tight = SolverSettings(method=method, rtol=1e-10, atol=1e-10)
+    z, q = odesolve(dyn, (z0, torch.zeros(2, dtype=torch.float64)), _span(2.0), tight)
+    (z[-1].sum() + q[-1].sum()).backward()
+    for sensitivity, g in grads.items():  # the quadrature's error, not the tolerance's, bounds theirs
+        assert float((g - dyn.rotation.A.grad).norm() / dyn.rotation.A.grad.norm()) < 1e-3, sensitivity
+
+
+def test_quadratures_must_leave_a_part_under_error_control():
+    settings = SolverSettings(method="dopri5", rtol=1e-6, atol=1e-6)
+    state = (torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^quadratures=2 must leave at least one of the state's 2 part\(s\) under"):
+        odesolve(RotationWithQuadrature(), state, _span(), settings, quadratures=2)
+    with pytest.raises(ValueError, match=r"^quadratures=1 must leave at least one of the state's 1 part"):
+        odesolve(Linear(torch.eye(2, dtype=torch.float64)), state[0], _span(), settings, quadratures=1)

@@ -190,6 +190,7 @@ def odesolve(
     jump_t: torch.Tensor | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
     per_member: bool = False,
+    quadratures: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Integrate ``dz/ds = dynamics(s, z)`` from ``z0`` over the depths ``s``.
 
@@ -207,6 +208,10 @@ def odesolve(
             where :attr:`SolverSettings.per_member_steps`, each takes its own steps at depths ``s`` ``(K,)``,
             with its own count in ``counter.members`` (:mod:`nodex.ode.lean.member_steps`). A ``dynamics``
             with ``takes_member_rows`` is also called ``dynamics(s, z, rows)`` on the unfinished members only.
+        quadratures: the last parts of a tuple ``z0`` that are integrals ``dynamics`` never reads (a regulariser's):
+            integrated at every stage, but left out of the adaptive error norm (forward and, under the adjoint,
+            backward), so they ride on the steps the other parts choose — as CVODES' quadrature variables without
+            error control. nodex's dopri5 and tsit5 only; torchdiffeq's engine controls every part.
 
     Returns:
         The states at ``s``: ``(T, B, ...)`` (a tuple of such for a tuple ``z0``).
@@ -228,9 +233,23 @@ def odesolve(
             )
         return _torchdiffeq_solve(func, z0, s, settings, jump_t, params)
     jumps = None if jump_t is None else [float(j) for j in host_depths(jump_t)]
+    skip = unchecked_parts(z0, quadratures)
     if per_member and lean == "adaptive":
-        return _member_adaptive(func, z0, host_depths(s), settings, jumps, params, counter)
-    return _lean_solve(func, z0, s, settings, lean, jumps, params)
+        return _member_adaptive(func, z0, host_depths(s), settings, jumps, params, counter, skip)
+    return _lean_solve(func, z0, s, settings, lean, jumps, params, skip)
+
+
+def unchecked_parts(z0: torch.Tensor | tuple[torch.Tensor, ...], quadratures: int) -> tuple[int, ...]:
+    """The indices of ``z0``'s last ``quadratures`` parts (see :func:`odesolve`).
+
+    Raises:
+        ValueError: ``quadratures`` is negative or leaves no part of ``z0`` to control the steps.
+    """
+    parts = len(z0) if isinstance(z0, tuple) else 1
+    if not 0 <= quadratures < parts:
+        raise ValueError(f"quadratures={quadratures} must leave at least one of the state's {parts} part(s) "
+                         "under error control")
+    return tuple(range(parts - quadratures, parts))
 
 
 def _lean_solve(
@@ -241,9 +260,10 @@ def _lean_solve(
     lean: str,
     jumps: list[float] | None,
     params: tuple[torch.Tensor, ...] | None,
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """One solve of the whole state on nodex's ``lean`` engine (``"fixed"`` or ``"adaptive"``):
-    ``(T, B, ...)`` (a tuple of such for a tuple ``z0``)."""
+    """One solve of the whole state on nodex's ``lean`` engine (``"fixed"`` or ``"adaptive"``; ``skip``: the parts
+    left out of the adaptive error norm): ``(T, B, ...)`` (a tuple of such for a tuple ``z0``)."""
     shapes, bounds = None, None
     if isinstance(z0, tuple):  # one flat tensor, torchdiffeq's mixed norm over the parts
         func = FlatDynamics(func, [z.shape for z in z0])  # same parameters as func
@@ -259,7 +279,7 @@ def _lean_solve(
             else:
                 ys = fixed_grid(func, z0, *grid, jumps)
         else:
-            ys = _lean_adaptive(func, z0, t, settings, jumps, params, bounds)
+            ys = _lean_adaptive(func, z0, t, settings, jumps, params, bounds, skip)
     except AssertionError as exc:
         raise SolverError(_solver_message(str(exc), settings)) from None
     return ys if shapes is None else unflatten_solution(ys, shapes)
@@ -273,6 +293,7 @@ def _lean_adaptive(
     jumps: list[float] | None,
     params: tuple[torch.Tensor, ...] | None,
     bounds: list[int] | None,
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """nodex's dopri5 or tsit5 of a flat ``z0`` ``(N...)`` under either sensitivity: ``(T, N...)``."""
     args = (settings.rtol, settings.atol, settings.max_num_steps)
@@ -281,10 +302,10 @@ def _lean_adaptive(
         adjoint = dopri5_adjoint if settings.method == "dopri5" else tsit5_adjoint
         return adjoint(
             func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds,
-            step_rule=rule,
+            step_rule=rule, unchecked_parts=skip,
         )
     solver = dopri5 if settings.method == "dopri5" else tsit5
-    return solver(func, z0, t, *args, norm=max_rms_norm(bounds or []), jump_t=jumps, step_rule=rule)
+    return solver(func, z0, t, *args, norm=max_rms_norm(bounds or [], skip), jump_t=jumps, step_rule=rule)
 
 
 def _member_adaptive(
@@ -295,9 +316,10 @@ def _member_adaptive(
     jumps: list[float] | None,
     params: tuple[torch.Tensor, ...] | None,
     counter: NFECounter | None,
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """nodex's dopri5 or tsit5 of ``K`` members, each with its own steps, under either sensitivity:
-    ``(T, K, ...)`` (a tuple of such for a tuple ``z0``)."""
+    """nodex's dopri5 or tsit5 of ``K`` members, each with its own steps, under either sensitivity (``skip``: the
+    parts left out of the error norm): ``(T, K, ...)`` (a tuple of such for a tuple ``z0``)."""
     flat, shapes, bounds = flatten_members(z0)
     is_tuple = isinstance(z0, tuple)
     rows = MemberFlatDynamics(func, shapes, is_tuple)  # same parameters as func
@@ -309,9 +331,11 @@ def _member_adaptive(
         if settings.sensitivity == "adjoint":
             params = tuple(rows.parameters()) if params is None else params
             ys = adaptive_adjoint(tableau, rows, flat, t, *args, params=params, seminorm=settings.seminorm,
-                                  jump_t=jumps, state_bounds=bounds, member_nfe=nfe, member_subsets=subsets)
+                                  jump_t=jumps, state_bounds=bounds, member_nfe=nfe, member_subsets=subsets,
+                                  unchecked_parts=skip)
         else:
-            ys = adaptive_rk_members(tableau, rows, flat, t, *args, member_rms_norm(bounds), jumps, nfe, subsets)
+            norm = member_rms_norm(bounds, skip)
+            ys = adaptive_rk_members(tableau, rows, flat, t, *args, norm, jumps, nfe, subsets)
     except AssertionError as exc:
         raise SolverError(_solver_message(str(exc), settings)) from None
     return unflatten_members(ys, shapes, is_tuple)

@@ -35,17 +35,19 @@ Solve = Callable[[Field, torch.Tensor, list[float], Norm, "list[float] | None"],
 class _Adjoint(torch.autograd.Function):
     """``solve`` forward without a graph; backward: ``solve`` of the augmented system, per output interval.
 
-    ``opts``: ``(seminorm, jump_t, state_bounds, per_member)``. ``per_member``: the state is ``(K, M)``, ``K``
+    ``opts``: ``(seminorm, jump_t, state_bounds, per_member, skip)``. ``per_member``: the state is ``(K, M)``, ``K``
     independent rows (:mod:`nodex.ode.lean.member_steps`), every parameter has a leading ``K`` (row ``k``'s slice is
-    row ``k``'s), and the augmented state is ``(K, ·)``: each row's ``[z, a, a_θ]``, solved with its own steps."""
+    row ``k``'s), and the augmented state is ``(K, ·)``: each row's ``[z, a, a_θ]``, solved with its own steps.
+    ``skip``: the state's parts (indices into ``state_bounds``' segments) left out of the error norm, forward and,
+    with their adjoints, backward."""
 
     @staticmethod
     def forward(
         ctx: Any, func: Field, t: list[float], solve: Solve, opts: tuple, y0: torch.Tensor, *params: torch.Tensor
     ) -> torch.Tensor:
-        _, jump_t, state_bounds, per_member = opts
+        _, jump_t, state_bounds, per_member, skip = opts
         with torch.no_grad():
-            ys = solve(func, y0, t, _norm(state_bounds, per_member), jump_t)
+            ys = solve(func, y0, t, _norm(state_bounds, per_member, skip), jump_t)
         ctx.func, ctx.t, ctx.solve, ctx.opts = func, t, solve, opts
         ctx.save_for_backward(ys, *params)
         return ys
@@ -53,7 +55,7 @@ class _Adjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple:
         ys, *params = ctx.saved_tensors
-        func, t, solve, (seminorm, jump_t, state_bounds, per_member) = ctx.func, ctx.t, ctx.solve, ctx.opts
+        func, t, solve, (seminorm, jump_t, state_bounds, per_member, skip) = ctx.func, ctx.t, ctx.solve, ctx.opts
         reversed_jumps = None if jump_t is None else sorted(-j for j in jump_t)
         lead = tuple(ys.shape[1:2]) if per_member else ()  # (K,): one augmented state per row
         n_rows = lead[0] if lead else 1
@@ -63,7 +65,8 @@ class _Adjoint(torch.autograd.Function):
         bounds = list(state_bounds) + [n + b for b in state_bounds[1:]]
         if not seminorm:
             bounds += [2 * n + sum(sizes[: i + 1]) for i in range(len(sizes))]
-        norm = _norm(bounds, per_member)
+        parts = len(state_bounds) - 1  # a's segments follow z's: a part left out leaves its adjoint out too
+        norm = _norm(bounds, per_member, (*skip, *(parts + i for i in skip)))
 
         def reversed_augmented(tau: torch.Tensor, state: torch.Tensor, rows: torch.Tensor | None = None
                                ) -> torch.Tensor:
@@ -104,9 +107,10 @@ class _Adjoint(torch.autograd.Function):
         return (None, None, None, None, a, *grads)
 
 
-def _norm(bounds: list[int], per_member: bool) -> Callable:
-    """The error norm over the components at ``bounds``: a float, or each row's ``(K,)`` when ``per_member``."""
-    return member_rms_norm(bounds) if per_member else max_rms_norm(bounds)
+def _norm(bounds: list[int], per_member: bool, skip: tuple[int, ...] = ()) -> Callable:
+    """The error norm over the components at ``bounds`` but ``skip``: a float, or each row's ``(K,)`` when
+    ``per_member``."""
+    return member_rms_norm(bounds, skip) if per_member else max_rms_norm(bounds, skip)
 
 
 def _apply(
@@ -119,13 +123,14 @@ def _apply(
     jump_t: list[float] | None,
     state_bounds: list[int] | None,
     per_member: bool = False,
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor:
     params = tuple(p for p in params if p.requires_grad)
     width = y0.shape[1] if per_member else y0.numel()
     if per_member and any(p.shape[:1] != y0.shape[:1] for p in params):
         raise ValueError(f"a per-member adjoint needs every parameter to lead with the {y0.shape[0]} members")
     bounds = [0, width] if state_bounds is None else list(state_bounds)
-    return _Adjoint.apply(func, t, solve, (seminorm, jump_t, bounds, per_member), y0, *params)
+    return _Adjoint.apply(func, t, solve, (seminorm, jump_t, bounds, per_member, skip), y0, *params)
 
 
 def adaptive_adjoint(
@@ -142,6 +147,7 @@ def adaptive_adjoint(
     state_bounds: list[int] | None = None,
     member_nfe: list[int] | None = None,
     member_subsets: bool = False,
+    unchecked_parts: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Integrate with the adaptive pair ``tableau`` (:func:`nodex.ode.lean.runge_kutta.adaptive_rk`);
     gradients by the adjoint method, the backward solve with the same pair and tolerances.
@@ -160,6 +166,8 @@ def adaptive_adjoint(
             parameter leads with ``K``; ``state_bounds`` are offsets in a row), each count increased by its row's
             evaluations. ``None``: one solve of the whole state. ``member_subsets``: ``func`` takes ``f(s, z, rows)``
             for the unfinished members only (:func:`~nodex.ode.lean.member_steps.adaptive_rk_members`' ``subsets``).
+        unchecked_parts: indices of ``state_bounds``' components left out of the error norm, forward and (with
+            their adjoints) backward: integrals the dynamics never read, such as a regulariser's.
 
     Returns:
         ``(len(t), B, ...)`` states at ``t`` (``(len(t), K, M)`` per member).
@@ -171,7 +179,8 @@ def adaptive_adjoint(
                                        member_subsets)
         return adaptive_rk(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps)
 
-    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds, member_nfe is not None)
+    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds, member_nfe is not None,
+                  tuple(unchecked_parts))
 
 
 def dopri5_adjoint(

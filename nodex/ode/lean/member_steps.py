@@ -18,11 +18,13 @@ so the backward pass runs through each such attempt once for all rows.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, Collection, NamedTuple
 
 import torch
 
-from nodex.ode.lean.runge_kutta import STEP_RULES, Tableau, step_end, step_factor, factored_weights, quartic_fit
+from nodex.ode.lean.runge_kutta import (
+    STEP_RULES, Tableau, checked_segments, factored_weights, quartic_fit, step_end, step_factor,
+)
 
 # f(s, y): s (K,) per-row depths, y (K, M) -> (K, M)
 MemberField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,15 +33,16 @@ MemberNorm = Callable[[torch.Tensor], torch.Tensor]
 Terms = tuple[tuple[int, int], ...]  # (stage j, coefficient index) of the nonzero weights of one combination
 
 
-def member_rms_norm(bounds: list[int]) -> MemberNorm:
-    """Per row of ``(K, M)``: the largest RMS over the column segments ``[bounds[i], bounds[i+1])`` (one segment:
-    the RMS of the row) — :func:`nodex.ode.lean.runge_kutta.max_rms_norm` of each row."""
-    if len(bounds) <= 2:
+def member_rms_norm(bounds: list[int], skip: Collection[int] = ()) -> MemberNorm:
+    """Per row of ``(K, M)``: the largest RMS over the column segments ``[bounds[i], bounds[i+1])`` but those in
+    ``skip`` (one segment: the RMS of the row) — :func:`nodex.ode.lean.runge_kutta.max_rms_norm` of each row."""
+    if len(bounds) <= 2 and not skip:
         return lambda x: x.pow(2).mean(dim=1).sqrt()
+    segments = checked_segments(bounds, skip)
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         squares = x.pow(2)
-        means = [squares[:, a:b].mean(dim=1) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        means = [squares[:, a:b].mean(dim=1) for a, b in segments]
         return torch.stack(means, dim=1).amax(dim=1).sqrt()
 
     return norm

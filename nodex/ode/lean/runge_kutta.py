@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, Collection, NamedTuple
 
 import torch
 
@@ -125,16 +125,32 @@ def rms_norm(x: torch.Tensor) -> float:
     return float(x.pow(2).mean().sqrt())
 
 
-def max_rms_norm(bounds: list[int]) -> Norm:
+def checked_segments(bounds: list[int], skip: Collection[int] = ()) -> list[tuple[int, int]]:
+    """The non-empty segments ``(bounds[i], bounds[i+1])`` whose index ``i`` is not in ``skip``.
+
+    Raises:
+        ValueError: ``skip`` leaves no segment to control the steps.
+    """
+    segments = [(a, b) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a and i not in skip]
+    if not segments:
+        raise ValueError(f"the error norm needs a part of the state: segments {bounds} with {sorted(skip)} left out")
+    return segments
+
+
+def max_rms_norm(bounds: list[int], skip: Collection[int] = ()) -> Norm:
     """The largest RMS over the segments ``x[bounds[i]:bounds[i+1]]`` of a flat tensor
-    (torchdiffeq's mixed norm for a tuple state flattened into one tensor)."""
-    if len(bounds) <= 2:
+    (torchdiffeq's mixed norm for a tuple state flattened into one tensor). ``skip``: indices of segments left
+    out — parts the dynamics never read (a regulariser's integrals), integrated on the steps the others choose."""
+    if len(bounds) <= 2 and not skip:
         return rms_norm
+    segments = checked_segments(bounds, skip)
+    if len(segments) == 1:
+        a, b = segments[0]
+        return lambda x: rms_norm(x[a:b])
 
     def norm(x: torch.Tensor) -> float:
         squares = x.pow(2)
-        means = [squares[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        return float(torch.stack(means).max().sqrt())
+        return float(torch.stack([squares[a:b].mean() for a, b in segments]).max().sqrt())
 
     return norm
 
