@@ -189,10 +189,13 @@ class CNFModelSchema(ModelSchema):
 
 @dataclass
 class RegularizerSchema:
-    """``task.regularizer``: RNODE weights λ (0 = off): ∫‖f‖² ds and ∫‖∂f/∂z‖²_F ds (nodex/models/regularizers.py)."""
+    """``task.regularizer``: RNODE weights λ (0 = off): ∫‖f‖² ds and ∫‖∂f/∂z‖²_F ds (nodex/models/regularizers.py);
+    ``error_control``: whether the terms' integrals take part in the adaptive step control (false: they ride on
+    the steps the state chooses — cheaper steps, a smaller cut in NFE)."""
 
     kinetic: float = 0.0
     jacobian: float = 0.0
+    error_control: bool = True
 
 
 @dataclass

@@ -224,7 +224,7 @@ class CNF(nn.Module):
         if self.steer is not None and self.training:
             span = torch.tensor([0.0, self.steer.draw()], dtype=z0.dtype, device=z0.device)
         finals = [c[-1] for c in odesolve(dyn, tuple(state), span, self.settings, counter=self.nfe,
-                                          adjoint_params=params, quadratures=int(reg is not None))]
+                                          adjoint_params=params, quadratures=0 if reg is None else reg.quadratures)]
         z_S, delta = finals[0], finals[1]
         logp = self.priors.log_prob(z_S, k) - delta
         penalty, values = reg.summarise(finals[2]) if reg is not None else (None, {})

@@ -157,9 +157,9 @@ class GeneralNeuralODE(nn.Module):
         extra = [t for t in (dyn.control, dyn.horizon) if t is not None and t.requires_grad]
         params = (*dyn.parameters(), *extra)
         jump_t = self.jump_t if dyn.horizon is None else None
-        # the regulariser's integrals ride on the steps the state chooses (never read by the dynamics)
+        quadratures = 0 if dyn.regularizer is None else dyn.regularizer.quadratures
         return odesolve(dyn, z0, s, self.settings, counter=self.nfe, jump_t=jump_t, adjoint_params=params,
-                        quadratures=int(dyn.regularizer is not None))
+                        quadratures=quadratures)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """``x``: ``(B, *input_shape)`` -> :class:`ModelOutput`."""

@@ -8,7 +8,11 @@ model (models never read config). For the field ``f = f(s, z, u)`` of a first-or
 - ``jacobian``: ``∫_0^S ‖εᵀ ∂f/∂z‖² ds``, Hutchinson's estimate of ``∫ ‖∂f/∂z‖²_F ds``.
 
 Each rides as an extra state channel of the solve (like the integral losses of the paper's §1.10), so
-autograd and the adjoint both give its value and its full gradient. The noise ε is drawn once per solve
+autograd and the adjoint both give its value and its full gradient. The channel takes part in the adaptive step
+control (``error_control``, RNODE's setting), or, since the dynamics never read it, rides on the steps the state
+chooses (``task.regularizer.error_control=false``: ``odesolve``'s ``quadratures``): a regularised training solve
+then takes the plain solve's steps — on the default experiment ~20% less CPU per run, but the trained model keeps
+more evaluations (BENCHMARKS.md). The noise ε is drawn once per solve
 and held fixed within it (drawing it per evaluation makes the adaptive solver's error estimate noisy, the
 failure of torchdiffeq issue #120); the term costs one vector-Jacobian product per evaluation. The
 regularised loss is ``L + Σ_k λ_k · mean_batch(∫ r_k ds)`` with the weights ``λ_k`` of the config; the
@@ -45,8 +49,9 @@ class Regularizer(nn.Module):
     turns the integrals ``(B, n_terms)`` into the logged values and the weighted penalty.
     """
 
-    def __init__(self, weights: dict[str, float]) -> None:
+    def __init__(self, weights: dict[str, float], error_control: bool = True) -> None:
         super().__init__()
+        self.error_control = bool(error_control)  # False: the integrals ride on the state's steps
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise ValueError(f"{unknown[0]} is not a regulariser; valid: {', '.join(TERMS)}")
@@ -105,8 +110,14 @@ class Regularizer(nn.Module):
         penalty = sum(self.weights[name] * means[i] for i, name in enumerate(self.names))
         return penalty, values
 
+    @property
+    def quadratures(self) -> int:
+        """How many of a solve's last state parts (this channel) stay out of the error norm: 0 or 1."""
+        return int(not self.error_control)
+
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v:g}" for k, v in self.weights.items())
+        terms = ", ".join(f"{k}={v:g}" for k, v in self.weights.items())
+        return terms if self.error_control else f"{terms}, error_control=False"
 
 
 class SteerDepth(nn.Module):
@@ -152,14 +163,19 @@ def _weight(key: str, value: object) -> float:
 
 
 def regularizer_from_config(cfg: Any, model_cfg: Any) -> Regularizer | None:
-    """``task.regularizer`` (``{kinetic: λ_K, jacobian: λ_J}``, 0 = off) -> :class:`Regularizer` or ``None``.
+    """``task.regularizer`` (``{kinetic: λ_K, jacobian: λ_J, error_control: bool}``, 0 = off) -> :class:`Regularizer`
+    or ``None``.
 
     Raises:
-        ConfigError: an unknown term, a negative or non-numeric weight, or a model without a first-order field.
+        ConfigError: an unknown term, a negative or non-numeric weight, a non-boolean ``error_control``, or a model
+            without a first-order field.
     """
     if cfg is None:
         return None
     opts = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    error_control = opts.pop("error_control", True)
+    if not isinstance(error_control, bool):
+        raise ConfigError(f"task.regularizer.error_control={error_control!r} must be true or false")
     unknown = sorted(set(opts) - set(TERMS))
     if unknown:
         raise ConfigError(f"task.regularizer.{unknown[0]} is not a regulariser; valid: {', '.join(TERMS)}")
@@ -174,7 +190,7 @@ def regularizer_from_config(cfg: Any, model_cfg: Any) -> Regularizer | None:
             f"{key} needs a first-order field, but model.order={order} (the field gives only the last block's "
             "derivative): set the weight to 0 or use a first-order model"
         )
-    return Regularizer(active)
+    return Regularizer(active, error_control)
 
 
 def steer_from_config(model_cfg: Any, S: float) -> SteerDepth | None:
