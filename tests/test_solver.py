@@ -203,3 +203,36 @@ def test_quadratures_must_leave_a_part_under_error_control():
         odesolve(RotationWithQuadrature(), state, _span(), settings, quadratures=2)
     with pytest.raises(ValueError, match=r"^quadratures=1 must leave at least one of the state's 1 part"):
         odesolve(Linear(torch.eye(2, dtype=torch.float64)), state[0], _span(), settings, quadratures=1)
+
+
+def test_error_norms_leave_out_the_skipped_segments():
+    from nodex.ode.lean.member_steps import member_rms_norm
+    from nodex.ode.lean.runge_kutta import max_rms_norm
+
+    x = torch.tensor([3.0, 4.0, 100.0, 1.0, 1.0, 1.0], dtype=torch.float64)  # segments [3, 4] | [100] | [1, 1, 1]
+    bounds = [0, 2, 3, 6]
+    assert max_rms_norm(bounds)(x) == 100.0
+    assert max_rms_norm(bounds, skip=(1,))(x) == pytest.approx(math.sqrt(12.5))
+    assert max_rms_norm(bounds, skip=(0, 1))(x) == 1.0
+    rows = torch.stack([x, 2 * x])
+    expected = torch.tensor([1.0, 2.0], dtype=torch.float64) * math.sqrt(12.5)
+    assert torch.allclose(member_rms_norm(bounds, skip=(1,))(rows), expected)
+    with pytest.raises(ValueError, match=r"^the error norm needs a part of the state"):
+        max_rms_norm(bounds, skip=(0, 1, 2))
+
+
+def test_quadratures_ride_on_each_members_own_steps():
+    rotation = RotationWithQuadrature().rotation
+
+    def rows(s, state):  # s: (K,), each member's own depth
+        z, _ = state
+        return rotation(s, z), torch.sin(5 * s)[:, None] ** 2 * z.pow(2).sum(-1)
+
+    torch.manual_seed(0)
+    state = (torch.randn(3, 4, 2, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.float64))
+    settings = SolverSettings(method="dopri5", rtol=1e-6, atol=1e-6)
+    alone, riding, controlled = NFECounter(), NFECounter(), NFECounter()
+    odesolve(lambda s, z: rotation(s, z), state[0], _span(2.0), settings, counter=alone, per_member=True)
+    odesolve(rows, state, _span(2.0), settings, counter=riding, per_member=True, quadratures=1)
+    odesolve(rows, state, _span(2.0), settings, counter=controlled, per_member=True)
+    assert riding.members == alone.members and all(r < c for r, c in zip(riding.members, controlled.members))
