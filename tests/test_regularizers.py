@@ -242,6 +242,23 @@ def test_zero_weights_build_the_plain_model_and_an_ensemble_refuses_the_terms():
         EnsembleNeuralODE(models)
 
 
+@pytest.mark.parametrize("settings,refused", [
+    (SolverSettings(method="bosh3"), True),
+    (SolverSettings(method="dopri5", engine="torchdiffeq"), True),
+    (SolverSettings(method="tsit5"), False),
+    (SolverSettings(method="rk4", step_size=0.1), False),  # no step control to leave them out of
+])
+def test_terms_without_error_control_need_nodexs_adaptive_engine(settings, refused):
+    reg = OmegaConf.create({"kinetic": 0.01, "error_control": False})
+    build = lambda: build_model(OmegaConf.create(_MODEL), DataSpec((2,), 2), settings, reg)  # noqa: E731
+    if not refused:
+        assert build().regularizer.quadratures == 1
+        return
+    with pytest.raises(ConfigError, match=r"^task.regularizer.error_control=false needs nodex's adaptive engine, not "
+                                          r".* on torchdiffeq's \(which controls every part\): set solver=dopri5"):
+        build()
+
+
 @pytest.mark.slow
 def test_a_regularised_run_logs_both_terms_and_adds_them_to_the_loss(train_run):
     from tests.conftest import read_scalars

@@ -203,6 +203,9 @@ def test_quadratures_must_leave_a_part_under_error_control():
         odesolve(RotationWithQuadrature(), state, _span(), settings, quadratures=2)
     with pytest.raises(ValueError, match=r"^quadratures=1 must leave at least one of the state's 1 part"):
         odesolve(Linear(torch.eye(2, dtype=torch.float64)), state[0], _span(), settings, quadratures=1)
+    elsewhere = SolverSettings(method="dopri5", rtol=1e-6, atol=1e-6, engine="torchdiffeq")
+    with pytest.raises(ValueError, match=r"^quadratures=1 need nodex's adaptive engine .* not dopri5 rtol=1e-06"):
+        odesolve(RotationWithQuadrature(), state, _span(), elsewhere, quadratures=1)
 
 
 def test_error_norms_leave_out_the_skipped_segments():

@@ -88,9 +88,17 @@ def build_model(
     """Build the model ``cfg.kind`` (default ``neural_ode``), with the ``task.regularizer`` slot when given.
 
     Raises:
-        ConfigError: an unknown slot kind, or shapes that do not fit together.
+        ConfigError: an unknown slot kind, shapes that do not fit together, or regulariser terms left out of an
+            error control that torchdiffeq's engine cannot leave them out of.
     """
-    return MODELS.get(cfg.get("kind", "neural_ode"))(cfg, spec, settings, regularizer_from_config(regularizer, cfg))
+    reg = regularizer_from_config(regularizer, cfg)
+    if reg is not None and not reg.error_control and not (settings.is_fixed_step or settings.own_adaptive):
+        raise ConfigError(
+            f"task.regularizer.error_control=false needs nodex's adaptive engine, not {settings.describe()} on "
+            "torchdiffeq's (which controls every part): set solver=dopri5 or solver=tsit5 with solver.engine=auto, "
+            "or task.regularizer.error_control=true"
+        )
+    return MODELS.get(cfg.get("kind", "neural_ode"))(cfg, spec, settings, reg)
 
 
 def split_order(state_shape: tuple[int, ...], order: int) -> tuple[int, ...]:

@@ -109,11 +109,16 @@ class SolverSettings:
         return self.method in FIXED_STEP_METHODS
 
     @property
+    def own_adaptive(self) -> bool:
+        """Whether adaptive solves run on nodex's own engine: dopri5 or tsit5, ``engine=auto``, no extra options."""
+        return self.method in LEAN_ADAPTIVE_METHODS and self.engine == "auto" and not self.options
+
+    @property
     def per_member_steps(self) -> bool:
         """Whether :func:`odesolve` with ``per_member=True`` (a seed ensemble) gives each member its own adaptive
-        steps: nodex's dopri5 and tsit5 on its engine, no extra options. Other adaptive methods share one step
-        sequence; fixed grids need none (each member's computation is its own run's)."""
-        return self.method in LEAN_ADAPTIVE_METHODS and self.engine == "auto" and not self.options
+        steps: on nodex's own engine (:attr:`own_adaptive`). Other adaptive methods share one step sequence; fixed
+        grids need none (each member's computation is its own run's)."""
+        return self.own_adaptive
 
     def describe(self) -> str:
         """Short human description used in error messages."""
@@ -224,6 +229,9 @@ def odesolve(
     func = CountedDynamics(dynamics, counter) if counter is not None else dynamics
     params = None if adjoint_params is None else distinct(adjoint_params)
     lean = _lean_kind(settings, z0, s)
+    if quadratures and lean is None and not settings.is_fixed_step:
+        raise ValueError(f"quadratures={quadratures} need nodex's adaptive engine (dopri5 or tsit5, engine auto, no "
+                         f"options, increasing depths), not {settings.describe()} on torchdiffeq's")
     if lean is None:
         if settings.method in NODEX_METHODS or settings.step_rule == "hairer":
             what = f"method={settings.method}" + (" step_rule=hairer" if settings.step_rule == "hairer" else "")
