@@ -24,7 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
@@ -95,11 +95,10 @@ class BasicLauncher(HydraBasicLauncher):
                     break
         if sig.signum is None and exit_code is None:
             return runs
-        name = signal.Signals(sig.signum).name if sig.signum else _exit_name(exit_code)
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        mark_unfinished(sweep_dir, nums, "stopped", f"the sweep was stopped by {name}")
-        finish(sweep_dir, default_state="stopped")
-        raise SystemExit(128 + sig.signum if sig.signum else exit_code)
+        if sig.signum:
+            _end_stopped_sweep(sweep_dir, nums, signal.Signals(sig.signum).name, 128 + sig.signum)
+        _end_stopped_sweep(sweep_dir, nums, _exit_name(exit_code), exit_code)
 
 
 def _exit_name(code: Optional[int]) -> str:
@@ -193,11 +192,12 @@ def _shut_down_idle_workers() -> None:
         executor.shutdown(wait=True, kill_workers=True)
 
 
-def _end_stopped_sweep(sweep_dir: Path, nums: Sequence[int], signum: int) -> None:
-    """The summary of a sweep a signal stopped (running jobs ``stopped``, the rest ``not run``), then exit 128 + N."""
-    mark_unfinished(sweep_dir, list(nums), "stopped", f"the sweep was stopped by {signal.Signals(signum).name}")
+def _end_stopped_sweep(sweep_dir: Path, nums: Sequence[int], cause: str, code: Optional[int]) -> NoReturn:
+    """The summary of a sweep that ``cause`` stopped (``SIGTERM``; running jobs ``stopped``, the rest ``not run``),
+    then exit ``code`` (128 + N for a signal N)."""
+    mark_unfinished(sweep_dir, list(nums), "stopped", f"the sweep was stopped by {cause}")
     finish(sweep_dir, default_state="stopped")
-    raise SystemExit(128 + signum)
+    raise SystemExit(code)
 
 
 class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
@@ -224,7 +224,7 @@ class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
                         raise
         if sig.signum is not None:
             _shut_down_idle_workers()
-            _end_stopped_sweep(sweep_dir, nums, sig.signum)
+            _end_stopped_sweep(sweep_dir, nums, signal.Signals(sig.signum).name, 128 + sig.signum)
         if not reason:
             return returns
         entries = read_entries(sweep_dir)

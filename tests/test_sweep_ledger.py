@@ -262,8 +262,14 @@ def test_a_killed_joblib_worker_fails_its_own_job_only(tmp_path):
 
 
 @pytest.mark.slow
+def _loky_workers() -> set[str]:
+    """The pids of the loky worker processes on this machine."""
+    return set(subprocess.run(["pgrep", "-f", "popen_loky"], capture_output=True, text=True).stdout.split())
+
+
 def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary(tmp_path):
     sweep = tmp_path / "sweep"
+    others = _loky_workers()  # e.g. an in-process joblib sweep's idle pool from an earlier test: not this sweep's
     proc = _sweep_process(tmp_path, *LONG, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
                           f"hydra.sweep.dir={sweep}")
     _wait_for(lambda: len(list(sweep.glob("[01]-*/metrics.jsonl"))) == 2)
@@ -277,7 +283,7 @@ def test_sigterm_to_a_joblib_sweep_stops_its_jobs_with_the_summary(tmp_path):
         stopped = json.loads((run / "result.json").read_text())
         assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"], stopped
         assert (run / "checkpoints" / "last.pt").is_file()
-    _wait_for(lambda: not subprocess.run(["pgrep", "-f", "popen_loky"], capture_output=True).stdout, 30)  # no worker left
+    _wait_for(lambda: not _loky_workers() - others, 30)  # none of the sweep's workers left
 
 
 def test_a_stopped_sweep_rerun_with_resume_auto_finds_the_same_job_dirs():

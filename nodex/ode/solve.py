@@ -310,7 +310,7 @@ def _lean_adaptive(
         adjoint = dopri5_adjoint if settings.method == "dopri5" else tsit5_adjoint
         return adjoint(
             func, z0, t, *args, params=params, seminorm=settings.seminorm, jump_t=jumps, state_bounds=bounds,
-            step_rule=rule, unchecked_parts=skip,
+            step_rule=rule, skip=skip,
         )
     solver = dopri5 if settings.method == "dopri5" else tsit5
     return solver(func, z0, t, *args, norm=max_rms_norm(bounds or [], skip), jump_t=jumps, step_rule=rule)
@@ -340,7 +340,7 @@ def _member_adaptive(
             params = tuple(rows.parameters()) if params is None else params
             ys = adaptive_adjoint(tableau, rows, flat, t, *args, params=params, seminorm=settings.seminorm,
                                   jump_t=jumps, state_bounds=bounds, member_nfe=nfe, member_subsets=subsets,
-                                  unchecked_parts=skip)
+                                  skip=skip)
         else:
             norm = member_rms_norm(bounds, skip)
             ys = adaptive_rk_members(tableau, rows, flat, t, *args, norm, jumps, nfe, subsets)

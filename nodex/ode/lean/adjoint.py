@@ -147,7 +147,7 @@ def adaptive_adjoint(
     state_bounds: list[int] | None = None,
     member_nfe: list[int] | None = None,
     member_subsets: bool = False,
-    unchecked_parts: tuple[int, ...] = (),
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Integrate with the adaptive pair ``tableau`` (:func:`nodex.ode.lean.runge_kutta.adaptive_rk`);
     gradients by the adjoint method, the backward solve with the same pair and tolerances.
@@ -166,7 +166,7 @@ def adaptive_adjoint(
             parameter leads with ``K``; ``state_bounds`` are offsets in a row), each count increased by its row's
             evaluations. ``None``: one solve of the whole state. ``member_subsets``: ``func`` takes ``f(s, z, rows)``
             for the unfinished members only (:func:`~nodex.ode.lean.member_steps.adaptive_rk_members`' ``subsets``).
-        unchecked_parts: indices of ``state_bounds``' components left out of the error norm, forward and (with
+        skip: indices of ``state_bounds``' components left out of the error norm, forward and (with
             their adjoints) backward: integrals the dynamics never read, such as a regulariser's.
 
     Returns:
@@ -179,8 +179,7 @@ def adaptive_adjoint(
                                        member_subsets)
         return adaptive_rk(tableau, f, y, ts, rtol, atol, max_num_steps, norm, jumps)
 
-    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds, member_nfe is not None,
-                  tuple(unchecked_parts))
+    return _apply(func, y0, t, solve, params, seminorm, jump_t, state_bounds, member_nfe is not None, tuple(skip))
 
 
 def dopri5_adjoint(
