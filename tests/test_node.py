@@ -109,11 +109,14 @@ def test_adaptive_counts_forward_and_backward_apart():
 
 
 def test_adjoint_gradients_are_autograds():
+    # its own input (not whatever the tests before left in the global stream) and tolerances at which the two agree
+    # to rtol 1e-6 for every input: at 1e-9, 19 of 60 random inputs differed by up to 2e-6 in a small component
+    torch.manual_seed(0)
     x = torch.randn(16, 2, dtype=torch.float64)
     grads = {}
     for sensitivity in ("autograd", "adjoint"):
         field = _mlp(3).double()
-        node = nodex.NeuralODE(field, sensitivity=sensitivity, **TIGHT)
+        node = nodex.NeuralODE(field, sensitivity=sensitivity, rtol=1e-11, atol=1e-11)
         xs = x.clone().requires_grad_()
         node(xs).pow(2).sum().backward()
         grads[sensitivity] = [xs.grad, *(p.grad for p in field.parameters())]
