@@ -61,6 +61,37 @@ def test_jacobian_term_uses_one_noise_draw_per_solve_and_estimates_the_frobenius
     assert float(many) == pytest.approx(float(W.pow(2).sum()), rel=0.04)  # E‖εᵀW‖² = ‖W‖²_F = 2.42
 
 
+class _SampleDepths(torch.nn.Module):
+    """A per-sample horizon S(x): fixed values, signed."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("S", torch.tensor(values, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.S
+
+
+def test_terms_are_costs_of_the_path_also_where_a_signed_horizon_integrates_backward():
+    """dz/ds = a z over [0, S(x)], S(x) < 0 for some samples: ∫ ‖f‖² |ds| = a² x² |e^{2aS} − 1| / (2a) and
+    ∫ ‖εᵀ ∂f/∂z‖² |ds| = a² ε² |S| — never negative (a backward flow is no cheaper)."""
+    a, S = 0.7, [-1.5, 0.4, 0.8]
+    field = MLPField(1, 1, hidden=[], bias=False, zero_init_last=False).double()
+    with torch.no_grad():
+        field.layers[0].weight.fill_(a)
+    model = GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), TIGHT, horizon=_SampleDepths(S),
+                             regularizer=Regularizer({"kinetic": 1.0, "jacobian": 1.0}))
+    x = torch.tensor([[1.0], [2.0], [-1.0]], dtype=torch.float64)
+    torch.manual_seed(4)
+    out = model(x)
+    torch.manual_seed(4)
+    eps = torch.randn(3, 1, dtype=torch.float64)[:, 0]
+    depth = torch.tensor(S, dtype=torch.float64)
+    kinetic = a**2 * x[:, 0] ** 2 * (torch.exp(2 * a * depth) - 1).abs() / (2 * a)
+    assert torch.allclose(out.regularization["reg_kinetic"], kinetic.mean(), rtol=1e-8)
+    assert torch.allclose(out.regularization["reg_jacobian"], (a**2 * eps**2 * depth.abs()).mean(), rtol=1e-8)
+
+
 def test_terms_are_training_only_and_leave_the_evaluation_solve_alone():
     torch.manual_seed(0)
     field = MLPField(2, 2, hidden=[8], depth="none", zero_init_last=False).double()
@@ -160,6 +191,37 @@ def test_autograd_adjoint_and_finite_differences_agree():
         for sensitivity in ("autograd", "adjoint"):
             g = float(grads[sensitivity][name][idx])
             assert abs(g - fd) <= 1e-6 + 1e-4 * abs(fd), (name, idx, sensitivity, g, fd)
+
+
+@pytest.mark.parametrize("error_control", [True, False])
+def test_a_state_from_a_trained_input_layer_gets_the_same_gradients_under_autograd_and_the_adjoint(error_control):
+    """An input layer with parameters (input-layer augmented models) makes the initial state require grad; the
+    adjoint's forward solve runs without a graph, where the Jacobian term must still differentiate its field."""
+    grads = []
+    for sensitivity in ("autograd", "adjoint"):
+        torch.manual_seed(0)
+        lift = torch.nn.Linear(2, 3).double()
+        field = MLPField(3, 3, hidden=[4], depth="none", zero_init_last=False).double()
+        settings = SolverSettings(method="dopri5", rtol=1e-8, atol=1e-8, sensitivity=sensitivity)
+        model = GeneralNeuralODE(lift, field, torch.nn.Identity(), settings,
+                                 regularizer=Regularizer({"kinetic": 0.3, "jacobian": 0.6}, error_control))
+        _objective(model).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert grads[0][:9].abs().sum() > 0  # the input layer's weights and bias are trained through the terms
+    assert (grads[0] - grads[1]).norm() / grads[0].norm() < 1e-5
+
+
+def test_a_cnfs_log_density_has_the_same_input_gradient_under_autograd_and_the_adjoint():
+    """∇ₓ log p(x) (a score) with the state requiring grad from the start: the adjoint's graph-free forward solve
+    differentiates the field for its trace all the same."""
+    scores = []
+    for sensitivity in ("autograd", "adjoint"):
+        cnf = _cnf(sensitivity, "exact", kinetic=0.5, jacobian=0.5)
+        torch.manual_seed(2)
+        x = _X.clone().requires_grad_(True)
+        (score,) = torch.autograd.grad(cnf(x).y_hat.sum(), x)
+        scores.append(score)
+    assert torch.allclose(scores[0], scores[1], rtol=1e-5, atol=1e-8)
 
 
 def _cnf(sensitivity: str, trace: str, **weights) -> CNF:

@@ -37,7 +37,7 @@ from nodex.errors import ConfigError
 from nodex.models.build import MODELS, DataSpec, build_field, horizon_length
 from nodex.models.control import ConditionControl
 from nodex.models.neural_ode import ModelOutput
-from nodex.models.regularizers import Regularizer, SteerDepth, steer_from_config
+from nodex.models.regularizers import Regularizer, SteerDepth, differentiable_state, steer_from_config
 from nodex.ode import NFECounter, SolverSettings, odesolve
 
 TRACES = ("exact", "hutchinson")
@@ -114,8 +114,7 @@ class CNFDynamics(nn.Module):
         graph = torch.is_grad_enabled()
         vjp = None
         with torch.enable_grad():
-            if not z.requires_grad:
-                z = z.detach().requires_grad_(True)
+            z = differentiable_state(z, graph)
             dz = self.field(s, z, self.control)
             if self.trace == "exact":
                 tr = exact_trace(dz, z, create_graph=graph)

@@ -74,15 +74,20 @@ class BoundDynamics(nn.Module):
             f, rates = self.field(depth, z, self.control), None
         else:
             f, rates = self.regularizer.evaluate(self.field, depth, z, self.control, self.eps)
-        dz = f if self.horizon is None else f * self.horizon.reshape(-1, *([1] * (f.dim() - 1)))
+        # a per-sample horizon: d/dτ = S(x)·d/ds; the regularisers are costs of the path, ∫ r |ds| (a signed
+        # horizon integrates backward where S(x) < 0, and a negative penalty would reward it)
+        dz = per_sample(f, self.horizon)
         out = [dz]
         if self.integral_loss is not None:
-            out.append(self.integral_loss(depth, z, self.control, f))  # f: the field's value (kinetic losses)
+            out.append(per_sample(self.integral_loss(depth, z, self.control, f), self.horizon))  # f: kinetic losses
         if rates is not None:
-            out.append(rates)
-        if self.horizon is not None:  # d/dτ = S(x)·d/ds
-            out[1:] = [q * self.horizon.reshape(-1, *([1] * (q.dim() - 1))) for q in out[1:]]
+            out.append(per_sample(rates, None if self.horizon is None else self.horizon.abs()))
         return dz if len(out) == 1 else tuple(out)
+
+
+def per_sample(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``q`` ``(B, ...)`` times ``scale`` ``(B,)`` row by row (``None``: ``q``)."""
+    return q if scale is None else q * scale.reshape(-1, *([1] * (q.dim() - 1)))
 
 
 class GeneralNeuralODE(nn.Module):

@@ -7,6 +7,9 @@ model (models never read config). For the field ``f = f(s, z, u)`` of a first-or
 - ``kinetic``:  ``∫_0^S ‖f(s, z)‖² ds``                     (kinetic energy of the flow);
 - ``jacobian``: ``∫_0^S ‖εᵀ ∂f/∂z‖² ds``, Hutchinson's estimate of ``∫ ‖∂f/∂z‖²_F ds``.
 
+Both are costs of the path: over a learned per-sample horizon ``S(x)`` they are ``∫ r |ds|`` (a signed horizon
+integrates backward where ``S(x) < 0``; the terms stay ≥ 0 there).
+
 Each rides as an extra state channel of the solve (like the integral losses of the paper's §1.10), so
 autograd and the adjoint both give its value and its full gradient. The channel takes part in the adaptive step
 control (``error_control``, RNODE's setting), or, since the dynamics never read it, rides on the steps the state
@@ -33,6 +36,14 @@ from torch import nn
 from nodex.errors import ConfigError
 
 TERMS = ("kinetic", "jacobian")
+
+
+def differentiable_state(z: torch.Tensor, graph: bool) -> torch.Tensor:
+    """``z`` to differentiate a field's value with respect to, inside ``enable_grad``: ``z`` itself where the solve
+    builds a graph through it (``graph`` and ``z`` requires grad), else a fresh leaf. Without a graph (a no-grad solve:
+    the adjoint's forward, evaluation) a state that requires grad (one computed from parameters, e.g. an input layer's
+    output) is a view made in no-grad mode, which autograd differentiates as its base, not as itself."""
+    return z if graph and z.requires_grad else z.detach().requires_grad_(True)
 
 
 def jacobian_norm_estimate(f: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -79,8 +90,7 @@ class Regularizer(nn.Module):
             return f, self.rates(f, z, None, create_graph=False)
         graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if not z.requires_grad:
-                z = z.detach().requires_grad_(True)
+            z = differentiable_state(z, graph)
             f = field(s, z, u)
             rates = self.rates(f, z, eps, create_graph=graph)
         if not graph:
