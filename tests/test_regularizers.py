@@ -224,6 +224,35 @@ def test_a_cnfs_log_density_has_the_same_input_gradient_under_autograd_and_the_a
     assert torch.allclose(scores[0], scores[1], rtol=1e-5, atol=1e-8)
 
 
+class _Translation(torch.nn.Module):
+    """f(s, z) = v: a field that never reads the state (its Jacobian is zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
+
+    def forward(self, s, z, u=None):
+        return self.v.expand_as(z)
+
+
+@pytest.mark.parametrize("sensitivity", ["autograd", "adjoint"])
+def test_a_field_that_never_reads_the_state_has_a_zero_jacobian_term_and_trace(sensitivity):
+    settings = SolverSettings(method="dopri5", rtol=1e-8, atol=1e-8, sensitivity=sensitivity)
+    model = GeneralNeuralODE(torch.nn.Identity(), _Translation(), torch.nn.Identity(), settings,
+                             regularizer=Regularizer({"kinetic": 1.0, "jacobian": 1.0}))
+    out = model(_X)
+    assert float(out.regularization["reg_jacobian"].detach()) == 0.0
+    assert torch.allclose(out.regularization["reg_kinetic"], torch.tensor(1.25, dtype=torch.float64), rtol=1e-10)
+    out.loss_regularizer.backward()  # d/dv ∫ ‖v‖² ds = 2v
+    assert torch.allclose(model.field.v.grad, 2 * model.field.v.detach(), rtol=1e-8)
+    priors = GaussianPriors(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    for trace in ("exact", "hutchinson"):
+        cnf = CNF(_Translation(), priors, settings, dim=2, trace=trace, regularizer=Regularizer({"jacobian": 1.0}))
+        out = cnf(_X)  # a translation keeps volumes: log p(x) = log q(x + v)
+        expected = cnf.priors.log_prob(_X + cnf.field.v.detach(), torch.zeros(3, dtype=torch.long))
+        assert torch.allclose(out.y_hat[:, 0], expected, rtol=1e-7) and float(out.regularization["reg_jacobian"].detach()) == 0
+
+
 def _cnf(sensitivity: str, trace: str, **weights) -> CNF:
     torch.manual_seed(0)
     field = MLPField(2, 2, hidden=[4], depth="none", zero_init_last=False).double()

@@ -37,7 +37,7 @@ from nodex.errors import ConfigError
 from nodex.models.build import MODELS, DataSpec, build_field, horizon_length
 from nodex.models.control import ConditionControl
 from nodex.models.neural_ode import ModelOutput
-from nodex.models.regularizers import Regularizer, SteerDepth, differentiable_state, steer_from_config
+from nodex.models.regularizers import Regularizer, SteerDepth, differentiable_state, state_vjp, steer_from_config
 from nodex.ode import NFECounter, SolverSettings, odesolve
 
 TRACES = ("exact", "hutchinson")
@@ -50,7 +50,7 @@ def exact_trace(dz: torch.Tensor, z: torch.Tensor, create_graph: bool) -> torch.
     flat = dz.reshape(dz.shape[0], -1)
     tr = torch.zeros(dz.shape[0], dtype=dz.dtype, device=dz.device)
     for i in range(flat.shape[1]):
-        (g,) = torch.autograd.grad(flat[:, i].sum(), z, create_graph=create_graph, retain_graph=True)
+        g = state_vjp(flat[:, i].sum(), z, torch.ones((), dtype=dz.dtype, device=dz.device), create_graph)
         tr = tr + g.reshape(g.shape[0], -1)[:, i]
     return tr
 
@@ -64,7 +64,7 @@ def hutchinson_terms(
     dz: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, create_graph: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``εᵀ(∂dz/∂z)ε`` ``(B,)`` and the VJP ``εᵀ ∂dz/∂z`` ``(B, ...)`` it came from (the Jacobian regulariser's)."""
-    (g,) = torch.autograd.grad((dz * eps).sum(), z, create_graph=create_graph, retain_graph=True)
+    g = state_vjp(dz, z, eps, create_graph)
     return (g * eps).reshape(g.shape[0], -1).sum(1), g
 
 

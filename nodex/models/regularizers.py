@@ -46,10 +46,19 @@ def differentiable_state(z: torch.Tensor, graph: bool) -> torch.Tensor:
     return z if graph and z.requires_grad else z.detach().requires_grad_(True)
 
 
+def state_vjp(f: torch.Tensor, z: torch.Tensor, v: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """``vᵀ ∂f/∂z`` shaped like ``z`` (one VJP, the graph kept); exactly zero for a field that does not read ``z``
+    (a translation ``f(s)``, a constant), which autograd reports as an unused input."""
+    if not f.requires_grad:  # no parameters and no z: nothing to differentiate
+        return torch.zeros_like(z)
+    (vjp,) = torch.autograd.grad(f, z, v, create_graph=create_graph, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(z) if vjp is None else vjp
+
+
 def jacobian_norm_estimate(f: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """``‖εᵀ ∂f/∂z‖²`` per sample (one VJP): ``f``, ``z``, ``eps`` ``(B, ...)`` -> ``(B,)``.
     Its expectation over ε with ``E[εεᵀ] = I`` is ``‖∂f/∂z‖²_F`` (for fields without batch coupling)."""
-    (vjp,) = torch.autograd.grad(f, z, eps, create_graph=create_graph, retain_graph=True)
+    vjp = state_vjp(f, z, eps, create_graph)
     return vjp.reshape(vjp.shape[0], -1).pow(2).sum(1)
 
 
