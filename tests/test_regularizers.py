@@ -310,6 +310,8 @@ _MODEL = {"input_layer": {"kind": "identity"}, "field": {"kind": "mlp", "hidden"
         ({"kinetic": -1}, {}, "task.regularizer.kinetic=-1 must be >= 0"),
         ({"jacobian": -0.5}, {}, "task.regularizer.jacobian=-0.5 must be >= 0"),
         ({"kinetic": "a"}, {}, "task.regularizer.kinetic='a' must be a number >= 0 (0: off)"),
+        ({"kinetic": math.inf}, {}, "task.regularizer.kinetic=inf must be a finite number >= 0 (0: off)"),
+        ({"jacobian": math.nan}, {}, "task.regularizer.jacobian=nan must be a finite number >= 0 (0: off)"),
         ({"entropy": 1.0}, {}, "task.regularizer.entropy is not a regulariser; valid: kinetic, jacobian"),
         ({"kinetic": 0.01, "error_control": "no"}, {}, "task.regularizer.error_control='no' must be true or false"),
         ({"kinetic": 0.01}, {"order": 2}, "task.regularizer.kinetic=0.01 needs a first-order field, but model.order=2"),

@@ -174,8 +174,10 @@ STEER_SEED_OFFSET = 0x5EE7  # decorrelates the STEER stream from the run's globa
 
 
 def _weight(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key}={value!r} must be a number >= 0 (0: off)")
+    if not math.isfinite(value):  # an infinite weight makes every solve diverge, reported as a solver failure
+        raise ConfigError(f"{key}={value} must be a finite number >= 0 (0: off)")
     if value < 0:
         raise ConfigError(f"{key}={value:g} must be >= 0")
     return float(value)
