@@ -78,7 +78,8 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                 getattr(exc, "forward", lambda: None)()  # submitit's handler: requeue the job, then exit
                 raise SystemExit(exc.exit_code) from None
             except NodexError as exc:
-                _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
+                if not _refused(exc):  # a refused resume leaves the dir's run, its log included, as it was
+                    _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
                 _refused_in_sweep(exc)
                 return _failed(str(exc), run_dir if records else None)
             except KeyboardInterrupt:
@@ -116,12 +117,17 @@ def _run_job(job: Callable[[DictConfig, str], Any], cfg: DictConfig, run_dir: st
         drop_snapshot(Path(run_dir))
 
 
+def _refused(exc: Exception) -> bool:
+    """``exc`` refused a job whose dir holds another run (that run is kept as it was)."""
+    from nodex.train.resume import ResumeRefused
+
+    return isinstance(exc, ResumeRefused)
+
+
 def _refused_in_sweep(exc: Exception) -> None:
     """A sweep job whose resume did not fit its dir's run was refused (the run is kept), not failed: tell the sweep's
     ledger (a refusal by the run lock the ledger reads off the lock itself)."""
-    from nodex.train.resume import ResumeRefused
-
-    if isinstance(exc, ResumeRefused) and _is_multirun():
+    if _refused(exc) and _is_multirun():
         from nodex.sweep_ledger import job_outcome
 
         job_outcome("refused", str(exc))

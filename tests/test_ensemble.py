@@ -336,3 +336,13 @@ def test_checkpoints_store_the_data_spec_that_rebuilds_the_model(compose_cfg, tm
             model = build_model(cfg.model, spec, solver_settings(cfg.solver))
             model.load_state_dict(ckpt["model"])
             assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver, shared", [("dopri5", False), ("bosh3", True)])
+def test_the_log_says_whether_members_share_step_sizes_as_ensemble_json_does(train_run, solver, shared):
+    run_dir, _, code, err = train_run("trainer.ensemble=2", f"solver={solver}", "trainer.max_steps=5")
+    assert code == 0, err
+    summary = json.loads((run_dir / "ensemble.json").read_text())
+    assert summary["shared_step_sizes"] is shared
+    assert ("(members share step sizes)" in (run_dir / "train.log").read_text()) is shared

@@ -163,3 +163,23 @@ def test_an_ensembles_checkpoints_are_renamed_only_when_all_were_written(tmp_pat
     monkeypatch.setattr(torch, "save", real_save)
     assert [load_checkpoint(p)["step"] for p in paths] == [1, 1, 1]  # none renamed: all still at step 1
     assert sorted(f.name for f in tmp_path.rglob("*") if f.is_file()) == ["last.pt"] * 3  # no .tmp left
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_the_final_test_waits_for_the_record(train_run, monkeypatch):
+    """The final test and figures run under the stop handler too: a SIGTERM there is recorded, the run finishes its
+    test and writes its record (killed by the default handler, it left no result.json and a stale lock)."""
+    from nodex.train.run import TrainRun
+
+    real = TrainRun.test
+
+    def test(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(self)
+
+    monkeypatch.setattr(TrainRun, "test", test)
+    run_dir, result, code, err = train_run("trainer.max_steps=10")
+    assert code == 0, err
+    assert result["status"] == "completed" and result["steps"] == 10 and "test/accuracy" in result["metrics"]
+    with RunLock(run_dir):  # released: another run may take the dir
+        pass

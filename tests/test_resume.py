@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nodex.cli import main
-from nodex.train.checkpoint import load_checkpoint
+from nodex.train.checkpoint import load_checkpoint, save_checkpoint
 
 BASE = ["data.n_train=64", "data.n_val=64", "data.n_test=128", "trainer.plots=false", "logger.tensorboard=false",
         "trainer.log_every=5", "trainer.val_every=20", "trainer.checkpoint_every=20"]
@@ -252,3 +252,54 @@ def test_a_failed_run_releases_its_lock(train_run, bad):
     assert not (run_dir / LOCK_NAME).exists()
     if run_dir.exists():
         assert result["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad, words", [
+    (["trainer.val_every=-5"], "trainer.val_every=-5"),  # an allowed key's bad value, found as the run starts
+    (["trainer.log_every=0"], "trainer.log_every=0"),
+])
+def test_a_resume_that_fails_to_start_changes_nothing_on_disk(train_run, trained_run, tmp_path, bad, words):
+    run_dir = _completed(trained_run, tmp_path, "done")
+    before = _files(run_dir)
+    _, _, code, err = train_run("trainer.resume=auto", "trainer.max_steps=30", *bad, name="done")
+    assert code == 1 and words in err and err.strip().splitlines() == [err.strip()], err
+    assert _files(run_dir) == before  # result.json, .hydra/, metrics.jsonl, checkpoints: the completed run's
+
+
+@pytest.mark.slow
+def test_an_ensemble_with_a_corrupt_member_checkpoint_keeps_every_record(train_run, tmp_path):
+    run_dir, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", name="ens")
+    assert code == 0, err
+    last = run_dir / "member-1" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    before = _files(run_dir)
+    _, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", "trainer.resume=auto", "trainer.max_steps=30",
+                                name="ens")
+    assert code == 1 and "member-1" in err and err.strip().splitlines() == [err.strip()], err
+    assert _files(run_dir) == before  # ensemble.json and both members' result.json, .hydra/ and logs
+
+
+@pytest.mark.slow
+def test_a_dir_holding_a_trained_run_is_written_only_by_that_run(train_run, trained_run, tmp_path):
+    run_dir = _completed(trained_run, tmp_path, "done")
+    other = _completed(trained_run, tmp_path, "other")
+    before = _files(run_dir)
+    _, _, code, err = train_run("trainer.max_steps=5", name="done")  # a new run into it
+    assert code == 1 and err.strip() == (f"nodex: error: {run_dir} already holds a trained run (checkpoints/best.pt); "
+                                         "continue it with trainer.resume=auto, or start a new run in another "
+                                         "hydra.run.dir")
+    _, _, code, err = train_run(f"trainer.resume={other}", "trainer.max_steps=30", name="done")  # another run's
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={other} into {run_dir}, which holds another "
+                                         "run (checkpoints/best.pt): resume into a new hydra.run.dir, or continue "
+                                         "that run with trainer.resume=auto")
+    best = run_dir / "checkpoints" / "best.pt"  # its own best.pt, behind its last.pt: would drop steps after it
+    save_checkpoint({**load_checkpoint(best), "step": 10}, best)
+    before, step = _files(run_dir), 10
+    _, _, code, err = train_run(f"trainer.resume={best}", "trainer.max_steps=30", name="done")
+    assert code == 1 and err.strip() == (f"nodex: error: trainer.resume={best} would take {run_dir} back from step 20 "
+                                         f"to {step} and drop its record after it; resume from it into a new "
+                                         "hydra.run.dir (or continue with trainer.resume=auto)")
+    assert _files(run_dir) == before
+    _, result, code, err = train_run(f"trainer.resume={best}", "trainer.max_steps=30", name="elsewhere")
+    assert code == 0 and result["steps"] == 30, err

@@ -42,13 +42,16 @@ CASES = {
                        "trainer.batch_size=32", "model.field.hidden=[16]"],
     "ensemble-rk4-step": ["trainer.ensemble=2", "solver=rk4", "trainer.scheduler.name=step",
                           "trainer.scheduler.step_size=9", "trainer.scheduler.gamma=0.5"],
+    # STEER's end depths come from the model's own generator, the Jacobian term's noise from the global RNG
+    "steer-regularised": ["model.horizon.steer=0.3", "task.regularizer.kinetic=0.01", "task.regularizer.jacobian=0.01"],
 }
 # (case, signals in the order they stop the run): each case stopped twice, each signal at least twice overall
 STOPS = [("rk4-resample-step", ["SIGINT", "SIGTERM"]),
          ("dopri5-adjoint-minibatch-exponential", ["SIGUSR2", "SIGINT@update"]),
          ("tsit5-minibatch-cosine", ["SIGINT", "SIGINT@update"]),
          ("cnf-hutchinson", ["SIGINT", "SIGTERM"]),
-         ("ensemble-rk4-step", ["SIGINT", "SIGUSR2"])]
+         ("ensemble-rk4-step", ["SIGINT", "SIGUSR2"]),
+         ("steer-regularised", ["SIGINT", "SIGINT"])]
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -65,8 +68,12 @@ def _assert_same_run(whole: Path, resumed: Path) -> None:
     for a_dir, b_dir in zip(_member_dirs(whole), _member_dirs(resumed), strict=True):
         a, b = load_checkpoint(a_dir / "checkpoints" / "last.pt"), load_checkpoint(b_dir / "checkpoints" / "last.pt")
         assert a["step"] == b["step"] == STEPS
-        for key in a["model"]:
-            assert torch.equal(a["model"][key], b["model"][key]), key
+        for key, value in a["model"].items():
+            if isinstance(value, dict):  # a module's extra state: STEER's generator
+                assert value.keys() == b["model"][key].keys() and all(
+                    torch.equal(v, b["model"][key][k]) for k, v in value.items()), key
+            else:
+                assert torch.equal(value, b["model"][key]), key
         assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
         for i, entries in a["optimizer"]["state"].items():
             assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][k]))
@@ -177,3 +184,46 @@ def test_a_run_killed_with_sigkill_resumes_bit_for_bit_with_its_schedule(tmp_pat
     code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])  # the requeued job
     assert code == 0, err
     _assert_same_run(whole, cut)
+
+
+@pytest.mark.slow
+def test_a_sigint_after_steers_draw_rewinds_the_draw_with_the_step(tmp_path, cli, whole_runs, monkeypatch):
+    """A Ctrl-C that lands inside a step after STEER drew its end depth: the step is undone, and so is the draw (the
+    model's own generator is rewound with the batch streams), so the resumed run is the uninterrupted one."""
+    from nodex.models.regularizers import SteerDepth
+
+    real, calls = SteerDepth.draw, {"n": 0}
+
+    def draw(self):
+        value = real(self)
+        calls["n"] += 1
+        if calls["n"] == 7:  # step 7's training solve, after its depth was drawn
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    monkeypatch.setattr(SteerDepth, "draw", draw)
+    overrides, cut = [*TINY, *CASES["steer-regularised"], "seed=3"], tmp_path / "cut"
+    code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])
+    assert code == 130, err
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["step"] == 6
+    monkeypatch.setattr(SteerDepth, "draw", real)
+    code, _, err = cli(["train", *overrides, f"hydra.run.dir={cut}"])
+    assert code == 0, err
+    _assert_same_run(whole_runs(cli, "steer-regularised"), cut)
+
+
+@pytest.mark.slow
+def test_validation_and_figures_leave_the_training_streams_alone(tmp_path, cli):
+    """A stochastic evaluation (a CNF's Hutchinson trace in validation and figures) draws nothing the training draws:
+    the training rows and weights do not depend on val_every or plots (so neither does a resume that changes them)."""
+    base = [*TINY, *CASES["cnf-hutchinson"], "model.eval_trace=hutchinson", "seed=3", "trainer.resume=null"]
+    runs = {"sparse": ["trainer.val_every=20"],
+            "dense": ["trainer.val_every=5", "trainer.plots=true", "trainer.plot_every=5"]}
+    for name, extra in runs.items():
+        code, _, err = cli(["train", *base, *extra, f"hydra.run.dir={tmp_path / name}"])
+        assert code == 0, err
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in runs)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    train = [[r for r in _rows(tmp_path / name) if "train/loss" in r] for name in runs]
+    assert train[0] == train[1] and len(train[0]) == STEPS // 5 + 1

@@ -10,7 +10,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -56,6 +56,26 @@ class StepStats:
             stats.nfe_forward, stats.nfe_backward = int(state["nfe_forward"]), int(state["nfe_backward"])
             stats.sums = dict(state["sums"])
         return stats
+
+
+def model_generators(model: nn.Module) -> list[torch.Generator]:
+    """The random streams a model owns (a module's ``generator``, e.g. STEER's end depths), in module order."""
+    return [g for mod in model.modules() if isinstance(g := getattr(mod, "generator", None), torch.Generator)]
+
+
+@contextmanager
+def training_streams_kept() -> Iterator[None]:
+    """Run an evaluation (validation, figures) without moving the global RNG the training draws from: a stochastic
+    evaluation (a CNF's Hutchinson trace) would otherwise make training depend on ``val_every`` and ``plots``, and a
+    resumed run differ from the uninterrupted one."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int | None = None) -> dict[str, float]:
@@ -207,20 +227,24 @@ class Trainer:
                                 progress)
 
     def _stream_marks(self) -> tuple[torch.Tensor, list[tuple[Any, ...]]]:
-        """Where every batch stream (and the global RNG) stands before a step draws from it."""
+        """Where every batch stream, every generator a model owns (STEER's end depths) and the global RNG stand
+        before a step draws from them."""
         marks = [(m.state.batch_gen.get_state(), m.state.epoch_start, m.state.epoch_pos,
-                  m.data.sampler.get_state() if m.data.sampler is not None else None) for m in self.members.members]
+                  m.data.sampler.get_state() if m.data.sampler is not None else None,
+                  [g.get_state() for g in model_generators(m.model)]) for m in self.members.members]
         return torch.get_rng_state(), marks
 
     def _rewind(self, marks: tuple[torch.Tensor, list[tuple[Any, ...]]]) -> None:
         """Put the streams back where :meth:`_stream_marks` saw them: a step stopped before its update took nothing."""
         rng, per_member = marks
         torch.set_rng_state(rng)
-        for m, (gen, epoch_start, epoch_pos, fresh) in zip(self.members.members, per_member):
+        for m, (gen, epoch_start, epoch_pos, fresh, owned) in zip(self.members.members, per_member):
             m.state.batch_gen.set_state(gen)
             m.state.epoch_start, m.state.epoch_pos = epoch_start, epoch_pos
             if fresh is not None:
                 m.data.sampler.set_state(fresh)
+            for g, state in zip(model_generators(m.model), owned):
+                g.set_state(state)
 
     def _commit(self) -> None:
         """From here to the step boundary a SIGINT waits (the update is applied whole, or not at all)."""
@@ -346,7 +370,8 @@ class Trainer:
         if self.plot_every and step % self.plot_every == 0 and not last:
             for m in self.members.members:
                 if m.plot is not None:
-                    m.plot(step)
+                    with training_streams_kept():
+                        m.plot(step)
 
     def train_step(self, X: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, step: int = 0):
         """One optimisation step of all members on ``(X, y)`` (``(B, ...)``, or ``(K, B, ...)`` for
@@ -412,7 +437,8 @@ class Trainer:
     def _validate(self, m: Member) -> None:
         if m.data.val is None:  # a user's dataset without a validation split: nothing to validate or keep as best
             return
-        metrics = evaluate(m.model, m.task, m.data.val, self.cfg.get("eval_batch_size"))
+        with training_streams_kept():
+            metrics = evaluate(m.model, m.task, m.data.val, self.cfg.get("eval_batch_size"))
         m.logger.scalars(m.state.step, {f"val/{k}": v for k, v in metrics.items()})
         if m.index == 0:
             log.info("step %d validation | %s", m.state.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

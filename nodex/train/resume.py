@@ -151,6 +151,28 @@ def _saved_size(path: Path) -> int:
     return 1
 
 
+def held_checkpoints(run_dir: Path) -> list[Path]:
+    """The training checkpoints a run dir already holds (its own, or its ensemble members'): a run that trained
+    there, whose record only that run may write."""
+    run_dir = Path(run_dir)
+    return sorted(p for d in (run_dir, *run_dir.glob("member-*")) for p in (d / "checkpoints").glob("*.pt"))
+
+
+def _taken_back(path: Path, step: int, run_dir: Path) -> str | None:
+    """Why continuing ``run_dir``'s own run from ``path`` (at ``step``) would drop part of its record: its
+    ``last.pt`` is further on. ``None`` when it would not."""
+    if path.is_file() and path.name == "last.pt":
+        return None
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():  # only best.pt (a run stopped before its last save): continuing from it is the way on
+        return None
+    _, saved, _ = read_run_checkpoint(last, "last", use="resume from")
+    if int(saved["step"]) <= step:
+        return None
+    return (f"trainer.resume={path} would take {run_dir} back from step {int(saved['step'])} to {step} and drop its "
+            "record after it; resume from it into a new hydra.run.dir (or continue with trainer.resume=auto)")
+
+
 def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """What ``trainer.resume`` of ``cfg`` (the run's config, with or without Hydra's node) means for a run into
     ``run_dir``, decided before anything is written: the checkpoint (or ensemble dir) to continue from, or ``None``
@@ -158,8 +180,10 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
 
     Raises:
         AlreadyCompleted: ``auto`` (or the run's own dir) on a run that completed its steps.
-        CheckpointError: one line: a dir with ``best.pt`` only; a different run (names the keys); another ensemble
-            size; a step budget below the checkpoint's step; another dir resuming a run that has no steps left.
+        CheckpointError: one line: a dir with ``best.pt`` only; a new run, or another run's checkpoint, into a dir
+            that holds a trained run; a checkpoint that would take the dir's own run back (``best.pt`` behind its
+            ``last.pt``); a different run (names the keys); another ensemble size; a step budget below the
+            checkpoint's step; another dir resuming a run that has no steps left.
     """
     try:
         current = _task_config(cfg)
@@ -169,6 +193,7 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
         return None
     run_dir = Path(run_dir)
     path = resume_path(setting, run_dir, size)
+    held = held_checkpoints(run_dir)
     if path is None:
         best = run_dir / ("member-0" if size > 1 else "") / "checkpoints" / "best.pt"
         if str(setting) == "auto" and best.is_file():
@@ -176,8 +201,16 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
                 f"trainer.resume=auto: {run_dir} holds checkpoints/best.pt but no last.pt; continue from the best "
                 f"one with trainer.resume={best.parent.parent if size > 1 else best}, or start over with "
                 "trainer.resume=null in a new hydra.run.dir")
+        if held:
+            raise CheckpointError(
+                f"{run_dir} already holds a trained run ({held[0].relative_to(run_dir)}); continue it with "
+                "trainer.resume=auto, or start a new run in another hydra.run.dir")
         return None
     source = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else path
+    if held and source.resolve() != run_dir.resolve():
+        raise CheckpointError(
+            f"trainer.resume={path} into {run_dir}, which holds another run ({held[0].relative_to(run_dir)}): resume "
+            "into a new hydra.run.dir, or continue that run with trainer.resume=auto")
     saved_size = _saved_size(source)
     if saved_size != size:
         saved = f"an ensemble of {saved_size}" if saved_size > 1 else "a single run"
@@ -188,6 +221,9 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     member["trainer"]["ensemble"] = 1  # a member's checkpoint holds the config of its own run
     check_resumable(ckpt["config"], member, path)  # load_checkpoint upgraded it
     step, total = int(ckpt["step"]), planned_steps(current["trainer"], current.get("data", {}))
+    rewind = _taken_back(path, step, run_dir) if held else None
+    if rewind is not None:
+        raise CheckpointError(rewind)
     if total is not None and total < step:
         raise CheckpointError(f"trainer.resume={path}: the checkpoint is at step {step}, beyond this run's "
                               f"{total} steps; set trainer.max_steps above {step} to continue it")

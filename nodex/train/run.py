@@ -48,7 +48,7 @@ from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
 )
 from nodex.train.preemption import Preempted, StopRequest
-from nodex.train.resume import ResumeRefused, apply_learning_rate, check_resumable, plan_resume
+from nodex.train.resume import ResumeRefused, apply_learning_rate, check_resumable, held_checkpoints, plan_resume
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
@@ -80,13 +80,12 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
             TrainRun(cfg, Path(run_dir), ensemble).failed_before_start(str(exc))
             raise
         raise ResumeRefused(str(exc)) from None
-    take_snapshot(Path(run_dir))  # the run goes on: this job's Hydra snapshot becomes the run dir's .hydra
     run = TrainRun(cfg, Path(run_dir), ensemble, workers=workers, command=command)
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop:  # the final test and figures too: a stop signal there waits for the record
             trainer = run.start(progress, resume)
             trainer.fit(run.optimizer, run.scheduler, stop)
-        run.test()
+            run.test()
     except Preempted as exc:
         run.interrupted(f"{exc}; it continues with trainer.resume=auto (a requeued job does that by itself)")
         exc.forward = stop.forward
@@ -96,7 +95,10 @@ def run_train(cfg: DictConfig, run_dir: str | Path, *, progress: bool = False, w
         raise
     except Exception as exc:
         error = exc if isinstance(exc, NodexError) else out_of_memory(exc)
-        run.failed(str(error) if error is not None else f"{type(exc).__name__}: {exc}")
+        message = str(error) if error is not None else f"{type(exc).__name__}: {exc}"
+        if not run.owns_dir:  # refused before it took over a dir holding a trained run: that run's record stays
+            raise ResumeRefused(message) from None
+        run.failed(message)
         if error is not None and error is not exc:
             raise error from None
         raise
@@ -122,6 +124,9 @@ class TrainRun:
         self.status = "failed"  # of a run that ends before any member exists
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+        # a dir that holds a trained run is this run's only once it could start (built, resumed): until then a
+        # failure writes nothing there (its .hydra, records and checkpoints stay the earlier run's)
+        self.owns_dir = not held_checkpoints(run_dir)
 
     def start(self, progress: bool, resume: Path | None = None) -> Trainer:
         """Validate, build every member, the optimizer (resumed from ``resume``, :func:`plan_resume`'s answer) and the
@@ -146,6 +151,7 @@ class TrainRun:
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
         if ckpts is not None:
             _resume_optimizer(resume, ckpts, members, self.optimizer, self.scheduler, float(cfg.trainer.optim.lr))
+        self._take_dir()
         for m in self.members:
             self._open_logs(m)
         if self.summary is not None:
@@ -164,8 +170,6 @@ class TrainRun:
                 mcfg = member_config(self.resolved, k)
                 resolved = OmegaConf.to_container(mcfg, resolve=True)
                 mdir = self.run_dir / f"member-{k}"
-                mdir.mkdir(parents=True, exist_ok=True)
-                hydra_snapshot(self.run_dir, mdir, mcfg)
             result = new_result(int(mcfg.seed), resolved)
             if self.command is not None:
                 result["command"] = self.command
@@ -181,6 +185,15 @@ class TrainRun:
             self.summary.update(size=K, seeds=[m.seed for m in self.members], device=str(device),
                                 members=[m.run_dir.name for m in self.members])
         return pipes
+
+    def _take_dir(self) -> None:
+        """The run could start: this job's Hydra snapshot becomes the run dir's ``.hydra`` (and each member's)."""
+        take_snapshot(self.run_dir)
+        if len(self.members) > 1:
+            for m in self.members:
+                m.run_dir.mkdir(parents=True, exist_ok=True)
+                hydra_snapshot(self.run_dir, m.run_dir, m.cfg)
+        self.owns_dir = True
 
     def _open_logs(self, m: Member) -> None:
         m.logger = RunLogger(m.run_dir, tensorboard=self.cfg.logger.get("tensorboard", True), append=m.state.step > 0,
@@ -207,7 +220,7 @@ class TrainRun:
             return
         log.info("%s | ensemble of %d (seeds %d..%d) | %s params each | %s | %s%s | device %s", cfg.model.name,
                  len(self.members), first.seed, last.seed, first.result["params"], data_name(cfg.data), settings.describe(),
-                 "" if settings.is_fixed_step else " (members share step sizes)", device)
+                 " (members share step sizes)" if self.summary["shared_step_sizes"] else "", device)
 
     def test(self) -> None:
         """Every member's test metrics (logged and recorded), then its final figures."""
@@ -256,6 +269,8 @@ class TrainRun:
     def finish(self) -> None:
         """Write every member's ``result.json`` (closing its logger), then ``ensemble.json``;
         a run that failed before any member existed records it in ``run_dir/result.json``."""
+        if not self.owns_dir:
+            return
         wall = time.perf_counter() - self.started
         totals = self.trainer.member_totals if self.trainer is not None else [{"steps": 0}] * len(self.members)
         for m in self.members:
