@@ -2,12 +2,15 @@
 
 ``{_target_: mypkg.MyField, width: 64}`` names an importable callable; it is called with the node's other keys
 (``name`` excepted: nodex's own label) plus the extra arguments nodex supplies (``dim=``, ``seed=``, ...) that its
-signature takes. Modules are imported as Python imports them; when that fails, the current directory is tried as
+signature takes. A function that is itself the thing (a field ``f(s, z)``), not a builder of it, is returned as it
+is: with ``_partial_: true`` (Hydra's convention: bound to the node's keys, not called), or when it takes none of the
+keys nodex would pass it and the node gives none. Modules are imported as Python imports them; when that fails, the current directory is tried as
 well (a project folder with ``mypkg/`` beside the command, as ``python -m`` would see it).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -19,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nodex.errors import ConfigError
 
-RESERVED = ("_target_", "name")  # keys nodex reads itself; never passed to the target
+RESERVED = ("_target_", "name", "_partial_")  # keys nodex reads itself; never passed to the target
 _SEARCH_DIRS: list[str] = []  # folders tried after sys.path and the current directory (a restored run's own)
 
 
@@ -72,12 +75,31 @@ def _not_importable(key: str, path: str, exc: ModuleNotFoundError) -> str:
 
 
 def accepts(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` (a class: its ``__init__``) takes the keyword ``name`` (or ``**kwargs``)."""
+    """Whether ``fn`` (a class: its ``__init__``) takes the keyword ``name`` (or ``**kwargs``). A class without an
+    ``__init__`` of its own (``nn.Module``'s ``*args, **kwargs``) takes none."""
+    if inspect.isclass(fn) and _default_init(fn):
+        return False
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _default_init(cls: type) -> bool:
+    import torch
+
+    return cls.__init__ in (object.__init__, torch.nn.Module.__init__)
+
+
+def _is_the_function(target: Callable[..., Any], kwargs: dict[str, Any], supplied: dict[str, Any]) -> bool:
+    """``target`` is a plain function that is the thing itself: the node gives no keys and its required parameters
+    are none of those nodex supplies (``def f(s, z)`` as a field, not ``def make_field(dim)``)."""
+    if not inspect.isfunction(target) or kwargs:
+        return False
+    required = [p.name for p in inspect.signature(target).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return bool(required) and not set(required) & set(supplied)
 
 
 def call_target(node: DictConfig, key: str, supplied: dict[str, Any]) -> Any:
@@ -93,6 +115,13 @@ def call_target(node: DictConfig, key: str, supplied: dict[str, Any]) -> Any:
     """
     target = locate(node._target_, f"{key}._target_")
     kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in RESERVED}
+    partial = node.get("_partial_", False)
+    if not isinstance(partial, bool):
+        raise ConfigError(f"{key}._partial_={partial!r} must be true or false")
+    if partial:
+        return functools.partial(target, **kwargs)
+    if _is_the_function(target, kwargs, supplied):
+        return target
     kwargs.update({k: v for k, v in supplied.items() if k not in kwargs and accepts(target, k)})
     try:
         return target(**kwargs)

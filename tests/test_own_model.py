@@ -203,3 +203,56 @@ def test_a_dataset_without_validation_split_trains_and_keeps_no_best(tmp_path, c
 
         _write(project, "twosplits.py", "def make():\n    return 1, 2\n")
         target_data(OmegaConf.create({"_target_": "twosplits.make"}), 0)
+
+
+def test_a_plain_function_a_partial_and_a_class_without_init_are_fields(tmp_path, monkeypatch):
+    text = ("import torch\nfrom torch import nn\ndef neg(z):\n    return -z\ndef scaled(s, z, scale=1.0):\n"
+            "    return scale * s * z\nclass NoInit(nn.Module):\n    def forward(self, s, z):\n        return -2 * z\n")
+    z, s = torch.randn(3, 2), torch.tensor(0.5)
+    f = _field(tmp_path, monkeypatch, "fieldsp", text, {"_target_": "fieldsp.neg"})  # the function is the field
+    assert torch.equal(f(s, z), -z)
+    g = _field(tmp_path, monkeypatch, "fieldsp", text, {"_target_": "fieldsp.scaled", "_partial_": True, "scale": 3.0})
+    assert torch.allclose(g(s, z), 1.5 * z)
+    h = _field(tmp_path, monkeypatch, "fieldsp", text, {"_target_": "fieldsp.NoInit"})  # nn.Module's own __init__
+    assert torch.equal(h(s, z), -2 * z)
+    with pytest.raises(ConfigError, match=r"model.field._partial_='yes' must be true or false"):
+        _field(tmp_path, monkeypatch, "fieldsp", text, {"_target_": "fieldsp.neg", "_partial_": "yes"})
+
+
+def test_a_field_or_readout_of_the_wrong_shape_or_dtype_is_one_line(tmp_path, monkeypatch):
+    text = ("import torch\nfrom torch import nn\ndef one_column(z):\n    return z[:, :1]\n"
+            "def double(z):\n    return z.double()\ndef wide(dim, n_outputs):\n    return nn.Linear(dim, n_outputs + 3)\n")
+    z = torch.randn(3, 2)
+    f = _field(tmp_path, monkeypatch, "fieldsw", text, {"_target_": "fieldsw.one_column"})
+    with pytest.raises(ConfigError, match=r"model.field \(fieldsw.one_column\) returned \(3, 1\) torch.float32 for "
+                                          r"the state \(3, 2\) torch.float32; dz/ds must be a tensor \(3, 2\)"):
+        f(torch.tensor(0.0), z)  # it would broadcast into the state silently under a fixed grid
+    with pytest.raises(ConfigError, match=r"returned \(3, 2\) torch.float64 for the state \(3, 2\) torch.float32"):
+        _field(tmp_path, monkeypatch, "fieldsw", text, {"_target_": "fieldsw.double"})(torch.tensor(0.0), z)
+    from omegaconf import OmegaConf
+
+    from nodex.models.user import build_target_readout
+
+    with pytest.raises(ConfigError, match=r"model.readout: fieldsw.wide gives \(2, 5\) for 2 states \(2, 2\); it must "
+                                          r"give \(B, 2\)"):
+        build_target_readout(OmegaConf.create({"_target_": "fieldsw.wide"}), (2,), 2)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("torch.zeros(8).long()", "every label is 0, a single class: a classifier needs labels of at least two classes"),
+    ("(torch.arange(8) % 2) * 5", "classes are 0..5 (the largest label + 1), but the training split has no sample "
+                                  "of class 1, 2, 3, 4"),
+    ("torch.zeros(8, 2).long()", "integer labels (8, 2) are class labels, one per sample"),
+])
+def test_user_labels_that_cannot_make_a_classifier_are_refused(tmp_path, monkeypatch, labels, message):
+    from omegaconf import OmegaConf
+
+    from nodex.data.user import target_data
+
+    module = f"labels_{uuid.uuid4().hex[:8]}"
+    _write(tmp_path, f"{module}.py", f"import torch\ndef make(seed):\n    X = torch.randn(8, 2)\n    y = {labels}\n"
+                                     "    return (X, y), (X, y), (X, y)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(DataError, match=re.escape(message)):
+        target_data(OmegaConf.create({"_target_": f"{module}.make"}), 0)

@@ -39,6 +39,29 @@ def _split(value: Any, which: str, target: str) -> tuple[torch.Tensor, torch.Ten
     return X, y
 
 
+def _check_labels(splits: list[tuple[torch.Tensor, torch.Tensor]], target: str) -> None:
+    """Class labels: one per sample, ``0..K-1`` with ``K >= 2``, every class in the training split (the first).
+
+    Raises:
+        DataError: naming what is wrong and what to give instead.
+    """
+    if any(y.dim() != 1 for _, y in splits):
+        shape = next(tuple(y.shape) for _, y in splits if y.dim() != 1)
+        raise DataError(f"data._target_={target}: integer labels {shape} are class labels, one per sample: give y as "
+                        "(N,), or float targets (N, m) for a regression")
+    if any(int(y.min()) < 0 for _, y in splits):
+        raise DataError(f"data._target_={target}: class labels must be 0..K-1 (a negative label was found)")
+    n_classes = max(int(y.max()) + 1 for _, y in splits)
+    if n_classes < 2:
+        raise DataError(f"data._target_={target}: every label is 0, a single class: a classifier needs labels of at "
+                        "least two classes (float targets make a regression)")
+    missing = sorted(set(range(n_classes)) - set(torch.unique(splits[0][1]).tolist()))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise DataError(f"data._target_={target}: classes are 0..{n_classes - 1} (the largest label + 1), but the "
+                        f"training split has no sample of class {shown}; relabel to 0..K-1 with every class in train")
+
+
 def target_data(cfg: DictConfig, seed: int) -> DataBundle:
     """Call ``cfg._target_`` and check what it returns (see the module docstring).
 
@@ -56,8 +79,8 @@ def target_data(cfg: DictConfig, seed: int) -> DataBundle:
     if len({tuple(X.shape[1:]) for X, _ in splits}) > 1 or len({y.is_floating_point() for _, y in splits}) > 1:
         raise DataError(f"data._target_={target}: the splits differ in input shape or label kind; {CONTRACT}")
     classification = not train[1].is_floating_point()
-    if classification and any(int(y.min()) < 0 for _, y in splits):
-        raise DataError(f"data._target_={target}: class labels must be 0..K-1 (a negative label was found)")
+    if classification:
+        _check_labels(splits, target)
     return DataBundle(
         train=train, val=val, test=test, input_shape=tuple(train[0].shape[1:]),
         n_classes=max(int(y.max()) + 1 for _, y in splits) if classification else None,

@@ -10,7 +10,9 @@ Contracts (what nodex passes besides the YAML's keys, each only where the signat
 - readout: ``dim`` (the state's width), ``state_shape``, ``n_outputs``; ``forward(z)`` -> ``(B, n_outputs)``.
 
 A target may be a class or a function that returns the module; a plain function ``f(z)`` / ``f(s, z)`` with no
-parameters of its own is a field too.
+parameters of its own is a field too (given as it is, or with ``_partial_: true`` and keyword arguments from the YAML).
+A field whose output is not a tensor of the state's shape, and a readout whose output is not ``(B, n_outputs)``, are
+refused in one line (nothing broadcasts silently).
 """
 
 from __future__ import annotations
@@ -32,17 +34,27 @@ class TargetField(nn.Module):
     Shapes: ``s`` 0-d or ``(B,)``; ``z`` ``(B, *state_shape)``; ``u`` the control or ``None`` -> ``f``'s output.
     """
 
-    def __init__(self, f: Callable[..., torch.Tensor], arity: int) -> None:
+    def __init__(self, f: Callable[..., torch.Tensor], arity: int, out_shape: tuple[int, ...] | None = None,
+                 label: str = "model.field") -> None:
         super().__init__()
         self.f = f  # an nn.Module registers as a submodule (its parameters train); a function stays a function
         self.arity = arity
+        self.out_shape = None if out_shape is None else tuple(out_shape)  # dz/ds of one sample: (*out_shape)
+        self.label = label
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         if self.arity == 1:
-            return self.f(z)
-        if self.arity == 2:
-            return self.f(s, z)
-        return self.f(s, z, u)
+            out = self.f(z)
+        elif self.arity == 2:
+            out = self.f(s, z)
+        else:
+            out = self.f(s, z, u)
+        if self.out_shape is not None and (not isinstance(out, torch.Tensor) or out.shape[1:] != self.out_shape
+                                           or out.shape[:1] != z.shape[:1] or out.dtype != z.dtype):
+            got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise ConfigError(f"{self.label} returned {got} for the state {tuple(z.shape)} {z.dtype}; dz/ds must be "
+                              f"a tensor ({z.shape[0]}, {', '.join(map(str, self.out_shape))}) of the state's dtype")
+        return out
 
 
 def _module(obj: Any, key: str) -> Any:
@@ -69,7 +81,7 @@ def build_target_field(cfg: DictConfig, state_shape: tuple[int, ...], out_shape:
             "forward(z) or forward(s, z)"
         raise ConfigError(f"model.field: {cfg._target_} takes {arity} positional arguments; a field's must be "
                           f"{wanted}, returning dz/ds")
-    return TargetField(f, arity)
+    return TargetField(f, arity, tuple(out_shape), f"model.field ({cfg._target_})")
 
 
 def build_target_input_layer(cfg: DictConfig, input_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
@@ -84,8 +96,16 @@ def build_target_input_layer(cfg: DictConfig, input_shape: tuple[int, ...]) -> t
 
 def build_target_readout(cfg: DictConfig, state_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     """The readout ``cfg._target_``: ``(B, *state_shape) -> (B, n_outputs)``."""
-    return _module(call_target(cfg, "model.readout", {"dim": int(state_shape[0]), "state_shape": tuple(state_shape),
-                                                      "n_outputs": int(n_outputs)}), "model.readout")
+    readout = _module(call_target(cfg, "model.readout", {"dim": int(state_shape[0]),
+                                                         "state_shape": tuple(state_shape),
+                                                         "n_outputs": int(n_outputs)}), "model.readout")
+    with torch.no_grad():
+        out = readout(torch.zeros(2, *state_shape, dtype=_dtype_of(readout)))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, int(n_outputs)):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ConfigError(f"model.readout: {cfg._target_} gives {got} for 2 states {(2, *state_shape)}; it must give "
+                          f"(B, {n_outputs}), one column per output of the task")
+    return readout
 
 
 def _dtype_of(module: Any) -> torch.dtype:
