@@ -173,6 +173,25 @@ def _taken_back(path: Path, step: int, run_dir: Path) -> str | None:
             "record after it; resume from it into a new hydra.run.dir (or continue with trainer.resume=auto)")
 
 
+def _check_fresh_start(setting: Any, run_dir: Path, size: int, held: list[Path]) -> None:
+    """A run that starts from scratch in ``run_dir`` may: a dir with ``best.pt`` only under ``auto`` (say how to go
+    on), or any trained run's checkpoints (``held``), refuse it.
+
+    Raises:
+        CheckpointError: one line saying how to continue the run there, or where to start a new one.
+    """
+    best = run_dir / ("member-0" if size > 1 else "") / "checkpoints" / "best.pt"
+    if str(setting) == "auto" and best.is_file():
+        raise CheckpointError(
+            f"trainer.resume=auto: {run_dir} holds checkpoints/best.pt but no last.pt; continue from the best "
+            f"one with trainer.resume={best.parent.parent if size > 1 else best}, or start over with "
+            "trainer.resume=null in a new hydra.run.dir")
+    if held:
+        raise CheckpointError(
+            f"{run_dir} already holds a trained run ({held[0].relative_to(run_dir)}); continue it with "
+            "trainer.resume=auto, or start a new run in another hydra.run.dir")
+
+
 def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """What ``trainer.resume`` of ``cfg`` (the run's config, with or without Hydra's node) means for a run into
     ``run_dir``, decided before anything is written: the checkpoint (or ensemble dir) to continue from, or ``None``
@@ -195,16 +214,7 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     path = resume_path(setting, run_dir, size)
     held = held_checkpoints(run_dir)
     if path is None:
-        best = run_dir / ("member-0" if size > 1 else "") / "checkpoints" / "best.pt"
-        if str(setting) == "auto" and best.is_file():
-            raise CheckpointError(
-                f"trainer.resume=auto: {run_dir} holds checkpoints/best.pt but no last.pt; continue from the best "
-                f"one with trainer.resume={best.parent.parent if size > 1 else best}, or start over with "
-                "trainer.resume=null in a new hydra.run.dir")
-        if held:
-            raise CheckpointError(
-                f"{run_dir} already holds a trained run ({held[0].relative_to(run_dir)}); continue it with "
-                "trainer.resume=auto, or start a new run in another hydra.run.dir")
+        _check_fresh_start(setting, run_dir, size, held)
         return None
     source = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else path
     if held and source.resolve() != run_dir.resolve():
