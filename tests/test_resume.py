@@ -303,3 +303,23 @@ def test_a_dir_holding_a_trained_run_is_written_only_by_that_run(train_run, trai
     assert _files(run_dir) == before
     _, result, code, err = train_run(f"trainer.resume={best}", "trainer.max_steps=30", name="elsewhere")
     assert code == 0 and result["steps"] == 30, err
+
+
+def test_a_resumed_log_replaces_the_killed_runs_later_tensorboard_steps(tmp_path):
+    """A run killed after its checkpoint at step 10 had logged steps 15 and 20; the resumed run logs them again:
+    TensorBoard shows each step once, with the resumed run's values (as metrics.jsonl keeps one row per step)."""
+    from nodex.train.logs import RunLogger
+    from tests.conftest import read_scalars
+
+    first = RunLogger(tmp_path, tensorboard=True)
+    for step in (5, 10, 15, 20):
+        first.scalars(step, {"train/loss": float(step)})
+    first.close()
+    resumed = RunLogger(tmp_path, tensorboard=True, append=True, keep_until=10)
+    for step in (15, 20, 25):
+        resumed.scalars(step, {"train/loss": -float(step)})
+    resumed.close()
+    assert read_scalars(tmp_path)["train/loss"] == [(5, 5.0), (10, 10.0), (15, -15.0), (20, -20.0), (25, -25.0)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train/loss"]) for r in rows] == [(5, 5.0), (10, 10.0), (15, -15.0), (20, -20.0),
+                                                            (25, -25.0)]

@@ -49,7 +49,10 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir))
+            # a resumed run's first step: TensorBoard drops the events a killed run wrote from it on (the same
+            # steps are logged again), as metrics.jsonl's rows after keep_until are dropped above
+            purge = keep_until + 1 if append and keep_until is not None else None
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """One ``metrics.jsonl`` row and the TensorBoard scalars of ``step``.
