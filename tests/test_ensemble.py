@@ -4,6 +4,7 @@ directory each, and evaluate unchanged."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -346,3 +347,19 @@ def test_the_log_says_whether_members_share_step_sizes_as_ensemble_json_does(tra
     summary = json.loads((run_dir / "ensemble.json").read_text())
     assert summary["shared_step_sizes"] is shared
     assert ("(members share step sizes)" in (run_dir / "train.log").read_text()) is shared
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Dropout(0.1), torch.nn.BatchNorm1d(2)])
+def test_a_field_with_dropout_or_batch_norm_is_refused_in_an_ensemble(layer):
+    from nodex.models import GeneralNeuralODE
+    from nodex.models.user import TargetField
+    from nodex.ode import SolverSettings
+
+    def member():
+        field = TargetField(torch.nn.Sequential(torch.nn.Linear(2, 2), copy.deepcopy(layer)), 1)
+        return GeneralNeuralODE(torch.nn.Identity(), field, torch.nn.Identity(), SolverSettings(method="rk4",
+                                                                                                step_size=0.5))
+
+    with pytest.raises(ConfigError, match=rf"under torch.func.vmap, where {type(layer).__name__} \(field.f.1\) cannot "
+                                          r"train as in a separate run .*: train the seeds as a sweep"):
+        EnsembleNeuralODE([member(), member()])

@@ -45,6 +45,22 @@ from nodex.ode import NFECounter, odesolve
 _DYNAMICS_SLOTS = ("field", "integral_loss")
 
 
+def _refuse_state_in_training(member: nn.Module) -> None:
+    """Slots run under ``vmap`` with buffers as constants: batch norm's running statistics would not be kept and
+    dropout's randomness is refused there, so a member would not be its separate run.
+
+    Raises:
+        ConfigError: naming the module and the way to train the seeds instead.
+    """
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Dropout, nn.AlphaDropout)
+    for name, module in member.named_modules():
+        if isinstance(module, kinds):
+            raise ConfigError(
+                f"trainer.ensemble stacks the members under torch.func.vmap, where {type(module).__name__} ({name}) "
+                "cannot train as in a separate run (running statistics are not kept, random masks are refused): "
+                "train the seeds as a sweep (--multirun seed=0,1,...) or use trainer.ensemble=1")
+
+
 def member_map(fn: Callable[..., Any], size: int, *args: Any) -> Any:
     """``torch.func.vmap(fn)(*args)`` over a leading member dimension of size ``size``.
 
@@ -138,6 +154,7 @@ class EnsembleNeuralODE(nn.Module):
             raise TypeError("EnsembleNeuralODE stacks GeneralNeuralODE members (model.kind=neural_ode)")
         if members[0].regularizer is not None or members[0].steer is not None:  # the stacked solve has neither
             raise ConfigError("task.regularizer and model.horizon.steer need trainer.ensemble=1 (seeds: use a sweep)")
+        _refuse_state_in_training(members[0])
         params, buffers = stack_module_state(members)
         self.size = len(members)
         self.param_names = list(params)
