@@ -160,11 +160,34 @@ def drop_snapshot(run_dir: Path) -> None:
     shutil.rmtree(Path(run_dir) / SNAPSHOT_NEW, ignore_errors=True)
 
 
+EARLIER_LAUNCH_DIRS = "earlier_launch_dirs"  # in .hydra/: the folders earlier attempts of a resumed run started from
+
+
 def launch_dir(run_dir: Path) -> Optional[Path]:
     """The folder the run was started from (Hydra's ``runtime.cwd``), where its own ``_target_`` modules may live;
     ``None`` where the snapshot is missing."""
     runtime = ((read_yaml(Path(run_dir) / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}
     return Path(runtime["cwd"]) if runtime.get("cwd") else None
+
+
+def launch_dirs(run_dir: Path) -> list[Path]:
+    """Every folder the run was started from, the latest first: a run resumed from another folder keeps the
+    earlier ones (its modules may live there)."""
+    latest = launch_dir(run_dir)
+    earlier = Path(run_dir) / ".hydra" / EARLIER_LAUNCH_DIRS
+    listed = [Path(line) for line in earlier.read_text().splitlines() if line.strip()] if earlier.is_file() else []
+    return list(dict.fromkeys([*([latest] if latest else []), *listed]))
+
+
+def take_resumed_snapshot(run_dir: Path) -> None:
+    """:func:`take_snapshot` for a run that continues in ``run_dir``: the folders its earlier attempts started from
+    stay listed beside the new snapshot."""
+    before = launch_dirs(run_dir)
+    take_snapshot(run_dir)
+    latest = launch_dir(run_dir)
+    earlier = [d for d in before if d != latest]
+    if earlier and (Path(run_dir) / ".hydra").is_dir():
+        (Path(run_dir) / ".hydra" / EARLIER_LAUNCH_DIRS).write_text("".join(f"{d}\n" for d in earlier))
 
 
 @dataclass

@@ -84,6 +84,18 @@ def test_the_readme_example_runs_from_a_folder_outside_the_repo(tmp_path):
     assert json.loads((project / "runs/sine/result.json").read_text())["steps"] == 30
     assert "resumed from" in (project / "runs/sine/train.log").read_text()
 
+    # resumed once more from another folder (its modules are still the project's), then evaluated from a third:
+    # the run keeps every folder it was started from, so mynode is found
+    run_dir, third = project / "runs/sine", tmp_path / "third"
+    third.mkdir()
+    train = [str(project / "conf") if a == "conf" else a for a in commands[0][1:]]  # --config-dir conf
+    proc = run(elsewhere, [*train, *SHORT[1:], "trainer.max_steps=40", "trainer.resume=auto",
+                           f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == 40
+    proc = run(third, [*args, "hydra.run.dir=ev"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
 
 @pytest.mark.slow
 def test_own_field_in_an_ensemble_and_a_sweep_and_report(tmp_path):

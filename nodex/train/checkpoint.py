@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nodex.config import upgrade_run_config
 from nodex.errors import CheckpointError
-from nodex.runs import launch_dir
+from nodex.runs import launch_dirs
 from nodex.targets import add_search_dir
 
 FORMAT = "nodex-checkpoint-v1"
@@ -148,8 +148,7 @@ def read_run_checkpoint(path: str | Path, which: str = "last", map_location: str
     ckpt = load_checkpoint(file, map_location=map_location)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{str(file)!r} holds no run config; {use} a checkpoint written by nodex train")
-    origin = launch_dir(file.parent.parent)
-    if origin is not None:
+    for origin in launch_dirs(file.parent.parent):
         add_search_dir(origin)
     return file, ckpt, OmegaConf.create(ckpt["config"])
 

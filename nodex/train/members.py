@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from nodex.runs import override_key
+from nodex.runs import EARLIER_LAUNCH_DIRS, override_key
 from nodex.data import DataBundle
 from nodex.errors import ConfigError
 from nodex.models import ModelOutput
@@ -241,8 +241,9 @@ def hydra_snapshot(run_dir: Path, mdir: Path, mcfg: DictConfig) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(mcfg, dest / "config.yaml")
     src = run_dir / ".hydra"
-    if (src / "hydra.yaml").is_file():
-        shutil.copyfile(src / "hydra.yaml", dest / "hydra.yaml")
+    for name in ("hydra.yaml", EARLIER_LAUNCH_DIRS):  # where the run was started from: where its modules live
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
     overrides = list(OmegaConf.load(src / "overrides.yaml")) if (src / "overrides.yaml").is_file() else []
     kept = [str(o) for o in overrides if override_key(o) not in ("seed", "trainer.ensemble")]
     OmegaConf.save(OmegaConf.create([*kept, f"seed={int(mcfg.seed)}"]), dest / "overrides.yaml")

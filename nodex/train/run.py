@@ -42,7 +42,7 @@ from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
     Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
 )
-from nodex.runs import new_result, new_summary, record_failure, run_record, take_snapshot, versions, write_json
+from nodex.runs import new_result, new_summary, record_failure, run_record, take_resumed_snapshot, versions, write_json
 from nodex.train.results import finish_member, finish_summary, metadata_markdown
 from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
@@ -188,7 +188,7 @@ class TrainRun:
 
     def _take_dir(self) -> None:
         """The run could start: this job's Hydra snapshot becomes the run dir's ``.hydra`` (and each member's)."""
-        take_snapshot(self.run_dir)
+        take_resumed_snapshot(self.run_dir)
         if len(self.members) > 1:
             for m in self.members:
                 m.run_dir.mkdir(parents=True, exist_ok=True)
