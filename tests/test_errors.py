@@ -487,3 +487,28 @@ def test_allocation_failures_of_every_kind_read_as_out_of_memory():
     assert str(out_of_memory(MemoryError())).startswith("out of memory: lower data.n_train/n_val/n_test")
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert out_of_memory(ValueError("out of memory")) is None  # only what allocators raise
+
+
+@pytest.mark.slow
+def test_checkpoint_messages_name_what_the_run_has(train_run, tmp_path):
+    """An ensemble's top folder names its members; a missing best.pt names the checkpoint the run has; a cut-short
+    last.pt points to the run's best.pt."""
+    from nodex.errors import CheckpointError
+    from nodex.train.checkpoint import read_run_checkpoint
+
+    ens, _, code, err = train_run("trainer.ensemble=2", "solver=rk4", "trainer.max_steps=5", name="ens")
+    assert code == 0, err
+    with pytest.raises(CheckpointError, match=rf"is a seed ensemble: pass one member's run directory, "
+                                              rf"{ens / 'member-0'} \.\.\. {ens / 'member-1'}"):
+        read_run_checkpoint(ens)
+    run_dir = ens / "member-0"
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"has no checkpoints/best.pt \(a run without a validation split keeps "
+                                              r"no best.pt\): choose one it has, which=last"):
+        read_run_checkpoint(run_dir, "best")
+    single, _, code, err = train_run("trainer.max_steps=5", name="single")
+    last = single / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=rf"is not a readable checkpoint \(.*\); continue from "
+                                              rf"{single / 'checkpoints' / 'best.pt'} \(trainer.resume="):
+        read_run_checkpoint(single)

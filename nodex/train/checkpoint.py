@@ -105,9 +105,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, truncated file, foreign pickle...
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); "
-                              "pass a checkpoints/last.pt or best.pt written by nodex") from None
+        reason = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else type(exc).__name__
+        best = path.parent / "best.pt"
+        fix = (f"continue from {best} (trainer.resume={best}), or start over in a new hydra.run.dir"
+               if path.name == "last.pt" and best.is_file() else "pass a checkpoints/last.pt or best.pt written by nodex")
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason}); {fix}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a nodex checkpoint (no '{FORMAT}' marker); "
                               "pass a checkpoints/last.pt or best.pt written by nodex")
@@ -125,10 +127,18 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         candidate = path / "checkpoints" / f"{which}.pt"
-        if not candidate.is_file():
-            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: "
-                                  "pass a nodex run directory (one that holds checkpoints/)")
-        return candidate
+        if candidate.is_file():
+            return candidate
+        if not (path / "checkpoints").is_dir() and (path / "member-0" / "checkpoints").is_dir():
+            last = len(list(path.glob("member-*"))) - 1
+            raise CheckpointError(f"{str(path)!r} is a seed ensemble: pass one member's run directory, "
+                                  f"{path / 'member-0'} ... {path / f'member-{last}'}")
+        others = sorted(p.stem for p in (path / "checkpoints").glob("*.pt"))
+        if others:
+            raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt (a run without a "
+                                  f"validation split keeps no best.pt): choose one it has, which={others[0]}")
+        raise CheckpointError(f"run directory {str(path)!r} has no checkpoints/{which}.pt: "
+                              "pass a nodex run directory (one that holds checkpoints/)")
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
                               "pass a run directory or a checkpoints/*.pt file")
