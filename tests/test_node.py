@@ -218,3 +218,10 @@ def test_the_readme_example_runs(capsys):
     torch.testing.assert_close(zs[-1], node(x), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(decay(torch.ones(1, 2)), torch.full((1, 2), math.exp(-0.5)), rtol=1e-4, atol=1e-4)
     assert decay.nfe == (16, 0)
+
+
+@pytest.mark.parametrize("span", [[0.0, 0.5, 0.5, 1.0], [0.0, 1.0, 0.5], [float("nan"), 1.0]])
+def test_a_trajectory_over_depths_that_are_not_monotonic_is_refused(span):
+    node = nodex.NeuralODE(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"s_span=.* must be strictly increasing or strictly decreasing"):
+        node.trajectory(torch.randn(3, 2), span)
