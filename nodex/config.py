@@ -271,11 +271,17 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    import warnings
+
+    from nodex.sweeps import SCHEMA_MATCH_WARNING
+
     check_moved_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name=config_name):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        with warnings.catch_warnings():  # our launcher YAMLs match the plugins' schemas on purpose (the CLI's filter)
+            warnings.filterwarnings("ignore", message=SCHEMA_MATCH_WARNING)
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name=config_name):
+                return hydra_compose(config_name=config_name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
 

@@ -82,3 +82,12 @@ def test_the_readme_example_runs(cli, tmp_path, monkeypatch):
     code, _, err = cli(["train", *FAST, "trainer.max_steps=10", "hydra.run.dir=outputs/demo"])
     assert code == 0, err
     exec(compile(example, "README.md", "exec"), {})
+
+
+def test_compose_prints_no_hydra_schema_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nodex.compose(["model=galnode"])
+    assert not [w for w in caught if "ConfigStore schema" in str(w.message)], [str(w.message) for w in caught]
