@@ -259,6 +259,10 @@ def register_schemas() -> None:
 
 register_schemas()
 
+# Hydra's warning that our launcher YAMLs match the plugins' ConfigStore schemas (they do, on purpose)
+SCHEMA_MATCH_WARNING = r"(?s).*hydra/launcher/.* is validated against ConfigStore schema with the same name"
+
+
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """The config ``config_name`` (``train`` or ``eval``) with Hydra ``overrides`` applied.
 
@@ -272,8 +276,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     from hydra.core.global_hydra import GlobalHydra
 
     import warnings
-
-    from nodex.sweeps import SCHEMA_MATCH_WARNING
 
     check_moved_overrides(overrides)
     GlobalHydra.instance().clear()

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 
+from nodex.config import SCHEMA_MATCH_WARNING
 from nodex.runs import Run, load_run
 
 log = logging.getLogger("nodex")
@@ -39,7 +40,6 @@ PLUGINS = {
 # configs/hydra/launcher/{joblib,submitit_local,ray}.yaml share their names with the plugins'
 # own configs on purpose (`hydra/launcher=joblib` just works), and Hydra 1.3 then validates
 # them against the plugin's schema and says so in a deprecation warning on every run.
-SCHEMA_MATCH_WARNING = r"(?s).*hydra/launcher/.* is validated against ConfigStore schema with the same name"
 
 
 def quiet_schema_warning() -> None:
