@@ -123,11 +123,25 @@ def call_target(node: DictConfig, key: str, supplied: dict[str, Any]) -> Any:
     if _is_the_function(target, kwargs, supplied):
         return target
     kwargs.update({k: v for k, v in supplied.items() if k not in kwargs and accepts(target, k)})
+    call, fits = f"{node._target_}({', '.join(f'{k}=...' for k in kwargs)})", _binds(target, kwargs)
     try:
         return target(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{key}: {node._target_}({', '.join(f'{k}=...' for k in kwargs)}) failed ({exc}); "
-                          f"set the keys it takes in the {key} YAML") from None
+    except Exception as exc:
+        if isinstance(exc, TypeError) and not fits:  # the arguments do not fit its signature
+            raise ConfigError(f"{key}: {call} failed ({exc}); set the keys it takes in the {key} YAML") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"{key}: {call} raised {type(exc).__name__}" + (f": {reason}" if reason else "") +
+                          "; the arguments fit its signature, so the error is inside it") from None
+
+
+def _binds(target: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
+    """Whether ``kwargs`` fit ``target``'s signature (a class: its ``__init__``); ``False`` when it cannot be read or
+    they do not fit (the call then reports the mismatch)."""
+    try:
+        inspect.signature(target).bind(**kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def target_label(node: Any) -> str | None:

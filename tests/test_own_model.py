@@ -268,3 +268,17 @@ def test_user_labels_that_cannot_make_a_classifier_are_refused(tmp_path, monkeyp
     monkeypatch.setattr(sys, "path", list(sys.path))
     with pytest.raises(DataError, match=re.escape(message)):
         target_data(OmegaConf.create({"_target_": f"{module}.make"}), 0)
+
+
+def test_an_error_inside_a_targets_init_is_named_as_such(tmp_path, monkeypatch):
+    text = ("from torch import nn\nclass Boom(nn.Module):\n    def __init__(self, dim):\n        super().__init__()\n"
+            "        raise ValueError('boom in init')\nclass BadType(nn.Module):\n    def __init__(self, dim):\n"
+            "        super().__init__()\n        len(3)\n")
+    with pytest.raises(ConfigError, match=r"^model.field: fieldsb.Boom\(dim=...\) raised ValueError: boom in init; "
+                                          r"the arguments fit its signature, so the error is inside it$"):
+        _field(tmp_path, monkeypatch, "fieldsb", text, {"_target_": "fieldsb.Boom"})
+    with pytest.raises(ConfigError, match=r"fieldsb.BadType\(dim=...\) raised TypeError: object of type 'int' has "
+                                          r"no len\(\); the arguments fit"):
+        _field(tmp_path, monkeypatch, "fieldsb", text, {"_target_": "fieldsb.BadType"})
+    with pytest.raises(ConfigError, match=r"fieldsb.Boom\(width=..., dim=...\) failed .*; set the keys it takes"):
+        _field(tmp_path, monkeypatch, "fieldsb", text, {"_target_": "fieldsb.Boom", "width": 3})
