@@ -231,19 +231,20 @@ class Trainer:
         before a step draws from them."""
         marks = [(m.state.batch_gen.get_state(), m.state.epoch_start, m.state.epoch_pos,
                   m.data.sampler.get_state() if m.data.sampler is not None else None,
-                  [g.get_state() for g in model_generators(m.model)]) for m in self.members.members]
+                  [g.get_state() for g in owned]) for m, owned in zip(self.members.members, self.generators)]
         return torch.get_rng_state(), marks
 
     def _rewind(self, marks: tuple[torch.Tensor, list[tuple[Any, ...]]]) -> None:
         """Put the streams back where :meth:`_stream_marks` saw them: a step stopped before its update took nothing."""
         rng, per_member = marks
         torch.set_rng_state(rng)
-        for m, (gen, epoch_start, epoch_pos, fresh, owned) in zip(self.members.members, per_member):
+        for m, generators, (gen, epoch_start, epoch_pos, fresh, owned) in zip(self.members.members, self.generators,
+                                                                              per_member):
             m.state.batch_gen.set_state(gen)
             m.state.epoch_start, m.state.epoch_pos = epoch_start, epoch_pos
             if fresh is not None:
                 m.data.sampler.set_state(fresh)
-            for g, state in zip(model_generators(m.model), owned):
+            for g, state in zip(generators, owned):
                 g.set_state(state)
 
     def _commit(self) -> None:
@@ -282,6 +283,7 @@ class Trainer:
         self.scheduler_per_epoch = self.cfg.scheduler.get("unit", "step") == "epoch"
         self.epoch_steps = self.steps_per_epoch(self.cfg, self.members.members[0].data)
         bar = self._progress_bar(self.step)
+        self.generators = [model_generators(m.model) for m in self.members.members]  # found once, marked every step
         batches = [self._batches(m) for m in self.members.members]
         step = self._step_function(optimizer)
         try:
