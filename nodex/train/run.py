@@ -273,8 +273,9 @@ class TrainRun:
             return
         wall = time.perf_counter() - self.started
         totals = self.trainer.member_totals if self.trainer is not None else [{"steps": 0}] * len(self.members)
-        for m in self.members:
-            _unless_disk_full(lambda: finish_member(m, totals[m.index], wall))
+        for m in self.members:  # a member that failed before its dir was taken (a fresh run's) records it there
+            _unless_disk_full(lambda: (m.run_dir.mkdir(parents=True, exist_ok=True),
+                                       finish_member(m, totals[m.index], wall)))
         if self.summary is not None:
             finish_summary(self.summary, self.members, wall, self.trainer.totals if self.trainer else {"steps": 0})
             _unless_disk_full(lambda: write_json(self.run_dir / "ensemble.json", self.summary))
