@@ -233,7 +233,8 @@ def test_a_plain_function_a_partial_and_a_class_without_init_are_fields(tmp_path
 
 def test_a_field_or_readout_of_the_wrong_shape_or_dtype_is_one_line(tmp_path, monkeypatch):
     text = ("import torch\nfrom torch import nn\ndef one_column(z):\n    return z[:, :1]\n"
-            "def double(z):\n    return z.double()\ndef wide(dim, n_outputs):\n    return nn.Linear(dim, n_outputs + 3)\n")
+            "def double(z):\n    return z.double()\ndef wide(dim, n_outputs):\n    return nn.Linear(dim, n_outputs + 3)\n"
+            "def weights64(dim):\n    return nn.Linear(dim, dim).double()\n")
     z = torch.randn(3, 2)
     f = _field(tmp_path, monkeypatch, "fieldsw", text, {"_target_": "fieldsw.one_column"})
     with pytest.raises(ConfigError, match=r"model.field \(fieldsw.one_column\) returned \(3, 1\) torch.float32 for "
@@ -241,6 +242,9 @@ def test_a_field_or_readout_of_the_wrong_shape_or_dtype_is_one_line(tmp_path, mo
         f(torch.tensor(0.0), z)  # it would broadcast into the state silently under a fixed grid
     with pytest.raises(ConfigError, match=r"returned \(3, 2\) torch.float64 for the state \(3, 2\) torch.float32"):
         _field(tmp_path, monkeypatch, "fieldsw", text, {"_target_": "fieldsw.double"})(torch.tensor(0.0), z)
+    with pytest.raises(ConfigError, match=r"model.field \(fieldsw.weights64\) failed on the state \(3, 2\) "
+                                          r"torch.float32 \(.*\): its parameters are torch.float64; make them the"):
+        _field(tmp_path, monkeypatch, "fieldsw", text, {"_target_": "fieldsw.weights64"})(torch.tensor(0.0), z)
     from omegaconf import OmegaConf
 
     from nodex.models.user import build_target_readout

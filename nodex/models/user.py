@@ -43,12 +43,15 @@ class TargetField(nn.Module):
         self.label = label
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
-        if self.arity == 1:
-            out = self.f(z)
-        elif self.arity == 2:
-            out = self.f(s, z)
-        else:
-            out = self.f(s, z, u)
+        try:
+            out = self.f(z) if self.arity == 1 else self.f(s, z) if self.arity == 2 else self.f(s, z, u)
+        except RuntimeError as exc:
+            other = sorted({str(p.dtype) for p in self.parameters() if p.dtype != z.dtype})
+            if other and not isinstance(exc, torch.OutOfMemoryError):  # its own weights in another precision
+                raise ConfigError(f"{self.label} failed on the state {tuple(z.shape)} {z.dtype} "
+                                  f"({str(exc).strip().splitlines()[0]}): its parameters are {', '.join(other)}; make "
+                                  f"them the state's dtype (drop the .double() / dtype= of its layers)") from None
+            raise
         if self.out_shape is not None and (not isinstance(out, torch.Tensor) or out.shape[1:] != self.out_shape
                                            or out.shape[:1] != z.shape[:1] or out.dtype != z.dtype):
             got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
