@@ -10,7 +10,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
@@ -21,6 +21,7 @@ from nodex.errors import DivergenceError, NodexError, ResourceError, SolverError
 from nodex.train.checkpoint import checkpoint_state, save_checkpoint, save_checkpoints
 from nodex.train.members import LoopState, Member, Members
 from nodex.train.preemption import StopRequest, raise_if_requested
+from nodex.train.streams import model_generators, training_streams_kept
 from nodex.train.tasks import Task
 
 log = logging.getLogger("nodex")
@@ -56,26 +57,6 @@ class StepStats:
             stats.nfe_forward, stats.nfe_backward = int(state["nfe_forward"]), int(state["nfe_backward"])
             stats.sums = dict(state["sums"])
         return stats
-
-
-def model_generators(model: nn.Module) -> list[torch.Generator]:
-    """The random streams a model owns (a module's ``generator``, e.g. STEER's end depths), in module order."""
-    return [g for mod in model.modules() if isinstance(g := getattr(mod, "generator", None), torch.Generator)]
-
-
-@contextmanager
-def training_streams_kept() -> Iterator[None]:
-    """Run an evaluation (validation, figures) without moving the global RNG the training draws from: a stochastic
-    evaluation (a CNF's Hutchinson trace) would otherwise make training depend on ``val_every`` and ``plots``, and a
-    resumed run differ from the uninterrupted one."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int | None = None) -> dict[str, float]:

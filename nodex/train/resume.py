@@ -6,7 +6,8 @@ only ``best.pt`` is refused (say which: resume from it, or start over elsewhere)
 is (:class:`AlreadyCompleted`). :func:`plan_resume` decides all of this before anything is written. A resume whose
 config differs from the checkpoint's in a key that decides the run (model, data, task, solver, optimizer name,
 seed, ...) is refused, naming the keys; the keys in :data:`MAY_CHANGE` may differ and are applied after the state is
-loaded. The learning-rate schedule continues where it stopped; a ``trainer.optim.lr`` that differs from the checkpoint
+loaded (:func:`load_resume` brings the weights, step and every stream back into the members). The learning-rate
+schedule continues where it stopped; a ``trainer.optim.lr`` that differs from the checkpoint
 run's is a deliberate new base rate (said in ``train.log``).
 """
 
@@ -21,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nodex.errors import CheckpointError
 from nodex.runs import run_record
-from nodex.train.checkpoint import read_run_checkpoint
+from nodex.train.checkpoint import read_run_checkpoint, restore_weights
+from nodex.train.members import Member
 
 # Keys (or prefixes ending in ".") that a resumed run may set differently from the checkpoint's run.
 MAY_CHANGE = (
@@ -245,3 +247,45 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
             raise AlreadyCompleted(f"{run_dir} already completed its {step} steps; nothing to do (a larger "
                                    "trainer.max_steps continues it)")
     return path
+
+
+def load_resume(path: Path, members: list[Member], device: torch.device) -> list[dict[str, Any]]:
+    """Continue every member from its checkpoint (``path``, or ``path/member-k`` in an ensemble): weights, step,
+    best, every RNG stream and the epoch position; returns the checkpoints (the optimizer is restored by
+    :func:`nodex.train.run._resume_optimizer` once it exists). Everything that decides the rest of the run comes back.
+
+    Raises:
+        CheckpointError: not a nodex training checkpoint, a different run (names the keys), weights that do not fit
+            this model, or ensemble members saved at different steps.
+    """
+    ckpts = []
+    for m in members:
+        where = path / f"member-{m.index}" if len(members) > 1 else path
+        _, ckpt, _ = read_run_checkpoint(where, "last", map_location=device, use="resume from")
+        if not isinstance(ckpt.get("rng"), dict):
+            raise CheckpointError(f"trainer.resume={where}: the checkpoint holds no RNG state; "
+                                  "resume from a checkpoints/last.pt written by nodex train")
+        check_resumable(ckpt["config"], m.config, where)
+        restore_weights(m.model, ckpt, f"trainer.resume={where}", "; resume with the run's own config")
+        ckpts.append(ckpt)
+    steps = sorted({int(c["step"]) for c in ckpts})
+    if len(steps) > 1:
+        raise CheckpointError(f"trainer.resume={path}: the members' last.pt are at different steps ({steps}); "
+                              "the ensemble cannot continue as one run: start it again")
+    for ckpt, m in zip(ckpts, members):
+        restore_state(ckpt, m)
+    return ckpts
+
+
+def restore_state(ckpt: dict[str, Any], m: Member) -> None:
+    rng = ckpt["rng"]
+    m.state.step = int(ckpt["step"])
+    m.state.best = ckpt.get("best")
+    torch.set_rng_state(rng["torch"])
+    m.state.batch_gen.set_state(rng["batches"])
+    m.state.epoch_start, m.state.epoch_pos = rng.get("epoch_start"), int(rng.get("epoch_pos") or 0)
+    if m.data.sampler is not None and rng.get("fresh") is not None:
+        m.data.sampler.set_state(rng["fresh"])
+    progress = ckpt.get("progress") or {}
+    m.state.window, m.state.totals = progress.get("window"), progress.get("totals")
+    m.state.member_totals = progress.get("member_totals")

@@ -48,7 +48,7 @@ from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
 )
 from nodex.train.preemption import Preempted, StopRequest
-from nodex.train.resume import ResumeRefused, apply_learning_rate, check_resumable, held_checkpoints, plan_resume
+from nodex.train.resume import ResumeRefused, apply_learning_rate, held_checkpoints, load_resume, plan_resume
 from nodex.train.threads import choose_threads
 
 log = logging.getLogger("nodex")
@@ -146,7 +146,7 @@ class TrainRun:
         steps = Trainer.total_steps(cfg.trainer, data)
         for m in self.members:
             m.result.update(threads=threads, device=str(device), params=count_parameters(m.model))
-        ckpts = _load_resume(resume, self.members, device) if resume is not None else None
+        ckpts = load_resume(resume, self.members, device) if resume is not None else None
         members = Members(self.members) if K == 1 else StackedMembers(self.members)  # stacks the resumed weights
         self.optimizer, self.scheduler = build_optimizer(cfg.trainer, members.model, steps)
         if ckpts is not None:
@@ -299,34 +299,6 @@ def _unless_disk_full(write: Callable[[], None]) -> None:
         log.error("could not record the run's outcome (%s)", exc)
 
 
-def _load_resume(path: Path, members: list[Member], device: torch.device) -> list[dict[str, Any]]:
-    """Continue every member from its checkpoint (``path``, or ``path/member-k`` in an ensemble): weights, step,
-    best, every RNG stream and the epoch position; returns the checkpoints (the optimizer is restored by
-    :func:`_resume_optimizer` once it exists). Everything that decides the rest of the run comes back.
-
-    Raises:
-        CheckpointError: not a nodex training checkpoint, a different run (names the keys), weights that do not fit
-            this model, or ensemble members saved at different steps.
-    """
-    ckpts = []
-    for m in members:
-        where = path / f"member-{m.index}" if len(members) > 1 else path
-        _, ckpt, _ = read_run_checkpoint(where, "last", map_location=device, use="resume from")
-        if not isinstance(ckpt.get("rng"), dict):
-            raise CheckpointError(f"trainer.resume={where}: the checkpoint holds no RNG state; "
-                                  "resume from a checkpoints/last.pt written by nodex train")
-        check_resumable(ckpt["config"], m.config, where)
-        restore_weights(m.model, ckpt, f"trainer.resume={where}", "; resume with the run's own config")
-        ckpts.append(ckpt)
-    steps = sorted({int(c["step"]) for c in ckpts})
-    if len(steps) > 1:
-        raise CheckpointError(f"trainer.resume={path}: the members' last.pt are at different steps ({steps}); "
-                              "the ensemble cannot continue as one run: start it again")
-    for ckpt, m in zip(ckpts, members):
-        _restore_state(ckpt, m)
-    return ckpts
-
-
 def _resume_optimizer(path: Path, ckpts: list[dict[str, Any]], members: Members, optimizer: torch.optim.Optimizer,
                       scheduler: Any, lr: float) -> None:
     """The optimizer (stacked from the members' own states in an ensemble) and scheduler of the checkpoints, the
@@ -348,20 +320,6 @@ def _resume_optimizer(path: Path, ckpts: list[dict[str, Any]], members: Members,
     if apply_learning_rate(optimizer, scheduler, lr, saved_lr):
         log.info("trainer.optim.lr=%g replaces the checkpoint run's %g: the schedule goes on from its position at "
                  "the new base rate (lr now %g)", lr, saved_lr, optimizer.param_groups[0]["lr"])
-
-
-def _restore_state(ckpt: dict[str, Any], m: Member) -> None:
-    rng = ckpt["rng"]
-    m.state.step = int(ckpt["step"])
-    m.state.best = ckpt.get("best")
-    torch.set_rng_state(rng["torch"])
-    m.state.batch_gen.set_state(rng["batches"])
-    m.state.epoch_start, m.state.epoch_pos = rng.get("epoch_start"), int(rng.get("epoch_pos") or 0)
-    if m.data.sampler is not None and rng.get("fresh") is not None:
-        m.data.sampler.set_state(rng["fresh"])
-    progress = ckpt.get("progress") or {}
-    m.state.window, m.state.totals = progress.get("window"), progress.get("totals")
-    m.state.member_totals = progress.get("member_totals")
 
 
 def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pipeline:
