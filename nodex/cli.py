@@ -181,9 +181,7 @@ def _stopped(reason: str, usage: bool) -> int:
 def _sweep_exit_code() -> int:
     outcome = take_outcome()
     if outcome is not None and outcome.failed:
-        report_error(
-            f"{len(outcome.failed)} job(s) failed; see result.json in: " + "; ".join(str(d) for d, _ in outcome.failed)
-        )
+        report_error(outcome.error_line())
         return 1
     return 0
 

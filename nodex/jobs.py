@@ -130,7 +130,8 @@ def _refused_in_sweep(exc: Exception) -> None:
     if _refused(exc) and _is_multirun():
         from nodex.sweep_ledger import job_outcome
 
-        job_outcome("refused", str(exc))
+        # a sweep job's dir is a subdir of hydra.sweep.dir: a new run goes into another sweep dir
+        job_outcome("refused", str(exc).replace("hydra.run.dir", "hydra.sweep.dir"))
 
 
 def _failed(message: str, run_dir: str | None) -> None:

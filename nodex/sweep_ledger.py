@@ -241,6 +241,12 @@ class LedgerOutcome(SweepOutcome):
                              + (f" ({entry['dir']})" if entry.get("dir") else ""))
         return cls(Path(sweep_dir), len(nums), failed, states, lines)
 
+    def counts(self) -> dict[str, int]:
+        return {state: self.states[state] for state in STATES[1:] if self.states.get(state)}
+
+    def failed_dirs(self) -> list[str]:
+        return [str(d) for d, why in self.failed if why.startswith("failed:")]
+
     def line(self) -> str:
         done = self.states.get("completed", 0)
         others = ", ".join(f"{self.states[s]} {s}" for s in STATES[1:] if self.states.get(s))

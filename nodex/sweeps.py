@@ -133,6 +133,21 @@ class SweepOutcome:
         runs = sweep_runs(sweep_dir, before)
         return cls(sweep_dir, len(runs), [(r.path, str(r.error or r.status)) for r in runs if not r.ok])
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs ended in each state other than completed (here every such job failed)."""
+        return {"failed": len(self.failed)} if self.failed else {}
+
+    def failed_dirs(self) -> list[str]:
+        """The dirs of the jobs that failed (their ``result.json`` says why)."""
+        return [str(d) for d, _ in self.failed]
+
+    def error_line(self) -> str:
+        """The CLI's closing error: the jobs that did not complete, by state (``2 job(s) refused``), and the dirs
+        whose ``result.json`` says why the failed ones failed."""
+        counts = ", ".join(f"{n} job(s) {state}" for state, n in self.counts().items())
+        failed = self.failed_dirs()
+        return counts + ("; see result.json in: " + "; ".join(failed) if failed else "; see the lines above")
+
     def line(self) -> str:
         return (
             f"nodex: sweep finished: {self.jobs - len(self.failed)}/{self.jobs} jobs completed in {self.sweep_dir}"

@@ -146,7 +146,22 @@ def test_a_one_job_sweep_refused_by_the_run_lock_says_so(cli, tmp_path, run_lock
     run_lock_holder(sweep / "job0")
     code, out, err = cli(["train", "-m", *SMALL, "seed=0", f"hydra.sweep.dir={sweep}", JOB_SUBDIR])
     assert code == 1 and summary_line(0, 1, sweep, "1 refused") in out
-    assert "1 job(s) failed" in err
+    assert err.strip().splitlines()[-1] == "nodex: error: 1 job(s) refused; see the lines above"
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_into_its_dir_is_refused_job_by_job_and_says_where_a_new_one_goes(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", JOB_SUBDIR]
+    assert cli(args)[0] == 0
+    records = {p: p.read_bytes() for p in sorted(sweep.glob("job*/result.json"))}
+    code, out, err = cli(args)
+    assert code == 1 and summary_line(0, 2, sweep, "2 refused") in out
+    for num in (0, 1):
+        assert (f"nodex: job {num} refused: {sweep / f'job{num}'} already holds a trained run (checkpoints/best.pt); "
+                "continue it with trainer.resume=auto, or start a new run in another hydra.sweep.dir") in out
+    assert err.strip().splitlines()[-1] == "nodex: error: 2 job(s) refused; see the lines above"
+    assert {p: p.read_bytes() for p in records} == records and len(records) == 2
 
 
 @pytest.mark.slow
