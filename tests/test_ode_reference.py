@@ -320,6 +320,24 @@ def test_one_sided_stages_on_jumps_and_a_node_on_each():
         assert len(steps) == 4 + 3 + 4  # ceil(piece / 0.1) equal steps per piece
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_pieces_of_exactly_k_steps_take_k_steps_in_the_state_dtype(dtype):
+    """A stacked model's ten pieces of length 0.1 at step 0.1 take one step each (40 rk4 evaluations), although the
+    jumps k/10 rounded to float32 make some pieces a few ulps longer than 0.1."""
+    calls = []
+
+    def field(s, z):
+        calls.append(float(s))
+        return -z
+
+    jumps = torch.tensor([k / 10 for k in range(1, 10)], dtype=dtype)
+    for step, pieces in ((0.1, 10), (0.05, 20), (1 / 30, 30)):
+        calls.clear()
+        odesolve(field, Z0.to(dtype), torch.tensor([0.0, 1.0], dtype=dtype),
+                 SolverSettings(method="rk4", step_size=step), jump_t=jumps)
+        assert len(calls) == 4 * pieces, (step, len(calls))
+
+
 def test_adjoint_gradient_converges_at_order_four_on_a_piecewise_field():
     """The backward solve has nodes on the (reversed) jumps too: the adjoint gradient of rk4
     approaches a tight dopri5 gradient (with jump_t) at order 4."""

@@ -42,17 +42,20 @@ def _grid(t: list[float], step_size: float, dtype: torch.dtype) -> torch.Tensor:
 
 def _piecewise_grid(t: list[float], step_size: float, dtype: torch.dtype, jumps: list[float]) -> torch.Tensor:
     """A grid with a node on every jump inside ``(t[0], t[-1])``: each piece between consecutive
-    nodes ``a < b`` is split into ``ceil((b - a) / step_size)`` equal steps (a relative slack of
-    1e-9 keeps a piece of exactly ``k`` steps at ``k``), so no step straddles a jump. Without
-    such a jump it is torchdiffeq's grid (:func:`_grid`), so values stay torchdiffeq's."""
+    nodes ``a < b`` is split into ``ceil((b - a) / step_size)`` equal steps, so no step straddles a
+    jump. The jumps are depths in ``dtype``: a piece of ``k`` steps in exact arithmetic stays at
+    ``k`` although rounding ``a`` and ``b`` to ``dtype`` lengthens it (slack: a few units in the last
+    place of the larger end, and 1e-9 relative). Without such a jump it is torchdiffeq's grid
+    (:func:`_grid`), so values stay torchdiffeq's."""
     start, end = t[0], t[-1]
     inner = sorted({j for j in torch.tensor(jumps, dtype=dtype).tolist() if start < j < end})
     if not inner:
         return _grid(t, step_size, dtype)
     bounds = torch.tensor([start, *inner, end], dtype=torch.float64)
-    pieces = []
+    pieces, eps = [], torch.finfo(dtype).eps
     for a, b in zip(bounds[:-1], bounds[1:]):
-        n = max(1, math.ceil(float(b - a) / step_size * (1 - 1e-9)))
+        rounding = 4 * eps * max(1.0, abs(float(a)), abs(float(b)))
+        n = max(1, math.ceil((float(b - a) - rounding) / step_size * (1 - 1e-9)))
         pieces.append(a + (b - a) * torch.arange(n, dtype=torch.float64) / n)
     grid = torch.cat([*pieces, bounds[-1:]]).to(dtype)
     grid[0], grid[-1] = torch.tensor(t, dtype=dtype)[[0, -1]]
