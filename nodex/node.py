@@ -86,6 +86,61 @@ class DepthField(nn.Module):
         return dz
 
 
+def captured_tensors(field: nn.Module | Callable[..., torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors that require grad which a function ``field`` reads from outside its arguments: the variables it
+    closes over and the globals it names (and the parameters of modules among them); ``[]`` for a module (its
+    parameters are its own) or a callable whose code cannot be read."""
+    if isinstance(field, nn.Module):
+        return []
+    try:
+        found = inspect.getclosurevars(field)
+    except (TypeError, ValueError):
+        return []
+    tensors: list[torch.Tensor] = []
+    for value in (*found.nonlocals.values(), *found.globals.values()):
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            tensors.append(value)
+        elif isinstance(value, nn.Module):
+            tensors.extend(p for p in value.parameters() if p.requires_grad)
+    return tensors
+
+
+def _graph_leaves(out: torch.Tensor, stops: set[Any]) -> list[torch.Tensor]:
+    """The leaf tensors that ``out``'s autograd graph reaches without passing a node in ``stops``."""
+    leaves, seen, todo = [], set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad: a leaf
+            leaves.append(node.variable)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def check_adjoint_params(field: nn.Module, z: torch.Tensor, s: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """Under the adjoint only ``params`` get gradients: one evaluation of ``field`` at a detached ``z`` finds any
+    other tensor that requires grad and that ``dz/ds`` depends on (an attribute of an object a function field
+    reads, say), which the adjoint would silently leave without its gradient.
+
+    Raises:
+        ValueError: one line naming the shapes of the tensors not covered and the fix.
+    """
+    with torch.enable_grad():
+        dz = field(s, z.detach())
+    if not dz.requires_grad:
+        return
+    covered = {id(p) for p in params}
+    stops = {p.grad_fn for p in params if p.grad_fn is not None}
+    missing = [leaf for leaf in _graph_leaves(dz, stops) if id(leaf) not in covered]
+    if missing:
+        shapes = ", ".join(str(tuple(t.shape)) for t in missing[:3])
+        raise ValueError(f"the field depends on tensors that require grad ({shapes}) which the adjoint cannot see: "
+                         "pass them as NeuralODE(..., adjoint_params=[...]), or make them parameters of an nn.Module "
+                         "field")
+
+
 class NFE(NamedTuple):
     """Field evaluations of a :class:`NeuralODE`'s last call: ``forward`` (its solve) and ``backward`` (those
     since: the adjoint's backward solve, counted as the gradient is taken; 0 under autograd, which
@@ -106,6 +161,10 @@ class NeuralODE(nn.Module):
         rtol, atol: adaptive methods' tolerances.
         S: the depth integrated to (positive).
         step_size: fixed-step methods' step (required by them).
+        adjoint_params: under the adjoint, tensors to differentiate besides the field module's parameters and the
+            tensors a function field closes over or names as globals (found by themselves); e.g. the attributes of
+            an object a function reads. A tensor the field depends on that is in none of these is refused at the
+            first adjoint solve, never silently left without its gradient.
         **options: :class:`nodex.SolverSettings` fields (``max_num_steps``, ``seminorm``, ``engine``,
             ``step_rule``); anything else is a torchdiffeq solver option (and hands the solve to torchdiffeq).
 
@@ -122,6 +181,7 @@ class NeuralODE(nn.Module):
         atol: float = 1e-4,
         S: float = 1.0,
         step_size: float | None = None,
+        adjoint_params: Sequence[torch.Tensor] = (),
         **options: Any,
     ) -> None:
         super().__init__()
@@ -134,6 +194,8 @@ class NeuralODE(nn.Module):
         self.settings = SolverSettings(method=solver, rtol=rtol, atol=atol, step_size=step_size,
                                        sensitivity=sensitivity, options=options, **settings)
         self.field = field
+        self._extra_params = [*captured_tensors(field), *adjoint_params]
+        self._adjoint_checked = False
         self._S = float(S)
         self._spans: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._counter = NFECounter()
@@ -170,7 +232,13 @@ class NeuralODE(nn.Module):
             raise TypeError(f"x is a {type(x).__name__}: NeuralODE integrates a tensor (B, ...)")
         self._counter.reset()
         self._forward_nfe = 0
-        sol = odesolve(DepthField(self.field, self.takes_depth), x, s, self.settings, counter=self._counter)
+        field, params = DepthField(self.field, self.takes_depth), None
+        if self.settings.sensitivity == "adjoint":
+            params = [*field.parameters(), *self._extra_params]
+            if not self._adjoint_checked:
+                check_adjoint_params(field, x, s[0], params)
+                self._adjoint_checked = True
+        sol = odesolve(field, x, s, self.settings, counter=self._counter, adjoint_params=params)
         self._forward_nfe = self._counter.count
         return sol
 
