@@ -123,9 +123,11 @@ def _hydra_main_as_a_call(cmd: str, args: list[str]) -> Iterator[None]:
     finally:
         from hydra.core.global_hydra import GlobalHydra
 
+        from nodex.sweep_ledger import release_sweep_locks
         from nodex.sweeps import release_run_locks
 
         release_run_locks()
+        release_sweep_locks()  # a sweep that stopped before its end (its lock is gone with the process anyway)
         GlobalHydra.instance().clear()  # as hydra.main leaves it, whatever stopped it: the next call starts clean
         sys.argv, argparse.ArgumentParser.error = saved_argv, saved_error  # type: ignore[method-assign]
         if saved_env is None:

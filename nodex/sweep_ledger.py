@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,35 +75,46 @@ def check_subdir(subdir: str) -> None:
         )
 
 
+_sweep_locks: dict[Path, Any] = {}  # the sweep dirs this process holds: their RunLock on .nodex/sweep.lock
+
+
 def _take_sweep_lock(sweep_dir: Path) -> None:
-    lock = sweep_dir / LEDGER_DIR / "sweep.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_json(lock) or {}
-            pid = int(holder.get("pid", -1))
-            same_host = holder.get("host") == owner["host"]
-            if holder and (not same_host or (pid != os.getpid() and _alive(pid))):
-                raise SweepRefused(
-                    f"{sweep_dir} is in use by a live sweep (pid {pid} on {holder.get('host')}): wait for it to "
-                    "end or choose another hydra.sweep.dir"
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: its sweep is gone
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(owner, fh)
-        return
-    raise SweepRefused(f"{lock}: could not take the sweep lock; remove it if no sweep is using {sweep_dir}")
+    """Hold ``SWEEP_DIR/.nodex/sweep.lock`` with ``flock`` for the sweep's lifetime (as a run holds its dir:
+    :class:`nodex.train.lock.RunLock`): one atomic call, freed by the kernel when the sweep dies in any way, so two
+    sweeps never both claim a dir and a dead sweep's lock needs no takeover.
+
+    Raises:
+        SweepRefused: a live sweep holds it (naming its pid and host).
+        OSError: the dir cannot be written.
+    """
+    from nodex.train.lock import RunLock, RunLockedError
+
+    lock = RunLock(sweep_dir / LEDGER_DIR, name="sweep.lock")
+    try:
+        lock.acquire()
+    except RunLockedError:
+        holder = read_json(lock.path)
+        if holder is None and not os.access(lock.path.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied") from None
+        holder = holder or {}
+        raise SweepRefused(
+            f"{sweep_dir} is in use by a live sweep (pid {holder.get('pid')} on {holder.get('host')}): wait for it "
+            "to end or choose another hydra.sweep.dir"
+        ) from None
+    _sweep_locks[Path(sweep_dir)] = lock
 
 
 def release_sweep_lock(sweep_dir: Path) -> None:
-    lock = Path(sweep_dir) / LEDGER_DIR / "sweep.lock"
-    holder = read_json(lock) or {}
-    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        lock.unlink(missing_ok=True)
+    """Let go of the sweep dir's lock if this process holds it (removing the file)."""
+    lock = _sweep_locks.pop(Path(sweep_dir), None)
+    if lock is not None:
+        lock.release()
+
+
+def release_sweep_locks() -> None:
+    """Every sweep lock this process holds (a sweep that stopped before its end, e.g. a sweeper's error)."""
+    for sweep_dir in list(_sweep_locks):
+        release_sweep_lock(sweep_dir)
 
 
 def claim_sweep_dir(sweep_dir: str, explicit: bool) -> Path:
@@ -267,6 +277,7 @@ def planned_by_basic_sweeper(hydra_cfg: Any) -> Optional[int]:
     """How many jobs the basic sweeper launches for this multirun (the product of the swept values, over the task
     overrides and ``hydra.sweeper.params``); ``None`` for another sweeper (Optuna decides as it goes)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -277,8 +288,20 @@ def planned_by_basic_sweeper(hydra_cfg: Any) -> Optional[int]:
     params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
     arguments = [f"{k}={v}" for k, v in params.items()]
     arguments += list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    parser = OverridesParser.create(config_loader=_config_loader())  # glob(...) over a group lists its options
+    try:
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+    except HydraException:  # the sweeper itself will say what is wrong with the overrides
+        return None
     return sum(len(batch) for batch in batches)
+
+
+def _config_loader() -> Any:
+    """The config loader of the running Hydra app (``None`` outside one)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    return hydra.config_loader() if hydra.is_initialized() else None
 
 
 def _quoted(value: str) -> str:

@@ -59,14 +59,15 @@ def owner_record() -> dict[str, Any]:
 class RunLock:
     """``with RunLock(run_dir):`` holds the directory for this process.
 
-    ``created_dir``: whether acquiring created ``run_dir`` (a refused run can then remove it again).
+    ``created_dir``: whether acquiring created ``run_dir`` (a refused run can then remove it again). ``name``: the
+    lock file's (a sweep holds ``SWEEP_DIR/.nodex/sweep.lock`` the same way).
 
     Raises:
         RunLockedError: on enter, when a live process (here or on another host) holds the lock.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK_NAME
+    def __init__(self, run_dir: str | Path, name: str = LOCK_NAME) -> None:
+        self.path = Path(run_dir) / name
         self.owner = owner_record()
         self.held = False
         self.created_dir = False
