@@ -81,7 +81,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                 if not _refused(exc):  # a refused resume leaves the dir's run, its log included, as it was
                     _append_log(run_dir, f"ERROR: {exc}\n")  # in the log file; the console gets it once, below
                 _refused_in_sweep(exc)
-                return _failed(str(exc), run_dir if records else None)
+                return _failed(str(exc), run_dir, records)
             except KeyboardInterrupt:
                 if not records:
                     raise
@@ -101,7 +101,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                     from nodex.runs import record_failure
 
                     record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), error, replace=False)
-                return _failed(error, run_dir)
+                return _failed(error, run_dir, records)
 
         return task
 
@@ -134,16 +134,30 @@ def _refused_in_sweep(exc: Exception) -> None:
         job_outcome("refused", str(exc).replace("hydra.run.dir", "hydra.sweep.dir"))
 
 
-def _failed(message: str, run_dir: str | None) -> None:
-    """A job's failure: a sweep goes on (the job's ``result.json`` says why); a single run exits 1 after the error
-    line on stderr, its run dir (``run_dir``, when it keeps a ``result.json``) on stdout as after a completed run
-    (stderr stays the one line that the faults' tests pin)."""
+def _failed(message: str, run_dir: str, records: bool) -> None:
+    """A job's failure: a sweep goes on (a train job's ``result.json`` says why; an eval or plot job, which keeps
+    none, tells the sweep's ledger); a single run exits 1 after the error line on stderr, its run dir (when it keeps
+    a ``result.json``) on stdout as after a completed run (stderr stays the one line that the faults' tests pin)."""
     if _is_multirun():
+        if not records:
+            from nodex.sweep_ledger import job_outcome
+
+            job_outcome("failed", message)
         return None
     report_error(message)
-    if run_dir is not None:
+    if records:
         print(run_dir_line(run_dir))
     raise SystemExit(1)
+
+
+def _refused_command(exc: Exception, run_dir: str) -> None:
+    """An eval or plot command-line mistake (``exc``): exit 2 as a bad key is; in a sweep, that job failed."""
+    _append_log(run_dir, f"ERROR: {exc}\n")
+    if _is_multirun():
+        _failed(str(exc), run_dir, records=False)
+        return
+    report_error(str(exc))
+    raise SystemExit(2) from None
 
 
 def run_dir_line(run_dir: str) -> str:
@@ -209,9 +223,7 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
     try:
         payload = run_eval(cfg, overrides, run_dir, _group_choices(lines, cfg))
     except EvalRefused as exc:  # a command-line mistake: exit 2, as a bad key is
-        _append_log(run_dir, f"ERROR: {exc}\n")
-        report_error(str(exc))
-        raise SystemExit(2) from None
+        return _refused_command(exc, run_dir)
     for key, value in payload["metrics"].items():
         print(f"{key}: {value:.6g}")
 
@@ -257,9 +269,7 @@ def plot_job(cfg: DictConfig, run_dir: str) -> None:
     try:
         done = run_plot(cfg)
     except PlotRefused as exc:  # a command-line mistake: exit 2, as a bad key is
-        _append_log(run_dir, f"ERROR: {exc}\n")
-        report_error(str(exc))
-        raise SystemExit(2) from None
+        return _refused_command(exc, run_dir)
     for path in done["written"]:
         print(_shown(path))
     replaced = f"; {done['replaced']} file(s) of an earlier redraw replaced" if done["replaced"] else ""

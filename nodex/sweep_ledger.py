@@ -191,8 +191,21 @@ def read_entries(sweep_dir: str | Path) -> dict[int, dict[str, Any]]:
     return out
 
 
-def write_plan(sweep_dir: str | Path, jobs: Optional[int]) -> None:
-    write_json_atomic(Path(sweep_dir) / LEDGER_DIR / "plan.json", {"jobs": jobs})
+def write_plan(sweep_dir: str | Path, jobs: Optional[int], command: str = "train") -> None:
+    """The sweep's plan: how many jobs (``None``: the sweeper decides as it goes) of which command."""
+    plan = {"jobs": jobs} if command == "train" else {"jobs": jobs, "command": command}
+    write_json_atomic(Path(sweep_dir) / LEDGER_DIR / "plan.json", plan)
+
+
+def _table_hint(sweep_dir: Path) -> str:
+    """Where the summary line points for the jobs' numbers: ``nodex report`` reads train runs; an eval sweep's
+    numbers are its jobs' ``eval.json``, a plot sweep's output its figures."""
+    command = (read_json(Path(sweep_dir) / LEDGER_DIR / "plan.json") or {}).get("command", "train")
+    if command == "eval":
+        return f"metrics: {sweep_dir}/*/eval.json"
+    if command == "plot":
+        return "figures: the folders printed above"
+    return f"table: nodex report {sweep_dir}"
 
 
 def planned_jobs(sweep_dir: str | Path) -> Optional[int]:
@@ -255,13 +268,13 @@ class LedgerOutcome(SweepOutcome):
         return {state: self.states[state] for state in STATES[1:] if self.states.get(state)}
 
     def failed_dirs(self) -> list[str]:
-        return [str(d) for d, why in self.failed if why.startswith("failed:")]
+        return [str(d) for d, why in self.failed if why.startswith("failed:") and (d / "result.json").is_file()]
 
     def line(self) -> str:
         done = self.states.get("completed", 0)
         others = ", ".join(f"{self.states[s]} {s}" for s in STATES[1:] if self.states.get(s))
         return (f"nodex: sweep finished: {done}/{self.jobs} jobs completed in {self.sweep_dir} "
-                f"(table: nodex report {self.sweep_dir})" + (f"; not completed: {others}" if others else ""))
+                f"({_table_hint(self.sweep_dir)})" + (f"; not completed: {others}" if others else ""))
 
     def report(self) -> None:
         """Print the summary line, then one line per job that did not complete."""
@@ -363,7 +376,7 @@ class SweepLedger(SweepSummary):
             with open_dict(hydra):
                 hydra.sweep.dir = str(path)
                 hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(path))}")
-        write_plan(path, planned_by_basic_sweeper(hydra))
+        write_plan(path, planned_by_basic_sweeper(hydra), str(hydra.job.name))
         super().on_multirun_start(config, **kwargs)
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:

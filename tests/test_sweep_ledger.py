@@ -405,3 +405,23 @@ def test_a_sweeper_that_refuses_its_overrides_leaves_no_sweep_lock(cli, tmp_path
     code, _, err = cli(["train", "-m", *SMALL, "trainer.optim.lr=interval(0.001,0.1)", f"hydra.sweep.dir={sweep}"])
     assert code == 2 and "INTERVAL_SWEEP" in err
     assert not (sweep / ".nodex" / "sweep.lock").exists()
+
+
+@pytest.mark.slow
+def test_eval_and_plot_sweeps_count_a_failed_job_and_fail(cli, tmp_path):
+    """An eval or plot job keeps no result.json: its failure reaches the ledger from the job itself (they were
+    counted as completed and the sweep exited 0)."""
+    run = tmp_path / "run"
+    assert cli(["train", *SMALL, f"hydra.run.dir={run}"])[0] == 0
+    evals = tmp_path / "evals"
+    code, out, err = cli(["eval", "-m", f"ckpt={run}", "solver.rtol=1e-3,0", f"hydra.sweep.dir={evals}", JOB_SUBDIR])
+    assert code == 1
+    assert (f"nodex: sweep finished: 1/2 jobs completed in {evals} (metrics: {evals}/*/eval.json); "
+            "not completed: 1 failed") in out
+    assert "nodex: job 1 failed: solver.rtol=0.0 must be positive" in out
+    assert err.strip().splitlines()[-1] == "nodex: error: 1 job(s) failed; see the lines above"
+    assert (evals / "job0" / "eval.json").is_file() and not (evals / "job1" / "eval.json").exists()
+    plots = tmp_path / "plots"
+    code, out, err = cli(["plot", "-m", f"ckpt={run}", "figures=decision_map,nosuch", f"out={tmp_path}/fig",
+                          f"hydra.sweep.dir={plots}", JOB_SUBDIR])
+    assert code == 1 and "1/2 jobs completed" in out and "nodex: job 1 failed: figures=nosuch is not a figure" in out
