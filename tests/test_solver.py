@@ -115,6 +115,10 @@ def test_unknown_method_lists_the_valid_ones():
         ({"method": "rk4", "step_size": None}, "method=rk4 is a fixed-step method: set its step_size (e.g. 0.1)"),
         ({"sensitivity": "backprop"}, "sensitivity='backprop'; choose one of: autograd, adjoint"),
         ({"max_num_steps": 0}, "max_num_steps=0 must be a positive integer"),
+        ({"atol": float("inf")}, "atol=inf must be finite (e.g. atol=1e-4)"),
+        ({"rtol": float("inf"), "atol": float("inf")}, "rtol=inf must be finite (e.g. rtol=1e-4)"),
+        ({"method": "rk4", "step_size": float("inf")},
+         "step_size=inf must be finite (e.g. step_size=0.1; one step: the depth)"),
     ],
 )
 def test_bad_solver_settings_are_value_errors_about_the_argument(kwargs, needle):
@@ -239,3 +243,17 @@ def test_quadratures_ride_on_each_members_own_steps():
     odesolve(rows, state, _span(2.0), settings, counter=riding, per_member=True, quadratures=1)
     odesolve(rows, state, _span(2.0), settings, counter=controlled, per_member=True)
     assert riding.members == alone.members and all(r < c for r, c in zip(riding.members, controlled.members))
+
+
+@pytest.mark.parametrize("method,per_step", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_step_beyond_the_depth_takes_one_step_not_none(method, per_step, dtype):
+    """step_size 1e9 over [0, 1]: one step of the whole depth (the grid had one node in float32, so the solve
+    returned z0 with 0 evaluations and a model trained as its readout alone)."""
+    counter = NFECounter()
+    z0 = torch.ones(3, 2, dtype=dtype)
+    z = odesolve(lambda s, z: -z, z0, torch.tensor([0.0, 1.0], dtype=dtype),
+                 SolverSettings(method=method, step_size=1e9), counter=counter)[-1]
+    one_step = odesolve(lambda s, z: -z, z0, torch.tensor([0.0, 1.0], dtype=dtype),
+                        SolverSettings(method=method, step_size=1.0))[-1]
+    assert counter.count == per_step and torch.equal(z, one_step) and not torch.equal(z, z0)

@@ -8,6 +8,8 @@ forward NFE after the forward pass and the backward NFE (adjoint only) after bac
 
 from __future__ import annotations
 
+import math
+
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -79,8 +81,12 @@ class SolverSettings:
             value = getattr(self, key)
             if not value > 0:
                 raise ValueError(f"{key}={value} must be positive (e.g. {key}=1e-4)")
+            if not math.isfinite(value):  # an infinite tolerance accepts any step: no error control at all
+                raise ValueError(f"{key}={value} must be finite (e.g. {key}=1e-4)")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size={self.step_size} must be positive (e.g. step_size=0.1) or null")
+        if self.step_size is not None and not math.isfinite(self.step_size):
+            raise ValueError(f"step_size={self.step_size} must be finite (e.g. step_size=0.1; one step: the depth)")
         if self.is_fixed_step and self.step_size is None:
             raise ValueError(f"method={self.method} is a fixed-step method: set its step_size (e.g. 0.1)")
         if self.max_num_steps <= 0:

@@ -31,10 +31,11 @@ Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _grid(t: list[float], step_size: float, dtype: torch.dtype) -> torch.Tensor:
-    """torchdiffeq's ``_grid_constructor_from_step_size``, on the host in ``dtype``."""
+    """torchdiffeq's ``_grid_constructor_from_step_size``, on the host in ``dtype``; at least one step (there a
+    step far beyond the depth, ``(end - start) / step_size + 1`` rounding to 1, gave a grid of one node: no step)."""
     t_host = torch.tensor(t, dtype=dtype)
     start, end = t_host[0], t_host[-1]
-    n = int(torch.ceil((end - start) / step_size + 1).item())
+    n = max(2, int(torch.ceil((end - start) / step_size + 1).item()))
     grid = torch.arange(0, n, dtype=dtype) * step_size + start
     grid[-1] = end
     return grid
