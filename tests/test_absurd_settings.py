@@ -196,3 +196,18 @@ def test_optimizer_and_scheduler_settings_are_checked_before_torch_sees_them(com
     with pytest.raises(ConfigError) as info:
         validate_trainer(compose_cfg(overrides).trainer)
     assert str(info.value) == line
+
+
+@pytest.mark.parametrize("layers, bad", [([7], 7), ([0, 3], 3), ([-4], -4)])
+def test_a_depth_layer_index_outside_the_field_is_refused_not_wrapped(compose_cfg, layers, bad):
+    """A 3-layer GalNODE field: index 7 built the model of [1] (7 % 3), silently."""
+    import nodex
+    from nodex.models import DataSpec
+    from nodex.errors import ConfigError
+
+    cfg = compose_cfg(["model=galnode", f"model.field.depth_layers=[{','.join(map(str, layers))}]"])
+    with pytest.raises(ConfigError) as info:
+        nodex.build(cfg, spec=DataSpec((2,), 2))
+    assert str(info.value).endswith(f"the field has 3 layers, so an index is 0..2 (or -1 for the last); {bad} is "
+                                    "not one")
+    assert "depth_layers" in str(info.value)

@@ -37,8 +37,18 @@ def check_depth(depth: str) -> None:
 
 
 def chosen_layers(depth_layers: Sequence[int] | None, n_layers: int) -> set[int]:
-    """Indices (modulo ``n_layers``, so ``-1`` is the last) of the layers that see the depth; ``None``: all."""
-    return set(range(n_layers)) if depth_layers is None else {i % n_layers for i in depth_layers}
+    """Indices (``-1`` is the last, Python's way) of the layers that see the depth; ``None``: all.
+
+    Raises:
+        ValueError: an index outside ``-n_layers .. n_layers - 1`` (it wrapped around before, silently).
+    """
+    if depth_layers is None:
+        return set(range(n_layers))
+    outside = [i for i in depth_layers if not -n_layers <= int(i) < n_layers]
+    if outside:
+        raise ValueError(f"depth_layers={list(depth_layers)}: the field has {n_layers} layers, so an index is "
+                         f"0..{n_layers - 1} (or -1 for the last); {outside[0]} is not one")
+    return {int(i) % n_layers for i in depth_layers}
 
 
 def depth_linear(
