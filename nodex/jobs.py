@@ -213,7 +213,7 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
     from omegaconf import OmegaConf
 
     from nodex.errors import ConfigError
-    from nodex.train.run import EvalRefused, run_eval
+    from nodex.train.evaluation import EvalRefused, check_eval_keys, run_eval
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise ConfigError("nodex eval needs ckpt=RUN_DIR or ckpt=PATH/TO/checkpoint.pt (a run of nodex train)")
@@ -221,6 +221,7 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
     lines = list(HydraConfig.get().overrides.task)
     overrides = _value_overrides(lines, cfg, skip={"ckpt", "split", "which", "device"})
     try:
+        check_eval_keys(lines)
         payload = run_eval(cfg, overrides, run_dir, _group_choices(lines, cfg))
     except EvalRefused as exc:  # a command-line mistake: exit 2, as a bad key is
         return _refused_command(exc, run_dir)

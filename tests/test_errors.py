@@ -121,6 +121,17 @@ def test_eval_unknown_override_key(cli, tmp_path, good_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("command", ["eval", "plot"])
+def test_which_best_with_a_checkpoint_file_is_refused_not_ignored(cli, tmp_path, good_run, command):
+    last = good_run / "checkpoints" / "last.pt"
+    code, _, err = cli([command, f"ckpt={last}", "which=best", f"hydra.run.dir={tmp_path / 'ev'}"])
+    assert code == 1 and _one_line_error(err) == (
+        f"nodex: error: which=best picks a run directory's checkpoints/best.pt, but '{last}' names a file: pass the "
+        "run directory with which=best, or the file alone")
+    assert not (tmp_path / "ev" / "eval.json").exists() and not (good_run / "plots" / "redrawn-last").exists()
+
+
+@pytest.mark.slow
 def test_resume_from_a_missing_checkpoint(train_run, tmp_path):
     run_dir, result, code, err = train_run(f"trainer.resume={tmp_path / 'missing'}")
     assert code == 1 and "does not exist" in _one_line_error(err)

@@ -85,7 +85,14 @@ def test_choosing_the_run_own_presets_is_no_switch(trained, tmp_path):
                    "train a new run with data=moons"),
     ("task=regression", "task=regression does not fit the checkpoint (trained with task=classification); nodex eval "
                         "cannot switch it: train a new run with task=regression"),
-    ("trainer=table1", "trainer=table1: nodex eval applies no training preset; set trainer.* keys instead"),
+    ("trainer=table1", "trainer=table1: nodex eval applies no training preset (of trainer.* it reads "
+                       "trainer.eval_batch_size)"),
+    # a slot of the model, a training setting, a key that is no setting: silently ignored (exit 0) before
+    ("model/field=conv", "model/field=conv changes what the checkpoint was trained as; nodex eval cannot apply it: "
+                         "train a new run with model/field=conv"),
+    *[(line, f"{line}: nodex eval uses no such setting (it takes ckpt, split, which, device, a solver, and solver.*, "
+             "data.*, task.*, trainer.eval_batch_size keys); a training setting belongs to nodex train")
+      for line in ("seed=7", "trainer.max_steps=1", "trainer.optim.lr=3", "+foo=1")],
 ])
 def test_switches_that_do_not_fit_the_checkpoint_are_refused(trained, tmp_path, capsys, override, expected):
     code, payload = _eval(trained, tmp_path / "ev", override)

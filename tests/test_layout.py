@@ -148,6 +148,6 @@ def test_one_build_path_and_one_restore_path():
     ``nodex.build`` and ``nodex.load``), and checkpoints are opened and their weights loaded in one module."""
     assert _callers("build_model") == {"nodex.train.setup"}
     assert _callers("load_checkpoint") == {"nodex.train.checkpoint"}
-    assert _callers("read_run_checkpoint") >= {"nodex.api", "nodex.train.run", "nodex.train.resume"}
+    assert _callers("read_run_checkpoint") >= {"nodex.api", "nodex.train.evaluation", "nodex.train.resume"}
     model_loads = {m for m in _callers("load_state_dict")}
     assert model_loads == {"nodex.train.checkpoint", "nodex.train.run"}  # run.py: the optimizer's and scheduler's

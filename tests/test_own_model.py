@@ -217,6 +217,28 @@ def test_a_dataset_without_validation_split_trains_and_keeps_no_best(tmp_path, c
         target_data(OmegaConf.create({"_target_": "twosplits.make"}), 0)
 
 
+@pytest.mark.slow
+def test_eval_of_a_user_data_run_refuses_another_user_dataset(tmp_path, cli, monkeypatch):
+    """Two datasets of the user's own have no name: eval told them apart by name (None == None) and evaluated the
+    run's own data under ``data=other``, exit 0."""
+    project = tmp_path / "p"
+    for name, cut in (("mine", 0), ("other", 1)):
+        _write(project, f"{name}.py", "import torch\ndef make(seed):\n    g = torch.Generator().manual_seed(seed)\n"
+                                      f"    X = torch.randn(64, 2, generator=g)\n    y = (X[:, {cut}] > 0).long()\n"
+                                      "    return (X, y), (X, y), (X, y)\n")
+        _write(project, f"conf/data/{name}.yaml", f"_target_: {name}.make\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    conf = ["--config-dir", str(project / "conf")]
+    assert cli(["train", *conf, "data=mine", *SHORT, f"hydra.run.dir={tmp_path / 'run'}"])[0] == 0
+    code, _, err = cli(["eval", *conf, f"ckpt={tmp_path / 'run'}", "data=mine", f"hydra.run.dir={tmp_path / 'e1'}"])
+    assert code == 0, err
+    code, _, err = cli(["eval", *conf, f"ckpt={tmp_path / 'run'}", "data=other", f"hydra.run.dir={tmp_path / 'e2'}"])
+    assert code == 2 and err.strip() == ("nodex: error: data=other does not fit the checkpoint (trained with "
+                                         "data=mine.make); nodex eval cannot switch it: train a new run with data=other")
+    assert not (tmp_path / "e2" / "eval.json").exists()
+
+
 def test_a_plain_function_a_partial_and_a_class_without_init_are_fields(tmp_path, monkeypatch):
     text = ("import torch\nfrom torch import nn\ndef neg(z):\n    return -z\ndef scaled(s, z, scale=1.0):\n"
             "    return scale * s * z\nclass NoInit(nn.Module):\n    def forward(self, s, z):\n        return -2 * z\n")

@@ -142,6 +142,9 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist: "
                               "pass a run directory or a checkpoints/*.pt file")
+    if which != "last" and path.stem != which:  # "last" is the default: a file named on its own wins over it
+        raise CheckpointError(f"which={which} picks a run directory's checkpoints/{which}.pt, but {str(path)!r} names "
+                              f"a file: pass the run directory with which={which}, or the file alone")
     return path
 
 

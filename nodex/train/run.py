@@ -1,4 +1,4 @@
-"""Build a run from a composed config and execute it: ``run_train`` and ``run_eval``.
+"""Build a run from a composed config and execute it: ``run_train`` (``nodex eval``: :mod:`nodex.train.evaluation`).
 
 Data flow: config -> (data, task, model, optimizer) per member -> one :class:`Trainer` -> logs,
 checkpoints and ``result.json``. Errors surface as :class:`~nodex.errors.NodexError` with one-line
@@ -34,15 +34,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nodex.data import data_name
-from nodex.errors import CheckpointError, ConfigError, NodexError
+from nodex.errors import CheckpointError, NodexError
 from nodex.models import count_parameters
-from nodex.train.checkpoint import read_run_checkpoint, restore_weights
 from nodex.train.logs import RunLogger
 from nodex.train.loop import Trainer, evaluate
 from nodex.train.members import (
     Member, Members, StackedMembers, ensemble_size, hydra_snapshot, member_config,
 )
-from nodex.runs import new_result, new_summary, record_failure, run_record, take_resumed_snapshot, versions, write_json
+from nodex.runs import new_result, new_summary, record_failure, run_record, take_resumed_snapshot, write_json
 from nodex.train.results import finish_member, finish_summary, metadata_markdown
 from nodex.train.setup import (
     Pipeline, build_optimizer, check_data_size, out_of_memory, select_device, validate_cuda_graph, validate_trainer,
@@ -320,96 +319,3 @@ def _resume_optimizer(path: Path, ckpts: list[dict[str, Any]], members: Members,
     if apply_learning_rate(optimizer, scheduler, lr, saved_lr):
         log.info("trainer.optim.lr=%g replaces the checkpoint run's %g: the schedule goes on from its position at "
                  "the new base rate (lr now %g)", lr, saved_lr, optimizer.param_groups[0]["lr"])
-
-
-def _eval_pipeline(path: Path, run_cfg: DictConfig, device: torch.device) -> Pipeline:
-    """What the checkpoint's run config (with the command line's overrides) builds, its values checked first.
-
-    Raises:
-        ConfigError: a bad override (``data.n_test=abc``, ``trainer.eval_batch_size=0``, ``trainer.device``).
-        CheckpointError: a run config that builds nothing (keys missing or of the wrong kind).
-    """
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        size = run_cfg.trainer.get("eval_batch_size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-            raise ConfigError(f"trainer.eval_batch_size={size!r} must be a positive integer or null (a split at once)")
-        check_data_size(run_cfg.data)
-        return Pipeline(run_cfg, device)
-    except (OmegaConfBaseException, KeyError, AttributeError, TypeError) as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-        raise CheckpointError(f"{str(path)!r} holds a run config that builds no model ({reason}); evaluate a "
-                              "checkpoint written by nodex train") from None
-
-
-class EvalRefused(ConfigError):
-    """A ``nodex eval`` switch that does not fit the checkpoint (another model, dataset or task): exit 2."""
-    IDENTITY = {"model": "name", "data": "name", "task": "kind"}  # the keys that name a run's model, data and task
-
-
-def _apply_eval_overrides(cfg: DictConfig, run_cfg: DictConfig, overrides: dict[str, Any], groups: dict[str, str],
-                          path: Path) -> dict[str, Any]:
-    """Apply group choices (``solver=rk4``; model, data, task must be the run's) and ``key=value`` overrides to the
-    checkpoint's run config, in place; returns what changed (``{"solver.method": "rk4", ...}``)."""
-    for group, choice in groups.items():
-        name = EvalRefused.IDENTITY.get(group, "")
-        trained = OmegaConf.select(run_cfg, f"{group}.{name}") if name else None
-        if name and cfg[group].get(name) != trained:
-            raise EvalRefused(f"{group}={choice} does not fit the checkpoint (trained with {group}={trained}); "
-                              f"nodex eval cannot switch it: train a new run with {group}={choice}")
-        if not name and group != "solver":
-            raise EvalRefused(f"{group}={choice}: nodex eval applies no training preset; set {group}.* keys instead")
-    for key, value in overrides.items():
-        if key.startswith("model.") or key in ("data.name", "task.kind"):
-            raise EvalRefused(f"{key}={value} changes what the checkpoint was trained as; nodex eval cannot apply "
-                              f"it: train a new run with {key}={value}")
-    if "trainer.device" in overrides:  # the run's training device; nodex eval has its own key
-        raise ConfigError(f"nodex eval picks its device with device=...: use device={overrides['trainer.device']}")
-    before = _solver_of(run_cfg)
-    if "solver" in groups:  # the whole preset (the command line's solver.* keys included) replaces the run's
-        run_cfg.solver = OmegaConf.to_container(cfg.solver, resolve=True)
-    for key, value in overrides.items():
-        if OmegaConf.select(run_cfg, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"{key} is not a key of the run's config; check the spelling (see "
-                              f"{path.parent.parent / '.hydra' / 'config.yaml'})")
-        OmegaConf.update(run_cfg, key, value)
-    applied = {f"solver.{k}": v for k, v in _solver_of(run_cfg).items() if k not in before or before[k] != v}
-    return {**applied, **{k: v for k, v in overrides.items() if not k.startswith("solver.")}}
-
-
-def _solver_of(run_cfg: DictConfig) -> dict[str, Any]:
-    """The run config's ``solver`` as a plain dict (``{}`` in a broken config: building it says what is wrong)."""
-    node = OmegaConf.select(run_cfg, "solver")
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_dict(node) else {}
-
-
-def run_eval(cfg: DictConfig, overrides: dict[str, Any], run_dir: str | Path,
-             groups: dict[str, str] | None = None) -> dict[str, Any]:
-    """Rebuild the model from a checkpoint's run config with ``groups`` (``{"solver": "rk4"}``) and ``overrides``
-    (``{"solver.rtol": 1e-6}``) applied; evaluate ``cfg.split``, write ``eval.json`` (``applied``, ``solver``).
-
-    Raises:
-        EvalRefused: ``model=``, ``model.*``, another dataset or task (:func:`_apply_eval_overrides`).
-        CheckpointError: missing/corrupt checkpoint, or a run directory without a (usable) config.
-        ConfigError: a bad override value, split or device.
-    """
-    path, ckpt, run_cfg = read_run_checkpoint(cfg.ckpt, cfg.get("which", "last"), use="evaluate")
-    applied = _apply_eval_overrides(cfg, run_cfg, overrides, groups or {}, path)
-    device = select_device(cfg.get("device", "auto"), key="device")
-    pipe = _eval_pipeline(path, run_cfg, device)
-    restore_weights(pipe.model, ckpt, repr(str(path)))
-    split = cfg.get("split", "test")
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split={split!r}; choose one of: train, val, test")
-    if getattr(pipe.data, split) is None:
-        raise ConfigError(f"split={split}: the run's dataset has no {split} split; use split=test")
-    metrics = evaluate(pipe.model, pipe.task, getattr(pipe.data, split), run_cfg.trainer.get("eval_batch_size"))
-    payload = {"checkpoint": str(path), "split": split, "step": ckpt.get("step"), "overrides": overrides,
-               "applied": applied, "solver": _solver_of(run_cfg),
-               "metrics": {f"{split}/{k}": v for k, v in metrics.items()}, "device": str(device),
-               "versions": versions()}
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "eval.json", payload)
-    return payload
