@@ -30,6 +30,7 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBa
 from hydra.core.utils import JobReturn, JobStatus
 
 from nodex.sweep_ledger import finish, mark_stopping, mark_unfinished, read_entries, record
+from nodex.train.preemption import catchable
 
 log = logging.getLogger("nodex")
 
@@ -46,7 +47,7 @@ class _SweepSignals:
     ``signals``: the ones to catch; ``on_signal(signum)``: called at the first."""
 
     def __init__(self, on_signal: Optional[Callable[[int], None]] = None,
-                 signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+                 signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> None:
         self.signum: Optional[int] = None
         self._previous: dict[int, Any] = {}
         self._on_signal = on_signal
@@ -60,7 +61,7 @@ class _SweepSignals:
 
     def __enter__(self) -> "_SweepSignals":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._record) for s in self._signals}
+            self._previous = {s: signal.signal(s, self._record) for s in catchable(self._signals)}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -211,7 +212,7 @@ class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        stop = _SweepSignals(lambda signum: stop_running_jobs(sweep_dir, nums, signum), (signal.SIGTERM, signal.SIGINT))
+        stop = _SweepSignals(lambda signum: stop_running_jobs(sweep_dir, nums, signum), (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         with stop as sig:
             with _collateral_kills() as collateral:
                 try:

@@ -36,7 +36,7 @@ def _one_thread():
 def _signal_handlers_restored():
     """Each test starts with the handlers the session had and leaves them so: a library a test starts in-process (Ray
     installs a SIGTERM handler that exits with code 15) must not change how a later in-process run is stopped."""
-    signums = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2]
+    signums = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP]
     saved = {s: signal.getsignal(s) for s in signums}
     yield
     for signum, handler in saved.items():

@@ -85,6 +85,26 @@ def test_stopped_and_requeued_run_equals_the_uninterrupted_run(tmp_path, solver,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_hangup_saves_and_records_like_sigterm_unless_the_run_ignores_it(tmp_path, nohup):
+    """SIGHUP (the terminal closed) killed the run with no record (exit 129, nothing on stderr). Under ``nohup``
+    (SIGHUP ignored) it must not stop the run."""
+    overrides = ["trainer.max_steps=80", "solver=rk4", "solver.step_size=0.25"]
+    ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nodex.cli", "train", *BASE, *overrides, f"hydra.run.dir={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ignore)
+    code, err = _stop_after(proc, tmp_path, 25, signal.SIGHUP)
+    result = json.loads((tmp_path / "result.json").read_text())
+    if nohup:
+        assert code == 0 and result["status"] == "completed" and result["steps"] == 80, err
+        return
+    assert code == 129 and result["status"] == "interrupted" and "stopped by SIGHUP" in result["error"], err
+    assert err.strip().splitlines()[-1].startswith("nodex: error: stopped by SIGHUP at step ")
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == result["steps"] > 25
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_ensemble_resumes_bit_for_bit(tmp_path, signum):
     overrides = ["trainer.ensemble=2", "trainer.max_steps=80", "data.resample=true", "solver=rk4",

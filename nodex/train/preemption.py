@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM (what Slurm and most schedulers send) and submitit's "USR" signal are recorded, not acted on
+"""Preemption: SIGTERM (what Slurm and most schedulers send), SIGHUP (a closed terminal; not under ``nohup``) and
+submitit's "USR" signal are recorded, not acted on
 mid-step; the training loop asks :attr:`StopRequest.signal` at each step boundary, saves, and stops.
 
 Ctrl-C (SIGINT) stops at once where that loses nothing: while a step draws its batch and computes its gradients
@@ -18,7 +19,15 @@ import threading
 from types import FrameType
 from typing import Any, Callable
 
-SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None)) if s is not None)
+HANGUP = getattr(signal, "SIGHUP", None)  # the terminal closed: a stop like SIGTERM, unless ignored (nohup)
+SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None), HANGUP)
+                if s is not None)
+
+
+def catchable(signals: tuple[int, ...]) -> tuple[int, ...]:
+    """``signals`` without SIGHUP where the process ignores it (started under ``nohup``): closing the terminal must
+    not stop such a run."""
+    return tuple(s for s in signals if not (s == HANGUP and signal.getsignal(s) == signal.SIG_IGN))
 
 
 class Preempted(BaseException):
@@ -72,7 +81,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for signum in self.signals:
+            for signum in catchable(self.signals):
                 self._previous[signum] = signal.signal(signum, self._record)
             if self.interrupt:
                 self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
