@@ -239,7 +239,7 @@ class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
         returns = {num: placeholder_return(o) for num, o in zip(nums, job_overrides)}
         for num, overrides in rerun:
             log.info("nodex: job %d runs again in a fresh joblib pool (the pool broke: %s)", num, reason)
-            returns.update(self._launch_again(sweep_dir, num, overrides))
+            returns.update(self._launch_again(sweep_dir, num, _continuing(overrides)))
         return [returns[num] for num in nums]
 
     def _launch_again(self, sweep_dir: Path, num: int, overrides: Sequence[str]) -> dict[int, JobReturn]:
@@ -253,6 +253,15 @@ class JoblibLauncher(_JoblibBase):  # type: ignore[misc, valid-type]
             record(sweep_dir, num, "lost", entry.get("dir", ""),
                    f"its joblib worker died ({str(again).splitlines()[0][:160]})", restarts=entry.get("restarts", 0))
             return {}
+
+
+def _continuing(overrides: Sequence[str]) -> list[str]:
+    """A killed job's overrides for its run again: ``trainer.resume=auto`` (unless set), so it continues from the
+    ``last.pt`` it saved instead of being refused by its own dir; the key is left out of job dir names, so the job
+    keeps its dir."""
+    if any(str(o).split("=", 1)[0].lstrip("+~") == "trainer.resume" for o in overrides):
+        return list(overrides)
+    return [*overrides, "trainer.resume=auto"]
 
 
 # ---------------------------------------------------------------------------------------------- Slurm

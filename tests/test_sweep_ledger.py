@@ -332,6 +332,27 @@ def test_a_killed_joblib_worker_fails_its_own_job_only(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_job_loky_killed_with_the_pool_continues_from_its_checkpoint(tmp_path):
+    """Job 1, killed by loky with the pool when job 0's worker died, had saved last.pt: its run again resumes it
+    (it was refused by its own dir, recorded 'failed: it wrote no result.json', and never finished)."""
+    sweep = tmp_path / "sweep"
+    proc = _sweep_process(tmp_path, *LONG, "trainer.max_steps=300", "trainer.checkpoint_every=10",
+                          "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    _wait_for(lambda: len(list(sweep.glob("[01]-*/checkpoints/last.pt"))) == 2)
+    entries = read_entries(sweep)
+    os.kill(entries[0]["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    entries = read_entries(sweep)
+    assert proc.returncode == 1 and entries[0]["state"] == "lost" and entries[1]["state"] == "completed", (entries, err)
+    assert entries[1]["restarts"] == 1  # 300 steps: it was still running when the pool broke
+    job1 = next(sweep.glob("1-*"))
+    record = json.loads((job1 / "result.json").read_text())
+    assert record["status"] == "completed" and record["steps"] == 300
+    assert "resumed from" in (job1 / "train.log").read_text()
+    assert summary_line(1, 2, sweep, "1 lost") in out
+
+
+@pytest.mark.slow
 def _loky_workers() -> set[str]:
     """The pids of the loky worker processes on this machine."""
     return set(subprocess.run(["pgrep", "-f", "popen_loky"], capture_output=True, text=True).stdout.split())
