@@ -360,6 +360,23 @@ def _in_sweep(config: Any) -> bool:
     return str(config.hydra.get("mode")) == "RunMode.MULTIRUN"
 
 
+def _resolved_subdir(config: Any) -> Optional[str]:
+    """``hydra.sweep.subdir`` resolved as a first job would resolve it (job number 0); ``None`` when it cannot be
+    resolved before the jobs exist."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict
+
+    probe = copy.deepcopy(config)
+    try:
+        with open_dict(probe.hydra.job):
+            probe.hydra.job.num = 0
+            probe.hydra.job.override_dirname = probe.hydra.job.get("override_dirname") or "job"
+        return str(OmegaConf.select(probe, "hydra.sweep.subdir"))
+    except Exception:  # a resolver that needs the job itself: the text check above is what can be done
+        return None
+
+
 class SweepLedger(SweepSummary):
     """Hydra callback (``configs/common/hydra.yaml``, in place of :class:`~nodex.sweeps.SweepSummary`): claims the
     sweep dir, records the plan and each job's start and end in the ledger, and at the end prints the summary from
@@ -370,6 +387,9 @@ class SweepLedger(SweepSummary):
 
         hydra = config.hydra
         check_subdir(str(hydra.sweep._get_node("subdir")._value()))
+        resolved = _resolved_subdir(config)
+        if resolved is not None:  # an interpolation (${oc.env:X}, ${hydra.runtime.cwd}/...) may lead out too
+            check_subdir(resolved)
         explicit = any(str(o).lstrip("+~").split("=")[0] == "hydra.sweep.dir" for o in hydra.overrides.hydra)
         path = claim_sweep_dir(str(hydra.sweep.dir), explicit)
         if not explicit:  # the jobs compose their config again from these overrides: they must see the claimed dir

@@ -172,6 +172,23 @@ def test_a_subdir_that_leaves_the_sweep_dir_is_refused(cli, tmp_path, subdir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("subdir, resolved", [("${oc.env:NODEX_TEST_ESCAPE}", "{tmp}/escaped"),
+                                              ("${hydra.runtime.cwd}/job${hydra.job.num}", "{cwd}/job0")])
+def test_a_subdir_that_leaves_the_sweep_dir_through_an_interpolation_is_refused(cli, tmp_path, monkeypatch, subdir,
+                                                                                resolved):
+    """The text check passed these, and the job ran outside the sweep dir (exit 0, nodex report found nothing)."""
+    monkeypatch.setenv("NODEX_TEST_ESCAPE", str(tmp_path / "escaped"))
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["train", "-m", *SMALL, "seed=0", f"hydra.sweep.dir={sweep}", f"hydra.sweep.subdir={subdir}"])
+    shown = resolved.format(tmp=tmp_path, cwd=tmp_path)
+    assert code == 1 and err.strip().splitlines() == [
+        f"nodex: error: hydra.sweep.subdir={shown} leaves the sweep dir; give a relative name without '..' (the "
+        "default is ${hydra.job.num}-${nodex_dirname:${hydra.job.override_dirname}})"]
+    assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.slow
 def test_a_sweep_from_a_dir_it_cannot_write_names_hydra_sweep_dir(cli, tmp_path, monkeypatch):
     (tmp_path / "outputs").write_text("a file where the outputs folder would go")
     monkeypatch.chdir(tmp_path)
