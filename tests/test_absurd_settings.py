@@ -211,3 +211,22 @@ def test_a_depth_layer_index_outside_the_field_is_refused_not_wrapped(compose_cf
     assert str(info.value).endswith(f"the field has 3 layers, so an index is 0..2 (or -1 for the last); {bad} is "
                                     "not one")
     assert "depth_layers" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, start", [
+    (["data.n_train=null"], "data.n_train=null: rings is generated, it has no fixed number of samples; give "
+                            "data.n_train a number of samples (e.g. 1024)"),
+    (["data=moons", "data.n_val=null"], "data.n_val=null: moons is generated"),
+    (["data.params.radii=[]"], "data.params.radii=[], data.params.noise=0.1, data.params.dim=2 do not make a rings "
+                               "dataset (IndexError: list index out of range); see configs/data/rings.yaml"),
+    (["data.params.radii=[1.0]"], "data.params.radii=[1.0], data.params.noise=0.1, data.params.dim=2 do not make"),
+    (["data.params.dim=0"], "data.params for 'rings' give samples of shape (0,): every dimension must be at least 1"),
+])
+def test_generated_data_settings_that_make_no_dataset_are_one_line(compose_cfg, overrides, start):
+    """A TypeError from int(None), an IndexError, or (dim=0) a solver 'underflow in dt' blamed on the tolerances."""
+    from nodex.data import build_data
+    from nodex.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        build_data(compose_cfg(overrides).data, seed=0)
+    assert str(info.value).startswith(start) and "\n" not in str(info.value)

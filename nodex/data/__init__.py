@@ -25,10 +25,20 @@ def _generator(seed: int, split: str) -> torch.Generator:
 
 
 def _sizes(cfg: DictConfig) -> dict[str, int]:
-    sizes = {split: int(cfg.get(f"n_{split}", 0)) for split in ("train", "val", "test")}
-    for split, n in sizes.items():
-        if n <= 0:
-            raise ConfigError(f"data.n_{split}={n} must be a positive integer")
+    """The split sizes of a generated dataset (``null``, "every sample", has no meaning for one).
+
+    Raises:
+        ConfigError: a size that is null or not positive.
+    """
+    sizes = {}
+    for split in ("train", "val", "test"):
+        n = cfg.get(f"n_{split}", 0)
+        if n is None:
+            raise ConfigError(f"data.n_{split}=null: {cfg.name} is generated, it has no fixed number of samples; give "
+                              f"data.n_{split} a number of samples (e.g. 1024)")
+        if int(n) <= 0:
+            raise ConfigError(f"data.n_{split}={int(n)} must be a positive integer")
+        sizes[split] = int(n)
     return sizes
 
 
@@ -107,7 +117,14 @@ def _generated(cfg: DictConfig, seed: int) -> DataBundle:
         splits = {split: make(n, _generator(seed, split), **params) for split, n in sizes.items()}
     except TypeError as exc:
         raise ConfigError(f"data.params for {cfg.name!r} are invalid ({exc})") from None
+    except (IndexError, ValueError, RuntimeError) as exc:  # e.g. radii=[] for two radii, a negative dim
+        given = ", ".join(f"data.params.{k}={v}" for k, v in params.items())
+        raise ConfigError(f"{given} do not make a {cfg.name} dataset ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                          f"see configs/data/{cfg.name}.yaml for the values it takes") from None
     X, y = splits["train"]
+    if 0 in X.shape[1:]:
+        raise ConfigError(f"data.params for {cfg.name!r} give samples of shape {tuple(X.shape[1:])}: every dimension "
+                          "must be at least 1 (e.g. data.params.dim=2)")
     classification = not y.is_floating_point()
     sampler = None
     if cfg.get("resample", False):
