@@ -37,6 +37,22 @@ def test_a_huge_learning_rate_stops_within_the_step_at_the_solver_step_bound(cli
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("solver, lr", [("rk4", "1e10"), ("euler", "1e8")])
+def test_a_fixed_step_run_whose_loss_explodes_stops_as_diverging(cli, tmp_path, solver, lr):
+    """A fixed-step solver never hits max_num_steps: the run trained on to a loss of ~1e20 and 'completed'."""
+    run_dir = tmp_path / "run"
+    code, out, err = cli(["train", *SMALL, f"solver={solver}", "solver.step_size=0.25", f"trainer.optim.lr={lr}",
+                          "trainer.max_steps=40", "trainer.log_every=5", f"hydra.run.dir={run_dir}"])
+    line = one_line(err)
+    assert code == 1 and line.startswith("nodex: error: train/loss rose from ")
+    assert f"over the steps up to 5 with {solver} step_size=0.25: the training diverges; lower trainer.optim.lr" in line
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "diverges" in result["error"]
+    assert cli(["train", *SMALL, f"solver={solver}", "solver.step_size=0.25", "trainer.max_steps=40",
+                "trainer.log_every=5", f"hydra.run.dir={tmp_path / 'sane'}"])[0] == 0  # the usual lr trains
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["dopri5", "dopri8", "tsit5", "bosh3", "adaptive_heun"])
 def test_every_adaptive_solver_has_a_finite_step_bound(compose_cfg, solver):
     assert compose_cfg([f"solver={solver}"]).solver.max_num_steps == 1000

@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nodex.data import DataBundle, Split, iterate_batches
-from nodex.errors import DivergenceError, NodexError, ResourceError, SolverError
+from nodex.errors import NodexError, ResourceError, SolverError
 from nodex.train.checkpoint import checkpoint_state, save_checkpoint, save_checkpoints
+from nodex.train.divergence import check_logged, check_parameters
 from nodex.train.members import LoopState, Member, Members
 from nodex.train.preemption import StopRequest, raise_if_requested
 from nodex.train.streams import model_generators, training_streams_kept
@@ -37,8 +38,11 @@ class StepStats:
     nfe_backward: int = 0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    first_loss: torch.Tensor | None = None  # the loss of the window's first step in this process (divergence)
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
+        if self.first_loss is None and "loss" in values:
+            self.first_loss = values["loss"].detach()
         for k, v in values.items():
             v = v.detach()
             self.sums[k] = v if k not in self.sums else self.sums[k] + v
@@ -383,20 +387,12 @@ class Trainer:
         return loss, parts, out, nfe_f, model.nfe.count - nfe_f
 
     def _check_finite_params(self, m: Member) -> None:
-        for p in m.model.parameters():
-            if not torch.isfinite(p).all():
-                raise DivergenceError(f"parameters became non-finite by step {m.state.step} with {self.solver}: "
-                                      "lower trainer.optim.lr or set trainer.grad_clip")
+        check_parameters(m, self.solver)
 
     def _log_train(self, m: Member, stats: StepStats, bar: Any) -> dict[str, float]:
         values = {f"train/{k}": float(v) / stats.steps for k, v in stats.sums.items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
-            raise DivergenceError(
-                f"{bad} became non-finite by step {m.state.step} with {self.solver}: lower trainer.optim.lr, "
-                "set trainer.grad_clip or tighten solver.rtol/atol"
-            )
-        self._check_finite_params(m)
+        first = None if stats.first_loss is None else float(stats.first_loss)
+        check_logged(m, values, first, self.solver)  # non-finite or blown-up loss, non-finite parameters
         elapsed = time.perf_counter() - stats.started
         values.update(
             {

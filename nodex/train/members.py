@@ -72,6 +72,7 @@ class Member:
     state: LoopState = field(default_factory=LoopState)
     logger: RunLogger | None = None
     plot: Callable[[int], None] | None = None
+    first_loss: float | None = None  # the loss of the first step trained in this process (nodex.train.divergence)
 
     @property
     def seed(self) -> int:
