@@ -83,6 +83,9 @@ class DepthField(nn.Module):
         if not isinstance(dz, torch.Tensor) or dz.shape != z.shape:
             got = tuple(dz.shape) if isinstance(dz, torch.Tensor) else type(dz).__name__
             raise ValueError(f"the field returned {got} for a state {tuple(z.shape)}: dz/ds must have z's shape")
+        if dz.dtype != z.dtype:
+            raise ValueError(f"the field returned {dz.dtype} for a {z.dtype} state: dz/ds must have z's dtype (cast "
+                             "the field, e.g. field.to(x.dtype), or x)")
         return dz
 
 
@@ -139,6 +142,14 @@ def check_adjoint_params(field: nn.Module, z: torch.Tensor, s: torch.Tensor, par
         raise ValueError(f"the field depends on tensors that require grad ({shapes}) which the adjoint cannot see: "
                          "pass them as NeuralODE(..., adjoint_params=[...]), or make them parameters of an nn.Module "
                          "field")
+
+
+def _check_state(x: Any) -> None:
+    """Raises TypeError: ``x`` is not a floating-point tensor (one line saying what to pass)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x is a {type(x).__name__}: NeuralODE integrates a tensor (B, ...), e.g. torch.tensor(x)")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"x has dtype {x.dtype}: NeuralODE integrates floating-point states (pass x.float())")
 
 
 class NFE(NamedTuple):
@@ -213,25 +224,30 @@ class NeuralODE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, ...)`` -> ``z(S)``: ``(B, ...)``, x's shape."""
+        _check_state(x)
         return self._solve(x, self._span(x))[-1]
 
     def trajectory(self, x: torch.Tensor, s_span: torch.Tensor | Sequence[float]) -> torch.Tensor:
         """The states at the depths ``s_span`` (``(T,)``, monotonic; ``x`` holds at ``s_span[0]``):
         ``(T, *x.shape)``. Same solver and sensitivity as :meth:`forward`."""
+        _check_state(x)
         s = torch.as_tensor(s_span, dtype=x.dtype, device=x.device)
         if s.dim() != 1 or len(s) < 2:
             raise ValueError(f"s_span has shape {tuple(s.shape)}: it must be 1-D with at least 2 depths")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"s_span={s.tolist()} must hold finite depths")
         steps = s[1:] - s[:-1]
         if not (bool((steps > 0).all()) or bool((steps < 0).all())):
             raise ValueError(f"s_span={s.tolist()} must be strictly increasing or strictly decreasing")
         return self._solve(x, s)
 
     def _solve(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """One counted solve from ``x`` ``(B, ...)`` over ``s`` ``(T,)``: ``(T, B, ...)``."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x is a {type(x).__name__}: NeuralODE integrates a tensor (B, ...)")
+        """One counted solve from ``x`` ``(B, ...)`` over ``s`` ``(T,)``: ``(T, B, ...)``; an empty batch is
+        not solved (``x`` at every depth, no evaluation)."""
         self._counter.reset()
         self._forward_nfe = 0
+        if x.numel() == 0:
+            return x.unsqueeze(0).expand(len(s), *x.shape).clone()
         field, params = DepthField(self.field, self.takes_depth), None
         if self.settings.sensitivity == "adjoint":
             params = [*field.parameters(), *self._extra_params]

@@ -274,3 +274,20 @@ def test_a_tensor_the_adjoint_cannot_see_is_refused_and_adjoint_params_adds_it()
 
     (autograd,), (adjoint,) = _gradients(make, "autograd", [held.w]), _gradients(make, "adjoint", [held.w])
     assert torch.allclose(autograd, adjoint, rtol=1e-6, atol=1e-9)
+
+
+def test_odd_inputs_are_answered_or_refused_in_one_line():
+    """An empty batch is an empty answer (dopri5 reported 'underflow in dt' and blamed the learning rate); a list,
+    an integer tensor, an infinite depth and a field of another dtype are one line each (raw errors, or 10000 steps
+    to max_num_steps, or a silent float32 result before)."""
+    node = nodex.NeuralODE(_mlp())
+    assert node(torch.randn(0, 2)).shape == (0, 2) and node.nfe == (0, 0)
+    assert node.trajectory(torch.randn(0, 2), [0.0, 0.5, 1.0]).shape == (3, 0, 2)
+    with pytest.raises(TypeError, match=r"^x is a list: NeuralODE integrates a tensor \(B, \.\.\.\), e\.g\. torch"):
+        node([[1.0, 2.0]])
+    with pytest.raises(TypeError, match=r"^x has dtype torch\.int64: NeuralODE integrates floating-point states"):
+        nodex.NeuralODE(_mlp(), solver="rk4", step_size=0.5)(torch.ones(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^s_span=\[0\.0, inf\] must hold finite depths$"):
+        node.trajectory(torch.ones(1, 2), [0.0, math.inf])
+    with pytest.raises(ValueError, match=r"^the field returned torch\.float32 for a torch\.float64 state: dz/ds must "):
+        nodex.NeuralODE(lambda z: z.float())(torch.ones(1, 2, dtype=torch.float64))
