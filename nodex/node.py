@@ -234,11 +234,11 @@ class NeuralODE(nn.Module):
         s = torch.as_tensor(s_span, dtype=x.dtype, device=x.device)
         if s.dim() != 1 or len(s) < 2:
             raise ValueError(f"s_span has shape {tuple(s.shape)}: it must be 1-D with at least 2 depths")
-        if not bool(torch.isfinite(s).all()):
-            raise ValueError(f"s_span={s.tolist()} must hold finite depths")
         steps = s[1:] - s[:-1]
         if not (bool((steps > 0).all()) or bool((steps < 0).all())):
             raise ValueError(f"s_span={s.tolist()} must be strictly increasing or strictly decreasing")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"s_span={s.tolist()} must hold finite depths")
         return self._solve(x, s)
 
     def _solve(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
