@@ -108,6 +108,23 @@ def record_failure(run_dir: Path, config: dict[str, Any], error: Optional[str], 
 # Reading
 
 
+def mkdir_with_suffix(path: Path, tries: int = 1000) -> Path:
+    """The first of ``path``, ``path-1``, ``path-2``... that ``os.mkdir`` creates (atomic: two processes that name a
+    dir by the same second never share one).
+
+    Raises:
+        FileExistsError: all ``tries`` names exist.
+    """
+    for i in range(tries):
+        candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path} and {tries - 1} suffixed names exist")
+
+
 def read_yaml(path: Path) -> Any:
     """The YAML file at ``path``, or ``None`` when it is missing or unreadable."""
     import yaml

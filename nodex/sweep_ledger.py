@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nodex.runs import read_json, record_path
+from nodex.runs import mkdir_with_suffix, read_json, record_path
 from nodex.sweeps import RunRefused, SweepOutcome, SweepSummary, _current
 
 LEDGER_DIR = ".nodex"
 STATES = ("completed", "failed", "refused", "stopped", "lost", "not run")
 ENDED = set(STATES)  # "started" (and "planned") are the only states a job may still leave
-MAX_SUFFIX = 1000
 
 
 class SweepRefused(RunRefused):
@@ -133,7 +132,7 @@ def claim_sweep_dir(sweep_dir: str, explicit: bool) -> Path:
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path = _mkdir_with_suffix(path)
+            path = mkdir_with_suffix(path)
         _take_sweep_lock(path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
@@ -143,17 +142,6 @@ def claim_sweep_dir(sweep_dir: str, explicit: bool) -> Path:
         ) from None
     _set_aside_old_ledger(path)
     return path
-
-
-def _mkdir_with_suffix(path: Path) -> Path:
-    for i in range(MAX_SUFFIX):
-        candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path} and {MAX_SUFFIX - 1} suffixed names exist")
 
 
 def _set_aside_old_ledger(sweep_dir: Path) -> None:

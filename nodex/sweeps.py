@@ -234,6 +234,33 @@ def release_run_locks() -> None:
         _held_locks.pop().release()
 
 
+def _claim_default_run_dir(config: Any) -> bool:
+    """A run without ``hydra.run.dir`` on its command line gets a dir of its own: the default, named by the second,
+    or ``-1``, ``-2``... after it when another run took that name (two runs started in the same second: the second
+    was refused by the first's lock, or its completed record). Returns whether it created the dir.
+
+    Raises:
+        RunRefused: the parent folder cannot be written (naming ``hydra.run.dir``).
+    """
+    from omegaconf import open_dict
+
+    from nodex.runs import mkdir_with_suffix
+
+    if any(str(o).lstrip("+~").split("=")[0] == "hydra.run.dir" for o in config.hydra.overrides.hydra):
+        return False
+    path = Path(str(config.hydra.run.dir))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        claimed = mkdir_with_suffix(path)
+    except OSError as exc:
+        raise RunRefused(f"cannot create the run dir {path} ({exc.strerror or type(exc).__name__}): run from a "
+                         "writable directory or set hydra.run.dir=A/WRITABLE/DIR") from None
+    if claimed != path:
+        with open_dict(config.hydra.run):
+            config.hydra.run.dir = str(claimed)
+    return True
+
+
 class RunGuard(Callback):
     """Hydra callback: one writer per run dir. A single run takes the lock before Hydra writes anything into
     ``hydra.run.dir`` (a refused second run cannot overwrite the first one's ``.hydra/``) and raises
@@ -248,10 +275,12 @@ class RunGuard(Callback):
         from nodex.train.lock import RunLock, RunLockedError
         from nodex.train.resume import AlreadyCompleted, plan_resume
 
+        created = _claim_default_run_dir(config)
         try:
             lock = RunLock(str(config.hydra.run.dir)).acquire()
         except RunLockedError as exc:
             raise RunRefused(str(exc)) from None
+        lock.created_dir = lock.created_dir or created
         _held_locks.append(lock)
         try:
             plan_resume(config, lock.path.parent)

@@ -202,3 +202,29 @@ def test_train_log_has_a_progress_line_every_log_point_and_each_validation(train
     steps = [int(s) for s in re.findall(r"step (\d+)/20 \| loss ", text)]
     assert steps == [5, 10, 15, 20]  # log_every=5, max_steps=20
     assert text.count("validation | loss") == 2 and "step 10 validation | loss" in text
+
+
+@pytest.mark.slow
+def test_runs_named_by_the_same_second_get_a_dir_each(cli, tmp_path, monkeypatch):
+    """The default run dir is named by the second: a second run in that second was refused (a live run's lock, or
+    the first run's finished record). It now takes DIR-1."""
+    import datetime as real
+
+    import hydra.core.utils
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 7, 9, 0, 0)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    small = [*FAST, "trainer.max_steps=2", "logger.tensorboard=false"]
+    for seed in (0, 1, 2):
+        code, out, err = cli(["train", *small, f"seed={seed}"])
+        assert code == 0, err
+    base = tmp_path / "outputs" / "train" / "2026-12-07"
+    assert sorted(p.name for p in base.iterdir()) == ["09-00-00", "09-00-00-1", "09-00-00-2"]
+    seeds = [json.loads((base / name / "result.json").read_text())["seed"] for name in ("09-00-00", "09-00-00-1",
+                                                                                         "09-00-00-2")]
+    assert seeds == [0, 1, 2] and "nodex: run dir: outputs/train/2026-12-07/09-00-00-2" in out
