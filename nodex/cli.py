@@ -230,13 +230,19 @@ def _complete(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nodex`` console script; returns the process exit code (130 after Ctrl-C)."""
+    from nodex.train.preemption import StoppedWhileStarting, install_startup_handlers
+
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a run handles Ctrl-C itself (saves, exits 130)
+    install_startup_handlers()  # SIGTERM/SIGHUP before a run handles them: one line, not a silent death
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # before a run could handle it: imports, composing the config
         report_error("interrupted before the run started; nothing to resume")
         return 130
+    except StoppedWhileStarting as exc:
+        report_error(f"{exc}; nothing was trained")
+        return exc.exit_code
 
 
 def _main(argv: list[str]) -> int:

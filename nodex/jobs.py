@@ -66,11 +66,21 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
             from hydra.core.hydra_config import HydraConfig
 
             from nodex.errors import NodexError
-            from nodex.train.preemption import Preempted
+            from nodex.train.preemption import Preempted, StoppedWhileStarting
+            from nodex.train.resume import held_checkpoints
 
             run_dir = HydraConfig.get().runtime.output_dir
             try:
                 return _run_job(job, cfg, run_dir)
+            except StoppedWhileStarting as exc:  # the run dir exists, the run had not started: say so there
+                if records and not held_checkpoints(Path(run_dir)):
+                    from omegaconf import OmegaConf
+
+                    from nodex.runs import record_failure
+
+                    record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), str(exc),
+                                   status="interrupted", replace=False)
+                raise
             except Preempted as exc:
                 message = f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it"
                 _append_log(run_dir, f"STOPPED: {message}\n")  # train.log shows each attempt of a requeued job

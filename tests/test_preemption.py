@@ -183,3 +183,31 @@ def test_a_sigterm_during_the_final_test_waits_for_the_record(train_run, monkeyp
     assert result["status"] == "completed" and result["steps"] == 10 and "test/accuracy" in result["metrics"]
     with RunLock(run_dir):  # released: another run may take the dir
         pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_while_the_run_starts_is_one_line_and_recorded(cli, tmp_path, monkeypatch, signum):
+    """Its dir locked, the run not yet started (its own handler not installed): SIGTERM/SIGHUP killed the process
+    silently (exit 143/129, no record)."""
+    from conftest import FAST
+
+    import nodex.train.run
+
+    real = nodex.train.run.plan_resume
+
+    def signalled(cfg, run_dir):
+        os.kill(os.getpid(), signum)
+        return real(cfg, run_dir)
+
+    monkeypatch.setattr(signal, "getsignal", lambda s, real_get=signal.getsignal: (
+        signal.SIG_DFL if s in (signal.SIGTERM, signal.SIGHUP) else real_get(s)))  # as in a fresh process
+    monkeypatch.setattr(nodex.train.run, "plan_resume", signalled)
+    run_dir = tmp_path / "run"
+    code, out, err = cli(["train", *FAST, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"])
+    name = signal.Signals(signum).name
+    assert code == 128 + signum
+    assert err.strip().splitlines()[-1] == f"nodex: error: stopped by {name} before the run started; nothing was trained"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["error"] == f"stopped by {name} before the run started"
+    assert not (run_dir / LOCK_NAME).exists()

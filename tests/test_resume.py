@@ -325,9 +325,11 @@ def test_a_dir_holding_a_trained_run_is_written_only_by_that_run(train_run, trai
     assert code == 0 and result["steps"] == 30, err
 
 
-def test_a_resumed_log_replaces_the_killed_runs_later_tensorboard_steps(tmp_path):
+def test_a_resumed_log_replaces_the_killed_runs_later_tensorboard_steps(tmp_path, monkeypatch):
     """A run killed after its checkpoint at step 10 had logged steps 15 and 20; the resumed run logs them again:
     TensorBoard shows each step once, with the resumed run's values (as metrics.jsonl keeps one row per step)."""
+    import time
+
     from nodex.train.logs import RunLogger
     from tests.conftest import read_scalars
 
@@ -335,6 +337,10 @@ def test_a_resumed_log_replaces_the_killed_runs_later_tensorboard_steps(tmp_path
     for step in (5, 10, 15, 20):
         first.scalars(step, {"train/loss": float(step)})
     first.close()
+    # the resumed run is a later process: its event file is named by a later second. In one test process both files
+    # would share the second and sort by torch's per-process writer counter ("...pid.10" before "...pid.9": flaky)
+    later = time.time() + 5
+    monkeypatch.setattr(time, "time", lambda: later)
     resumed = RunLogger(tmp_path, tensorboard=True, append=True, keep_until=10)
     for step in (15, 20, 25):
         resumed.scalars(step, {"train/loss": -float(step)})

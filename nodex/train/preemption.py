@@ -44,6 +44,35 @@ class Preempted(BaseException):
         return 128 + self.signum
 
 
+class StoppedWhileStarting(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) that arrived while nodex started, before a run could record it: raised by
+    :func:`stop_while_starting`, the CLI's handler until the run's :class:`StopRequest` takes over."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the run started")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    """The CLI's handler for SIGTERM/SIGHUP until a run handles them: one line and the signal's exit code instead of
+    a silent death (:class:`StoppedWhileStarting`)."""
+    raise StoppedWhileStarting(signum)
+
+
+def install_startup_handlers() -> None:
+    """:func:`stop_while_starting` for SIGTERM and SIGHUP where they still have their default action (not a
+    launcher's handler, not ``nohup``'s ignore)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (getattr(signal, "SIGTERM", None), HANGUP):
+        if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, stop_while_starting)
+
+
 class StopRequest:
     """``with StopRequest() as stop:`` records the first stop signal in ``stop.signal`` (``None`` until then) and
     every distinct one, in order, in ``stop.received``.
@@ -76,7 +105,7 @@ class StopRequest:
         SIGUSR2 handler requeues the job and exits: it raises ``SystemExit``)."""
         for signum in list(self.received):  # SIGINT is never forwarded: it ends the run as KeyboardInterrupt
             previous = self._previous.get(signum)
-            if callable(previous):
+            if callable(previous) and previous is not stop_while_starting:  # the CLI's: the run has recorded it
                 previous(signum, None)
 
     def __enter__(self) -> "StopRequest":
