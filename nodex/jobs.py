@@ -74,12 +74,7 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                 return _run_job(job, cfg, run_dir)
             except StoppedWhileStarting as exc:  # the run dir exists, the run had not started: say so there
                 if records and not held_checkpoints(Path(run_dir)):
-                    from omegaconf import OmegaConf
-
-                    from nodex.runs import record_failure
-
-                    record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), str(exc),
-                                   status="interrupted", replace=False)
+                    _record_before_start(run_dir, cfg, str(exc), "interrupted")
                 raise
             except Preempted as exc:
                 message = f"{exc}; checkpoints/last.pt saved in {run_dir}; trainer.resume=auto continues it"
@@ -106,16 +101,21 @@ def task_wrapper(*, records: bool) -> Callable[[Callable[[DictConfig, str], Any]
                 _log_traceback(run_dir)
                 error = str(out_of_memory(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0])
                 if records:
-                    from omegaconf import OmegaConf
-
-                    from nodex.runs import record_failure
-
-                    record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), error, replace=False)
+                    _record_before_start(run_dir, cfg, error, "failed")
                 return _failed(error, run_dir, records)
 
         return task
 
     return wrap
+
+
+def _record_before_start(run_dir: str, cfg: DictConfig, error: str, status: str) -> None:
+    """The ``result.json`` of a run that ended before it could record itself (one already there is kept)."""
+    from omegaconf import OmegaConf
+
+    from nodex.runs import record_failure
+
+    record_failure(Path(run_dir), OmegaConf.to_container(cfg, resolve=False), error, status=status, replace=False)
 
 
 def _run_job(job: Callable[[DictConfig, str], Any], cfg: DictConfig, run_dir: str) -> Any:
