@@ -45,15 +45,25 @@ def live_pid():
 @pytest.fixture
 def run_lock_holder(tmp_path):
     """``hold(run_dir) -> pid``: a live process that holds ``run_dir``'s run lock (an flock) until the test ends."""
-    holders = []
 
-    def hold(run_dir: Path) -> int:
+    def start(run_dir: Path) -> subprocess.Popen:
         run_dir.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from nodex.train.lock import RunLock; "
+        return subprocess.Popen([sys.executable, "-c", "import sys, time; from nodex.train.lock import RunLock; "
                                  "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)",
                                  str(run_dir)], stdout=subprocess.PIPE, text=True)
+
+    yield from _holding(start, "held")
+
+
+def _holding(start, ready: str):
+    """A fixture's ``hold(path) -> pid``: ``start(path)`` a process, wait for its ``ready`` line; all killed at the
+    end of the test."""
+    holders = []
+
+    def hold(path: Path) -> int:
+        proc = start(path)
         holders.append(proc)
-        assert proc.stdout.readline().strip() == "held"
+        assert proc.stdout.readline().strip() == ready
         return proc.pid
 
     yield hold
@@ -123,18 +133,7 @@ def test_two_sweeps_claiming_one_dir_at_once_never_both_get_it(tmp_path, stale):
 @pytest.fixture
 def sweep_holder(tmp_path):
     """``hold(sweep) -> pid``: a live process that claimed ``sweep`` as a sweep does, until the test ends."""
-    holders = []
-
-    def hold(sweep: Path) -> int:
-        (proc,) = _claim_at_once(sweep, 1, 120.0)
-        holders.append(proc)
-        assert proc.stdout.readline().strip() == "claimed"
-        return proc.pid
-
-    yield hold
-    for proc in holders:
-        proc.kill()
-        proc.wait()
+    yield from _holding(lambda sweep: _claim_at_once(sweep, 1, 120.0)[0], "claimed")
 
 
 @pytest.mark.slow
