@@ -240,7 +240,7 @@ def eval_job(cfg: DictConfig, run_dir: str) -> None:
 
 
 PLOT_HELP = """usage: nodex plot ckpt=RUN_DIR_OR_CHECKPOINT [which=last|best] [figures=NAME[,NAME...]]
-                  [format=png|pdf|svg] [dpi=100] [out=DIR]
+                  [format=png|pdf|svg] [dpi=100] [limits=[X1_FROM,X1_TO,X2_FROM,X2_TO]] [out=DIR]
 
 Redraw a trained run's figures from its checkpoint: the model and the run's own data splits are restored, the
 figures that fit the model are drawn (or only the named ones) and written to out, by default
@@ -254,7 +254,8 @@ figures: decision_map, trajectories, state_space, vector_field, parameters_evolu
 examples:
   nodex plot ckpt=outputs/train/2026-11-27/21-28-10
   nodex plot ckpt=RUN figures=decision_map,state_space format=pdf
-  nodex plot ckpt=RUN which=best format=png dpi=300 out=paper/figures"""
+  nodex plot ckpt=RUN which=best format=png dpi=300 out=paper/figures
+  nodex plot ckpt=RUN figures=decision_map limits=[-3,3,-3,3]   (the 2-D figures' plotted range)"""
 
 
 def plot_arguments(args: list[str]) -> list[str]:

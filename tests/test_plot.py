@@ -91,6 +91,10 @@ def test_one_named_figure_as_pdf_or_svg_and_dpi_sets_the_png_size(run, cli, tmp_
     ("format=gif", 2, "format='gif' is not a figure format; choose one of: png, pdf, svg"),
     ("dpi=1.5", 2, "dpi=1.5 must be a positive integer (dots per inch, at most 1200), e.g. dpi=150"),
     ("ckpt=MISSING", 1, "checkpoint 'MISSING' does not exist: pass a run directory or a checkpoints/*.pt file"),
+    *[(arg, 2, f"{shown} must be [x1_from, x1_to, x2_from, x2_to], four finite numbers, each from below its to (e.g. "
+               "limits=[-3,3,-3,3])") for arg, shown in (("limits=[1,0,2,3]", "limits=[1, 0, 2, 3]"),
+                                                         ("limits=[-3,3]", "limits=[-3, 3]"),
+                                                         ("limits=[0,1,0,inf]", "limits=[0, 1, 0, inf]"))],
 ])
 def test_a_bad_setting_is_one_line_and_draws_nothing(run, cli, tmp_path, arg, code, message):
     missing = str(tmp_path / "no-such-run")
@@ -152,3 +156,18 @@ def test_theta_legends_name_the_parameters_they_draw(model_name):
             j = idx[0] * layer.in_features + idx[1] if kind == "weight" else n_weight + idx[0]
             theta = layer.theta(torch.tensor(0.0, dtype=torch.float32)).detach()
             assert line.get_ydata()[0] == pytest.approx(float(theta[j]), abs=1e-6), text  # the entry it names
+
+
+@pytest.mark.slow
+def test_limits_set_the_plotted_range_of_every_2d_figure(run, cli, tmp_path):
+    """The range the issue asked for beside format and dpi (``range=`` was refused, ``+range=`` silently ignored)."""
+    model, cfg = nodex.load(run)
+    figs = nodex.viz.draw(model, nodex.load_data(cfg), limits=(-5.0, 4.0, -3.0, 6.0))
+    for name in ("decision_map", "state_space", "vector_field"):
+        panels = [ax for ax in figs[name].axes if ax.get_label() != "<colorbar>"]
+        assert panels and all((ax.get_xlim(), ax.get_ylim()) == ((-5.0, 4.0), (-3.0, 6.0)) for ax in panels), name
+    own = nodex.viz.draw(model, nodex.load_data(cfg), ["decision_map"])["decision_map"].axes[0]
+    assert own.get_xlim() != (-5.0, 4.0)  # without limits: the data's own range
+    code, out, err = _plot(cli, tmp_path, f"ckpt={run}", "figures=decision_map", "limits=[-5,4,-3,6]",
+                           f"out={tmp_path / 'figs'}")
+    assert code == 0 and (tmp_path / "figs" / "decision_map.png").is_file(), err

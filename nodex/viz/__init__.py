@@ -13,7 +13,8 @@ task, optional: the tracking target, and whether a classifier's outputs are logi
 
 - ``available(model, data, task=None, metrics=None) -> list[str]``: the names that fit, nothing drawn.
 - ``figures(model, data, task=None, names=None, metrics=None)``: ``(name, Figure)`` one at a time.
-- ``draw(model, data, names=None, task=None, metrics=None) -> dict[str, Figure]``.
+- ``draw(model, data, names=None, task=None, metrics=None, limits=None) -> dict[str, Figure]`` (``limits``: the
+  2-D figures' plotted range ``(x1 from, x1 to, x2 from, x2 to)``).
 - ``save(figs, directory, format="png", dpi=100) -> list[Path]``: ``directory/<name>.<format>``, figures closed.
 
 The figures (each also callable on its own; ``X`` ``(N, d)``, ``y`` class labels ``(N,)`` unless said):

@@ -20,10 +20,15 @@ from nodex.viz.style import (  # noqa: E402
 READOUTS = ("auto", "probability", "value")
 
 
-def _grid(X: torch.Tensor, grid: int, margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(gx, gy)`` ``(grid, grid)`` over the bounding box of ``X`` ``(N, 2)`` and the points ``(grid², 2)``."""
-    lo = (X.min(0).values - margin).tolist()
-    hi = (X.max(0).values + margin).tolist()
+Limits = tuple[float, float, float, float]  # (x1 from, x1 to, x2 from, x2 to): a 2-D figure's plotted range
+
+
+def _grid(X: torch.Tensor, grid: int, margin: float,
+          limits: Limits | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(gx, gy)`` ``(grid, grid)`` over ``limits`` (default: the bounding box of ``X`` ``(N, 2)`` and ``margin``)
+    and the points ``(grid², 2)``."""
+    lo = [limits[0], limits[2]] if limits else (X.min(0).values - margin).tolist()
+    hi = [limits[1], limits[3]] if limits else (X.max(0).values + margin).tolist()
     gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], grid), torch.linspace(lo[1], hi[1], grid), indexing="xy")
     return gx, gy, torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(X)
 
@@ -58,12 +63,12 @@ def _levels(score: np.ndarray, boundary: float, probability: bool) -> np.ndarray
 
 @torch.no_grad()
 def decision_map(model, X: torch.Tensor, y: torch.Tensor, n_classes: int, *, readout: str = "auto",
-                 n_points: int = 400, grid: int = 150, margin: float = 0.5) -> Figure:
-    """The classifier over the input plane, with a class-stratified sample of ``n_points`` of ``X`` ``(N, 2)``,
-    ``y`` ``(N,)`` on top. Two classes: the score of :func:`binary_score` (``readout``: what the outputs are)
+                 n_points: int = 400, grid: int = 150, margin: float = 0.5, limits: Limits | None = None) -> Figure:
+    """The classifier over the input plane (``limits``: its range, default the data's with ``margin``), with a
+    class-stratified sample of ``n_points`` of ``X`` ``(N, 2)``, ``y`` ``(N,)`` on top. Two classes: the score of :func:`binary_score` (``readout``: what the outputs are)
     with its decision boundary, the colourbar labelled with what it shows; more classes: the predicted class."""
     model.eval()
-    gx, gy, pts = _grid(X, grid, margin)
+    gx, gy, pts = _grid(X, grid, margin, limits)
     y_hat = model(pts).y_hat
     model.train()
     fig, ax = new_figure(figsize=(5.4, 4.8))

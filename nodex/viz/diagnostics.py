@@ -70,8 +70,8 @@ def _state_shape(model, X: torch.Tensor) -> tuple[int, ...]:
 Plan = list[tuple[str, Callable[[], Any]]]
 
 
-def _class_plan(model, d: FigureData, traits: frozenset[str], task: Any) -> Plan:
-    """``(name, draw)`` for a classifier of flat inputs ``X`` ``(N, d)``."""
+def _class_plan(model, d: FigureData, traits: frozenset[str], task: Any, limits: Any = None) -> Plan:
+    """``(name, draw)`` for a classifier of flat inputs ``X`` ``(N, d)`` (``limits``: the 2-D planes' range)."""
     from nodex.viz.classes import decision_map, trajectories
     from nodex.viz.flows import vector_field_snapshots
     from nodex.viz.state_space import state_space, state_space_per_input
@@ -79,17 +79,19 @@ def _class_plan(model, d: FigureData, traits: frozenset[str], task: Any) -> Plan
     X, y, learned = d.X, d.y, LEARNED_HORIZON in traits
     plan: Plan = []
     if X.shape[1] == 2:
-        plan.append(("decision_map", lambda: decision_map(model, X, y, d.n_classes, readout=_readout(task))))
+        plan.append(("decision_map", lambda: decision_map(model, X, y, d.n_classes, readout=_readout(task),
+                                                          limits=limits)))
     if not learned:
         plan.append(("trajectories", lambda: trajectories(model, X, y)))
     if _state_shape(model, X) != (2,):
         return plan
     if CONTROLLED in traits or learned:
-        plan.append(("state_space", lambda: state_space_per_input(model, X, y, learned_horizon=learned)))
+        plan.append(("state_space", lambda: state_space_per_input(model, X, y, learned_horizon=learned,
+                                                                            limits=limits)))
     else:
-        plan.append(("state_space", lambda: state_space(model, X, y)))
+        plan.append(("state_space", lambda: state_space(model, X, y, limits=limits)))
     if not learned:
-        plan.append(("vector_field", lambda: vector_field_snapshots(model, X, y)))
+        plan.append(("vector_field", lambda: vector_field_snapshots(model, X, y, limits=limits)))
     return plan
 
 
@@ -129,17 +131,18 @@ def _series(metrics: Series | str | Path | None) -> Series:
     return read_metrics(Path(metrics)) if isinstance(metrics, (str, Path)) else metrics
 
 
-def plan(model, data, task: Any = None, *, metrics: Series | str | Path | None = None) -> Plan:
+def plan(model, data, task: Any = None, *, metrics: Series | str | Path | None = None, limits: Any = None) -> Plan:
     """Every figure that fits this model and data, as ``(name, draw)`` with ``draw()`` -> a Figure (nothing is
     drawn yet). ``task``: the run's task (the tracking target; whether a classifier's outputs are logits);
     ``metrics``: a ``metrics.jsonl`` path or its series (:func:`nodex.viz.curves.read_metrics`), for the training
-    curves of image models."""
+    curves of image models; ``limits``: ``(from, to, from, to)`` of the 2-D figures' planes (decision map: the
+    inputs'; state space, vector field: the states'), default each figure's own."""
     from nodex.viz.curves import NFE_KEYS, training_curves
 
     d, traits = as_figure_data(data), traits_of(model)
     if DENSITY in traits:
         return _density_plan(model, d)
-    out = _class_plan(model, d, traits, task) if d.X.dim() == 2 and d.n_classes else []
+    out = _class_plan(model, d, traits, task, limits) if d.X.dim() == 2 and d.n_classes else []
     out += _flow_plan(model, d, traits, task)
     series = _series(metrics) if d.X.dim() == 4 else {}
     if any(k in series for k in NFE_KEYS) or any(k.endswith("accuracy") for k in series):
@@ -153,14 +156,14 @@ def available(model, data, task: Any = None, *, metrics: Series | str | Path | N
 
 
 def figures(model, data, task: Any = None, *, names: Iterable[str] | None = None,
-            metrics: Series | str | Path | None = None) -> Iterator[tuple[str, Any]]:
+            metrics: Series | str | Path | None = None, limits: Any = None) -> Iterator[tuple[str, Any]]:
     """``(name, Figure)`` for each figure that fits (``names``: only these, in the plan's order), drawn one at a
     time; the caller closes each (``plt.close(fig)``).
 
     Raises:
         ValueError: a name in ``names`` that does not fit this model and data (the message lists those that do).
     """
-    chosen = plan(model, data, task, metrics=metrics)
+    chosen = plan(model, data, task, metrics=metrics, limits=limits)
     if names is not None:
         wanted = list(names)
         fit = [name for name, _ in chosen]
@@ -174,9 +177,9 @@ def figures(model, data, task: Any = None, *, names: Iterable[str] | None = None
 
 
 def draw(model, data, names: Iterable[str] | None = None, *, task: Any = None,
-         metrics: Series | str | Path | None = None) -> dict[str, Any]:
+         metrics: Series | str | Path | None = None, limits: Any = None) -> dict[str, Any]:
     """``{name: Figure}`` of the figures that fit (or of ``names``); see :func:`figures`."""
-    return dict(figures(model, data, task, names=names, metrics=metrics))
+    return dict(figures(model, data, task, names=names, metrics=metrics, limits=limits))
 
 
 def save(figs: Mapping[str, Any] | Iterable[tuple[str, Any]], directory: str | Path, *, format: str = "png",

@@ -67,10 +67,11 @@ def horizon_figure(model: nn.Module, X: torch.Tensor, y: torch.Tensor | None = N
 @torch.no_grad()
 def vector_field_snapshots(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                            depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), n_points: int = 200,
-                           grid: int = 12) -> Figure:
+                           grid: int = 12, limits: tuple[float, ...] | None = None) -> Figure:
     """2-D states ``z(s)`` of a class-stratified sample at fractions ``depths`` of ``S``, with the
     field: a grid quiver of ``f(s, ·)`` for an uncontrolled field, else each sample's own velocity
-    ``f(s, z(s), u(x))`` (a data-controlled model has one field per input)."""
+    ``f(s, z(s), u(x))`` (a data-controlled model has one field per input). ``limits``: the plane's range
+    ``(z1 from, z1 to, z2 from, z2 to)`` (default: the states' box)."""
     model.eval()
     idx = stratified(y, n_points)
     x, labels = X[idx], y[idx].cpu().numpy()
@@ -79,6 +80,8 @@ def vector_field_snapshots(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *
     traj = model.trajectory(x, s)  # (T, B, 2)
     u = model.control(x, model.input_layer(x)) if model.control is not None else None
     lo, hi = traj.reshape(-1, 2).min(0).values - 0.3, traj.reshape(-1, 2).max(0).values + 0.3
+    if limits:
+        lo, hi = torch.tensor([limits[0], limits[2]]), torch.tensor([limits[1], limits[3]])
     fig, axes = new_figure(1, len(depths), figsize=(3.2 * len(depths) + 1.2, 3.5), squeeze=False)
     for i, ax in enumerate(axes[0]):
         z = traj[i]

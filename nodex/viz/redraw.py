@@ -24,6 +24,28 @@ class PlotRefused(ConfigError):
     """A ``nodex plot`` setting that cannot be drawn (format, dpi, a figure name, the output dir): exit 2."""
 
 
+def plot_limits(cfg: DictConfig) -> tuple[float, float, float, float] | None:
+    """``limits=[x1_from, x1_to, x2_from, x2_to]``: the plotted range of the 2-D figures (``None``: their own).
+
+    Raises:
+        PlotRefused: not four finite numbers with each ``from`` below its ``to``.
+    """
+    import math
+
+    value = cfg.get("limits")
+    if value is None:
+        return None
+    items = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    try:
+        limits = tuple(float(v) for v in items) if isinstance(items, (list, tuple)) else ()
+    except (TypeError, ValueError):
+        limits = ()
+    if len(limits) != 4 or not all(map(math.isfinite, limits)) or limits[0] >= limits[1] or limits[2] >= limits[3]:
+        raise PlotRefused(f"limits={value} must be [x1_from, x1_to, x2_from, x2_to], four finite numbers, each from "
+                          "below its to (e.g. limits=[-3,3,-3,3])")
+    return limits  # type: ignore[return-value]
+
+
 def plot_settings(cfg: DictConfig) -> tuple[str, int, list[str] | None]:
     """``(format, dpi, figure names or None for all)`` from the plot config, checked.
 
@@ -94,6 +116,7 @@ def run_plot(cfg: DictConfig) -> dict[str, Any]:
     from nodex.viz.diagnostics import available, figures, save
 
     fmt, dpi, names = plot_settings(cfg)
+    limits = plot_limits(cfg)
     which = str(cfg.get("which", "last"))
     checkpoint = resolve_checkpoint(cfg.ckpt, which)
     model, run_cfg = nodex.load(cfg.ckpt, which=which)
@@ -108,5 +131,5 @@ def run_plot(cfg: DictConfig) -> dict[str, Any]:
     chosen = [n for n in fit if names is None or n in names]
     out = _out_dir(cfg, checkpoint, chosen, fmt)
     replaced = sum((out / f"{n}.{fmt}").exists() for n in chosen)
-    written = save(figures(model, data, task, names=chosen, metrics=metrics), out, format=fmt, dpi=dpi)
+    written = save(figures(model, data, task, names=chosen, metrics=metrics, limits=limits), out, format=fmt, dpi=dpi)
     return {"checkpoint": checkpoint, "out": out, "written": written, "replaced": replaced}

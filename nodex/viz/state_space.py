@@ -18,7 +18,11 @@ from nodex.viz.protocol import horizon_of, stratified  # noqa: E402
 from nodex.viz.style import arrows, class_colour, class_handles, class_marker, new_figure, outside_legend  # noqa: E402
 
 
-def _box(traj: torch.Tensor, pad: float = 0.3) -> tuple[list[float], list[float]]:
+def _box(traj: torch.Tensor, pad: float = 0.3, limits: tuple[float, ...] | None = None) -> tuple[list[float], list[float]]:
+    """``(lo, hi)`` of the state plane drawn: ``limits`` ``(z1 from, z1 to, z2 from, z2 to)``, else the box of the
+    trajectories ``(T, B, 2)`` with ``pad``."""
+    if limits:
+        return [float(limits[0]), float(limits[2])], [float(limits[1]), float(limits[3])]
     flat = traj.reshape(-1, 2)
     return (flat.min(0).values - pad).tolist(), (flat.max(0).values + pad).tolist()
 
@@ -74,16 +78,16 @@ def _marker_handles(start: str, end: str) -> list[Line2D]:
 
 @torch.no_grad()
 def state_space(model, X: torch.Tensor, y: torch.Tensor, *, n_points: int = 60, n_depths: int = 50,
-                windows: int | None = None) -> Figure:
+                windows: int | None = None, limits: tuple[float, ...] | None = None) -> Figure:
     """z(s) ``(T, B, 2)`` of a class-stratified sample over the field, split into ``windows`` depth windows (one
     panel each: the trajectories over the window, open marker at its start, filled at its end, over the field at
     the window's middle; each title names that depth). ``windows=None``: one panel when the field is the same at
-    every depth (titled so), else 4."""
+    every depth (titled so), else 4. ``limits``: the plane's range (default: the trajectories' box)."""
     model.eval()
     idx = stratified(y, n_points)
     S = horizon_of(model)
     full = model.trajectory(X[idx], torch.linspace(0, S, n_depths)).cpu()
-    lo, hi = _box(full)
+    lo, hi = _box(full, limits=limits)
     varies = field_varies_with_depth(model, S, lo, hi, X)
     windows = (4 if varies else 1) if windows is None else int(windows)
     per = max(2, -(-(n_depths - 1) // windows))  # steps per window
@@ -109,7 +113,8 @@ def state_space(model, X: torch.Tensor, y: torch.Tensor, *, n_points: int = 60, 
 
 @torch.no_grad()
 def state_space_per_input(model, X: torch.Tensor, y: torch.Tensor, *, per_class: int = 3,
-                          n_depths: int = 50, learned_horizon: bool = False) -> Figure:
+                          n_depths: int = 50, learned_horizon: bool = False,
+                          limits: tuple[float, ...] | None = None) -> Figure:
     """One panel per input (``per_class`` of each class): that input's own field f(s, z, u(x)) at
     half its depth (the title names the depth) and its trajectory z(s); with a learned horizon, over
     s ∈ [0, S(x)]."""
@@ -123,7 +128,7 @@ def state_space_per_input(model, X: torch.Tensor, y: torch.Tensor, *, per_class:
     z0 = model.input_layer(x)
     u = model.control(x, z0) if model.control is not None else None
     S_x = model.horizon(x) if learned_horizon else torch.full((len(idx),), horizon_of(model)).to(x)
-    lo, hi = _box(traj.cpu())
+    lo, hi = _box(traj.cpu(), limits=limits)
     varies = field_varies_with_depth(model, float(S_x.max()), lo, hi, x, None if u is None else u[:1])
     cols = min(len(idx), per_class)
     rows = -(-len(idx) // cols)
