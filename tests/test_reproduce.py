@@ -310,7 +310,7 @@ def test_the_config_audit_is_read_from_each_experiments_header(tmp_path):
 
 def test_threads_per_experiment_default_to_cores_over_jobs_and_can_be_set(tmp_path, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(running, "run_one", lambda job, out, seeds, threads, *rest: seen.append(threads) or "ok")
+    monkeypatch.setattr(running, "run_one", lambda job, out, seeds, threads, *rest: (seen.append(threads) or "ok", True))
     monkeypatch.setattr(running.os, "cpu_count", lambda: 8)
     jobs = [Job("reflection_vanilla", "reflection_vanilla")]
     running.run_jobs(jobs, BUDGETS["cpu"], tmp_path, (0,), 2, None, False, None)
@@ -341,14 +341,14 @@ def test_resume_reruns_only_missing_seeds_and_sets_failed_attempts_aside(tmp_pat
     ran = []
     monkeypatch.setattr(running.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(returncode=0))
     job = Job("annuli_vanilla", "annuli_vanilla", ensemble=True)
-    line = running.run_one(job, out, (0, 1, 2, 3), 1, None, True, None, {})
+    line, complete = running.run_one(job, out, (0, 1, 2, 3), 1, None, True, None, {})
     assert [c[c.index("train") + 1:c.index("train") + 4] for c in ran] == [
         ["experiment=annuli_vanilla", "seed=0", "trainer.ensemble=3"]]
     assert sorted(p.name for p in (out / "annuli_vanilla").iterdir()) == ["reproduce.log", "seed3"]
     aside = list((out / ".failed" / "annuli_vanilla").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("seeds0-2-") and (aside[0] / "member-2" / "result.json").exists()
-    assert line.startswith("1/4 completed") and "see " in line  # the stub trained nothing
-    assert running.run_one(job, out, (3,), 1, None, True, None, {}) == "already done (--resume)"
+    assert line.startswith("1/4 completed") and "see " in line and not complete  # the stub trained nothing
+    assert running.run_one(job, out, (3,), 1, None, True, None, {}) == ("already done (--resume)", True)
 
 
 @pytest.mark.slow
@@ -402,3 +402,44 @@ def test_claims_not_rerun_are_carried_from_the_earlier_page_and_say_so(tmp_path)
     assert "| vanilla leaks (outer ring classified inner) | leaks | ≥ 5e-05 | **5/5** |" in text
     assert "An old note." not in text and "| [3.8](#claim-3-8) | not run | not run |" in text
     assert ", 6 carried from the earlier page (not rerun)**" in text
+
+
+def test_reproduce_fails_when_an_experiment_ends_short_of_its_seeds_without_a_record(tmp_path, monkeypatch, capsys):
+    """A command that wrote no result.json (a bad override, a timeout) made a page of '0 runs, 0 failed' and exit 0."""
+    out = tmp_path / "runs"
+    _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.3343}, 193)  # the other experiment has its run
+    monkeypatch.setattr(running.subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=2))
+    code = reproduce_main(["--budget", "smoke", "--only", "reflection_vanilla,reflection_depthcat", "--seeds", "0",
+                           "--out", str(out), "--resume", "--report", str(tmp_path / "R.md"), "--compare", ""])
+    out_text = capsys.readouterr().out
+    assert code == 1 and "reflection_depthcat" in out_text and "0/1 completed" in out_text
+    assert "1 experiment(s) short of their seeds (see each one's reproduce.log)" in out_text
+
+
+def test_a_page_with_no_runs_is_not_written_and_figures_of_other_pages_stay(tmp_path, capsys):
+    """--report-only on a folder with no runs (a typo in --out) replaced the committed page with an empty one and
+    deleted every committed figure; --figures naming another page's folder deleted its figures too."""
+    page, figures = tmp_path / "REPRODUCTION.md", tmp_path / "docs" / "reproduction"
+    figures.mkdir(parents=True)
+    page.write_text('committed <img src="docs/reproduction/a.png">')
+    (figures / "a.png").write_bytes(b"png")
+    code = reproduce_main(["--budget", "cpu", "--out", str(tmp_path / "typo"), "--report-only", "--report", str(page)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == (f"reproduce: error: no runs of the selected experiments under {tmp_path / 'typo'}"
+                                         ": nothing to report (give the --out of an earlier reproduce, or run without "
+                                         "--report-only); nothing was written")
+    assert page.read_text().startswith("committed") and (figures / "a.png").exists()
+    out = tmp_path / "runs"
+    _fake_result(out, "reflection_vanilla", 0, {"test/mse": 0.3343}, 193)
+    assert reproduce_main(["--budget", "cpu", "--only", "reflection_vanilla", "--out", str(out), "--report-only",
+                           "--report", str(tmp_path / "elsewhere" / "R.md"), "--figures", str(figures),
+                           "--compare", ""]) in (0, 1)
+    assert (figures / "a.png").exists()  # the committed page's figure: not this page's to remove
+
+
+def test_seeds_that_are_not_integers_are_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        reproduce_main(["--budget", "smoke", "--seeds", "0,two", "--dry-run"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("nodex: error: --seeds 0,two: give comma-separated integers, e.g. --seeds "
+                                               "0,1,2; see nodex reproduce --help")

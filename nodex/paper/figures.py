@@ -48,11 +48,13 @@ def copy_figure(run_dir: Optional[Path], label: str, name: str, seed: int,
     return out, shrink(src, dest_dir / out)
 
 
-def clear(dest_dir: Path, keep: frozenset[str] | set[str] = frozenset()) -> None:
-    """Remove the PNGs an earlier page left in ``dest_dir``, except ``keep`` (carried sections' figures)."""
+def clear(dest_dir: Path, keep: frozenset[str] | set[str] = frozenset(),
+          only: frozenset[str] | set[str] | None = None) -> None:
+    """Remove the PNGs an earlier page left in ``dest_dir``: those named in ``only`` (the page's own; ``None``:
+    every PNG there), except ``keep`` (carried sections' figures)."""
     if dest_dir.is_dir():
         for path in dest_dir.glob("*.png"):
-            if path.name not in keep:
+            if path.name not in keep and (only is None or path.name in only):
                 path.unlink()
 
 

@@ -64,15 +64,26 @@ def _dry_run(jobs, out_dir: Path, seeds: tuple[int, ...], launcher, cost: str) -
     return 0
 
 
+class NothingToReport(Exception):
+    """No run of the selected experiments under ``--out``: a page would claim nothing (and replace one that did)."""
+
+
 def _write_page(args, argv: list[str], jobs, others, budget, seeds, out_dir: Path, wall) -> tuple[Path, int, int]:
-    """Write the page for the runs under ``out_dir``; ``(its path, the number of runs, of failed runs)``."""
+    """Write the page for the runs under ``out_dir``; ``(its path, the number of runs, of failed runs)``.
+
+    Raises:
+        NothingToReport: no run under ``out_dir`` (nothing is written or removed).
+    """
     report_path = Path(args.report) if args.report else out_dir / "REPRODUCTION.md"
     earlier = earlier_sections(Path(args.earlier).read_text(encoding="utf-8")) if args.earlier else None
     groups = collect(jobs, out_dir)
+    if not any(g.runs or g.failed for g in groups.values()):
+        raise NothingToReport(f"no runs of the selected experiments under {out_dir}: nothing to report (give the "
+                              "--out of an earlier reproduce, or run without --report-only); nothing was written")
     fig_dir = Path(args.figures) if args.figures else report_path.parent / "docs" / "reproduction"
     carried = {m for sec in (earlier or {}).values() if isinstance(sec, dict) for ln in sec["lines"]
                for m in re.findall(r'/([^/"]+\.png)"', ln)}
-    clear(fig_dir, carried)
+    clear(fig_dir, carried, _figures_of(report_path))
     sink = FigureSink(fig_dir, os.path.relpath(fig_dir, report_path.parent))
     this = "nodex reproduce " + shlex.join(argv)
     made = recorded_commands(out_dir)
@@ -83,12 +94,28 @@ def _write_page(args, argv: list[str], jobs, others, budget, seeds, out_dir: Pat
     return report_path, sum(len(g.runs) for g in groups.values()), sum(len(g.failed) for g in groups.values())
 
 
+def _figures_of(page: Path) -> set[str]:
+    """The PNG names an existing page at ``page`` shows: the only figures a rewrite of it may remove (another page's
+    figures in the same folder stay)."""
+    if not page.is_file():
+        return set()
+    return set(re.findall(r'/([^/"]+\.png)"', page.read_text(encoding="utf-8", errors="replace")))
+
+
+def _seeds(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2`` as integers (a one-line usage error otherwise)."""
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        parser.error(f"--seeds {text}: give comma-separated integers, e.g. --seeds 0,1,2")
+
+
 def reproduce_main(argv: list[str]) -> int:
     """``nodex reproduce --budget smoke|cpu|full [--only PATTERNS] [--jobs N] [--out DIR] ...``"""
     parser = _parser()
     args = parser.parse_args(argv)
     budget = BUDGETS[args.budget]
-    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) or budget.seeds
+    seeds = _seeds(parser, args.seeds) or budget.seeds
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
     if args.report_only and not args.out:
         parser.error("--report-only needs --out DIR (the run directory root of an earlier reproduce)")
@@ -108,10 +135,17 @@ def reproduce_main(argv: list[str]) -> int:
     if args.dry_run:
         return _dry_run(jobs, out_dir, seeds, args.launcher, compare_cost(jobs, budget, len(seeds)))
     started = time.time()
+    incomplete = 0
     if not args.report_only:
-        run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout, args.threads)
+        incomplete = run_jobs(jobs, budget, out_dir, seeds, args.jobs, args.launcher, args.resume, args.timeout,
+                              args.threads)
     this = "nodex reproduce " + shlex.join(argv)
     wall = add_wall(out_dir, None if args.report_only else (started, time.time()), this)
-    report_path, runs, failed = _write_page(args, argv, jobs, others, budget, seeds, out_dir, wall)
-    print(f"reproduce: wrote {report_path} ({runs} runs, {failed} failed)")
-    return 0 if failed == 0 else 1
+    try:
+        report_path, runs, failed = _write_page(args, argv, jobs, others, budget, seeds, out_dir, wall)
+    except NothingToReport as exc:
+        print(f"reproduce: error: {exc}", file=sys.stderr)
+        return 1
+    short = f", {incomplete} experiment(s) short of their seeds (see each one's reproduce.log)" if incomplete else ""
+    print(f"reproduce: wrote {report_path} ({runs} runs, {failed} failed{short})")
+    return 0 if failed == 0 and incomplete == 0 else 1

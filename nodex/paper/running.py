@@ -43,13 +43,14 @@ def _set_aside(label_dir: Path, dest: Path) -> None:
 
 
 def run_one(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[int],
-            launcher: Optional[str], resume: bool, timeout: Optional[float], env: dict[str, str]) -> str:
-    """Run one job's commands (the seeds not done, under ``--resume``); returns the progress line's tail."""
+            launcher: Optional[str], resume: bool, timeout: Optional[float], env: dict[str, str]) -> tuple[str, bool]:
+    """Run one job's commands (the seeds not done, under ``--resume``); returns the progress line's tail and whether
+    every seed completed."""
     label_dir = out_dir / job.label
     done = completed_seeds(label_dir) if resume else set()
     missing = tuple(s for s in seeds if s not in done)
     if not missing:
-        return "already done (--resume)"
+        return "already done (--resume)", True
     if resume:
         _set_aside(label_dir, out_dir / ".failed")
     label_dir.mkdir(parents=True, exist_ok=True)
@@ -68,13 +69,14 @@ def run_one(job: Job, out_dir: Path, seeds: tuple[int, ...], threads: Optional[i
         f"see {label_dir / 'reproduce.log'}"]
     note = f"  exit {code}: {errors[0]}" if ok < len(seeds) else ""
     kind = f"ensemble of {len(seeds)}" if job.ensemble and len(seeds) > 1 else "separate seeds"
-    return f"{ok}/{len(seeds)} completed  {time.perf_counter() - started:7.1f} s  ({kind}){note}"
+    return f"{ok}/{len(seeds)} completed  {time.perf_counter() - started:7.1f} s  ({kind}){note}", ok == len(seeds)
 
 
 def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, ...], n_parallel: int,
-             launcher: Optional[str], resume: bool, timeout: Optional[float], threads: Optional[int] = None) -> None:
+             launcher: Optional[str], resume: bool, timeout: Optional[float], threads: Optional[int] = None) -> int:
     """Run every non-skipped job, ``n_parallel`` at a time, printing one line per finished job;
-    each gets ``threads`` torch threads (default: cores / ``n_parallel`` where the budget sets them)."""
+    each gets ``threads`` torch threads (default: cores / ``n_parallel`` where the budget sets them). Returns how
+    many jobs ended short of their seeds (a failed or timed-out command, with or without a result.json)."""
     todo = run_order([j for j in jobs if j.skip is None])
     cores = os.cpu_count() or 1
     if threads is None and budget.set_threads:
@@ -83,13 +85,14 @@ def run_jobs(jobs: list[Job], budget: Budget, out_dir: Path, seeds: tuple[int, .
     width = max((len(j.label) for j in todo), default=10)
     counter = {"done": 0}
 
-    def one(job: Job) -> None:
-        line = run_one(job, out_dir, seeds, threads, launcher, resume, timeout, env)
+    def one(job: Job) -> bool:
+        line, complete = run_one(job, out_dir, seeds, threads, launcher, resume, timeout, env)
         counter["done"] += 1
         print(f"[{counter['done']:>3}/{len(todo)}] {job.label:<{width}}  {line}", flush=True)
+        return complete
 
     with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-        list(pool.map(one, todo))
+        return sum(not complete for complete in pool.map(one, todo))
 
 
 def add_wall(out_dir: Path, span: Optional[tuple[float, float]], command: str = "") -> Optional[float]:
