@@ -113,7 +113,8 @@ def check_overrides(args: Sequence[str]) -> None:
             key, _, value = unicode.partition("=")
             raise UsageError(f"cannot parse {unicode}: quote a value with non-ASCII characters, "
                              f"{key}='{value}' (in the shell: \"{key}='{value}'\")") from None
-        raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value") from None
+        raise UsageError(f"cannot parse overrides ({str(exc).splitlines()[0]}); write them as key=value, and quote a "
+                         "value that holds '=' or ',' (a sweep job's dir): ckpt=\"'outputs/.../0-seed=0'\"") from None
     _check_no_schema(parsed)
     groups = [o for o in parsed if "/" in o.key_or_group or o.key_or_group == "hparams_search"]
     missing = missing_plugin([(o.key_or_group, str(o.value())) for o in groups if not o.is_sweep_override()])

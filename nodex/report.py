@@ -200,6 +200,8 @@ class Group:
         values = [v for v in (metric_value(r, metric) for r in self.completed) if v is not None]
         if not values:
             return None
+        if not all(math.isfinite(v) for v in values):  # a NaN or inf metric: the statistics say so, not fail
+            return math.nan, math.nan, len(values)
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.fmean(values), std, len(values)
 
@@ -363,6 +365,14 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _a_record(path: Path, runs: list[Run]) -> bool:
+    """Whether writing ``path`` would replace a run's record (one of the runs read, or any file named as one)."""
+    if path.name in ("result.json", "ensemble.json", "eval.json"):
+        return True
+    target = path.resolve()
+    return any(target == (r.path / "result.json").resolve() for r in runs)
+
+
 def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
     """``nodex report PATH [PATH ...] [--by KEYS] [--metrics NAMES] [--format F] [-o FILE]``; ``paper``: the
     paper's numbers, printed beside ours unless ``--no-paper``."""
@@ -407,6 +417,10 @@ def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
                   file=sys.stderr)
             return 2
     text = render(runs, by, metrics, args.format, paper=None if args.no_paper else paper)
+    if args.output and _a_record(Path(args.output), runs):
+        print(f"nodex: error: -o {args.output} is a run's record (result.json, ensemble.json or eval.json); write the "
+              "report to another file", file=sys.stderr)
+        return 2
     if args.output:
         try:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # -o into a folder that does not exist yet

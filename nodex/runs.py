@@ -318,4 +318,5 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
                 continue
             if run_dir not in dirs and _job_name(hit) == "train":
                 dirs.add(run_dir)
-    return [load_run(d) for d in sorted(dirs)]
+    unique = {d.resolve(): d for d in sorted(dirs, reverse=True)}  # one run reached through a symlink counts once
+    return [load_run(d) for d in sorted(unique.values())]

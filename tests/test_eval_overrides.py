@@ -92,7 +92,7 @@ def test_choosing_the_run_own_presets_is_no_switch(trained, tmp_path):
                          "train a new run with model/field=conv"),
     *[(line, f"{line}: nodex eval uses no such setting (it takes ckpt, split, which, device, a solver, and solver.*, "
              "data.*, task.*, trainer.eval_batch_size keys); a training setting belongs to nodex train")
-      for line in ("seed=7", "trainer.max_steps=1", "trainer.optim.lr=3", "+foo=1")],
+      for line in ("seed=7", "trainer.max_steps=1", "trainer.optim.lr=3", "+foo=1", "task.regularizer.kinetic=0.5")],
 ])
 def test_switches_that_do_not_fit_the_checkpoint_are_refused(trained, tmp_path, capsys, override, expected):
     code, payload = _eval(trained, tmp_path / "ev", override)

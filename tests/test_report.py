@@ -250,3 +250,26 @@ def test_an_ensemble_reports_as_its_members(cli, tmp_path):
     runs = find_runs([run_dir])
     assert sorted(r.path.name for r in runs) == ["member-0", "member-1"]
     assert all(r.ok for r in runs) and sorted(r.result["seed"] for r in runs) == [0, 1]
+
+
+def test_a_run_reached_twice_through_a_symlink_counts_once_and_a_nan_metric_is_nan(tmp_path):
+    root = tmp_path / "s"
+    fake_run(root, "0", seed=0, acc=0.9)
+    fake_run(root, "1", seed=1, acc=0.8)
+    (tmp_path / "link").symlink_to(root)
+    group = json.loads(render(find_runs([root, tmp_path / "link"]), ["model"], ["test/accuracy"], "json"))["groups"][0]
+    assert group["n"] == 2 and group["metrics"]["test/accuracy"]["std"] == pytest.approx(statistics.stdev([0.9, 0.8]))
+    odd = json.loads((root / "1" / "result.json").read_text())
+    odd["metrics"]["test/accuracy"] = float("nan")
+    (root / "1" / "result.json").write_text(json.dumps(odd))  # json writes NaN, as Python's json module reads it
+    text = render(find_runs([root]), ["model"], ["test/accuracy"], "markdown")  # statistics.stdev raised before
+    assert "nan" in text
+
+
+def test_report_output_onto_a_run_record_is_refused(cli, sweep):
+    record = next(sweep.glob("0-*/result.json"))
+    before = record.read_bytes()
+    code, out, err = cli(["report", str(sweep), "-o", str(record)])
+    assert code == 2 and err.strip() == (f"nodex: error: -o {record} is a run's record (result.json, ensemble.json or "
+                                         "eval.json); write the report to another file")
+    assert record.read_bytes() == before

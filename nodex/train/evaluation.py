@@ -2,8 +2,8 @@
 solver, data and evaluation settings applied to its run config (and nothing that would change what was trained).
 
 What the command line may change: a solver preset and ``solver.*`` keys, ``data.*`` keys of the run's dataset
-(``data.n_test``...), ``task.*`` keys but ``task.kind``, ``trainer.eval_batch_size`` and ``trainer.tf32``, plus
-eval's own ``ckpt``, ``split``, ``which`` and ``device``. Everything else is refused in one line (exit 2): another
+(``data.n_test``...), ``task.*`` keys but ``task.kind`` and ``task.regularizer.*`` (training only),
+``trainer.eval_batch_size`` and ``trainer.tf32``, plus eval's own ``ckpt``, ``split``, ``which`` and ``device``. Everything else is refused in one line (exit 2): another
 model, slot, dataset or task, a training setting (``trainer.max_steps``, ``trainer.optim.lr``, ``seed``...) that
 evaluation would silently ignore, a key that is no setting at all.
 """
@@ -68,7 +68,7 @@ def check_eval_keys(lines: list[str]) -> None:
         if key.startswith("model"):  # model.*, model/field=...: what was trained
             raise EvalRefused(f"{line} changes what the checkpoint was trained as; nodex eval cannot apply it: "
                               f"train a new run with {line}")
-        if not key.startswith(SETTINGS) or key in ("data.name", "task.kind"):
+        if not key.startswith(SETTINGS) or key in ("data.name", "task.kind") or key.startswith("task.regularizer"):
             raise EvalRefused(f"{line}: nodex eval uses no such setting (it takes ckpt, split, which, device, a "
                               "solver, and solver.*, data.*, task.*, trainer.eval_batch_size keys); a training "
                               "setting belongs to nodex train")
