@@ -388,7 +388,8 @@ def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
     parser.add_argument("--metrics", default="auto",
                         help="comma-separated metrics, e.g. test/accuracy,nfe_forward,params,wall_time_s "
                              "(default: every test/* metric + NFE, params, wall time)")
-    parser.add_argument("--format", default="markdown", choices=FORMATS, help="output format (default: markdown)")
+    parser.add_argument("--format", default=None, choices=FORMATS,
+                        help="output format (default: by -o's suffix, .csv or .json; else markdown)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper's values")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
     args = parser.parse_args(argv)
@@ -416,7 +417,9 @@ def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
             print(f"nodex: error: no run has --metrics {','.join(unknown)}; choose from: {', '.join(known)}",
                   file=sys.stderr)
             return 2
-    text = render(runs, by, metrics, args.format, paper=None if args.no_paper else paper)
+    suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
+    fmt = args.format or (suffix if suffix in ("csv", "json") else "markdown")  # -o t.csv: a CSV, not Markdown in it
+    text = render(runs, by, metrics, fmt, paper=None if args.no_paper else paper)
     if args.output and _a_record(Path(args.output), runs):
         print(f"nodex: error: -o {args.output} is a run's record (result.json, ensemble.json or eval.json); write the "
               "report to another file", file=sys.stderr)

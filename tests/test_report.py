@@ -273,3 +273,12 @@ def test_report_output_onto_a_run_record_is_refused(cli, sweep):
     assert code == 2 and err.strip() == (f"nodex: error: -o {record} is a run's record (result.json, ensemble.json or "
                                          "eval.json); write the report to another file")
     assert record.read_bytes() == before
+
+
+def test_report_output_format_follows_the_suffix_unless_given(cli, sweep, tmp_path):
+    assert cli(["report", str(sweep), "-o", str(tmp_path / "t.csv")])[0] == 0
+    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("model,")  # Markdown in a .csv before
+    assert cli(["report", str(sweep), "-o", str(tmp_path / "t.json")])[0] == 0
+    assert "groups" in json.loads((tmp_path / "t.json").read_text())
+    assert cli(["report", str(sweep), "-o", str(tmp_path / "t.txt"), "--format", "csv"])[0] == 0
+    assert (tmp_path / "t.txt").read_text().startswith("model,")

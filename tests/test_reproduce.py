@@ -443,3 +443,11 @@ def test_seeds_that_are_not_integers_are_one_line(capsys):
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == ("nodex: error: --seeds 0,two: give comma-separated integers, e.g. --seeds "
                                                "0,1,2; see nodex reproduce --help")
+
+
+@pytest.mark.parametrize("flag, value", [("--jobs", "0"), ("--threads", "-1"), ("--timeout", "-5"), ("--timeout", "nan")])
+def test_counts_and_timeouts_that_are_not_positive_are_one_line(capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        reproduce_main(["--budget", "smoke", flag, value, "--dry-run"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(f"nodex: error: {flag} ")

@@ -116,6 +116,9 @@ def reproduce_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     budget = BUDGETS[args.budget]
     seeds = _seeds(parser, args.seeds) or budget.seeds
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--timeout", args.timeout)):
+        if value is not None and not value > 0:  # NaN too
+            parser.error(f"{flag} {value} must be positive")
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
     if args.report_only and not args.out:
         parser.error("--report-only needs --out DIR (the run directory root of an earlier reproduce)")
