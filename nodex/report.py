@@ -420,19 +420,24 @@ def report_main(argv: list[str], paper: Optional[PaperLookup] = None) -> int:
     suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
     fmt = args.format or (suffix if suffix in ("csv", "json") else "markdown")  # -o t.csv: a CSV, not Markdown in it
     text = render(runs, by, metrics, fmt, paper=None if args.no_paper else paper)
-    if args.output and _a_record(Path(args.output), runs):
-        print(f"nodex: error: -o {args.output} is a run's record (result.json, ensemble.json or eval.json); write the "
+    return _emit(text, args.output, runs)
+
+
+def _emit(text: str, output: Optional[str], runs: list[Run]) -> int:
+    """The report on stdout, or into ``output`` (``-o``); the exit code (2: ``-o`` is a run's record, 1: it cannot
+    be written)."""
+    if not output:
+        sys.stdout.write(text)
+        return 0
+    if _a_record(Path(output), runs):
+        print(f"nodex: error: -o {output} is a run's record (result.json, ensemble.json or eval.json); write the "
               "report to another file", file=sys.stderr)
         return 2
-    if args.output:
-        try:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # -o into a folder that does not exist yet
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            print(f"nodex: error: cannot write -o {args.output} ({exc.strerror or exc}); choose another path",
-                  file=sys.stderr)
-            return 1
-        print(f"wrote {args.output} ({len(runs)} runs)")
-    else:
-        sys.stdout.write(text)
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)  # -o into a folder that does not exist yet
+        Path(output).write_text(text)
+    except OSError as exc:
+        print(f"nodex: error: cannot write -o {output} ({exc.strerror or exc}); choose another path", file=sys.stderr)
+        return 1
+    print(f"wrote {output} ({len(runs)} runs)")
     return 0
